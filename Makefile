@@ -1,0 +1,33 @@
+# regablate — set-up, run, test. Everything starts from a clean clone.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint bench sanity clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv: torch first (pinned), then regablate and its dev tools
+
+run: $(STAMP)      ## the default experiment: sparse-synthetic, MLP, no regulariser
+	$(BIN)/regablate run
+
+test: $(STAMP)     ## the whole test suite
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check regablate tests benchmarks
+
+bench: $(STAMP)    ## speed against plain hand-written PyTorch, as ratios
+	$(BIN)/python benchmarks/bench_runner.py
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

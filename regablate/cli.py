@@ -1,0 +1,75 @@
+"""`regablate <command>`: run, report, tb. User errors are one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """usage: regablate <command> [args]
+
+commands:
+  run [overrides]   train one experiment, or a sweep with -m (Hydra overrides and flags)
+  report [DIRS]     the ablation table over run dirs (default: ./multirun and ./outputs)
+  tb [DIR]          TensorBoard on the outputs
+
+examples:
+  regablate run +reg=dropout_l2
+  regablate run -m +reg=none,weight_decay,dropout seed=0,1,2,3,4
+  regablate report multirun --sort gap
+"""
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "Set the environment"))]
+    return " ".join(lines).split(" Config search path:")[0]
+
+
+def _error(message: str, code: int = 2) -> int:
+    print(f"regablate: error: {_one_line(message)}", file=sys.stderr)
+    return code
+
+
+def run(argv: list[str]) -> int:
+    """Hydra owns argv; its exceptions reach us raw so user errors become one line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from regablate.errors import ConfigError, UsageError
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    sys.argv = ["regablate", *argv]
+    from regablate.run import hydra_main
+
+    try:
+        hydra_main()
+    except ConfigError as e:
+        return _error(f"invalid config: {e}")
+    except UsageError as e:
+        return _error(str(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__
+        extra = f" ({_one_line(cause)})" if isinstance(cause, OmegaConfBaseException) else ""
+        return _error(_one_line(e) + extra)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        code = run(rest)
+    elif command == "report":
+        from regablate.report.cli import main as report_main
+
+        code = report_main(rest)
+    elif command == "tb":
+        from regablate.tb import main as tb_main
+
+        code = tb_main(rest)
+    else:
+        code = _error(f"unknown command {command!r}; allowed: run, report, tb")
+    sys.exit(code)

@@ -1,0 +1,95 @@
+"""Experiment = data on the device + model built with the stack + optimiser + loss."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regablate.data import DATASETS, Data
+from regablate.models import MODELS
+from regablate.optim import Schedule, build_optimizer
+from regablate.regularisers import ModelSpec
+from regablate.settings import Settings
+
+# Settings that change how a run is shown or where it runs, not what it computes.
+NOT_IN_GROUP = ("seed", "data_seed", "trainer.device", "trainer.progress", "trainer.tensorboard",
+                "trainer.eval_batch_size")
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; an empty mapping stays as {} under its key."""
+    if isinstance(cfg, dict) and cfg:
+        out: dict[str, Any] = {}
+        for k, v in cfg.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: cfg}
+
+
+def group_id(cfg: dict) -> str:
+    """Stable id of the config without seeds: runs that differ only by seed share it."""
+    flat = {k: v for k, v in flatten(cfg).items() if k not in NOT_IN_GROUP}
+    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resolve_device(name: str) -> torch.device:
+    from regablate.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", name, "CUDA is not available here; use auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices): init, dropout masks, augmentation."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def training_loss(task: str, label_smoothing: float):
+    """Mean cross-entropy (hard or soft targets; smoothing applied once, here) or MSE."""
+    if task == "regression":
+        return F.mse_loss
+    if label_smoothing > 0:
+        return lambda out, y: F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    return F.cross_entropy
+
+
+@dataclass
+class Experiment:
+    s: Settings
+    device: torch.device
+    data: Data
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    loss: Any
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def build_experiment(s: Settings) -> Experiment:
+    """Everything a run needs, checked and built before any file is written."""
+    device = resolve_device(s.trainer.device)
+    data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed).to(device)
+    seed_everything(s.seed)
+    spec = s.stack.model_spec(ModelSpec(norm=getattr(s.model, "norm", "none")))
+    model = MODELS[s.model.name][1](s.model, data.in_shape, data.out_dim, spec).to(device)
+    optimizer = build_optimizer(s.optim, s.stack.param_groups(model))
+    schedule = Schedule(s.sched, optimizer, s.trainer.max_epochs)
+    loss = training_loss(data.task, s.stack.loss_spec().label_smoothing)
+    return Experiment(s, device, data, model, optimizer, schedule, loss)

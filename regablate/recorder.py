@@ -1,0 +1,134 @@
+"""A run's files (on-disk contract v1): summary.json, metrics.csv, tb/, checkpoints/.
+
+summary.json is written at the start with status "running" and rewritten at the end, both
+atomically; metrics.csv gets one complete line per epoch, flushed as it goes; TensorBoard gets
+the contract's scalar tags plus hparams in the run's own directory (session group = the
+config-without-seeds id, so seeds of one config group together).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from regablate.atomic import write_json
+
+SCHEMA = 1
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no NaN/inf: store them as null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    return x
+
+
+class Recorder:
+    def __init__(self, run_dir: Path, summary: dict, metric: str, hparams: dict | None,
+                 tensorboard: bool = True):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "checkpoints").mkdir(exist_ok=True)
+        self.metric = metric
+        self.summary = {"schema": SCHEMA, "status": "running", **summary, "warnings":
+                        summary.get("warnings", []), "error": None}
+        self._t0 = time.perf_counter()
+        write_json(self.dir / "summary.json", self.summary)
+        self._csv_file = open(self.dir / "metrics.csv", "w", newline="")
+        self._csv: csv.DictWriter | None = None
+        self._tb = _TensorBoard(self.dir / "tb", metric, hparams, summary["group"]) if tensorboard else None
+
+    def epoch(self, row: dict) -> None:
+        """One epoch's metrics: a csv line (columns from the first row) and tb scalars."""
+        if self._csv is None:
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=list(row), extrasaction="ignore")
+            self._csv.writeheader()
+        self._csv.writerow(row)
+        self._csv_file.flush()
+        if self._tb is not None:
+            self._tb.epoch(row)
+
+    def finish(self, status: str, **fields: Any) -> dict:
+        """Rewrite summary.json with the final status and results; close the files."""
+        self.summary.update(_finite(fields), status=status,
+                            wall_time_s=round(time.perf_counter() - self._t0, 3))
+        write_json(self.dir / "summary.json", self.summary)
+        self._csv_file.close()
+        if self._tb is not None:
+            self._tb.close(self.summary)
+        return self.summary
+
+
+class _TensorBoard:
+    """Scalars under the contract's tags, hparams and a custom-scalars layout."""
+
+    def __init__(self, logdir: Path, metric: str, hparams: dict | None, group: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.metric = metric
+        self.w = SummaryWriter(log_dir=str(logdir))
+        self.w.add_custom_scalars({"regablate": {
+            "loss": ["Multiline", ["loss/train", "loss/val"]],
+            metric: ["Multiline", [f"{metric}/train", f"{metric}/val"]],
+            "gap": ["Multiline", ["gap"]],
+        }})
+        self.hparams = hparams
+        if hparams is not None:
+            self._write_hparams_start(hparams, group)
+
+    def _metric_tags(self) -> list[str]:
+        return [f"hparams/{s}_{self.metric}" for s in ("train", "val", "test")] + ["hparams/gap"]
+
+    def _write_hparams_start(self, hparams: dict, group: str) -> None:
+        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        exp, ssi, _ = hparams_summary(hparams, dict.fromkeys(self._metric_tags(), 0.0))
+        value = ssi.value[0]
+        data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        data.session_start_info.group_name = group
+        value.metadata.plugin_data.content = data.SerializeToString()
+        self.w.file_writer.add_summary(exp)
+        self.w.file_writer.add_summary(ssi)
+
+    def epoch(self, row: dict) -> None:
+        step, m = row["epoch"], self.metric
+        for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
+                         (f"{m}/train", f"train_{m}"), (f"{m}/val", f"val_{m}"),
+                         ("gap", "gap"), ("lr", "lr")):
+            if row.get(key) is not None:
+                self.w.add_scalar(tag, row[key], step)
+        for key, value in row.items():
+            if key.startswith("weights/"):
+                self.w.add_scalar(key, value, step)
+
+    def add_histogram(self, tag: str, values, step: int) -> None:
+        self.w.add_histogram(tag, values, step)
+
+    def close(self, summary: dict) -> None:
+        if self.hparams is not None:
+            from tensorboard.plugins.hparams.api_pb2 import Status
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            step = summary.get("best_epoch") or 0
+            for split in ("train", "val", "test"):
+                value = (summary.get(split) or {}).get(self.metric)
+                if value is not None:
+                    self.w.add_scalar(f"hparams/{split}_{self.metric}", value, step)
+            if summary.get("gap") is not None:
+                self.w.add_scalar("hparams/gap", summary["gap"], step)
+            _, _, sei = hparams_summary({}, {})
+            from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+            value = sei.value[0]
+            data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+            ok = summary["status"] == "completed"
+            data.session_end_info.status = Status.Value("STATUS_SUCCESS" if ok else "STATUS_FAILURE")
+            value.metadata.plugin_data.content = data.SerializeToString()
+            self.w.file_writer.add_summary(sei)
+        self.w.close()

@@ -1,0 +1,140 @@
+"""The regulariser contract: one small class per regulariser, acting only at its hooks.
+
+Hooks (override only what you need):
+  shape_model(spec)          insert layers / switch the norm while the model is built
+  shape_loss(spec)           change the training loss (label smoothing)
+  penalty(model) -> Tensor   added to the training loss (l1, l2)
+  param_groups(model)        optimiser parameter groups (decoupled weight decay)
+  transform_batch(x, y)      inputs and targets of a training batch (mixup, cutout, ...)
+  after_backward(model)      between backward and the optimiser step (gradient clipping)
+  after_step(model)          after the optimiser step (max-norm)
+
+A `Stack` holds the configured regularisers and calls each hook on those that define it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+REGISTRY: dict[str, type[Regulariser]] = {}
+
+
+def register(cls: type[Regulariser]) -> type[Regulariser]:
+    """Class decorator: make `cls` available as `reg.<cls.key>`."""
+    REGISTRY[cls.key] = cls
+    return cls
+
+
+@dataclass
+class ModelSpec:
+    """What the stack asks of the model builder. Defaults mean "no regularisation"."""
+
+    norm: str = "none"  # none | batch | layer
+    dropout: float | list[float] = 0.0  # after each hidden activation (MLP, CNN head)
+    dropconnect: float = 0.0  # drop rate of Linear weights
+    extra: dict[str, Any] = field(default_factory=dict)  # settings for conv-only layers
+
+
+@dataclass
+class LossSpec:
+    label_smoothing: float = 0.0
+
+
+class Regulariser:
+    key: ClassVar[str]
+    Settings: ClassVar[type]
+
+    def __init__(self, settings: Any):
+        self.s = settings
+
+    def shape_model(self, spec: ModelSpec) -> None: ...
+
+    def shape_loss(self, spec: LossSpec) -> None: ...
+
+    def penalty(self, model: nn.Module) -> torch.Tensor: ...
+
+    def param_groups(self, model: nn.Module) -> list[dict]: ...
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def after_backward(self, model: nn.Module) -> None: ...
+
+    def after_step(self, model: nn.Module) -> None: ...
+
+
+def _defines(reg: Regulariser, hook: str) -> bool:
+    return getattr(type(reg), hook) is not getattr(Regulariser, hook)
+
+
+def weight_matrices(model: nn.Module) -> list[torch.Tensor]:
+    """Weights of Linear and conv layers (>= 2-D); never biases or norm parameters."""
+    return [p for p in model.parameters() if p.ndim >= 2]
+
+
+class Stack:
+    """The configured regularisers, in a fixed (sorted by name) order."""
+
+    def __init__(self, regs: list[Regulariser]):
+        self.regs = sorted(regs, key=lambda r: r.key)
+        self._by_hook = {
+            hook: [r for r in self.regs if _defines(r, hook)]
+            for hook in ("shape_model", "shape_loss", "penalty", "param_groups",
+                         "transform_batch", "after_backward", "after_step")
+        }
+
+    @property
+    def names(self) -> list[str]:
+        return [r.key for r in self.regs]
+
+    def __getitem__(self, key: str) -> Regulariser | None:
+        return next((r for r in self.regs if r.key == key), None)
+
+    def model_spec(self, spec: ModelSpec) -> ModelSpec:
+        for r in self._by_hook["shape_model"]:
+            r.shape_model(spec)
+        return spec
+
+    def loss_spec(self) -> LossSpec:
+        spec = LossSpec()
+        for r in self._by_hook["shape_loss"]:
+            r.shape_loss(spec)
+        return spec
+
+    @property
+    def has_penalty(self) -> bool:
+        return bool(self._by_hook["penalty"])
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        return sum(r.penalty(model) for r in self._by_hook["penalty"])
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        owners = self._by_hook["param_groups"]
+        if len(owners) > 1:
+            from regablate.errors import ConfigError
+
+            raise ConfigError("reg", self.names, "at most one of these may set parameter groups: "
+                              + ", ".join(r.key for r in owners))
+        if owners:
+            return owners[0].param_groups(model)
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    @property
+    def transforms_batch(self) -> bool:
+        return bool(self._by_hook["transform_batch"])
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for r in self._by_hook["transform_batch"]:
+            x, y = r.transform_batch(x, y)
+        return x, y
+
+    def after_backward(self, model: nn.Module) -> None:
+        for r in self._by_hook["after_backward"]:
+            r.after_backward(model)
+
+    def after_step(self, model: nn.Module) -> None:
+        for r in self._by_hook["after_step"]:
+            r.after_step(model)

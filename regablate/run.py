@@ -1,0 +1,67 @@
+"""`regablate run`: the Hydra entry point. The real work is `train.train(cfg, run_dir)`."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from regablate.errors import ConfigError, UsageError
+from regablate.paths import CONF_DIR
+
+
+def _remove_if_only_hydra(run_dir: Path) -> None:
+    """A run refused before training leaves nothing behind (only Hydra's own files existed)."""
+    if run_dir.is_dir() and all(p.name in (".hydra", "regablate.log") for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
+
+
+def _failed_summary(run_dir: Path, cfg: dict, error: str) -> None:
+    """In a sweep, a job refused for its config is recorded as failed; the sweep goes on."""
+    from regablate.atomic import write_json
+    from regablate.experiment import group_id
+
+    reg = cfg.get("reg") if isinstance(cfg.get("reg"), dict) else {}
+    write_json(run_dir / "summary.json", {
+        "schema": 1, "status": "failed", "seed": cfg.get("seed"), "data_seed": cfg.get("data_seed"),
+        "dataset": (cfg.get("dataset") or {}).get("name"), "model": (cfg.get("model") or {}).get("name"),
+        "reg": sorted(reg), "group": group_id(cfg), "warnings": [], "error": error,
+    })
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from regablate.train import train
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    sweep = hc.mode == RunMode.MULTIRUN
+    try:
+        if (run_dir / "summary.json").exists():
+            raise UsageError(f"{run_dir} already holds a run (summary.json); choose another "
+                             "hydra.run.dir or hydra.sweep.dir")
+        container = OmegaConf.to_container(cfg, resolve=True)
+        summary = train(container, run_dir)
+    except ConfigError as e:
+        if sweep:  # recorded as failed; Hydra runs the other jobs and raises at the end
+            _failed_summary(run_dir, container, f"invalid config: {e}")
+            raise
+        _remove_if_only_hydra(run_dir)
+        refuse(f"invalid config: {e}")
+    except UsageError as e:
+        if sweep:
+            raise
+        refuse(str(e))
+    return summary.get("gap")
+
+
+def refuse(message: str) -> None:
+    """One line on stderr and exit code 2 (SystemExit passes through Hydra untouched)."""
+    print(f"regablate: error: {message}", file=sys.stderr)
+    raise SystemExit(2)

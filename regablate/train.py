@@ -1,0 +1,165 @@
+"""The training loop, readable top to bottom: `train(cfg, run_dir)` -> summary dict.
+
+for epoch: batches (slices of a per-epoch permutation) -> stack.transform_batch ->
+loss + stack.penalty -> backward -> stack.after_backward -> decoupled decay -> step ->
+stack.after_step; then evaluate train and val (eval mode, no grad, full splits), record,
+early stopping and the LR schedule. At the end the best epoch's weights are restored and
+train/val/test are evaluated once more for the summary.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from regablate.evaluate import evaluate, gap
+from regablate.experiment import Experiment, build_experiment, flatten, group_id
+from regablate.optim import decay_groups, decoupled_decay_
+from regablate.progress import make_progress
+from regablate.recorder import Recorder
+from regablate.settings import load_settings
+
+
+class EarlyStopper:
+    """Tracks the best validation score; `stop` after `patience` epochs without improvement."""
+
+    def __init__(self, patience: int, min_delta: float, higher_is_better: bool):
+        self.patience, self.min_delta, self.sign = patience, min_delta, -1.0 if higher_is_better else 1.0
+        self.best, self.best_epoch, self.bad_epochs = math.inf, 0, 0
+
+    def update(self, score: float, epoch: int) -> bool:
+        """Record `score` (lower is better after the sign); True if it is a new best."""
+        s = self.sign * score
+        if s < self.best - self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = s, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+
+def train_epoch(x: Experiment, gen: torch.Generator, decay: list[dict]) -> float:
+    """One pass over the training split; returns the mean training objective."""
+    data, model, opt, stack = x.data, x.model, x.optimizer, x.s.stack
+    n = len(data.train)
+    bs = min(x.s.trainer.batch_size, n)
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    if n % bs == 1 and n > 1:  # a batch of one breaks BatchNorm: leave that sample out
+        perm, n = perm[:-1], n - 1
+    model.train()
+    total = torch.zeros((), device=x.device)
+    for i in range(0, n, bs):
+        idx = perm[i : i + bs]
+        inputs, targets = data.prepare(data.train.x[idx]), data.train.y[idx]
+        if stack.transforms_batch:
+            inputs, targets = stack.transform_batch(inputs, targets)
+        loss = x.loss(model(inputs), targets)
+        if stack.has_penalty:
+            loss = loss + stack.penalty(model)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        stack.after_backward(model)
+        if decay:
+            decoupled_decay_(decay)
+        opt.step()
+        stack.after_step(model)
+        total += loss.detach() * len(idx)
+    return total.item() / n
+
+
+def _summary_head(cfg: dict, x: Experiment) -> dict:
+    s, data = x.s, x.data
+    return {
+        "task": data.task, "metric": data.metric, "higher_is_better": data.higher_is_better,
+        "seed": s.seed, "data_seed": s.data_seed, "dataset": s.dataset.name,
+        "model": s.model.name, "reg": s.stack.names, "group": group_id(cfg),
+        "device": str(x.device), "n_params": x.n_params,
+    }
+
+
+def _hparams(cfg: dict) -> dict:
+    """Flat scalar settings for TensorBoard's HParams dashboard (lists as strings)."""
+    out = {}
+    for k, v in flatten(cfg).items():
+        out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def train(cfg: Mapping, run_dir: Path | str) -> dict:
+    """Train one configuration into `run_dir`; returns the final summary.
+
+    `cfg` is the resolved config as plain containers. Invalid settings raise ConfigError before
+    any file is written. Errors after that leave summary.json with status "failed".
+    """
+    cfg = dict(cfg)
+    s = load_settings(cfg)
+    x = build_experiment(s)
+    t = s.trainer
+    metric = x.data.metric
+    rec = Recorder(run_dir, _summary_head(cfg, x), metric, _hparams(cfg), t.tensorboard)
+    try:
+        return _fit(x, rec)
+    except KeyboardInterrupt:
+        rec.finish("interrupted", error="interrupted by the user")
+        raise
+    except Exception as e:
+        rec.finish("failed", error=f"{type(e).__name__}: {e}")
+        raise
+
+
+def _fit(x: Experiment, rec: Recorder) -> dict:
+    t, data, model = x.s.trainer, x.data, x.model
+    metric = data.metric
+    es = t.early_stopping
+    monitor_metric = es.monitor == "metric"
+    stopper = EarlyStopper(es.patience, es.min_delta, data.higher_is_better and monitor_metric)
+    gen = torch.Generator().manual_seed(x.s.seed)
+    decay = decay_groups(x.optimizer)
+    best_state, status, epoch = None, "completed", 0
+    with make_progress(t.progress, t.max_epochs, metric) as progress:
+        for epoch in range(1, t.max_epochs + 1):
+            t0 = time.perf_counter()
+            lr = x.optimizer.param_groups[0]["lr"]
+            objective = train_epoch(x, gen, decay)
+            tr = evaluate(model, data, data.train, t.eval_batch_size)
+            va = evaluate(model, data, data.val, t.eval_batch_size)
+            if not all(math.isfinite(v) for v in (objective, tr["loss"], va["loss"])):
+                status = "diverged"
+                break
+            row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], f"train_{metric}": tr[metric],
+                   "val_loss": va["loss"], f"val_{metric}": va[metric], "gap": gap(tr, va, metric),
+                   "objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4)}
+            rec.epoch(row)
+            progress.epoch(row)
+            if stopper.update(va[metric] if monitor_metric else va["loss"], epoch):
+                best_state = copy.deepcopy(model.state_dict())
+            x.schedule.step(va["loss"])
+            if stopper.stop:
+                break
+    epochs_run = epoch - 1 if status == "diverged" else epoch
+    if best_state is None:  # diverged before any finite epoch
+        return rec.finish(status, best_epoch=None, epochs_run=epochs_run, stopped_early=False,
+                          train=None, val=None, test=None, gap=None,
+                          error=f"non-finite loss at epoch {epoch}")
+    if t.restore_best or status == "diverged":
+        model.load_state_dict(best_state)
+    from regablate.atomic import write_atomic
+
+    write_atomic(rec.dir / "checkpoints" / "best.pt", lambda f: torch.save(best_state, f), mode="wb")
+    final = {name: evaluate(model, data, split, t.eval_batch_size)
+             for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
+    return rec.finish(
+        status, best_epoch=stopper.best_epoch, epochs_run=epochs_run,
+        metrics_epoch=stopper.best_epoch if (t.restore_best or status == "diverged") else epochs_run,
+        stopped_early=stopper.stop and epochs_run < t.max_epochs, **final,
+        gap=gap(final["train"], final["val"], metric),
+        error=f"non-finite loss at epoch {epoch}" if status == "diverged" else None,
+    )
