@@ -9,8 +9,14 @@ from torch import nn
 from regablate.data import Data, Split
 
 
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when `trainer.amp` is on; a no-op context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int = 4096) -> dict[str, float]:
+def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int = 4096,
+             amp: bool = False) -> dict[str, float]:
     """{"loss", "acc"} (mean cross-entropy, accuracy) or {"loss", "mse"} on the whole split.
 
     Losses are the plain objective (no label smoothing, no penalties). Sums stay on the device
@@ -21,7 +27,8 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int = 4096)
     loss_sum = torch.zeros((), device=split.y.device)
     hit_sum = torch.zeros((), device=split.y.device)
     for i in range(0, len(split), batch_size):
-        out = model(data.prepare(split.x[i : i + batch_size])).float()
+        with autocast(split.y.device, amp):
+            out = model(data.prepare(split.x[i : i + batch_size])).float()
         y = split.y[i : i + batch_size]
         if data.task == "classification":
             loss_sum += F.cross_entropy(out, y, reduction="sum")

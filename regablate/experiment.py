@@ -88,7 +88,13 @@ def build_experiment(s: Settings) -> Experiment:
     data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed).to(device)
     seed_everything(s.seed)
     spec = s.stack.model_spec(ModelSpec(norm=getattr(s.model, "norm", "none")))
+    if s.trainer.amp and device.type != "cuda":
+        from regablate.errors import ConfigError
+
+        raise ConfigError("trainer.amp", True, f"bf16 autocast is for CUDA; the device is {device}")
     model = MODELS[s.model.name][1](s.model, data.in_shape, data.out_dim, spec).to(device)
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(s.optim, s.stack.param_groups(model))
     schedule = Schedule(s.sched, optimizer, s.trainer.max_epochs)
     loss = training_loss(data.task, s.stack.loss_spec().label_smoothing)

@@ -58,7 +58,22 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if sweep:
             raise
         refuse(str(e))
+    if cfg.trainer.progress != "none":
+        print(describe(summary, run_dir), flush=True)
     return summary.get("gap")
+
+
+def describe(summary: dict, run_dir: Path) -> str:
+    """One line: where the run is, how it ended, its metrics at the best epoch."""
+    m = summary.get("metric")
+    parts = [f"{summary['status']}: {run_dir}"]
+    if summary.get("val"):
+        parts.append(f"best epoch {summary['best_epoch']}/{summary['epochs_run']}")
+        parts += [f"{split} {m} {summary[split][m]:.4f}" for split in ("train", "val", "test")]
+        parts.append(f"gap {summary['gap']:+.4f}")
+    if summary.get("error"):
+        parts.append(summary["error"])
+    return "  ".join(parts)
 
 
 def refuse(message: str) -> None:

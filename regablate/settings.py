@@ -30,6 +30,7 @@ class TrainerSettings:
     restore_best: bool = True  # metrics (and best.pt) at the best val epoch
     device: str = check(lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
                         "must be auto, cpu, cuda or cuda:N", "auto")
+    amp: bool = False  # bf16 autocast (CUDA only; channels_last is used for conv models on CUDA)
     progress: Literal["auto", "rich", "plain", "none"] = "auto"  # auto: rich on a terminal
     tensorboard: bool = True  # write tb/ event files
 

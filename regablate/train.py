@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from regablate.evaluate import evaluate, gap
+from regablate.evaluate import autocast, evaluate, gap
 from regablate.experiment import Experiment, build_experiment, flatten, group_id
 from regablate.optim import decay_groups, decoupled_decay_
 from regablate.progress import make_progress
@@ -61,7 +61,8 @@ def train_epoch(x: Experiment, gen: torch.Generator, decay: list[dict]) -> float
         inputs, targets = data.prepare(data.train.x[idx]), data.train.y[idx]
         if stack.transforms_batch:
             inputs, targets = stack.transform_batch(inputs, targets)
-        loss = x.loss(model(inputs), targets)
+        with autocast(x.device, x.s.trainer.amp):
+            loss = x.loss(model(inputs).float(), targets)
         if stack.has_penalty:
             loss = loss + stack.penalty(model)
         opt.zero_grad(set_to_none=True)
@@ -128,9 +129,10 @@ def _fit(x: Experiment, rec: Recorder) -> dict:
         for epoch in range(1, t.max_epochs + 1):
             t0 = time.perf_counter()
             lr = x.optimizer.param_groups[0]["lr"]
+            x.s.stack.on_epoch(model, epoch, t.max_epochs)
             objective = train_epoch(x, gen, decay)
-            tr = evaluate(model, data, data.train, t.eval_batch_size)
-            va = evaluate(model, data, data.val, t.eval_batch_size)
+            tr = evaluate(model, data, data.train, t.eval_batch_size, t.amp)
+            va = evaluate(model, data, data.val, t.eval_batch_size, t.amp)
             if not all(math.isfinite(v) for v in (objective, tr["loss"], va["loss"])):
                 status = "diverged"
                 break
@@ -154,7 +156,7 @@ def _fit(x: Experiment, rec: Recorder) -> dict:
     from regablate.atomic import write_atomic
 
     write_atomic(rec.dir / "checkpoints" / "best.pt", lambda f: torch.save(best_state, f), mode="wb")
-    final = {name: evaluate(model, data, split, t.eval_batch_size)
+    final = {name: evaluate(model, data, split, t.eval_batch_size, t.amp)
              for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
     return rec.finish(
         status, best_epoch=stopper.best_epoch, epochs_run=epochs_run,

@@ -8,6 +8,7 @@ Hooks (override only what you need):
   transform_batch(x, y)      inputs and targets of a training batch (mixup, cutout, ...)
   after_backward(model)      between backward and the optimiser step (gradient clipping)
   after_step(model)          after the optimiser step (max-norm)
+  on_epoch(model, epoch, max_epochs)  before each training epoch (schedules of a drop rate)
 
 A `Stack` holds the configured regularisers and calls each hook on those that define it.
 """
@@ -65,6 +66,8 @@ class Regulariser:
 
     def after_step(self, model: nn.Module) -> None: ...
 
+    def on_epoch(self, model: nn.Module, epoch: int, max_epochs: int) -> None: ...
+
 
 def _defines(reg: Regulariser, hook: str) -> bool:
     return getattr(type(reg), hook) is not getattr(Regulariser, hook)
@@ -83,7 +86,7 @@ class Stack:
         self._by_hook = {
             hook: [r for r in self.regs if _defines(r, hook)]
             for hook in ("shape_model", "shape_loss", "penalty", "param_groups",
-                         "transform_batch", "after_backward", "after_step")
+                         "transform_batch", "after_backward", "after_step", "on_epoch")
         }
 
     @property
@@ -138,3 +141,7 @@ class Stack:
     def after_step(self, model: nn.Module) -> None:
         for r in self._by_hook["after_step"]:
             r.after_step(model)
+
+    def on_epoch(self, model: nn.Module, epoch: int, max_epochs: int) -> None:
+        for r in self._by_hook["on_epoch"]:
+            r.on_epoch(model, epoch, max_epochs)

@@ -1,0 +1,7 @@
+"""`regablate report`: read run dirs, group them over seeds, render tables and plots.
+
+Modules: collect (run dirs -> Run records), select (filters, groups, names, baselines),
+stats (means, t-intervals, tests, Holm), table (rows and columns), render (terminal, markdown,
+csv, latex, json), plots (PNG figures), cli (argument handling). Only the on-disk contract is
+read; training code is never imported. Heavy libraries are imported inside these modules only.
+"""

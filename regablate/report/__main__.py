@@ -1,0 +1,7 @@
+"""`python -m regablate.report ...` is `regablate report ...`."""
+
+import sys
+
+from regablate.report.cli import main
+
+sys.exit(main(sys.argv[1:]))

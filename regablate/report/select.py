@@ -1,0 +1,180 @@
+"""Which runs, in which groups, under which names, compared with which baseline.
+
+Filters (`--filter KEY=V1,V2`) keep runs whose KEY equals one of the values; KEY is `reg`
+(the stack as shown, e.g. `dropout+l2` or `none`, or the name given on the command line,
+e.g. `dropout_l2`), a summary field (`status`, `seed`, `dataset`, ...) or a flattened config key
+(`optim.lr`). Numbers compare as numbers (`optim.lr=1e-2` matches 0.01).
+
+Groups are runs sharing the summary's `group` id (same config up to seeds). A group's name is
+its stack joined with `+` (`none` when empty), followed by the config settings that tell it
+apart when several groups share that stack (`dropout p=0.3`).
+
+Baseline: `--baseline NAME` for every group; else the only group with an empty stack; else,
+when there are several (say one per learning rate), the empty-stack group whose settings
+outside `reg.*` equal the group's own; a group with no such match gets no comparison.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from regablate.report.collect import SEED_KEYS, Run
+
+SUMMARY_KEYS = ("status", "group", "dataset", "model", "task", "metric", "seed", "data_seed")
+_MISSING = object()
+
+
+class SelectError(ValueError):
+    """Bad --filter or --baseline value; the message names option, value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Filter:
+    key: str
+    values: tuple
+
+
+def parse_filter(text: str) -> Filter:
+    key, eq, values = text.partition("=")
+    key = key.strip()
+    vals = tuple(v.strip() for v in values.split(",") if v.strip())
+    if not eq or not key or not vals:
+        raise SelectError(f"--filter {text!r}: expected KEY=VALUE[,VALUE...], e.g. reg=dropout")
+    return Filter(key, vals)
+
+
+def check_filters(filters: list[Filter], runs: list[Run]) -> None:
+    """Every filter key must name a field some run has."""
+    known = {"reg", *SUMMARY_KEYS}.union(*(r.config for r in runs))
+    for f in filters:
+        if f.key not in known:
+            examples = ", ".join(["reg", *SUMMARY_KEYS, *sorted(known - {"reg", *SUMMARY_KEYS})[:4]])
+            raise SelectError(f"--filter {f.key}=...: unknown key {f.key!r}; allowed: {examples}, "
+                              "or another flattened config key")
+
+
+def stack_name(stack: tuple) -> str:
+    return "+".join(stack) or "none"
+
+
+def _same(value, wanted: str) -> bool:
+    if value is _MISSING:
+        return False
+    if str(value) == wanted:
+        return True
+    try:
+        return float(value) == float(wanted)
+    except (TypeError, ValueError):
+        return False
+
+
+def _reg_given(run: Run) -> list[str]:
+    return [o.split("=", 1)[1] for o in run.overrides if o.lstrip("+~").startswith("reg=")]
+
+
+def matches(run: Run, f: Filter) -> bool:
+    if f.key == "reg":
+        names = {stack_name(run.stack), *_reg_given(run)}
+        return any(set(v.split("+")) == set(n.split("+")) for v in f.values for n in names)
+    value = run.summary.get(f.key, _MISSING) if f.key in SUMMARY_KEYS else _MISSING
+    if value is _MISSING:
+        value = run.config.get(f.key, _MISSING)
+    return any(_same(value, v) for v in f.values)
+
+
+@dataclass(eq=False)
+class Group:
+    """Runs of one config over seeds; only the completed ones are averaged."""
+
+    id: str
+    runs: list = field(default_factory=list)
+    name: str = ""
+    baseline: Group | None = None
+
+    @property
+    def done(self) -> list:
+        return [r for r in self.runs if r.done]
+
+    @property
+    def stack(self) -> tuple:
+        return self.runs[0].stack
+
+    @property
+    def config(self) -> dict:
+        return self.runs[0].config
+
+
+def differing(configs: list[dict]) -> list[str]:
+    """Config keys (seeds aside) whose value is not the same in all of `configs`."""
+    keys = dict.fromkeys(k for c in configs for k in c if k not in SEED_KEYS)
+    return [k for k in keys if len({repr(c.get(k, _MISSING)) for c in configs}) > 1]
+
+
+def config_columns(groups: list[Group], per_run: bool) -> list[str]:
+    """Settings that differ between the runs (or groups) shown, stable within each group."""
+    if per_run:
+        return differing([r.config for g in groups for r in g.runs])
+    inside = {k for g in groups for k in differing([r.config for r in g.runs])}
+    return [k for k in differing([g.config for g in groups]) if k not in inside]
+
+
+def short_keys(keys: list[str]) -> dict:
+    """Shortest dotted suffix that is still unique: reg.dropout.p -> p."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for i in range(len(parts) - 1, -1, -1):
+            tail = ".".join(parts[i:])
+            if sum(k == tail or k.endswith("." + tail) for k in keys) == 1:
+                out[key] = tail
+                break
+    return out
+
+
+def make_groups(runs: list[Run]) -> list[Group]:
+    """Groups by the summary's `group` id, named; order: baseline first, then by stack."""
+    by_id: dict[str, Group] = {}
+    for run in runs:
+        by_id.setdefault(run.summary["group"], Group(run.summary["group"])).runs.append(run)
+    by_stack = defaultdict(list)
+    for g in by_id.values():
+        by_stack[g.stack].append(g)
+    for stack, same in by_stack.items():
+        keys = differing([g.config for g in same]) if len(same) > 1 else []
+        short = short_keys(keys)
+        for g in same:
+            extra = [f"{short[k]}={g.config.get(k, '-')}" for k in keys]
+            g.name = " ".join([stack_name(stack), *extra])
+    names = defaultdict(list)
+    for g in by_id.values():
+        names[g.name].append(g)
+    for same in names.values():
+        if len(same) > 1:  # nothing in the config tells them apart
+            for g in same:
+                g.name += f" [{g.id[:8]}]"
+    return sorted(by_id.values(), key=lambda g: (len(g.stack), g.name))
+
+
+def _outside_reg(g: Group) -> dict:
+    return {k: v for k, v in g.config.items() if not k.startswith("reg.") and k not in SEED_KEYS}
+
+
+def assign_baselines(groups: list[Group], pool: list[Group], name: str | None) -> None:
+    """Set `g.baseline` for each of `groups` from the groups in `pool` (see module doc)."""
+    if name is not None:
+        found = [b for b in pool if name in (b.name, b.id)]
+        if not found:
+            allowed = ", ".join(repr(b.name) for b in pool)
+            raise SelectError(f"--baseline {name!r}: no such group; groups: {allowed}")
+        chosen = {g.id: found[0] for g in groups}
+    else:
+        empty = [b for b in pool if not b.stack]
+        chosen = {}
+        for g in groups:
+            match = empty if len(empty) == 1 else [
+                b for b in empty if _outside_reg(b) == _outside_reg(g)]
+            chosen[g.id] = match[0] if len(match) == 1 else None
+    for g in groups:
+        b = chosen[g.id]
+        g.baseline = None if b is None or b.id == g.id else b

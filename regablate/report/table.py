@@ -1,0 +1,212 @@
+"""The report as data: columns (header, kind, direction) and rows, per group or per run.
+
+Rows hold raw values (numbers, `Stat`s); render.py turns them into text. A group row averages
+its completed runs only; `--metric` picks the split compared with the baseline.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+from regablate.report.collect import SPLITS, STATUSES, Run
+from regablate.report.select import Group, config_columns, stack_name
+from regablate.report.stats import Stat, compare, describe, holm
+
+LOWER_IS_BETTER = {"loss", "mse", "mae", "nll", "ece", "brier", "gap"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """key: row key; head: header, two lines split by a newline; kind: how to format;
+    better: "metric" (the row's direction), "lower", "higher" or None; drop: the higher,
+    the sooner the column is hidden on a narrow terminal (0: never)."""
+
+    key: str
+    head: str
+    kind: str = "text"
+    better: str | None = None
+    drop: int = 0
+
+
+@dataclass
+class Report:
+    columns: list
+    rows: list
+    footer: list
+    doc: dict  # the json document
+
+
+def _config_cols(keys: list[str]) -> list[Column]:
+    return [Column(k, "\n".join(k.rsplit(".", 1)) if "." in k else f"\n{k}", "text", drop=6)
+            for k in keys]
+
+
+def _split_cols(metric: str, kind: str) -> list[Column]:
+    return [Column(s, f"{s}\n{metric}", kind, "metric", drop=0 if s == "val" else 3) for s in SPLITS]
+
+
+def _metric_name(runs: list[Run]) -> str:
+    metrics = {r.metric for r in runs}
+    return metrics.pop() if len(metrics) == 1 else "metric"
+
+
+def _pairs(runs: list[Run], split: str) -> list:
+    return [((r.summary.get("seed"), r.summary.get("data_seed")), r.value(split)) for r in runs]
+
+
+def _stat_json(s: Stat) -> dict:
+    return {"n": s.n, "mean": s.mean, "std": s.std, "ci95": [s.lo, s.hi]}
+
+
+def _numeric_keys(runs: list[Run], split: str) -> list[str]:
+    keys = dict.fromkeys(k for r in runs for k, v in (r.summary.get(split) or {}).items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return list(keys)
+
+
+def _group_row(g: Group, keys: list[str]) -> dict:
+    done = g.done
+    statuses = Counter(r.status for r in g.runs)
+    ids = {w.get("id") or w.get("message") for r in g.runs for w in r.summary.get("warnings") or []
+           if isinstance(w, dict)}
+    epochs = [float(r.summary["best_epoch"]) for r in done
+              if isinstance(r.summary.get("best_epoch"), (int, float))]
+    row = {"name": g.name, "group": g.id, "reg": list(g.stack), "metric": g.runs[0].metric,
+           "higher_is_better": bool(g.runs[0].summary["higher_is_better"]), "n": len(done),
+           **{s: describe(r.value(s) for r in done) for s in (*SPLITS, "gap")},
+           "best_epoch": sum(epochs) / len(epochs) if epochs else math.nan,
+           "warnings": len(ids),
+           "not_averaged": ", ".join(f"{statuses[s]} {s}" for s in STATUSES[1:] if statuses[s]),
+           "baseline": g.baseline.name if g.baseline else None}
+    row["gap_ci"] = row["gap"]
+    row.update({k: g.config.get(k) for k in keys})
+    return row
+
+
+def group_report(groups: list[Group], split: str, paired: bool) -> Report:
+    """One row per group, compared on `split` and on the gap with its baseline."""
+    runs = [r for g in groups for r in g.runs]
+    keys = config_columns(groups, per_run=False)
+    rows, docs = [], []
+    baseline_ids = {g.baseline.id for g in groups if g.baseline}
+    for g in groups:
+        row = _group_row(g, keys)
+        row["is_baseline"] = g.id in baseline_ids
+        for name, src in (("", split), ("_gap", "gap")):
+            c = compare(_pairs(g.done, src), _pairs(g.baseline.done, src), paired) \
+                if g.baseline else compare([], [])
+            row.update({f"delta{name}": c.delta, f"p{name}_raw": c.p, f"method{name}": c.test})
+        rows.append(row)
+        docs.append({
+            **{k: row[k] for k in ("name", "group", "reg", "metric", "higher_is_better", "n")},
+            "statuses": dict(Counter(r.status for r in g.runs)), "low_n": row["n"] < 3,
+            **{s: {k: _stat_json(describe(r.value(s, k) for r in g.done))
+                   for k in _numeric_keys(g.done, s)} for s in SPLITS},
+            "gap": _stat_json(row["gap"]), "best_epoch": row["best_epoch"],
+            "warnings": row["warnings"], "config": {k: row[k] for k in keys},
+            "baseline": row["baseline"], "is_baseline": row["is_baseline"]})
+    for name in ("", "_gap"):
+        for row, p in zip(rows, holm([r[f"p{name}_raw"] for r in rows])):
+            row[f"p{name}"] = p
+    for row, doc in zip(rows, docs):
+        doc["vs_baseline"] = None if row["baseline"] is None else {
+            f"{split}_{row['metric']}": {"delta": row["delta"], "p": row["p_raw"],
+                                         "p_holm": row["p"], "test": row["method"]},
+            "gap": {"delta": row["delta_gap"], "p": row["p_gap_raw"],
+                    "p_holm": row["p_gap"], "test": row["method_gap"]}}
+    m = _metric_name(runs)
+    columns = [Column("name", "\ngroup"), *_config_cols(keys), Column("n", "\nn", "n"),
+               *_split_cols(m, "stat"), Column("gap", "gap\nmean ± std", "stat", "lower"),
+               Column("gap_ci", "gap\n95% CI", "ci", drop=2),
+               Column("best_epoch", "best\nepoch", "epoch", drop=4),
+               Column("delta", f"Δ {split}\n{m}", "delta", "metric", drop=1),
+               Column("p", "p\n(Holm)", "p", drop=1),
+               Column("delta_gap", "Δ\ngap", "delta", "lower", drop=2),
+               Column("p_gap", "p gap\n(Holm)", "p", drop=2),
+               Column("warnings", "warn-\nings", "int", drop=5)]
+    if any(r["not_averaged"] for r in rows):
+        columns.append(Column("not_averaged", "not\naveraged", drop=5))
+    footer = _counts(runs) + _test_note(rows, split) + _seed_note(rows)
+    return Report(columns, rows, footer, {"metric_split": split, "groups": docs})
+
+
+def _rel(path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def run_report(groups: list[Group]) -> Report:
+    """One row per run, every status included, with extra numeric keys carried through."""
+    runs = [r for g in groups for r in g.runs]
+    keys = config_columns(groups, per_run=True)
+    extra = [(s, k) for s in SPLITS for k in _numeric_keys(runs, s)
+             if k not in {r.metric for r in runs}]
+    rows = []
+    for g in groups:
+        for r in sorted(g.runs, key=lambda r: (str(r.summary.get("seed")), str(r.path))):
+            s = r.summary
+            row = {"run": _rel(r.path), "status": r.status, "name": g.name, "group": g.id,
+                   "seed": s.get("seed"), "data_seed": s.get("data_seed"), "metric": r.metric,
+                   "higher_is_better": bool(s["higher_is_better"]),
+                   **{k: r.config.get(k) for k in keys},
+                   **{sp: r.value(sp) for sp in (*SPLITS, "gap")},
+                   "best_epoch": s.get("best_epoch"), "epochs_run": s.get("epochs_run"),
+                   "warnings": len(s.get("warnings") or []),
+                   **{f"{sp}_{k}": r.value(sp, k) for sp, k in extra}}
+            rows.append(row)
+    m = _metric_name(runs)
+    columns = [Column("run", "run\ndir", drop=0), Column("status", "\nstatus"),
+               Column("name", "\ngroup"), Column("seed", "\nseed", "int"),
+               Column("data_seed", "data\nseed", "int", drop=4), *_config_cols(keys),
+               *_split_cols(m, "num"), Column("gap", "\ngap", "num", "lower"),
+               Column("best_epoch", "best\nepoch", "int", drop=4),
+               Column("epochs_run", "epochs\nrun", "int", drop=4),
+               Column("warnings", "warn-\nings", "int", drop=5),
+               *[Column(f"{s}_{k}", f"{s}\n{k}", "num", _direction(k), drop=7) for s, k in extra]]
+    doc = {"runs": [_run_json(r, g, keys) for g in groups for r in g.runs]}
+    return Report(columns, rows, _counts(runs), doc)
+
+
+def _direction(key: str) -> str | None:
+    return "lower" if key in LOWER_IS_BETTER else "higher" if key in {"acc", "auc", "f1"} else None
+
+
+def _run_json(r: Run, g: Group, keys: list[str]) -> dict:
+    s = r.summary
+    fields = ("status", "seed", "data_seed", "task", "metric", "higher_is_better", "reg", "train",
+              "val", "test", "gap", "best_epoch", "epochs_run", "stopped_early", "wall_time_s",
+              "device", "n_params", "warnings", "error")
+    return {"dir": str(r.path), "name": g.name, "group": g.id, **{k: s.get(k) for k in fields},
+            "config": {k: r.config.get(k) for k in keys}, "overrides": r.overrides}
+
+
+def _counts(runs: list[Run]) -> list[str]:
+    c = Counter(r.status for r in runs)
+    shown = [f"{c[s]} {s}" for s in STATUSES if s != "interrupted" or c[s]]
+    return ["runs: " + " · ".join(shown) + " (only completed runs are averaged)"]
+
+
+def _test_note(rows: list[dict], split: str) -> list[str]:
+    bases = sorted({r["baseline"] for r in rows if r["baseline"]})
+    if not bases:
+        return ["no baseline group (empty stack) to compare with; name one with --baseline"]
+    tests = sorted({r[k] for r in rows for k in ("method", "method_gap") if r[k]})
+    m = sum(not math.isnan(r["p_raw"]) for r in rows)
+    lines = [f"Δ, p: {split} metric and gap minus baseline {', '.join(map(repr, bases))}; "
+             f"{' / '.join(tests) or 'no test (n < 2)'}, two-sided"
+             + (f", Holm-adjusted over {m} groups" if m else "")]
+    orphans = [r["name"] for r in rows if not r["baseline"] and not r["is_baseline"]]
+    if orphans:
+        lines.append(f"no unique baseline for {', '.join(orphans)}; name one with --baseline")
+    return lines
+
+
+def _seed_note(rows: list[dict]) -> list[str]:
+    if any(r["n"] < 5 for r in rows):
+        return ["* fewer than 3 completed seeds; at least 5 seeds per group are recommended"]
+    return []
