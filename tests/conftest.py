@@ -1,0 +1,43 @@
+"""Shared test helpers: compose configs exactly as `regablate run` does, and run the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from regablate.paths import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_cfg(*overrides: str) -> dict:
+    """The resolved config (plain dict, no `hydra` key) for these overrides."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out.pop("hydra", None)
+    return out
+
+
+FAST = ("trainer.max_epochs=3", "trainer.progress=none", "trainer.tensorboard=false")
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`regablate ARGS` in a fresh process, as a user types it."""
+    return subprocess.run([sys.executable, "-m", "regablate", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def small_cfg():
+    """A fast sparse-synthetic config; pass extra overrides."""
+    def make(*overrides: str) -> dict:
+        other_data = any(o.startswith("dataset=") for o in overrides)
+        size = () if other_data else ("dataset.n=400", "dataset.n_test=200")
+        return compose_cfg(*size, *FAST, *overrides)
+    return make

@@ -1,0 +1,66 @@
+"""Real `regablate` processes, checked through their exit codes, messages and files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import FAST, run_cli
+
+SMALL = ("dataset.n=300", "dataset.n_test=100", *FAST)
+
+
+def test_single_run_writes_the_run_dir(tmp_path):
+    r = run_cli("run", "+reg=dropout_l2", *SMALL, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["reg"] == ["dropout", "l2"]
+    assert (run_dir / "metrics.csv").exists() and (run_dir / "checkpoints").is_dir()
+    assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())[0] == "+reg=dropout_l2"
+    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["reg"]["dropout"] == {"p": 0.5}
+
+
+def test_multirun_2x2_shares_groups_across_seeds(tmp_path):
+    r = run_cli("run", "-m", "+reg=none,dropout", "seed=0,1", *SMALL,
+                "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
+    assert len(summaries) == 4 and all(s["status"] == "completed" for s in summaries)
+    by_group: dict[str, set] = {}
+    for s in summaries:
+        by_group.setdefault(s["group"], set()).add((tuple(s["reg"]), s["seed"]))
+    assert sorted(by_group.values(), key=str) == sorted(
+        [{((), 0), ((), 1)}, {(("dropout",), 0), (("dropout",), 1)}], key=str)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("+reg=dropout", "reg.dropout.p=1.5"), "reg.dropout.p=1.5: must be in [0, 1)"),
+    (("optim.lr=0",), "optim.lr=0: must be > 0"),
+    (("+reg=nope",), "Could not find 'reg/nope'"),
+    (("reg.dropout.p=0.3",), "Could not override 'reg.dropout.p'"),
+    (("+reg=dropout", "+reg.dropout.q=1"), "reg.dropout.q=1: unknown key; allowed: p"),
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, message):
+    r = run_cli("run", *args, *FAST, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("summary.json"))
+    assert not list(tmp_path.rglob(".hydra"))  # no half-made run dir
+
+
+def test_bad_job_in_a_sweep_is_recorded_and_the_others_run(tmp_path):
+    r = run_cli("run", "-m", "+reg=dropout", "reg.dropout.p=0.2,1.5", *SMALL,
+                "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 2 and "reg.dropout.p=1.5" in r.stderr
+    statuses = {json.loads(p.read_text())["status"] for p in (tmp_path / "sweep").glob("*/summary.json")}
+    assert statuses == {"completed", "failed"}
+
+
+def test_hydra_flags_keep_working_and_unknown_command(tmp_path):
+    r = run_cli("run", "optim=adam", "optim.weight_decay=1e-3", "--cfg", "job", cwd=tmp_path)
+    assert r.returncode == 0 and "name: adam" in r.stdout and "weight_decay: 0.001" in r.stdout
+    r = run_cli("frobnicate", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr

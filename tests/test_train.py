@@ -1,0 +1,115 @@
+"""The trainer through `train(cfg, run_dir)`: science, determinism, early stopping, files."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import REPO
+from regablate.train import EarlyStopper, train
+
+
+def load_plain():
+    spec = importlib.util.spec_from_file_location("plain_mlp", REPO / "benchmarks" / "plain_mlp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_a_hand_written_pytorch_script(small_cfg, tmp_path, seed):
+    """Configured like the classic script, regablate computes the same numbers."""
+    cfg = small_cfg("dataset.n=2000", "dataset.n_test=2000", "sched=none", "trainer.max_epochs=4",
+                    "trainer.early_stopping.patience=0", "trainer.restore_best=false", f"seed={seed}")
+    summary = train(cfg, tmp_path)
+    plain = load_plain().main(seed=seed, epochs=4)
+    assert summary["val"]["acc"] == pytest.approx(plain["val_acc"], abs=1e-6)
+    assert summary["train"]["acc"] == pytest.approx(plain["train_acc"], abs=1e-6)
+    assert summary["test"]["acc"] == pytest.approx(plain["test_acc"], abs=1e-6)
+    assert summary["val"]["loss"] == pytest.approx(plain["val_loss"], rel=1e-5)
+
+
+def test_same_seeds_same_numbers_and_other_seed_differs(small_cfg, tmp_path):
+    cfg = small_cfg("+reg=dropout_l2")
+    a = train(cfg, tmp_path / "a")
+    b = train(cfg, tmp_path / "b")
+    c = train(small_cfg("+reg=dropout_l2", "seed=1"), tmp_path / "c")
+    for key in ("train", "val", "test", "gap", "best_epoch"):
+        assert a[key] == b[key]
+    assert a["val"] != c["val"]
+
+    def rows(run):  # every column but the wall-clock one
+        return [{k: v for k, v in r.items() if k != "epoch_time_s"}
+                for r in csv.DictReader(open(tmp_path / run / "metrics.csv"))]
+
+    assert rows("a") == rows("b")
+
+
+def test_summary_and_metrics_follow_the_contract(small_cfg, tmp_path):
+    s = train(small_cfg("+reg=[dropout,l1]", "trainer.tensorboard=true"), tmp_path)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == s
+    for key in ("schema", "status", "task", "metric", "higher_is_better", "seed", "data_seed",
+                "dataset", "model", "reg", "group", "best_epoch", "epochs_run", "stopped_early",
+                "train", "val", "test", "gap", "wall_time_s", "device", "n_params", "warnings", "error"):
+        assert key in s, key
+    assert s["schema"] == 1 and s["status"] == "completed" and s["reg"] == ["dropout", "l1"]
+    assert s["task"] == "classification" and s["metric"] == "acc" and s["higher_is_better"] is True
+    assert s["gap"] == pytest.approx(s["train"]["acc"] - s["val"]["acc"])
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert len(rows) == s["epochs_run"] == 3
+    assert list(rows[0])[:7] == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "gap"]
+    best = rows[s["best_epoch"] - 1]
+    assert float(best["val_acc"]) == pytest.approx(s["val"]["acc"])  # metrics at the best epoch
+    assert any((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert (tmp_path / "checkpoints" / "best.pt").exists()
+
+
+def test_regression_gap_and_metric(small_cfg, tmp_path):
+    s = train(small_cfg("dataset=sine", "+reg=l1", "trainer.batch_size=16"), tmp_path)
+    assert s["task"] == "regression" and s["metric"] == "mse" and s["higher_is_better"] is False
+    assert s["gap"] == pytest.approx(s["val"]["mse"] - s["train"]["mse"])
+
+
+def test_early_stopping_restores_the_best_epoch(small_cfg, tmp_path):
+    cfg = small_cfg("dataset=tiny_binary", "model.hidden=[256,256]", "optim.lr=1e-2",
+                    "trainer.max_epochs=200", "trainer.early_stopping.patience=3", "sched=none")
+    s = train(cfg, tmp_path)
+    assert s["stopped_early"] and s["epochs_run"] == s["best_epoch"] + 3 < 200
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert int(best["epoch"]) == s["best_epoch"]
+    assert s["val"]["loss"] == pytest.approx(float(best["val_loss"]), rel=1e-6)
+
+
+def test_plateau_schedule_reduces_lr(small_cfg, tmp_path):
+    cfg = small_cfg("dataset=tiny_binary", "optim.lr=1e-2", "trainer.max_epochs=40",
+                    "trainer.early_stopping.patience=0", "sched.patience=1")
+    train(cfg, tmp_path)
+    lrs = [float(r["lr"]) for r in csv.DictReader(open(tmp_path / "metrics.csv"))]
+    assert lrs[0] == 1e-2 and min(lrs) < 1e-2
+
+
+def test_divergence_is_recorded(small_cfg, tmp_path):
+    s = train(small_cfg("dataset=sine", "optim=sgd", "optim.lr=1e6", "trainer.max_epochs=5"), tmp_path)
+    assert s["status"] == "diverged" and "non-finite" in s["error"]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_early_stopper_min_delta_and_direction():
+    es = EarlyStopper(patience=2, min_delta=0.1, higher_is_better=True)
+    assert es.update(0.5, 1) and not es.update(0.55, 2) and not es.stop
+    assert not es.update(0.52, 3) and es.stop and es.best_epoch == 1
+    assert EarlyStopper(0, 0.0, False).stop is False
+
+
+def test_weights_are_left_finite_and_model_in_eval_for_summary(small_cfg, tmp_path):
+    s = train(small_cfg("+reg=batchnorm"), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "best.pt")
+    assert all(torch.isfinite(v.float()).all() for v in state.values())
+    assert math.isfinite(s["test"]["loss"])
