@@ -12,7 +12,9 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -21,6 +23,7 @@ STATUSES = ("completed", "running", "diverged", "failed", "interrupted")
 SPLITS = ("train", "val", "test")
 SEED_KEYS = ("seed", "data_seed")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SEED_LINE = re.compile(r"^(seed|data_seed): *(-?\d+|null) *\n", re.MULTILINE)
 
 
 class Unreadable(ValueError):
@@ -89,9 +92,9 @@ def find_run_dirs(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     return sorted(found), broken
 
 
-def _read_summary(path: Path) -> dict:
+def _read_summary(path: str) -> dict:
     try:
-        with open(path / "summary.json", encoding="utf-8") as f:
+        with open(os.path.join(path, "summary.json"), encoding="utf-8") as f:
             summary = json.load(f)
     except (OSError, UnicodeDecodeError) as e:
         raise Unreadable(f"summary.json: {e}") from None
@@ -115,17 +118,17 @@ def _read_summary(path: Path) -> dict:
     return summary
 
 
-def _floats(column: list[str]) -> list[float]:
+def _floats(column) -> list[float]:
     try:
         return list(map(float, column))
     except ValueError:
         return [float(x) if x else math.nan for x in column]
 
 
-def _read_curves(path: Path, metric: str, status: str) -> dict:
+def _read_curves(path: str, metric: str, status: str) -> dict:
     """metrics.csv columns by name (epoch, lr, losses, metric, gap) as float lists."""
     try:
-        with open(path / "metrics.csv", newline="", encoding="utf-8") as f:
+        with open(os.path.join(path, "metrics.csv"), newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise Unreadable(f"metrics.csv: {e}") from None
@@ -138,44 +141,68 @@ def _read_curves(path: Path, metric: str, status: str) -> dict:
         rows.pop()  # the line being written right now
     if status == "completed" and not rows:
         raise Unreadable("metrics.csv has no epochs")
-    for i, row in enumerate(rows, start=2):
-        if len(row) != len(header):
-            raise Unreadable(f"metrics.csv line {i} has {len(row)} fields, header has {len(header)}")
-    wanted = ["epoch", "lr", "train_loss", "val_loss", f"train_{metric}", f"val_{metric}", "gap"]
+    bad = next((i for i, row in enumerate(rows, start=2) if len(row) != len(header)), None)
+    if bad is not None:
+        raise Unreadable(f"metrics.csv line {bad} has {len(rows[bad - 2])} fields, "
+                         f"header has {len(header)}")
     index = {name: i for i, name in enumerate(header)}
     for name in ("epoch", f"train_{metric}", f"val_{metric}"):
         if name not in index:
             raise Unreadable(f"metrics.csv has no {name!r} column")
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(header)
     curves = {}
-    for name in wanted:
+    for name in ("epoch", "lr", "train_loss", "val_loss", f"train_{metric}", f"val_{metric}", "gap"):
         if name in index:
             try:
-                curves[name] = _floats([row[index[name]] for row in rows])
+                curves[name] = _floats(columns[index[name]])
             except ValueError:
                 raise Unreadable(f"metrics.csv column {name!r} is not numeric") from None
     return curves
 
 
-def _read_yaml(path: Path, kind: type):
+def _parse_yaml(text: str, name: str, kind: type):
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_Loader)
-    except FileNotFoundError:
-        return kind()
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise Unreadable(f".hydra/{path.name}: {str(e).splitlines()[0]}") from None
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise Unreadable(f".hydra/{name}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, kind | type(None)):
-        raise Unreadable(f".hydra/{path.name} is not a YAML {kind.__name__}")
+        raise Unreadable(f".hydra/{name} is not a YAML {kind.__name__}")
     return data or kind()
+
+
+def _read_text(path: str, name: str) -> str | None:
+    try:
+        with open(os.path.join(path, ".hydra", name), encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise Unreadable(f".hydra/{name}: {e}") from None
+
+
+@lru_cache(maxsize=1024)
+def _config_without_seeds(text: str) -> dict:
+    return flatten(_parse_yaml(text, "config.yaml", dict))
+
+
+def read_config(path: str) -> dict:
+    """Flattened .hydra/config.yaml ({} when absent). Runs of a sweep differ mostly in their
+    top-level seed lines, so the rest of the text is parsed once and shared (read-only)."""
+    text = _read_text(path, "config.yaml")
+    if text is None:
+        return {}
+    seeds = {k: None if v == "null" else int(v) for k, v in _SEED_LINE.findall(text)}
+    return {**seeds, **_config_without_seeds(_SEED_LINE.sub("", text))}
 
 
 def read_run(path: Path) -> Run:
     """Read one run dir; raises Unreadable naming the file at fault."""
-    summary = _read_summary(path)
-    curves = _read_curves(path, summary["metric"], summary["status"])
-    config = flatten(_read_yaml(path / ".hydra" / "config.yaml", dict))
-    overrides = [str(o) for o in _read_yaml(path / ".hydra" / "overrides.yaml", list)]
-    return Run(path, summary, config, overrides, curves)
+    d = str(path)
+    summary = _read_summary(d)
+    curves = _read_curves(d, summary["metric"], summary["status"])
+    overrides = _read_text(d, "overrides.yaml")
+    overrides = _parse_yaml(overrides, "overrides.yaml", list) if overrides else []
+    return Run(Path(path), summary, read_config(d), [str(o) for o in overrides], curves)
 
 
 def collect(roots: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
@@ -185,9 +212,10 @@ def collect(roots: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
         found, broken = find_run_dirs(root)
         skipped += broken
         for path in found:
-            if path.resolve() in seen:
+            key = os.path.abspath(path)
+            if key in seen:  # roots that overlap
                 continue
-            seen.add(path.resolve())
+            seen.add(key)
             try:
                 runs.append(read_run(path))
             except Unreadable as e:

@@ -47,11 +47,13 @@ def parse_filter(text: str) -> Filter:
 def check_filters(filters: list[Filter], runs: list[Run]) -> None:
     """Every filter key must name a field some run has."""
     known = {"reg", *SUMMARY_KEYS}.union(*(r.config for r in runs))
+    dotted = sorted(k for k in set().union(*(r.config for r in runs)) if "." in k)
+    tops = sorted({k.split(".")[0] for k in dotted})
     for f in filters:
         if f.key not in known:
-            examples = ", ".join(["reg", *SUMMARY_KEYS, *sorted(known - {"reg", *SUMMARY_KEYS})[:4]])
-            raise SelectError(f"--filter {f.key}=...: unknown key {f.key!r}; allowed: {examples}, "
-                              "or another flattened config key")
+            raise SelectError(f"--filter {f.key}=...: unknown key {f.key!r}; allowed: "
+                              f"{', '.join(['reg', *SUMMARY_KEYS])}, or a flattened config key "
+                              f"under {', '.join(tops) or '-'} (e.g. {dotted[0] if dotted else '-'})")
 
 
 def stack_name(stack: tuple) -> str:

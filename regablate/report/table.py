@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from regablate.report.collect import SPLITS, STATUSES, Run
-from regablate.report.select import Group, config_columns, stack_name
+from regablate.report.select import Group, config_columns
 from regablate.report.stats import Stat, compare, describe, holm
 
 LOWER_IS_BETTER = {"loss", "mse", "mae", "nll", "ece", "brier", "gap"}
@@ -36,11 +36,11 @@ class Report:
     columns: list
     rows: list
     footer: list
-    doc: dict  # the json document
+    doc: dict  # json fields beside the rows (each row carries its own json under "doc")
 
 
 def _config_cols(keys: list[str]) -> list[Column]:
-    return [Column(k, "\n".join(k.rsplit(".", 1)) if "." in k else f"\n{k}", "text", drop=6)
+    return [Column(k, "\n".join(k.rsplit(".", 1)) if "." in k else f"\n{k}", "text", drop=7)
             for k in keys]
 
 
@@ -108,10 +108,11 @@ def group_report(groups: list[Group], split: str, paired: bool) -> Report:
             "gap": _stat_json(row["gap"]), "best_epoch": row["best_epoch"],
             "warnings": row["warnings"], "config": {k: row[k] for k in keys},
             "baseline": row["baseline"], "is_baseline": row["is_baseline"]})
+        row["doc"] = docs[-1]
     for name in ("", "_gap"):
-        for row, p in zip(rows, holm([r[f"p{name}_raw"] for r in rows])):
+        for row, p in zip(rows, holm([r[f"p{name}_raw"] for r in rows]), strict=True):
             row[f"p{name}"] = p
-    for row, doc in zip(rows, docs):
+    for row, doc in zip(rows, docs, strict=True):
         doc["vs_baseline"] = None if row["baseline"] is None else {
             f"{split}_{row['metric']}": {"delta": row["delta"], "p": row["p_raw"],
                                          "p_holm": row["p"], "test": row["method"]},
@@ -121,16 +122,16 @@ def group_report(groups: list[Group], split: str, paired: bool) -> Report:
     columns = [Column("name", "\ngroup"), *_config_cols(keys), Column("n", "\nn", "n"),
                *_split_cols(m, "stat"), Column("gap", "gap\nmean ± std", "stat", "lower"),
                Column("gap_ci", "gap\n95% CI", "ci", drop=2),
-               Column("best_epoch", "best\nepoch", "epoch", drop=4),
+               Column("best_epoch", "best\nepoch", "epoch", drop=5),
                Column("delta", f"Δ {split}\n{m}", "delta", "metric", drop=1),
                Column("p", "p\n(Holm)", "p", drop=1),
                Column("delta_gap", "Δ\ngap", "delta", "lower", drop=2),
                Column("p_gap", "p gap\n(Holm)", "p", drop=2),
-               Column("warnings", "warn-\nings", "int", drop=5)]
+               Column("warnings", "warn-\nings", "int", drop=6)]
     if any(r["not_averaged"] for r in rows):
-        columns.append(Column("not_averaged", "not\naveraged", drop=5))
+        columns.append(Column("not_averaged", "not\naveraged", drop=4))
     footer = _counts(runs) + _test_note(rows, split) + _seed_note(rows)
-    return Report(columns, rows, footer, {"metric_split": split, "groups": docs})
+    return Report(columns, rows, footer, {"metric_split": split})
 
 
 def _rel(path) -> str:
@@ -158,6 +159,7 @@ def run_report(groups: list[Group]) -> Report:
                    "best_epoch": s.get("best_epoch"), "epochs_run": s.get("epochs_run"),
                    "warnings": len(s.get("warnings") or []),
                    **{f"{sp}_{k}": r.value(sp, k) for sp, k in extra}}
+            row["doc"] = _run_json(r, g, keys)
             rows.append(row)
     m = _metric_name(runs)
     columns = [Column("run", "run\ndir", drop=0), Column("status", "\nstatus"),
@@ -168,8 +170,7 @@ def run_report(groups: list[Group]) -> Report:
                Column("epochs_run", "epochs\nrun", "int", drop=4),
                Column("warnings", "warn-\nings", "int", drop=5),
                *[Column(f"{s}_{k}", f"{s}\n{k}", "num", _direction(k), drop=7) for s, k in extra]]
-    doc = {"runs": [_run_json(r, g, keys) for g in groups for r in g.runs]}
-    return Report(columns, rows, _counts(runs), doc)
+    return Report(columns, rows, _counts(runs), {})
 
 
 def _direction(key: str) -> str | None:

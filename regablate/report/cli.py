@@ -1,0 +1,172 @@
+"""`regablate report [DIR ...]`: one honest table of train / val / test and the gap.
+
+Exit codes: 0 done; 2 bad input or no runs (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from regablate.report.collect import SPLITS
+
+DEFAULT_ROOTS = ("multirun", "outputs")
+FORMATS = ("table", "markdown", "csv", "latex", "json")
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="regablate report", description=(
+        "Group runs over seeds and compare each group's train/val/test metric and train-val "
+        "gap with the baseline (mean ± std, t-based 95%% CI, Welch's or paired t-test, "
+        "Holm-adjusted). Only completed runs are averaged."))
+    p.add_argument("paths", nargs="*", metavar="DIR",
+                   help="run dirs or folders holding them (default: ./multirun and ./outputs)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    p.add_argument("--out", metavar="FILE", help="write the output to FILE instead of stdout")
+    p.add_argument("--sort", metavar="COLUMN",
+                   help="sort by a column, best first (e.g. gap, val, p, n, name, optim.lr)")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=V[,V...]",
+                   help="keep runs whose KEY is one of the values; repeat to combine (AND). "
+                        "KEY: reg (e.g. dropout+l2, none), status, seed, dataset, model, or a "
+                        "config key such as optim.lr. Baselines ignore reg filters.")
+    p.add_argument("--metric", choices=SPLITS, default="val",
+                   help="split compared with the baseline (default: val)")
+    p.add_argument("--runs", action="store_true", help="one row per run instead of per group")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="group to compare with (default: the group with an empty stack)")
+    p.add_argument("--unpaired", action="store_true",
+                   help="always use Welch's t-test, even when both groups ran the same seeds")
+    p.add_argument("--plot", metavar="DIR", help="also write PNG figures into DIR")
+    return p
+
+
+def _roots(paths: list[str]) -> list[Path]:
+    if paths:
+        for p in paths:
+            if not Path(p).exists():
+                raise UsageError(f"DIR {p!r}: no such file or directory")
+        return [Path(p) for p in paths]
+    roots = [Path(d) for d in DEFAULT_ROOTS if Path(d).is_dir()]
+    if not roots:
+        raise UsageError("no runs found: no ./multirun or ./outputs here; pass a DIR "
+                         "holding run dirs (each with a summary.json)")
+    return roots
+
+
+def _write(text: str, out: str | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise UsageError(f"--out {out!r}: {e.strerror}") from None
+
+
+def _terminal(report, out: str | None) -> None:
+    from rich.console import Console
+
+    from regablate.report.render import to_terminal
+
+    if out is None:
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            console = Console(highlight=False, width=10_000)
+        to_terminal(report, console, fit=console.is_terminal)
+        return
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            to_terminal(report, Console(file=f, width=10_000, color_system=None), fit=False)
+    except OSError as e:
+        raise UsageError(f"--out {out!r}: {e.strerror}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from regablate.report import render
+    from regablate.report.collect import collect
+    from regablate.report.select import (
+        SelectError,
+        assign_baselines,
+        check_filters,
+        make_groups,
+        matches,
+        parse_filter,
+    )
+    from regablate.report.table import group_report, run_report
+
+    try:
+        filters = [parse_filter(f) for f in args.filter]
+    except SelectError as e:
+        raise UsageError(str(e)) from None
+    roots = _roots(args.paths)
+    runs, skipped = collect(roots)
+    for path, reason in skipped:
+        print(f"regablate report: warning: skipped {path}: {reason}", file=sys.stderr)
+    where = ", ".join(map(str, roots))
+    if not runs:
+        raise UsageError(f"no runs found under {where}" +
+                         (f" ({len(skipped)} unreadable, see warnings)" if skipped else ""))
+    try:
+        check_filters(filters, runs)
+        pool = make_groups([r for r in runs if all(matches(r, f) for f in filters
+                                                   if f.key != "reg")])
+        shown = [g for g in pool if all(matches(g.runs[0], f) for f in filters if f.key == "reg")]
+        if not shown:
+            raise UsageError(f"no runs under {where} match --filter {' '.join(args.filter)}")
+        assign_baselines(shown, pool, args.baseline)
+    except SelectError as e:
+        raise UsageError(str(e)) from None
+
+    report = run_report(shown) if args.runs else group_report(shown, args.metric, not args.unpaired)
+    if skipped:
+        report.footer.insert(1, f"{len(skipped)} run dir(s) skipped as unreadable (see warnings)")
+    if args.sort:
+        keys = [c.key for c in report.columns]
+        if args.sort not in keys:
+            raise UsageError(f"--sort {args.sort!r}: unknown column; allowed: {', '.join(keys)}")
+        render.sort_rows(report, args.sort)
+
+    if args.format == "table":
+        _terminal(report, args.out)
+    elif args.format == "json":
+        kind = "runs" if args.runs else "groups"
+        doc = {"schema": 1, **report.doc, kind: [row["doc"] for row in report.rows],
+               "footer": report.footer, "skipped": [{"dir": str(p), "reason": r}
+                                                    for p, r in skipped]}
+        if not args.runs:
+            doc["runs"] = [row["doc"] for row in run_report(shown).rows]
+        _write(render.to_json(doc), args.out)
+    else:
+        to_text = {"markdown": render.to_markdown, "csv": render.to_csv,
+                   "latex": render.to_latex}[args.format]
+        _write(to_text(report), args.out)
+
+    if args.plot:
+        from regablate.report.plots import write_plots
+
+        paths = write_plots(shown, Path(args.plot))
+        print(f"regablate report: wrote {len(paths)} figure(s) to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point for `regablate report ...`; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except UsageError as e:
+        print(f"regablate report: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return int(e.code or 0)

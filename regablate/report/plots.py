@@ -1,0 +1,108 @@
+"""PNG figures (matplotlib, Agg): learning curves per group and the gap per group.
+
+curves_<group>.png: loss and metric per epoch, train and val, the mean over completed seeds
+with a ±1 std band, and the median best epoch marked. gap.png: each group's mean gap with
+its t-based 95% interval, sorted, the baseline's mean as a reference line.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from regablate.report.select import Group
+from regablate.report.stats import describe
+
+
+def _mean_curve(runs, column: str):
+    """Epochs and the per-epoch mean and std over the runs that reached each epoch."""
+    epochs = sorted({e for r in runs for e in r.curves.get("epoch", [])})
+    index = {e: i for i, e in enumerate(epochs)}
+    grid = np.full((len(runs), len(epochs)), np.nan)
+    for j, r in enumerate(runs):
+        if column in r.curves:
+            for e, v in zip(r.curves["epoch"], r.curves[column], strict=True):
+                grid[j, index[e]] = v
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # epochs only some seeds reached
+        std = np.nanstd(grid, axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(epochs))
+        return np.array(epochs), np.nanmean(grid, axis=0), np.nan_to_num(std)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", name).strip("_") or "group"
+
+
+def _curves(plt, g: Group, path: Path) -> None:
+    runs = g.done
+    metric = runs[0].metric
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    best = [r.summary["best_epoch"] for r in runs if isinstance(r.summary.get("best_epoch"), int)]
+    for ax, what in zip(axes, ("loss", metric), strict=True):
+        for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
+            column = f"{split}_{what}"
+            if not any(column in r.curves for r in runs):
+                continue
+            x, mean, std = _mean_curve(runs, column)
+            ax.plot(x, mean, color=color, label=f"{split} (mean)")
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2,
+                            label=f"{split} ±1 std" if len(runs) > 1 else None)
+        if best:
+            ax.axvline(float(np.median(best)), color="gray", linestyle="--",
+                       label="best epoch (median)")
+        ax.set(xlabel="epoch", ylabel=what, title=f"{what}: train vs val")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{g.name} — {runs[0].summary.get('dataset', '')} / "
+                 f"{runs[0].summary.get('model', '')}, {len(runs)} seed(s)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _gap(plt, groups: list[Group], path: Path) -> None:
+    rows = [(g, describe(r.value("gap") for r in g.done)) for g in groups if g.done]
+    rows.sort(key=lambda gs: gs[1].mean)
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.45 * len(rows)), constrained_layout=True)
+    y = np.arange(len(rows))
+    mean = np.array([s.mean for _, s in rows])
+    err = np.array([[s.mean - s.lo, s.hi - s.mean] for _, s in rows]).T
+    ax.errorbar(mean, y, xerr=np.nan_to_num(err), fmt="o", capsize=4, color="tab:blue",
+                label="mean gap, 95% CI (t)")
+    bases = {g.baseline.id: g.baseline for g, _ in rows if g.baseline}
+    for b in bases.values():
+        ax.axvline(describe(r.value("gap") for r in b.done).mean, color="tab:red",
+                   linestyle="--", label=f"baseline: {b.name}")
+    ax.axvline(0, color="black", linewidth=0.8, label="no gap")
+    ax.set_yticks(y, [f"{g.name} (n={s.n})" for g, s in rows])
+    metrics = sorted({g.runs[0].metric for g, _ in rows})
+    ax.set(xlabel=f"train–val gap ({', '.join(metrics)}; positive = overfit)",
+           title="Generalisation gap per group (lower is better)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_plots(groups: list[Group], out: Path) -> list[Path]:
+    """Write the figures for `groups` (completed runs only) into `out`; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for g in groups:
+        if g.done and any(r.curves.get("epoch") for r in g.done):
+            path = out / f"curves_{slug(g.name)}.png"
+            if path in written:
+                path = out / f"curves_{slug(g.name)}_{g.id[:8]}.png"
+            written.append(path)
+            _curves(plt, g, path)
+    if any(g.done for g in groups):
+        written.append(out / "gap.png")
+        _gap(plt, groups, written[-1])
+    return written

@@ -1,0 +1,253 @@
+"""`regablate report`: collecting, grouping, comparing and every output format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import pytest
+from report_fixtures import ablation, write_run
+from rich.console import Console
+from scipy import stats
+
+from regablate.report.cli import main
+
+NONE = [(0.99, 0.80, 0.79), (0.99, 0.81, 0.80), (0.98, 0.79, 0.78), (0.99, 0.80, 0.80),
+        (0.99, 0.82, 0.81)]
+DROPOUT = [(0.95, 0.84, 0.83), (0.95, 0.85, 0.84), (0.94, 0.83, 0.83), (0.96, 0.86, 0.85),
+           (0.95, 0.84, 0.84)]
+L2 = [(0.97, 0.81, 0.80), (0.98, 0.83, 0.81), (0.97, 0.80, 0.80), (0.97, 0.82, 0.82),
+      (0.98, 0.81, 0.80)]
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """5 seeds each of none / dropout / l2 plus a diverged, a running and a failed run."""
+    root = tmp_path / "multirun"
+    where = ablation(root, {"none": NONE, "dropout": DROPOUT, "l2": L2})
+    write_run(where / "90", reg=("dropout",), seed=5, status="diverged")
+    write_run(where / "91", reg=("dropout",), seed=6, status="running")
+    write_run(where / "92", reg=("l2",), seed=7, status="failed")
+    return root
+
+
+def report(tmp_path, *args, fmt="json"):
+    out = tmp_path / f"out.{fmt}"
+    assert main([*map(str, args), "--format", fmt, "--out", str(out)]) == 0
+    text = out.read_text()
+    return json.loads(text) if fmt == "json" else text
+
+
+def by_name(doc):
+    return {g["name"]: g for g in doc["groups"]}
+
+
+def test_group_statistics_against_scipy(sweep, tmp_path):
+    groups = by_name(report(tmp_path, sweep))
+    assert list(groups) == ["none", "dropout", "l2"]
+    d, base = groups["dropout"], groups["none"]
+    assert d["n"] == 5 and d["statuses"] == {"completed": 5, "diverged": 1, "running": 1}
+    val = [v for _, v, _ in DROPOUT]
+    assert d["val"]["acc"]["mean"] == pytest.approx(0.844)
+    assert d["val"]["acc"]["std"] == pytest.approx(stats.tstd(val))
+    lo, hi = stats.t.interval(0.95, 4, loc=0.844, scale=stats.sem(val))
+    assert d["val"]["acc"]["ci95"] == [pytest.approx(lo), pytest.approx(hi)]
+    gaps = [t - v for t, v, _ in DROPOUT]
+    assert d["gap"]["mean"] == pytest.approx(sum(gaps) / 5)
+    assert d["best_epoch"] == 8
+    # same seeds on both sides: a paired test, Holm over the two comparisons
+    cmp = d["vs_baseline"]["val_acc"]
+    assert cmp["test"] == "paired t-test"
+    assert cmp["delta"] == pytest.approx(0.844 - 0.804)
+    p_drop = stats.ttest_rel(val, [v for _, v, _ in NONE]).pvalue
+    p_l2 = stats.ttest_rel([v for _, v, _ in L2], [v for _, v, _ in NONE]).pvalue
+    assert cmp["p"] == pytest.approx(p_drop)
+    small, large = sorted([p_drop, p_l2])
+    holm = 2 * small if p_drop == small else max(2 * small, large)
+    assert cmp["p_holm"] == pytest.approx(min(1.0, holm))
+    gap_base = [t - v for t, v, _ in NONE]
+    assert d["vs_baseline"]["gap"]["p"] == pytest.approx(stats.ttest_rel(gaps, gap_base).pvalue)
+    assert base["vs_baseline"] is None and base["is_baseline"]
+    assert d["config"] == {"reg.dropout.p": 0.5, "reg.l2.lam": None}
+
+
+def test_welch_when_unpaired_and_test_metric(sweep, tmp_path):
+    groups = by_name(report(tmp_path, sweep, "--unpaired", "--metric", "test"))
+    cmp = groups["l2"]["vs_baseline"]["test_acc"]
+    expected = stats.ttest_ind([t for *_, t in L2], [t for *_, t in NONE], equal_var=False)
+    assert cmp["test"] == "Welch's t-test" and cmp["p"] == pytest.approx(expected.pvalue)
+
+
+def test_json_carries_runs_and_extra_keys(tmp_path):
+    write_run(tmp_path / "a", seed=0, extra={"ece": 0.031})
+    doc = report(tmp_path, tmp_path / "a")
+    assert doc["runs"][0]["train"]["ece"] == 0.031 and doc["runs"][0]["status"] == "completed"
+    assert doc["groups"][0]["train"]["ece"]["mean"] == pytest.approx(0.031)
+    rows = list(csv.DictReader(io.StringIO(report(tmp_path, tmp_path / "a", "--runs", fmt="csv"))))
+    assert float(rows[0]["train_ece"]) == 0.031
+
+
+def test_every_format_parses(sweep, tmp_path):
+    rows = list(csv.DictReader(io.StringIO(report(tmp_path, sweep, fmt="csv"))))
+    assert [r["name"] for r in rows] == ["none", "dropout", "l2"]
+    assert float(rows[1]["val_mean"]) == pytest.approx(0.844)
+    assert rows[0]["p"] == "" and 0 < float(rows[1]["p"]) < 1
+    md = report(tmp_path, sweep, fmt="markdown").splitlines()
+    assert md[0].startswith("| group") and "val acc" in md[0]
+    assert set(md[1]) <= set("|:- ") and md[2].startswith("| none")
+    tex = report(tmp_path, sweep, fmt="latex")
+    assert "\\begin{tabular}" in tex and "\\end{tabular}" in tex and "$\\pm$" in tex
+    table = report(tmp_path, sweep, fmt="table")
+    assert "dropout" in table and "0.844 ± 0.011" in table
+    assert "1 running · 1 diverged · 1 failed" in table
+
+
+def test_runs_lists_every_status(sweep, tmp_path):
+    rows = list(csv.DictReader(io.StringIO(report(tmp_path, sweep, "--runs", fmt="csv"))))
+    assert len(rows) == 18
+    assert sorted(r["status"] for r in rows if r["status"] != "completed") == \
+        ["diverged", "failed", "running"]
+    doc = report(tmp_path, sweep, "--runs")
+    assert len(doc["runs"]) == 18 and "groups" not in doc
+
+
+def test_sort_and_filter(sweep, tmp_path):
+    rows = list(csv.DictReader(io.StringIO(report(tmp_path, sweep, "--sort", "gap", fmt="csv"))))
+    assert [r["name"] for r in rows] == ["dropout", "l2", "none"]
+    rows = list(csv.DictReader(io.StringIO(report(tmp_path, sweep, "--sort", "val", fmt="csv"))))
+    assert rows[0]["name"] == "dropout"
+    doc = report(tmp_path, sweep, "--filter", "reg=dropout")
+    assert [g["name"] for g in doc["groups"]] == ["dropout"]
+    assert doc["groups"][0]["baseline"] == "none"  # baselines ignore reg filters
+    doc = report(tmp_path, sweep, "--filter", "reg=none,l2", "--filter", "seed=0,1,2")
+    assert [(g["name"], g["n"]) for g in doc["groups"]] == [("none", 3), ("l2", 3)]
+    assert report(tmp_path, sweep, "--filter", "reg.dropout.p=5e-1")["groups"][0]["n"] == 5
+
+
+def test_filter_by_preset_name(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path / f"r{seed}", reg=("dropout", "l2"), seed=seed, preset="dropout_l2")
+    assert report(tmp_path, tmp_path, "--filter", "reg=dropout_l2")["groups"][0]["n"] == 2
+    assert report(tmp_path, tmp_path, "--filter", "reg=l2+dropout")["groups"][0]["n"] == 2
+
+
+def test_several_baselines_matched_by_settings(tmp_path):
+    for lr in (0.1, 0.01):
+        for reg in ((), ("dropout",)):
+            for seed in range(3):
+                write_run(tmp_path / f"{lr}-{len(reg)}-{seed}", reg=reg, seed=seed,
+                          val=0.8 + len(reg) * lr, config={"optim": {"lr": lr}})
+    groups = by_name(report(tmp_path, tmp_path))
+    assert set(groups) == {"none lr=0.1", "none lr=0.01", "dropout lr=0.1", "dropout lr=0.01"}
+    assert groups["dropout lr=0.1"]["baseline"] == "none lr=0.1"
+    assert groups["dropout lr=0.01"]["vs_baseline"]["val_acc"]["delta"] == pytest.approx(0.01)
+    named = by_name(report(tmp_path, tmp_path, "--baseline", "none lr=0.1"))
+    assert named["dropout lr=0.01"]["baseline"] == "none lr=0.1"
+    assert named["none lr=0.01"]["vs_baseline"]["val_acc"]["delta"] == pytest.approx(0)
+
+
+def test_small_groups_are_marked(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path / f"n{seed}", seed=seed)
+        write_run(tmp_path / f"d{seed}", reg=("dropout",), seed=seed)
+    assert report(tmp_path, tmp_path)["groups"][0]["low_n"]
+    md = report(tmp_path, tmp_path, fmt="markdown")
+    assert "| 2\\*" in md and "at least 5 seeds" in md
+
+
+def test_mse_direction_and_highlight(tmp_path):
+    from regablate.report.render import best_rows
+    from regablate.report.table import Column
+
+    rows = [{"metric": "mse", "higher_is_better": False, "val": 0.5},
+            {"metric": "mse", "higher_is_better": False, "val": 0.2},
+            {"metric": "acc", "higher_is_better": True, "val": 0.7},
+            {"metric": "acc", "higher_is_better": True, "val": 0.9}]
+    assert best_rows(Column("val", "", "num", "metric"), rows) == {1, 3}
+    write_run(tmp_path / "m0", metric="mse", train=0.1, val=0.3, seed=0)
+    write_run(tmp_path / "m1", metric="mse", train=0.2, val=0.3, seed=1)
+    g = report(tmp_path, tmp_path)["groups"][0]
+    assert g["gap"]["mean"] == pytest.approx(0.15)  # val - train for mse
+
+
+def test_terminal_table_fits_its_width(sweep, tmp_path):
+    from regablate.report.collect import collect
+    from regablate.report.render import to_terminal
+    from regablate.report.select import assign_baselines, make_groups
+    from regablate.report.table import group_report
+
+    groups = make_groups(collect([sweep])[0])
+    assign_baselines(groups, groups, None)
+    console = Console(width=80, record=True, force_terminal=True)
+    to_terminal(group_report(groups, "val", True), console)
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= 80
+    assert "hidden to fit the terminal" in text and "0.844 ± 0.011" in text
+
+
+def test_unreadable_runs_are_skipped_with_a_warning(sweep, tmp_path, capsys):
+    where = sweep / "2026-11-23" / "10-00-00"
+    (where / "0" / "summary.json").write_text("{not json")
+    (where / "1" / "metrics.csv").unlink()
+    (where / "2" / "metrics.csv").write_text("epoch,train_acc,val_acc\n1,0.5,abc\n")
+    (where / "3" / "metrics.csv").write_text("epoch,train_acc,val_acc\n1,0.5\n")
+    (where / "4" / "summary.json").unlink()
+    (where / "5" / ".hydra" / "config.yaml").write_text("a: [unclosed\n")
+    doc = report(tmp_path, sweep)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 6 and all(line.startswith("regablate report: warning: skipped") for line in err)
+    for job, why in (("0", "not valid JSON"), ("1", "metrics.csv"), ("2", "not numeric"),
+                     ("3", "line 2"), ("4", "no summary.json"), ("5", "config.yaml")):
+        assert any(f"10-00-00/{job}:" in line and why in line for line in err), job
+    assert list(by_name(doc)) == ["dropout", "l2"]  # every baseline run was unreadable
+    assert by_name(doc)["dropout"]["n"] == 4 and by_name(doc)["dropout"]["baseline"] is None
+    assert "no baseline group" in " ".join(doc["footer"])
+    assert len(doc["skipped"]) == 6
+
+
+def test_a_run_being_written_is_kept(tmp_path):
+    write_run(tmp_path / "done", seed=0)
+    path = write_run(tmp_path / "live", seed=1, status="running")
+    with open(path / "metrics.csv", "a") as f:
+        f.write("11,0.001,0.1")  # half a line
+    doc = report(tmp_path, tmp_path)
+    assert doc["groups"][0]["statuses"] == {"completed": 1, "running": 1}
+    assert math.isnan(doc["groups"][0]["val"]["acc"]["std"] or math.nan)
+
+
+def test_no_runs_exit_2(tmp_path, capsys, monkeypatch):
+    assert main([str(tmp_path)]) == 2
+    assert "no runs found" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing")]) == 2
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 2
+    assert "no ./multirun or ./outputs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--format", "xml"], ["--format", "'xml'", "markdown"]),
+    (["--metric", "foo"], ["--metric", "'foo'", "train"]),
+    (["--filter", "reg"], ["--filter", "'reg'", "KEY=VALUE"]),
+    (["--filter", "colour=red"], ["--filter", "'colour'", "optim"]),
+    (["--sort", "colour"], ["--sort", "'colour'", "gap"]),
+    (["--runs", "--sort", "delta"], ["--sort", "'delta'", "seed"]),
+    (["--baseline", "ridge"], ["--baseline", "'ridge'", "'dropout'"]),
+    (["--filter", "reg=mixup"], ["--filter", "reg=mixup"]),
+])
+def test_bad_input_is_one_line_and_exit_2(sweep, capsys, args, words):
+    assert main([str(sweep), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert all(w in err for w in words), err
+
+
+def test_package_import_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, regablate, regablate.report, regablate.report.cli; "
+            "print([m for m in ('pandas', 'scipy', 'matplotlib') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr

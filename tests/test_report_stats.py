@@ -1,0 +1,67 @@
+"""The report's statistics against hand-computed values and scipy."""
+
+import math
+
+import pytest
+from scipy import stats
+
+from regablate.report.stats import PAIRED, WELCH, compare, describe, holm
+
+
+def test_describe_matches_hand_computed_t_interval():
+    s = describe([0.80, 0.82, 0.84])
+    assert s.n == 3
+    assert s.mean == pytest.approx(0.82)
+    assert s.std == pytest.approx(0.02)  # sample std, ddof=1
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)  # t(0.975, df=2) from tables
+    assert (s.lo, s.hi) == (pytest.approx(0.82 - half), pytest.approx(0.82 + half))
+
+
+def test_describe_drops_nan_and_handles_tiny_samples():
+    assert describe([math.nan, 0.5]).n == 1
+    one = describe([0.5])
+    assert one.mean == 0.5 and math.isnan(one.std) and math.isnan(one.lo)
+    assert describe([]).n == 0 and math.isnan(describe([]).mean)
+
+
+def pairs(keys, values):
+    return list(zip(keys, values, strict=True))
+
+
+def test_welch_by_hand():
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0, 10.0]
+    va, vb = 5 / 3, 10.0  # sample variances
+    se2 = va / 4 + vb / 5
+    t = (2.5 - 6.0) / math.sqrt(se2)
+    df = se2**2 / ((va / 4) ** 2 / 3 + (vb / 5) ** 2 / 4)
+    c = compare(pairs(range(4), a), pairs(range(10, 15), b))
+    assert c.test == WELCH
+    assert c.delta == pytest.approx(-3.5)
+    assert c.p == pytest.approx(2 * stats.t.sf(abs(t), df))
+
+
+def test_paired_when_the_same_seeds_ran():
+    a, b = [0.84, 0.85, 0.83, 0.86], [0.80, 0.82, 0.79, 0.80]
+    keys = [(s, 0) for s in range(4)]
+    c = compare(pairs(keys, a), pairs(keys[::-1], b[::-1]))  # order does not matter
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    t = (sum(d) / 4) / (stats.tstd(d) / 2)
+    assert c.test == PAIRED
+    assert c.p == pytest.approx(2 * stats.t.sf(abs(t), 3))
+    assert c.p == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert compare(pairs(keys, a), pairs(keys, b), paired=False).test == WELCH
+    assert compare(pairs(keys, a), pairs(keys[:3], b[:3])).test == WELCH
+
+
+def test_no_p_value_below_two_runs():
+    c = compare([((0, 0), 0.9)], [((0, 0), 0.8), ((1, 0), 0.7)])
+    assert c.delta == pytest.approx(0.15) and math.isnan(c.p) and c.test is None
+
+
+def test_holm_by_hand():
+    adjusted = holm([0.01, 0.04, math.nan, 0.03])
+    assert adjusted[0] == pytest.approx(0.03)  # 3 * 0.01
+    assert adjusted[3] == pytest.approx(0.06)  # 2 * 0.03
+    assert adjusted[1] == pytest.approx(0.06)  # max(1 * 0.04, previous)
+    assert math.isnan(adjusted[2])
+    assert holm([0.6, 0.7]) == [1.0, 1.0]
