@@ -1,0 +1,104 @@
+"""`regablate tb [DIR ...]`: TensorBoard on the runs' outputs.
+
+Default logdirs: ./multirun and ./outputs, those that exist. One dir is passed as `--logdir`;
+several as `--logdir_spec name:path,...` (named after the dirs) so that TensorBoard does not
+walk a common parent such as the repository. Runs `python -m tensorboard.main` until Ctrl-C.
+Exit codes: TensorBoard's own; 0 after Ctrl-C; 2 for bad input or no dir to show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_ROOTS = ("multirun", "outputs")
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{message} (see --help)")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 0-65535")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="regablate tb", description="Start TensorBoard on the run outputs.")
+    p.add_argument("dirs", nargs="*", metavar="DIR",
+                   help="folders holding runs (default: ./multirun and ./outputs that exist)")
+    p.add_argument("--port", type=_port, default=6006, help="port to serve on (default: 6006)")
+    p.add_argument("--host", default="localhost",
+                   help="interface to bind (default: localhost; 0.0.0.0 for all)")
+    return p
+
+
+def logdirs(dirs: list[str]) -> list[Path]:
+    """The dirs to show: those given (each must exist), else the defaults that exist."""
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise UsageError(f"DIR {d!r}: no such directory")
+    found = [Path(d) for d in dirs] or [Path(d) for d in DEFAULT_ROOTS if Path(d).is_dir()]
+    if not found:
+        raise UsageError("nothing to show: no ./multirun or ./outputs here; run an experiment "
+                         "first or pass a DIR")
+    return found
+
+
+def tensorboard_argv(dirs: list[Path], host: str, port: int) -> list[str]:
+    """The command line that starts TensorBoard on `dirs`."""
+    cmd = [sys.executable, "-m", "tensorboard.main"]
+    if len(dirs) == 1:
+        cmd += ["--logdir", str(dirs[0])]
+    else:
+        specs, names = [], set()
+        for d in dirs:
+            path = str(d.resolve())
+            if "," in path:
+                raise UsageError(f"DIR {str(d)!r}: TensorBoard cannot take a path with a comma "
+                                 "among several dirs; pass it alone")
+            name, i = d.resolve().name or "runs", 2
+            while name in names:
+                name, i = f"{d.resolve().name}_{i}", i + 1
+            names.add(name)
+            specs.append(f"{name}:{path}")
+        cmd += ["--logdir_spec", ",".join(specs)]
+    return cmd + ["--host", host, "--port", str(port)]
+
+
+def main(argv: list[str]) -> int:
+    """Entry point for `regablate tb ...`; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        cmd = tensorboard_argv(logdirs(args.dirs), args.host, args.port)
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("tensorboard is not installed (pip install tensorboard)")
+    except UsageError as e:
+        print(f"regablate tb: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    print(f"regablate tb: {' '.join(cmd[1:])}  (Ctrl-C to stop)", file=sys.stderr)
+    return serve(cmd)
+
+
+def serve(cmd: list[str]) -> int:
+    """Run TensorBoard until it exits, Ctrl-C (exit 0) or SIGTERM (passed on to it)."""
+    proc = subprocess.Popen(cmd)
+    signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:  # the terminal sent SIGINT to TensorBoard as well
+        proc.wait()
+        return 0
+    return 128 - rc if rc < 0 else rc
