@@ -10,8 +10,10 @@ from regablate.regularisers import (  # noqa: F401  (each module registers its c
     decay,
     dropout,
     label_smoothing,
+    mixing,
     norms,
     penalties,
+    spatial,
 )
 from regablate.regularisers.base import REGISTRY, LossSpec, ModelSpec, Regulariser, Stack
 from regablate.schema import parse

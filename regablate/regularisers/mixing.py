@@ -1,0 +1,190 @@
+"""Batch transforms for images, run on the device on whole (normalised) batches:
+augment (random crop + flip), cutout, mixup, cutmix.
+
+They act through `transform_batch(x, y)` in training only (evaluation never calls it). The
+stack applies them in name order: augment, cutmix, cutout, mixup. Mixup and cutmix return
+probability targets of shape (B, C); label smoothing is left to the training loss, which
+applies it once to whatever targets it gets: CE with smoothing ε on q is CE on (1−ε)q + ε/C.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regablate.regularisers.base import Regulariser, register
+from regablate.schema import check, nonneg, positive
+
+
+def crop_flip(x: torch.Tensor, pad: int, flip: bool = True) -> torch.Tensor:
+    """Random crop with `pad` pixels of zero padding, then a random horizontal flip, per sample.
+
+    Zero is the mean pixel after normalisation. Each sample's H×W window starts at
+    (dy, dx) ~ U{0..2·pad}² in the padded map; flipping reverses the column index, so both are
+    one gather over (B, H, W) indices.
+    """
+    B, _, H, W = x.shape
+    rows = torch.arange(H, device=x.device)
+    cols = torch.arange(W, device=x.device).expand(B, W)
+    if flip:
+        flipped = torch.rand(B, 1, device=x.device) < 0.5
+        cols = torch.where(flipped, W - 1 - cols, cols)
+    if pad <= 0:
+        return _format_like(x.gather(3, cols[:, None, None, :].expand_as(x)), x)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (B, 1), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (B, 1), device=x.device)
+    r = (rows + dy)[:, None, :, None].expand(B, x.shape[1], H, W + 2 * pad)
+    c = (cols + dx)[:, None, None, :].expand(B, x.shape[1], H, W)
+    return _format_like(xp.gather(2, r).gather(3, c), x)
+
+
+def _format_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Keep a channels_last input channels_last (gather returns the default layout)."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def cutout(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): zero a size×size square centred at (cy_i, cx_i) in each
+    sample, rows cy−⌊size/2⌋ … cy−⌊size/2⌋+size−1 (likewise columns), clipped at the border,
+    so a centre near the edge removes less. Centres are uniform over the image."""
+    H, W = x.shape[2:]
+    top, left = cy - size // 2, cx - size // 2
+    r = torch.arange(H, device=x.device)
+    c = torch.arange(W, device=x.device)
+    in_rows = (r >= top[:, None]) & (r < top[:, None] + size)  # (B, H)
+    in_cols = (c >= left[:, None]) & (c < left[:, None] + size)  # (B, W)
+    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    return x.masked_fill(hole, 0.0)
+
+
+def mixup(x: torch.Tensor, q: torch.Tensor, lam: float, perm: torch.Tensor):
+    """Mixup (Zhang et al. 2018), batch mode: x ← λx + (1−λ)x[π], q ← λq + (1−λ)q[π] with one
+    λ ~ Beta(α, α) and one permutation π per batch; q are probability targets (B, C)."""
+    return lam * x + (1.0 - lam) * x[perm], lam * q + (1.0 - lam) * q[perm]
+
+
+def cutmix_box(lam: float, H: int, W: int, cy: int, cx: int) -> tuple[int, int, int, int]:
+    """CutMix's box for λ: sides ⌊H√(1−λ)⌋ × ⌊W√(1−λ)⌋ centred at (cy, cx), clipped to the
+    image; returns (top, bottom, left, right), bottom/right exclusive."""
+    h, w = int(H * math.sqrt(1.0 - lam)), int(W * math.sqrt(1.0 - lam))
+    top, left = cy - h // 2, cx - w // 2
+    return max(top, 0), min(top + h, H), max(left, 0), min(left + w, W)
+
+
+def cutmix(x: torch.Tensor, q: torch.Tensor, box: tuple[int, int, int, int], perm: torch.Tensor):
+    """CutMix (Yun et al. 2019), batch mode: the box of each image is replaced by the same box
+    of image π(i); the targets mix with the *realised* share of pixels, λ = 1 − area/(H·W),
+    which differs from the sampled λ when the box was clipped at the border.
+    Returns (x, q, λ)."""
+    top, bottom, left, right = box
+    H, W = x.shape[2:]
+    lam = 1.0 - (bottom - top) * (right - left) / (H * W)
+    x = x.clone()
+    x[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
+    return x, lam * q + (1.0 - lam) * q[perm], lam
+
+
+def probs(y: torch.Tensor, classes: int) -> torch.Tensor:
+    """Class indices (B,) as one-hot probabilities (B, C); probability targets pass through."""
+    return y if y.is_floating_point() else F.one_hot(y, classes).float()
+
+
+def output_width(model: nn.Module) -> int:
+    """Number of classes = width of the model's last Linear layer (the classifier)."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise TypeError("mixup/cutmix need a model whose last Linear layer is the classifier")
+    return last[-1].out_features
+
+
+@dataclass
+class AugmentSettings:
+    pad: int = nonneg(4)  # random crop: zero padding on each side (0: no crop)
+    flip: bool = True  # random horizontal flip
+
+
+@register
+class Augment(Regulariser):
+    """Standard CIFAR augmentation, batched on the device: see `crop_flip`."""
+
+    key, Settings = "augment", AugmentSettings
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor):
+        if self.s.pad == 0 and not self.s.flip:
+            return x, y
+        return crop_flip(x, self.s.pad, self.s.flip), y
+
+
+@dataclass
+class CutoutSettings:
+    size: int = positive(16)  # side of the zeroed square (16 for CIFAR-10 in the paper)
+
+
+@register
+class Cutout(Regulariser):
+    """Cutout, see `cutout`: one square per image, centre uniform over the image."""
+
+    key, Settings = "cutout", CutoutSettings
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor):
+        B, _, H, W = x.shape
+        cy = torch.randint(0, H, (B,), device=x.device)
+        cx = torch.randint(0, W, (B,), device=x.device)
+        return cutout(x, self.s.size, cy, cx), y
+
+
+@dataclass
+class AlphaSettings:
+    alpha: float = check(lambda v: v > 0, "must be > 0", 1.0)  # λ ~ Beta(alpha, alpha)
+
+
+class _Mixing(Regulariser):
+    """Shared by mixup and cutmix: class indices become probability targets (B, C)."""
+
+    Settings = AlphaSettings
+    classes: int | None = None
+
+    def on_epoch(self, model: nn.Module, epoch: int, max_epochs: int) -> None:
+        self.classes = output_width(model)
+
+    def _targets(self, y: torch.Tensor) -> torch.Tensor:
+        if self.classes is None and not y.is_floating_point():
+            raise RuntimeError(f"reg.{self.key}: number of classes unknown (on_epoch not called)")
+        return probs(y, self.classes or 0)
+
+    def _lam(self) -> float:
+        a = torch.tensor(self.s.alpha)
+        return torch.distributions.Beta(a, a).sample().item()
+
+
+@register
+class Mixup(_Mixing):
+    """Mixup, see `mixup`."""
+
+    key = "mixup"
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor):
+        perm = torch.randperm(len(x), device=x.device)
+        return mixup(x, self._targets(y), self._lam(), perm)
+
+
+@register
+class CutMix(_Mixing):
+    """CutMix, see `cutmix`: λ ~ Beta(α, α), box centre uniform over the image, λ corrected."""
+
+    key = "cutmix"
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor):
+        H, W = x.shape[2:]
+        cy, cx = torch.randint(0, H, ()).item(), torch.randint(0, W, ()).item()
+        box = cutmix_box(self._lam(), H, W, cy, cx)
+        perm = torch.randperm(len(x), device=x.device)
+        x, q, _ = cutmix(x, self._targets(y), box, perm)
+        return x, q
