@@ -69,7 +69,7 @@ def main() -> int:
             for seed in range(args.seeds):
                 write_run(sweep / str(job), stack, p, seed, args.epochs, rng)
                 job += 1
-        cmd = [sys.executable, "-m", "regablate.report", str(sweep.parent.parent),
+        cmd = [sys.executable, "-m", "regablate", "report", str(sweep.parent.parent),
                "--format", "csv", "--out", "/dev/null"]
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)

@@ -37,6 +37,8 @@ def slug(name: str) -> str:
 
 
 def _curves(plt, g: Group, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     runs = g.done
     metric = runs[0].metric
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -54,6 +56,7 @@ def _curves(plt, g: Group, path: Path) -> None:
             ax.axvline(float(np.median(best)), color="gray", linestyle="--",
                        label="best epoch (median)")
         ax.set(xlabel="epoch", ylabel=what, title=f"{what}: train vs val")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(f"{g.name} — {runs[0].summary.get('dataset', '')} / "
@@ -77,9 +80,10 @@ def _gap(plt, groups: list[Group], path: Path) -> None:
                    linestyle="--", label=f"baseline: {b.name}")
     ax.axvline(0, color="black", linewidth=0.8, label="no gap")
     ax.set_yticks(y, [f"{g.name} (n={s.n})" for g, s in rows])
+    ax.invert_yaxis()  # smallest gap on top
     metrics = sorted({g.runs[0].metric for g, _ in rows})
     ax.set(xlabel=f"train–val gap ({', '.join(metrics)}; positive = overfit)",
-           title="Generalisation gap per group (lower is better)")
+           title="Generalisation gap per group, smallest first")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     fig.savefig(path, dpi=100)

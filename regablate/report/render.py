@@ -27,7 +27,7 @@ def _num(x, metric: str, signed: bool = False) -> str:
     if _missing(x):
         return DASH
     sign = "+" if signed else ""
-    return f"{x:{sign}.3f}" if metric == "acc" else f"{x:{sign}.4g}"
+    return f"{x:{sign}.3f}" if metric == "acc" else f"{x:{sign}#.4g}"
 
 
 def cell(col: Column, row: dict) -> str:
@@ -38,7 +38,8 @@ def cell(col: Column, row: dict) -> str:
     if col.kind == "stat":
         if v.n == 0:
             return DASH
-        return _num(v.mean, m) + ("" if v.n < 2 else f" ± {_num(v.std, m)}")
+        std = 0.0 if v.std < 1e-9 * abs(v.mean) else v.std  # float round-off, not spread
+        return _num(v.mean, m) + ("" if v.n < 2 else f" ± {_num(std, m)}")
     if col.kind == "ci":
         return DASH if _missing(v.lo) else f"[{_num(v.lo, m)}, {_num(v.hi, m)}]"
     if col.kind == "delta":
@@ -100,7 +101,7 @@ def _rich_table(report: Report, columns: list[Column]):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False)
     for c in columns:
         text = c.kind == "text"
         table.add_column(c.head, justify="left" if text else "right", no_wrap=not text,

@@ -122,15 +122,18 @@ def config_columns(groups: list[Group], per_run: bool) -> list[str]:
 
 
 def short_keys(keys: list[str]) -> dict:
-    """Shortest dotted suffix that is still unique: reg.dropout.p -> p."""
+    """Shortest dotted suffix that is still unique: reg.dropout.p -> p, dataset.name -> dataset."""
+    trimmed = {k: k.removesuffix(".name") for k in keys}
     out = {}
-    for key in keys:
-        parts = key.split(".")
+    for key, name in trimmed.items():
+        parts = name.split(".")
         for i in range(len(parts) - 1, -1, -1):
             tail = ".".join(parts[i:])
-            if sum(k == tail or k.endswith("." + tail) for k in keys) == 1:
+            if sum(t == tail or t.endswith("." + tail) for t in trimmed.values()) == 1:
                 out[key] = tail
                 break
+        else:
+            out[key] = key
     return out
 
 

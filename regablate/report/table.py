@@ -200,7 +200,7 @@ def _test_note(rows: list[dict], split: str) -> list[str]:
     m = sum(not math.isnan(r["p_raw"]) for r in rows)
     lines = [f"Δ, p: {split} metric and gap minus baseline {', '.join(map(repr, bases))}; "
              f"{' / '.join(tests) or 'no test (n < 2)'}, two-sided"
-             + (f", Holm-adjusted over {m} groups" if m else "")]
+             + (f", Holm-adjusted over {m} comparison{'s' * (m != 1)}" if m else "")]
     orphans = [r["name"] for r in rows if not r["baseline"] and not r["is_baseline"]]
     if orphans:
         lines.append(f"no unique baseline for {', '.join(orphans)}; name one with --baseline")
@@ -208,6 +208,9 @@ def _test_note(rows: list[dict], split: str) -> list[str]:
 
 
 def _seed_note(rows: list[dict]) -> list[str]:
-    if any(r["n"] < 5 for r in rows):
+    if any(r["n"] < 3 for r in rows):
         return ["* fewer than 3 completed seeds; at least 5 seeds per group are recommended"]
+    if any(r["n"] < 5 for r in rows):
+        return [f"at least 5 seeds per group are recommended (fewest here: "
+                f"{min(r['n'] for r in rows)})"]
     return []
