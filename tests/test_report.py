@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
+import subprocess
+import sys
 
 import pytest
 from report_fixtures import ablation, write_run
@@ -214,7 +215,9 @@ def test_a_run_being_written_is_kept(tmp_path):
         f.write("11,0.001,0.1")  # half a line
     doc = report(tmp_path, tmp_path)
     assert doc["groups"][0]["statuses"] == {"completed": 1, "running": 1}
-    assert math.isnan(doc["groups"][0]["val"]["acc"]["std"] or math.nan)
+    val = doc["groups"][0]["val"]["acc"]
+    assert val["n"] == 1 and val["std"] is None  # one completed seed: no spread, no interval
+    assert [r["status"] for r in doc["runs"]] == ["completed", "running"]
 
 
 def test_no_runs_exit_2(tmp_path, capsys, monkeypatch):
@@ -243,10 +246,13 @@ def test_bad_input_is_one_line_and_exit_2(sweep, capsys, args, words):
     assert all(w in err for w in words), err
 
 
-def test_package_import_stays_light():
-    import subprocess
-    import sys
+def test_as_a_user_types_it(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "regablate", "report", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no runs found" in proc.stderr
 
+
+def test_package_import_stays_light():
     code = ("import sys, regablate, regablate.report, regablate.report.cli; "
             "print([m for m in ('pandas', 'scipy', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

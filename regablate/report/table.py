@@ -130,7 +130,8 @@ def group_report(groups: list[Group], split: str, paired: bool) -> Report:
                Column("warnings", "warn-\nings", "int", drop=6)]
     if any(r["not_averaged"] for r in rows):
         columns.append(Column("not_averaged", "not\naveraged", drop=4))
-    footer = _counts(runs) + _test_note(rows, split) + _seed_note(rows)
+    footer = (_counts(runs, " (only completed runs are averaged)") + _test_note(rows, split)
+              + _seed_note(rows))
     return Report(columns, rows, footer, {"metric_split": split})
 
 
@@ -186,10 +187,10 @@ def _run_json(r: Run, g: Group, keys: list[str]) -> dict:
             "config": {k: r.config.get(k) for k in keys}, "overrides": r.overrides}
 
 
-def _counts(runs: list[Run]) -> list[str]:
+def _counts(runs: list[Run], note: str = "") -> list[str]:
     c = Counter(r.status for r in runs)
     shown = [f"{c[s]} {s}" for s in STATUSES if s != "interrupted" or c[s]]
-    return ["runs: " + " · ".join(shown) + " (only completed runs are averaged)"]
+    return ["runs: " + " · ".join(shown) + note]
 
 
 def _test_note(rows: list[dict], split: str) -> list[str]:
