@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="regablate report", description=(
         "Group runs over seeds and compare each group's train/val/test metric and train-val "
-        "gap with the baseline (mean ± std, t-based 95%% CI, Welch's or paired t-test, "
+        "gap with the baseline (mean ± std, t-based 95% CI, Welch's or paired t-test, "
         "Holm-adjusted). Only completed runs are averaged."))
     p.add_argument("paths", nargs="*", metavar="DIR",
                    help="run dirs or folders holding them (default: ./multirun and ./outputs)")
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split compared with the baseline (default: val)")
     p.add_argument("--runs", action="store_true", help="one row per run instead of per group")
     p.add_argument("--baseline", metavar="NAME",
-                   help="group to compare with (default: the group with an empty stack)")
+                   help="group (name or id) every group is compared with; default: the group "
+                        "with an empty stack, or with several (say one per lr), the one whose "
+                        "settings outside reg.* match")
     p.add_argument("--unpaired", action="store_true",
                    help="always use Welch's t-test, even when both groups ran the same seeds")
     p.add_argument("--plot", metavar="DIR", help="also write PNG figures into DIR")

@@ -66,8 +66,8 @@ def _curves(plt, g: Group, path: Path) -> None:
 
 
 def _gap(plt, groups: list[Group], path: Path) -> None:
-    rows = [(g, describe(r.value("gap") for r in g.done)) for g in groups if g.done]
-    rows.sort(key=lambda gs: gs[1].mean)
+    rows = [(g, describe(r.value("gap") for r in g.done)) for g in groups]
+    rows = sorted(((g, s) for g, s in rows if s.n), key=lambda gs: gs[1].mean)
     fig, ax = plt.subplots(figsize=(8, 1.5 + 0.45 * len(rows)), constrained_layout=True)
     y = np.arange(len(rows))
     mean = np.array([s.mean for _, s in rows])
