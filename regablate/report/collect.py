@@ -2,8 +2,10 @@
 
 A run dir is a directory holding `summary.json`; a directory holding `.hydra/` but no
 `summary.json` is a run that never got going and is reported as skipped. A run whose
-`summary.json`, `metrics.csv` or `.hydra/*.yaml` cannot be read is skipped with a reason;
-running, diverged, failed and interrupted runs are kept (with their status) but never averaged.
+`summary.json` or `metrics.csv` is missing or cannot be read, or whose `.hydra/*.yaml` is
+corrupt, is skipped with a reason (absent `.hydra` files only mean no config columns). Running,
+diverged, failed and interrupted runs are kept, with their status, but never averaged; a
+running run's metrics.csv may end in a half-written line, which is dropped.
 """
 
 from __future__ import annotations
