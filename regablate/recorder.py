@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from regablate.atomic import write_json
+from regablate.atomic import write_atomic, write_json
 
 SCHEMA = 1
 
@@ -30,18 +30,41 @@ def _finite(x: Any) -> Any:
 
 class Recorder:
     def __init__(self, run_dir: Path, summary: dict, metric: str, hparams: dict | None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, resume: dict | None = None):
+        """`resume`: a checkpoint to continue from; metrics.csv is cut back to its history and
+        TensorBoard purges events after its epoch, so nothing is recorded twice."""
         self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "checkpoints").mkdir(exist_ok=True)
+        try:
+            (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from regablate.errors import UsageError
+
+            raise UsageError(f"cannot write the run dir {self.dir}: {e.strerror}") from e
         self.metric = metric
         self.summary = {"schema": SCHEMA, "status": "running", **summary, "warnings":
                         summary.get("warnings", []), "error": None}
-        self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter() - (resume or {}).get("wall_time_s", 0.0)
         write_json(self.dir / "summary.json", self.summary)
-        self._csv_file = open(self.dir / "metrics.csv", "w", newline="")
+        history = (resume or {}).get("history", [])
         self._csv: csv.DictWriter | None = None
-        self._tb = _TensorBoard(self.dir / "tb", metric, hparams, summary["group"]) if tensorboard else None
+        if history:
+            write_atomic(self.dir / "metrics.csv", lambda f: self._rows(f, history), mode="w")
+            self._csv_file = open(self.dir / "metrics.csv", "a", newline="")
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=list(history[0]), extrasaction="ignore")
+        else:
+            self._csv_file = open(self.dir / "metrics.csv", "w", newline="")
+        purge = history[-1]["epoch"] + 1 if history else None
+        self._tb = (_TensorBoard(self.dir / "tb", metric, hparams, summary["group"], purge)
+                    if tensorboard else None)
+
+    @staticmethod
+    def _rows(f, rows: list[dict]) -> None:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
 
     def epoch(self, row: dict) -> None:
         """One epoch's metrics: a csv line (columns from the first row) and tb scalars."""
@@ -55,8 +78,7 @@ class Recorder:
 
     def finish(self, status: str, **fields: Any) -> dict:
         """Rewrite summary.json with the final status and results; close the files."""
-        self.summary.update(_finite(fields), status=status,
-                            wall_time_s=round(time.perf_counter() - self._t0, 3))
+        self.summary.update(_finite(fields), status=status, wall_time_s=round(self.elapsed(), 3))
         write_json(self.dir / "summary.json", self.summary)
         self._csv_file.close()
         if self._tb is not None:
@@ -67,11 +89,12 @@ class Recorder:
 class _TensorBoard:
     """Scalars under the contract's tags, hparams and a custom-scalars layout."""
 
-    def __init__(self, logdir: Path, metric: str, hparams: dict | None, group: str):
+    def __init__(self, logdir: Path, metric: str, hparams: dict | None, group: str,
+                 purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.metric = metric
-        self.w = SummaryWriter(log_dir=str(logdir))
+        self.w = SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
         self.w.add_custom_scalars({"regablate": {
             "loss": ["Multiline", ["loss/train", "loss/val"]],
             metric: ["Multiline", [f"{metric}/train", f"{metric}/val"]],

@@ -19,6 +19,16 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
+def _not_recorded(run_dir: Path) -> bool:
+    """True if the run's failure is not in its summary.json yet (it failed before training)."""
+    import json
+
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status") == "running"
+    except (OSError, ValueError):
+        return True
+
+
 def _failed_summary(run_dir: Path, cfg: dict, error: str) -> None:
     """In a sweep, a job refused for its config is recorded as failed; the sweep goes on."""
     from regablate.atomic import write_json
@@ -42,22 +52,24 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     sweep = hc.mode == RunMode.MULTIRUN
+    container: dict = {}
     try:
-        if (run_dir / "summary.json").exists():
+        if (run_dir / "summary.json").exists() and cfg.trainer.resume != "auto":
             raise UsageError(f"{run_dir} already holds a run (summary.json); choose another "
-                             "hydra.run.dir or hydra.sweep.dir")
+                             "hydra.run.dir or hydra.sweep.dir, or continue it with trainer.resume=auto")
         container = OmegaConf.to_container(cfg, resolve=True)
         summary = train(container, run_dir)
-    except ConfigError as e:
+    except (ConfigError, UsageError) as e:
+        message = f"invalid config: {e}" if isinstance(e, ConfigError) else str(e)
         if sweep:  # recorded as failed; Hydra runs the other jobs and raises at the end
-            _failed_summary(run_dir, container, f"invalid config: {e}")
+            _failed_summary(run_dir, container, message)
             raise
         _remove_if_only_hydra(run_dir)
-        refuse(f"invalid config: {e}")
-    except UsageError as e:
-        if sweep:
-            raise
-        refuse(str(e))
+        refuse(message)
+    except Exception as e:
+        if sweep and _not_recorded(run_dir):
+            _failed_summary(run_dir, container, f"{type(e).__name__}: {e}")
+        raise
     if cfg.trainer.progress != "none":
         print(describe(summary, run_dir), flush=True)
     return summary.get("gap")

@@ -33,6 +33,8 @@ class TrainerSettings:
     amp: bool = False  # bf16 autocast (CUDA only; channels_last is used for conv models on CUDA)
     progress: Literal["auto", "rich", "plain", "none"] = "auto"  # auto: rich on a terminal
     tensorboard: bool = True  # write tb/ event files
+    checkpoint: bool = True  # checkpoints/last.pt every epoch (best.pt is always written)
+    resume: Literal["never", "auto"] = "never"  # auto: skip a finished run, continue from last.pt
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from regablate import checkpoint
 from regablate.evaluate import autocast, evaluate, gap
 from regablate.experiment import Experiment, build_experiment, flatten, group_id
 from regablate.optim import decay_groups, decoupled_decay_
@@ -94,20 +95,40 @@ def _hparams(cfg: dict) -> dict:
     return out
 
 
+def _completed(run_dir: Path) -> dict | None:
+    """The summary of a run that already ended (for trainer.resume=auto), else None."""
+    import json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("status") in ("completed", "diverged") else None
+
+
 def train(cfg: Mapping, run_dir: Path | str) -> dict:
     """Train one configuration into `run_dir`; returns the final summary.
 
     `cfg` is the resolved config as plain containers. Invalid settings raise ConfigError before
     any file is written. Errors after that leave summary.json with status "failed".
+    With `trainer.resume=auto` a finished run is returned as it is and an unfinished one
+    continues from `checkpoints/last.pt`.
     """
     cfg = dict(cfg)
     s = load_settings(cfg)
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    state = None
+    if s.trainer.resume == "auto":
+        done = _completed(run_dir)
+        if done is not None:
+            return done
+        state = checkpoint.load(last) if last.exists() else None
     x = build_experiment(s)
-    t = s.trainer
-    metric = x.data.metric
-    rec = Recorder(run_dir, _summary_head(cfg, x), metric, _hparams(cfg), t.tensorboard)
+    rec = Recorder(run_dir, _summary_head(cfg, x), x.data.metric, _hparams(cfg), s.trainer.tensorboard,
+                   resume=state)
     try:
-        return _fit(x, rec)
+        return _fit(x, rec, state)
     except KeyboardInterrupt:
         rec.finish("interrupted", error="interrupted by the user")
         raise
@@ -116,19 +137,30 @@ def train(cfg: Mapping, run_dir: Path | str) -> dict:
         raise
 
 
-def _fit(x: Experiment, rec: Recorder) -> dict:
-    t, data, model = x.s.trainer, x.data, x.model
+def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
+    t, data, model, opt = x.s.trainer, x.data, x.model, x.optimizer
     metric = data.metric
     es = t.early_stopping
     monitor_metric = es.monitor == "metric"
     stopper = EarlyStopper(es.patience, es.min_delta, data.higher_is_better and monitor_metric)
     gen = torch.Generator().manual_seed(x.s.seed)
-    decay = decay_groups(x.optimizer)
-    best_state, status, epoch = None, "completed", 0
+    decay = decay_groups(opt)
+    ckpt = rec.dir / "checkpoints"
+    best_state, status, epoch, history = None, "completed", 0, []
+    if state is not None:  # resume: every piece of state the next epoch depends on
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        x.schedule.load_state_dict(state["schedule"])
+        stopper.__dict__.update(state["stopper"])
+        checkpoint.set_rng_state(state["rng"], gen)
+        epoch, history = state["epoch"], state["history"]
+        if (ckpt / "best.pt").exists():
+            best_state = checkpoint.load(ckpt / "best.pt")
     with make_progress(t.progress, t.max_epochs, metric) as progress:
-        for epoch in range(1, t.max_epochs + 1):
+        while epoch < t.max_epochs and not stopper.stop:
+            epoch += 1
             t0 = time.perf_counter()
-            lr = x.optimizer.param_groups[0]["lr"]
+            lr = opt.param_groups[0]["lr"]
             x.s.stack.on_epoch(model, epoch, t.max_epochs)
             objective = train_epoch(x, gen, decay)
             tr = evaluate(model, data, data.train, t.eval_batch_size, t.amp)
@@ -140,28 +172,31 @@ def _fit(x: Experiment, rec: Recorder) -> dict:
                    "val_loss": va["loss"], f"val_{metric}": va[metric], "gap": gap(tr, va, metric),
                    "objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4)}
             rec.epoch(row)
+            history.append(row)
             progress.epoch(row)
             if stopper.update(va[metric] if monitor_metric else va["loss"], epoch):
                 best_state = copy.deepcopy(model.state_dict())
+                checkpoint.save(ckpt / "best.pt", best_state)
             x.schedule.step(va["loss"])
-            if stopper.stop:
-                break
+            if t.checkpoint:
+                checkpoint.save(ckpt / "last.pt", {
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "schedule": x.schedule.state_dict(), "stopper": dict(stopper.__dict__),
+                    "rng": checkpoint.rng_state(gen), "history": history,
+                    "wall_time_s": rec.elapsed()})
     epochs_run = epoch - 1 if status == "diverged" else epoch
+    error = f"non-finite loss at epoch {epoch}" if status == "diverged" else None
     if best_state is None:  # diverged before any finite epoch
         return rec.finish(status, best_epoch=None, epochs_run=epochs_run, stopped_early=False,
-                          train=None, val=None, test=None, gap=None,
-                          error=f"non-finite loss at epoch {epoch}")
-    if t.restore_best or status == "diverged":
+                          train=None, val=None, test=None, gap=None, error=error)
+    restore = t.restore_best or status == "diverged"
+    if restore:
         model.load_state_dict(best_state)
-    from regablate.atomic import write_atomic
-
-    write_atomic(rec.dir / "checkpoints" / "best.pt", lambda f: torch.save(best_state, f), mode="wb")
     final = {name: evaluate(model, data, split, t.eval_batch_size, t.amp)
              for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
     return rec.finish(
         status, best_epoch=stopper.best_epoch, epochs_run=epochs_run,
-        metrics_epoch=stopper.best_epoch if (t.restore_best or status == "diverged") else epochs_run,
+        metrics_epoch=stopper.best_epoch if restore else epochs_run,
         stopped_early=stopper.stop and epochs_run < t.max_epochs, **final,
-        gap=gap(final["train"], final["val"], metric),
-        error=f"non-finite loss at epoch {epoch}" if status == "diverged" else None,
+        gap=gap(final["train"], final["val"], metric), error=error,
     )
