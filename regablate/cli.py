@@ -30,6 +30,14 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
+def _raised_by_hydra(e: BaseException) -> bool:
+    """Hydra's own usage errors (bad flag combinations) are plain ValueErrors raised in hydra/."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "/hydra/" in tb.tb_frame.f_code.co_filename
+
+
 def run(argv: list[str]) -> int:
     """Hydra owns argv; its exceptions reach us raw so user errors become one line."""
     from hydra.errors import HydraException
@@ -46,6 +54,12 @@ def run(argv: list[str]) -> int:
     except ConfigError as e:
         return _error(f"invalid config: {e}")
     except UsageError as e:
+        return _error(str(e))
+    except OSError as e:  # e.g. Hydra cannot create the output dir
+        return _error(f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e))
+    except ValueError as e:
+        if not _raised_by_hydra(e):
+            raise
         return _error(str(e))
     except (HydraException, OmegaConfBaseException) as e:
         cause = e.__cause__

@@ -19,6 +19,33 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
         shutil.rmtree(run_dir)
 
 
+def place_job(cfg: dict, hc) -> None:
+    """Share the machine among parallel jobs: torch threads per job, and job k on GPU k mod n.
+
+    threads=0 (auto): cores // n_jobs under the joblib launcher, cpus_per_task under submitit,
+    torch's default otherwise. An explicit trainer.device other than auto/cuda is kept.
+    """
+    import os
+
+    import torch
+
+    trainer = cfg.setdefault("trainer", {})
+    threads = trainer.get("threads", 0)
+    launcher = hc.launcher if "launcher" in hc else {}
+    if not threads:
+        if launcher.get("n_jobs"):
+            n_jobs = launcher["n_jobs"]
+            n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs
+            threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        elif launcher.get("cpus_per_task"):
+            threads = launcher["cpus_per_task"]
+    if threads:
+        torch.set_num_threads(threads)
+    n_gpus = torch.cuda.device_count()
+    if n_gpus > 1 and trainer.get("device", "auto") in ("auto", "cuda") and hc.job.get("num") is not None:
+        trainer["device"] = f"cuda:{hc.job.num % n_gpus}"
+
+
 def _not_recorded(run_dir: Path) -> bool:
     """True if the run's failure is not in its summary.json yet (it failed before training)."""
     import json
@@ -58,6 +85,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise UsageError(f"{run_dir} already holds a run (summary.json); choose another "
                              "hydra.run.dir or hydra.sweep.dir, or continue it with trainer.resume=auto")
         container = OmegaConf.to_container(cfg, resolve=True)
+        place_job(container, hc)
         summary = train(container, run_dir)
     except (ConfigError, UsageError) as e:
         message = f"invalid config: {e}" if isinstance(e, ConfigError) else str(e)

@@ -31,6 +31,7 @@ class TrainerSettings:
     device: str = check(lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
                         "must be auto, cpu, cuda or cuda:N", "auto")
     amp: bool = False  # bf16 autocast (CUDA only; channels_last is used for conv models on CUDA)
+    threads: int = nonneg(0)  # torch intra-op threads; 0 = auto (cores shared among parallel jobs)
     progress: Literal["auto", "rich", "plain", "none"] = "auto"  # auto: rich on a terminal
     tensorboard: bool = True  # write tb/ event files
     checkpoint: bool = True  # checkpoints/last.pt every epoch (best.pt is always written)

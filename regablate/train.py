@@ -83,7 +83,7 @@ def _summary_head(cfg: dict, x: Experiment) -> dict:
         "task": data.task, "metric": data.metric, "higher_is_better": data.higher_is_better,
         "seed": s.seed, "data_seed": s.data_seed, "dataset": s.dataset.name,
         "model": s.model.name, "reg": s.stack.names, "group": group_id(cfg),
-        "device": str(x.device), "n_params": x.n_params,
+        "device": str(x.device), "threads": torch.get_num_threads(), "n_params": x.n_params,
     }
 
 

@@ -1,0 +1,113 @@
+"""Faults, resume and scale: nothing lost when runs die, sweeps in parallel."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import compose_cfg, run_cli
+from regablate import atomic
+from regablate.train import train
+
+RESUMABLE = ("dataset.n=1000", "dataset.n_test=200", "model.hidden=[256,256]", "sched=cosine",
+             "trainer.max_epochs=8", "trainer.early_stopping.patience=0", "trainer.progress=plain",
+             "trainer.tensorboard=true", "+reg=dropout")
+
+
+def rows(path):
+    return [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in csv.DictReader(open(path))]
+
+
+def test_sigkill_then_resume_gives_exactly_the_uninterrupted_numbers(tmp_path):
+    full = train(compose_cfg(*RESUMABLE, "trainer.progress=none"), tmp_path / "full")
+    cmd = [sys.executable, "-m", "regablate", "run", *RESUMABLE, "hydra.run.dir=killed"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # kill it in the middle of epoch 4 (after 3 epochs were checkpointed)
+        if line.startswith("epoch    3/"):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    killed = tmp_path / "killed"
+    assert json.loads((killed / "summary.json").read_text())["status"] == "running"
+    assert 3 <= len(rows(killed / "metrics.csv")) < 8
+    r = run_cli("run", *RESUMABLE, "hydra.run.dir=killed", "trainer.resume=auto", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    resumed = json.loads((killed / "summary.json").read_text())
+    for key in ("status", "best_epoch", "epochs_run", "train", "val", "test", "gap"):
+        assert resumed[key] == full[key], key
+    assert rows(killed / "metrics.csv") == rows(tmp_path / "full" / "metrics.csv")  # no duplicate rows
+
+
+def test_resumed_sweep_skips_finished_jobs_and_continues_the_rest(tmp_path):
+    args = ("-m", "+reg=none,l2", "dataset.n=300", "dataset.n_test=100", "trainer.max_epochs=4",
+            "trainer.early_stopping.patience=0", "trainer.progress=none", "trainer.tensorboard=false",
+            "hydra.sweep.dir=sweep")
+    assert run_cli("run", *args, cwd=tmp_path).returncode == 0
+    done, cut = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
+    reference = json.loads((cut / "summary.json").read_text())
+    before = (done / "summary.json").read_bytes()
+    # job 1 "dies" after epoch 2: its files as they were then
+    cfg = compose_cfg("+reg=l2", *args[2:-1])
+    cfg["trainer"]["max_epochs"] = 2
+    (cut / "summary.json").unlink()
+    train(cfg, cut)
+    summary = json.loads((cut / "summary.json").read_text())
+    (cut / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    r = run_cli("run", *args, "trainer.resume=auto", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (done / "summary.json").read_bytes() == before  # skipped, untouched
+    resumed = json.loads((cut / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["epochs_run"] == 4
+    assert resumed["val"] == reference["val"] and resumed["test"] == reference["test"]
+
+
+def test_atomic_write_failure_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "summary.json"
+    atomic.write_json(target, {"status": "running"})
+
+    def broken(f):
+        f.write('{"status": "comp')  # half a file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic.write_atomic(target, broken)
+    assert json.loads(target.read_text()) == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_crash_during_training_is_recorded_as_failed(tmp_path, monkeypatch):
+    import regablate.train as trainer
+
+    def boom(*a, **k):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(trainer, "train_epoch", boom)
+    with pytest.raises(RuntimeError):
+        train(compose_cfg("trainer.progress=none", "trainer.tensorboard=false"), tmp_path)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["status"] == "failed" and "device-side assert" in s["error"]
+
+
+def test_unwritable_output_dir_is_named(tmp_path):
+    (tmp_path / "afile").write_text("")
+    r = run_cli("run", "hydra.run.dir=afile/run", cwd=tmp_path)
+    assert r.returncode == 2 and "cannot write afile/run" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("launcher", [("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
+                                      ("hydra/launcher=submitit_local",)])
+def test_parallel_launchers_complete_every_job(tmp_path, launcher):
+    r = run_cli("run", "-m", *launcher, "+reg=none,dropout", "dataset.n=300", "dataset.n_test=100",
+                "trainer.max_epochs=2", "trainer.progress=none", "trainer.tensorboard=false",
+                "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/summary.json")]
+    assert len(summaries) == 2 and {s["status"] for s in summaries} == {"completed"}
+    if "n_jobs" in " ".join(launcher):
+        assert {s["threads"] for s in summaries} == {max(1, os.cpu_count() // 2)}
