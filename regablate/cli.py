@@ -9,8 +9,10 @@ USAGE = """usage: regablate <command> [args]
 
 commands:
   run [overrides]   train one experiment, or a sweep with -m (Hydra overrides and flags)
+  lint [overrides]  check a config for regularisation pitfalls without training
   report [DIRS]     the ablation table over run dirs (default: ./multirun and ./outputs)
   tb [DIR]          TensorBoard on the outputs
+  data cifar10      prepare CIFAR-10 (--download, or --from an archive or folder)
 
 examples:
   regablate run +reg=dropout_l2
@@ -75,15 +77,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
     if command == "run":
-        code = run(rest)
-    elif command == "report":
-        from regablate.report.cli import main as report_main
+        sys.exit(run(rest))
+    modules = {"report": "regablate.report.cli", "tb": "regablate.tb", "lint": "regablate.lint",
+               "data": "regablate.data.cli"}
+    if command not in modules:
+        sys.exit(_error(f"unknown command {command!r}; allowed: run, " + ", ".join(modules)))
+    import importlib
 
-        code = report_main(rest)
-    elif command == "tb":
-        from regablate.tb import main as tb_main
-
-        code = tb_main(rest)
-    else:
-        code = _error(f"unknown command {command!r}; allowed: run, report, tb")
-    sys.exit(code)
+    sys.exit(importlib.import_module(modules[command]).main(rest))
