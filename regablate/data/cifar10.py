@@ -402,8 +402,8 @@ def make_cifar10(s: Cifar10Settings, data_seed: int) -> Data:
         train = train[stratified(y[train], s.n_train, g)]
     mean, std = channel_stats(x[train])
     # OOD: Gaussian noise with the training split's per-channel mean and std (pixel units)
-    noise = mean.view(1, 3, 1, 1) + std.view(1, 3, 1, 1) * torch.randn(
-        s.n_ood, 3, 32, 32, generator=g, dtype=torch.float64)
+    noise = mean.float().view(1, 3, 1, 1) + std.float().view(1, 3, 1, 1) * torch.randn(
+        s.n_ood, 3, 32, 32, generator=g)
     ood = noise.round().clamp(0, 255).to(torch.uint8)
     return Data("classification", Split(x[train], y[train]), Split(x[val], y[val]),
                 Split(d["test_x"], d["test_y"].long()), in_shape=(3, 32, 32),
