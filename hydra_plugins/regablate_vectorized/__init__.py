@@ -1,0 +1,1 @@
+"""regablate's vectorised Hydra launcher: `regablate run -m hydra/launcher=vectorized ...`."""

@@ -1,0 +1,239 @@
+"""The `vectorized` Hydra launcher: a sweep's compatible jobs train as one stacked model.
+
+    regablate run -m hydra/launcher=vectorized +reg=none,dropout,batchnorm seed=0,1,2,3,4
+
+Every job's config is composed as BasicLauncher composes it (same sweep dir, same subdir
+numbering, the same `.hydra/` files and job log). Jobs that can share a stacked model are
+grouped (`regablate.vectorized.grouping`), split into chunks of at most `max_members`, and each
+chunk trains as one job of K members that writes every member's own run dir. Any other job
+(another model, a regulariser without a stacked form, an invalid config, a run dir that already
+holds a run) runs the ordinary way, through `hydra.core.utils.run_job`, with a one-line note.
+
+This module is imported by Hydra's plugin discovery on every `regablate` command, so it
+imports torch and the trainer only when a sweep is launched. Hydra executes it without an
+entry in sys.modules, so no `from __future__ import annotations` here: dataclasses would fail.
+"""
+
+import copy
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import (
+    JobReturn,
+    JobRuntime,
+    JobStatus,
+    _save_config,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VectorizedLauncherConf:
+    _target_: str = "hydra_plugins.regablate_vectorized.vectorized_launcher.VectorizedLauncher"
+    # OmegaConf reads this dataclass: Optional, not `int | None`
+    max_members: Optional[int] = None  # noqa: UP045  members per chunk; null = as many as fit in memory
+    memory_fraction: float = 0.5  # share of free memory the default max_members may plan for
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,
+                             provider="regablate")
+
+
+@dataclass
+class _Job:
+    idx: int
+    overrides: list[str]
+    config: DictConfig  # the job's full config, hydra.runtime.output_dir set
+    run_dir: Path
+
+
+class VectorizedLauncher(Launcher):
+    def __init__(self, max_members: int | None = None, memory_fraction: float = 0.5) -> None:
+        super().__init__()
+        if max_members is not None and max_members < 1:
+            raise ValueError(f"hydra.launcher.max_members must be >= 1, got {max_members}")
+        if not 0 < memory_fraction <= 1:
+            raise ValueError(f"hydra.launcher.memory_fraction must be in (0, 1], got {memory_fraction}")
+        self.max_members, self.memory_fraction = max_members, memory_fraction
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    # -- the sweep ---------------------------------------------------------------------------
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from regablate.vectorized import grouping
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Launching {len(job_overrides)} jobs, stacked where they can share a model")
+        jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        members, ordinary = [], []
+        for job in jobs:
+            kind = self._classify(job)
+            if isinstance(kind, str):
+                ordinary.append((job, kind))
+            else:
+                members.append(kind)
+        by_job = {job.idx: job for job in jobs}
+        results: dict[int, JobReturn] = {}
+        for number, grp in enumerate(grouping.group(members), 1):
+            results.update(self._launch_group(number, grp, by_job))
+        for job, reason in ordinary:
+            log.info(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}  [ordinary: {reason}]")
+            results[job.idx] = self._run_ordinary(job)
+        return [results[job.idx] for job in jobs]
+
+    def _compose(self, idx: int, overrides: list[str]) -> _Job:
+        """The job's config as BasicLauncher and run_job make it (job id/num, output dir)."""
+        assert self.config is not None and self.hydra_context is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(config):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+        previous = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(config)
+        try:
+            out = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                               str(OmegaConf.select(config, "hydra.sweep.subdir")))
+            with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+                config.hydra.runtime.output_dir = os.path.abspath(out)
+        finally:
+            HydraConfig.instance().cfg = previous
+        return _Job(idx, overrides, config, Path(config.hydra.runtime.output_dir))
+
+    def _task_container(self, job: _Job) -> dict[str, Any]:
+        previous = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(job.config)
+        try:
+            task = copy.deepcopy(job.config)
+            with read_write(task), open_dict(task):
+                del task["hydra"]
+            return OmegaConf.to_container(task, resolve=True)
+        finally:
+            HydraConfig.instance().cfg = previous
+
+    def _classify(self, job: _Job) -> Any:
+        """A grouping.Member, or the reason the job runs the ordinary way."""
+        from regablate.errors import ConfigError
+        from regablate.settings import load_settings
+        from regablate.vectorized.grouping import make_member, not_stackable
+
+        hydra_job = job.config.hydra.job
+        if hydra_job.chdir or hydra_job.env_set:
+            return "hydra.job.chdir / env_set are per job"
+        try:
+            cfg = self._task_container(job)
+            s = load_settings(cfg)
+        except ConfigError:
+            return "invalid config (recorded in its run dir)"
+        except Exception as e:  # an interpolation that does not resolve, say
+            return f"config does not resolve ({type(e).__name__})"
+        if (job.run_dir / "summary.json").exists():
+            return "its run dir already holds a run"
+        reason = not_stackable(s)
+        if reason:
+            return reason
+        try:
+            return make_member(job.idx, cfg, job.run_dir, s)
+        except ConfigError:
+            return "invalid config (recorded in its run dir)"
+        except Exception as e:  # the ordinary run meets it again and records it
+            return f"could not be built ({type(e).__name__}: {e})"
+
+    # -- stacked groups ----------------------------------------------------------------------
+    def _launch_group(self, number: int, members: list[Any], by_job: dict[int, _Job]) -> dict[int, JobReturn]:
+        from regablate.vectorized import budget, grouping
+
+        limit = self.max_members or budget.default_max_members(members[0], self.memory_fraction)
+        parts = grouping.chunks(members, limit)
+        jobs = " ".join(f"#{m.job}" for m in members)
+        log.info(f"Stacked group {number}: K={len(members)} members in {len(parts)} chunk(s) "
+                 f"of <= {limit}: {jobs}")
+        results = {}
+        for c, part in enumerate(parts, 1):
+            results.update(self._launch_chunk(part, [by_job[m.job] for m in part], c, len(parts)))
+        return results
+
+    def _launch_chunk(self, members: list[Any], jobs: list[_Job], c: int, n: int) -> dict[int, JobReturn]:
+        from regablate.run import describe
+        from regablate.vectorized.trainer import VectorizedTrainer
+
+        assert self.config is not None and self.hydra_context is not None
+        rets = [self._open_job(job) for job in jobs]
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        try:
+            summaries, stats = VectorizedTrainer(members).fit()
+        except Exception as e:
+            log.error(f"  chunk {c}/{n} failed: {type(e).__name__}: {e}")
+            for ret in rets:
+                ret.status, ret.return_value = JobStatus.FAILED, e
+        else:
+            k = len(members)
+            log.info(f"  chunk {c}/{n}: K={k}, {stats.steps} steps in {stats.seconds:.1f} s: "
+                     f"{stats.per_member_step_s * 1e3:.3f} ms per member-step, "
+                     f"{k * stats.steps / max(stats.seconds, 1e-9):,.0f} member-steps/s")
+            for ret, summary, m in zip(rets, summaries, members):
+                ret.status, ret.return_value = JobStatus.COMPLETED, summary.get("gap")
+                if m.s.trainer.progress != "none":
+                    print(describe(summary, m.run_dir), flush=True)
+        for ret, job in zip(rets, jobs):
+            self.hydra_context.callbacks.on_job_end(config=job.config, job_return=ret)
+        return {job.idx: ret for job, ret in zip(jobs, rets)}
+
+    def _open_job(self, job: _Job) -> JobReturn:
+        """What run_job does before calling the task: Hydra's files, the job log, callbacks."""
+        assert self.hydra_context is not None
+        config = job.config
+        previous = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(config)
+        try:
+            ret = JobReturn()
+            task_cfg = copy.deepcopy(config)
+            with read_write(task_cfg), open_dict(task_cfg):
+                del task_cfg["hydra"]
+            ret.cfg = task_cfg
+            hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+            ret.hydra_cfg = hydra_cfg
+            ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            ret.working_dir = os.getcwd()
+            configure_log(config.hydra.job_logging, config.hydra.verbose)
+            if config.hydra.output_subdir is not None:
+                out = job.run_dir / str(config.hydra.output_subdir)
+                _save_config(task_cfg, "config.yaml", out)
+                _save_config(hydra_cfg, "hydra.yaml", out)
+                _save_config(config.hydra.overrides.task, "overrides.yaml", out)
+            self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
+            ret.task_name = JobRuntime.instance().get("name")
+            return ret
+        finally:
+            HydraConfig.instance().cfg = previous
+
+    # -- the ordinary way --------------------------------------------------------------------
+    def _run_ordinary(self, job: _Job) -> JobReturn:
+        assert self.config is not None and self.hydra_context is not None
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                      config=job.config, job_dir_key="hydra.sweep.dir",
+                      job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret

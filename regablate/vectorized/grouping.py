@@ -1,0 +1,102 @@
+"""Which jobs of a sweep can train as one stacked model, and in which groups.
+
+A job is vectorisable when it is an MLP on generated data with only stackable regularisers.
+Members of one group share everything that fixes tensor shapes or the shared loop: the device,
+the split shapes and task, the layer plan (dropout positions aside), the optimiser family with
+its fixed settings (betas, eps / momentum, nesterov), batch size, epochs and eval chunk. Seeds,
+data seeds, drop rates, penalty and decay strengths, label smoothing, max-norm and clipping
+bounds, lr, optim.weight_decay, schedule and early-stopping settings may differ per member.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from regablate.experiment import Experiment, build_experiment
+from regablate.settings import Settings
+from regablate.vectorized.stacked import Layer, plan
+
+# Regularisers with a stacked form (per-member strengths).
+STACKABLE = frozenset({"dropout", "l1", "l2", "weight_decay", "batchnorm", "layernorm",
+                       "label_smoothing", "max_norm", "grad_clip"})
+# Data sets generated from data_seed on the fly (cheap to build once per member).
+GENERATED = frozenset({"sine", "sparse_synthetic"})
+
+
+@dataclass
+class Member:
+    """One job of a group: its config, run dir, settings, experiment and layer plan."""
+
+    job: int  # the sweep's job number
+    cfg: dict  # resolved config (no hydra key)
+    run_dir: Path
+    s: Settings
+    x: Experiment  # built exactly as the ordinary trainer builds it (data, init)
+    layers: tuple[Layer, ...]
+    drops: dict[int, float]  # dropout slot -> rate
+    cpu_rng: torch.Tensor  # the global torch RNG state right after init (dropout on the CPU)
+
+    @property
+    def key(self) -> tuple:
+        """Members with equal keys can share one stacked model."""
+        s, d = self.s, self.x.data
+        shapes = tuple((tuple(sp.x.shape), sp.x.dtype, tuple(sp.y.shape), sp.y.dtype)
+                       for sp in (d.train, d.val, d.test))
+        o = s.optim
+        opt = ((o.name, tuple(o.betas), o.eps) if o.name in ("adam", "adamw")
+               else (o.name, o.momentum, o.nesterov))
+        t = s.trainer
+        return (str(self.x.device), d.task, d.out_dim, shapes, self.layers, opt,
+                t.batch_size, t.max_epochs, t.eval_batch_size)
+
+
+def not_stackable(s: Settings) -> str | None:
+    """Why these settings must train the ordinary way, or None (before anything is built)."""
+    if s.model.name != "mlp":
+        return f"model {s.model.name} has no stacked form (MLPs only)"
+    if s.dataset.name not in GENERATED:
+        return f"dataset {s.dataset.name} is not generated per member (only {', '.join(sorted(GENERATED))})"
+    other = [n for n in s.stack.names if n not in STACKABLE]
+    if other:
+        return "reg " + ", ".join(other) + " has no stacked form"
+    if s.trainer.amp:
+        return "trainer.amp runs the ordinary way"
+    return None
+
+
+def make_member(job: int, cfg: dict, run_dir: Path, s: Settings) -> Member | str:
+    """Build the member's experiment (as `train.train` does); a reason string if it cannot stack.
+
+    ConfigError propagates: the caller sends such a job the ordinary way, which records it.
+    """
+    x = build_experiment(s)
+    cpu_rng = torch.get_rng_state()  # what F.dropout would draw from next in the ordinary run
+    try:
+        layers, drops = plan(x.model)
+    except ValueError as e:
+        return f"model: {e}"
+    return Member(job, cfg, Path(run_dir), s, x, layers, drops, cpu_rng)
+
+
+def group(members: list[Member]) -> list[list[Member]]:
+    """Members with equal keys, groups in the order of their first job."""
+    groups: dict[tuple, list[Member]] = {}
+    for m in members:
+        groups.setdefault(m.key, []).append(m)
+    return list(groups.values())
+
+
+def chunks(members: list[Member], max_members: int) -> list[list[Member]]:
+    """Split into ceil(K / max_members) contiguous chunks of near-equal size."""
+    n = max(1, math.ceil(len(members) / max(1, max_members)))
+    size, extra = divmod(len(members), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        out.append(members[start:end])
+        start = end
+    return out

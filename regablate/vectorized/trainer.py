@@ -1,0 +1,355 @@
+"""The vectorised training loop: K members of one group as one stacked model, read top to bottom.
+
+Per epoch: each member's batch order from its own generator (torch.Generator().manual_seed(seed),
+one randperm per epoch, as the ordinary trainer) -> for each batch slice: stacked forward
+(per-member dropout and BatchNorm) -> per-member loss ℓ_k (label smoothing ε_k) -> gradients of
+Σ_k ℓ_k (member k's gradient is ∂ℓ_k/∂θ_k: the members share no parameter) -> penalties'
+gradients (λ1_k sign w, λ2_k w) -> per-member clipping g_k ← g_k min(1, c_k/‖g_k‖) ->
+decoupled decay w ← w(1 − lr_k λ_k) -> optimiser step -> max-norm. Then train and val are
+evaluated for all members at once (eval mode, no grad), and each member's own Recorder,
+EarlyStopper and LR schedule take its numbers: a member that stops (or diverges) is frozen
+there — its rows, best epoch and final state are its own — while the others go on.
+At the end each member's final state (best epoch, or its last) is evaluated on all splits.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from regablate import checkpoint
+from regablate.evaluate import gap
+from regablate.recorder import Recorder
+from regablate.train import EarlyStopper, _hparams, _summary_head
+from regablate.vectorized import optim
+from regablate.vectorized.grouping import Member
+from regablate.vectorized.stacked import StackedMLP, StackState
+
+
+@dataclass
+class _Run:
+    """One member's bookkeeping: its files, early stopping, history and how it ended."""
+
+    m: Member
+    rec: Recorder
+    stopper: EarlyStopper
+    gen: torch.Generator  # batch order
+    drop_gen: torch.Generator  # dropout masks
+    history: list = field(default_factory=list)
+    status: str = "completed"
+    done: bool = False
+    epochs_run: int = 0
+    has_best: bool = False
+
+
+@dataclass
+class GroupStats:
+    members: int
+    steps: int
+    seconds: float  # training loop, evaluation and files
+
+    @property
+    def per_member_step_s(self) -> float:
+        return self.seconds / max(1, self.members * self.steps)
+
+
+def _column(values: list[float], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1)
+
+
+class _Regs:
+    """Per-member regulariser strengths as columns; None where no member uses one."""
+
+    def __init__(self, members: list[Member], device: torch.device):
+        def strength(name: str, attr: str, absent: float) -> list[float]:
+            return [getattr(m.s.stack[name].s, attr) if m.s.stack[name] is not None else absent
+                    for m in members]
+
+        def col(values: list[float], absent: float) -> torch.Tensor | None:
+            return None if all(v == absent for v in values) else _column(values, device)
+
+        self.l1 = col(strength("l1", "lam", 0.0), 0.0)
+        self.l2 = col(strength("l2", "lam", 0.0), 0.0)
+        self.decay = strength("weight_decay", "lam", 0.0)  # decoupled, weight matrices only
+        eps = [m.s.stack.loss_spec().label_smoothing if m.x.data.task == "classification" else 0.0
+               for m in members]
+        self.smoothing = col(eps, 0.0)
+        self.max_norm = col(strength("max_norm", "c", math.inf), math.inf)
+        clip = strength("grad_clip", "max_norm", math.inf)
+        self.clip = None if all(math.isinf(c) for c in clip) else torch.tensor(clip, device=device)
+        self.decay_factor: torch.Tensor | None = None
+
+    def set_lr(self, lr: list[float], device: torch.device) -> None:
+        """w ← w(1 − lr_k λ_k): the factor in double, then float32 (as torch casts the scalar)."""
+        if any(self.decay):
+            self.decay_factor = torch.tensor([1 - a * d for a, d in zip(lr, self.decay)],
+                                             dtype=torch.float64).to(torch.float32).view(-1, 1).to(device)
+
+
+def _train_loss(out: torch.Tensor, y: torch.Tensor, task: str, eps: torch.Tensor | None) -> torch.Tensor:
+    """Per-member mean loss (K,): cross-entropy with smoothing ε_k, i.e.
+    (1−ε_k)·NLL + ε_k·mean_b(−Σ_c log p)/C, or the mean squared error."""
+    k, b = out.shape[:2]
+    if task != "classification":
+        return F.mse_loss(out, y, reduction="none").reshape(k, -1).mean(1)
+    if eps is None:
+        return F.cross_entropy(out.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
+    logp = F.log_softmax(out, -1)
+    nll = F.nll_loss(logp.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
+    smooth = -logp.sum(-1).mean(1) / out.shape[-1]
+    return (1 - eps[:, 0]) * nll + eps[:, 0] * smooth
+
+
+@torch.no_grad()
+def evaluate(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int
+             ) -> list[dict[str, float]]:
+    """Per member {"loss", "acc"} or {"loss", "mse"} over the whole split, in eval mode:
+    the plain objective (no smoothing, no penalty), as `regablate.evaluate.evaluate`."""
+    k, n = y.shape[:2]
+    loss_sum = torch.zeros(k, device=y.device, dtype=torch.float32)
+    hits = torch.zeros(k, device=y.device, dtype=torch.long)
+    for i in range(0, n, chunk):
+        out = model.forward(x[:, i : i + chunk], train=False)
+        yb = y[:, i : i + chunk]
+        if task == "classification":
+            loss_sum += F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1),
+                                        reduction="none").view(k, -1).sum(1)
+            hits += (out.argmax(-1) == yb).sum(1)
+        else:
+            loss_sum += F.mse_loss(out, yb, reduction="none").reshape(k, -1).sum(1) / yb[0, 0].numel()
+    losses, correct = loss_sum.tolist(), hits.tolist()
+    if task == "classification":
+        return [{"loss": s / n, "acc": c / n} for s, c in zip(losses, correct)]
+    return [{"loss": s / n, "mse": s / n} for s in losses]
+
+
+class VectorizedTrainer:
+    """Trains one chunk of members (equal `Member.key`) into their own run dirs."""
+
+    def __init__(self, members: list[Member]):
+        self.members = members
+        m0 = members[0]
+        self.device, self.t, self.data = m0.x.device, m0.s.trainer, m0.x.data
+        self.task, self.metric = self.data.task, self.data.metric
+        k = len(members)
+        slots = sorted(set().union(*(m.drops for m in members)))
+        rates = [[m.drops.get(j, 0.0) for j in slots] for m in members]
+        self.model = StackedMLP(m0.layers, rates, slots, k, self.device)
+        for i, m in enumerate(members):
+            self.model.load_member(i, m.x.model)
+        self.splits = {name: (torch.stack([getattr(m.x.data, name).x for m in members]),
+                              torch.stack([getattr(m.x.data, name).y for m in members]))
+                       for name in ("train", "val", "test")}
+        self.regs = _Regs(members, self.device)
+        lr = [self._lr(m) for m in members]
+        self.opt = optim.build(m0.s.optim.name, self.model.theta, lr,
+                               [m.s.optim.weight_decay for m in members], m0.s.optim)
+        self.regs.set_lr(lr, self.device)
+        self.segments = [(p.offset, p.numel) for p in self.model.params]
+        self.steps = 0
+
+    @staticmethod
+    def _lr(m: Member) -> float:
+        return m.x.optimizer.param_groups[0]["lr"]
+
+    # -- one step, one epoch ---------------------------------------------------------------
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, drop_gens: list[torch.Generator]) -> torch.Tensor:
+        model, regs = self.model, self.regs
+        loss = _train_loss(model.forward(xb, True, drop_gens), yb, self.task, regs.smoothing)
+        g = model.flat_grad(torch.autograd.grad(loss.sum(), model.leaves))
+        with torch.no_grad():
+            objective = loss.detach()
+            w = model.theta[:, : model.n_matrix]  # the weight matrices of every member
+            gw = g[:, : model.n_matrix]
+            if regs.l1 is not None:  # λ1 Σ|w|, gradient λ1 sign(w)
+                objective = objective + regs.l1[:, 0] * w.abs().sum(1)
+                gw.addcmul_(w.sign(), regs.l1)
+            if regs.l2 is not None:  # (λ2/2) Σw², gradient λ2 w
+                objective = objective + 0.5 * regs.l2[:, 0] * (w * w).sum(1)
+                gw.addcmul_(w, regs.l2)
+            if regs.clip is not None:  # as clip_grad_norm_: norm of the per-parameter norms
+                norms = torch.stack([torch.linalg.vector_norm(g[:, o : o + n], dim=1)
+                                     for o, n in self.segments], 1)
+                total = torch.linalg.vector_norm(norms, dim=1)
+                coef = torch.clamp(regs.clip / (total + 1e-6), max=1.0)
+                g.mul_(torch.where(torch.isinf(regs.clip), torch.ones_like(coef), coef).view(-1, 1))
+            if regs.decay_factor is not None:
+                w.mul_(regs.decay_factor)
+            self.opt.step(g)
+            if regs.max_norm is not None:  # as torch.renorm(w, 2, 0, c): rows to norm <= c
+                c = regs.max_norm.view(-1, 1, 1).double()
+                for wm in model.matrices:
+                    norm = torch.linalg.vector_norm(wm, dim=2, keepdim=True, dtype=torch.float64)
+                    wm.mul_(torch.where(norm > c, c / (norm + 1e-7), torch.ones_like(norm)).float())
+        model.step_done()
+        return objective
+
+    def _epoch(self, runs: list[_Run]) -> list[float]:
+        """One pass over every member's training split; the mean training objectives."""
+        x, y = self.splits["train"]
+        n = y.shape[1]
+        bs = min(self.t.batch_size, n)
+        perm = torch.stack([torch.randperm(n, generator=r.gen) for r in runs]).to(self.device)
+        if n % bs == 1 and n > 1:  # a batch of one breaks BatchNorm: leave that sample out
+            perm, n = perm[:, :-1], n - 1
+        rows = torch.arange(len(runs), device=self.device).view(-1, 1)
+        xp, yp = x[rows, perm], y[rows, perm]
+        drop_gens = [r.drop_gen for r in runs]
+        total = torch.zeros(len(runs), device=self.device)
+        for i in range(0, n, bs):
+            total += self._step(xp[:, i : i + bs], yp[:, i : i + bs], drop_gens) * min(bs, n - i)
+            self.steps += 1
+        return [v / n for v in total.tolist()]
+
+    # -- the whole run ---------------------------------------------------------------------
+    def fit(self) -> tuple[list[dict], GroupStats]:
+        """Train every member into its run dir; per-member summaries and the group's figures."""
+        t0 = time.perf_counter()
+        runs = [self._open(m) for m in self.members]
+        try:
+            summaries = self._fit(runs)
+        except KeyboardInterrupt:
+            for r in runs:
+                if r.rec.summary["status"] == "running":
+                    r.rec.finish("interrupted", error="interrupted by the user")
+            raise
+        except Exception as e:
+            for r in runs:
+                if r.rec.summary["status"] == "running":
+                    r.rec.finish("failed", error=f"{type(e).__name__}: {e}")
+            raise
+        return summaries, GroupStats(len(runs), self.steps, time.perf_counter() - t0)
+
+    def _open(self, m: Member) -> _Run:
+        t = m.s.trainer
+        es = t.early_stopping
+        monitor_metric = es.monitor == "metric"
+        rec = Recorder(m.run_dir, _summary_head(m.cfg, m.x), self.metric, _hparams(m.cfg), t.tensorboard)
+        stopper = EarlyStopper(es.patience, es.min_delta, self.data.higher_is_better and monitor_metric)
+        if self.device.type == "cuda":  # ordinary runs draw dropout from the freshly seeded CUDA RNG
+            drop_gen = torch.Generator(self.device).manual_seed(m.s.seed)
+        else:
+            drop_gen = torch.Generator()
+            drop_gen.set_state(m.cpu_rng)
+        return _Run(m, rec, stopper, torch.Generator().manual_seed(m.s.seed), drop_gen)
+
+    def _fit(self, runs: list[_Run]) -> list[dict]:
+        model, metric = self.model, self.metric
+        best = model.state().clone()  # each member's best epoch
+        frozen = model.state().clone()  # each member's state where it stopped
+        epoch = 0
+        while epoch < self.t.max_epochs and not all(r.done for r in runs):
+            epoch += 1
+            t0 = time.perf_counter()
+            lrs = [self._lr(r.m) for r in runs]
+            self.opt.set_lr(lrs)
+            self.regs.set_lr(lrs, self.device)
+            objective = self._epoch(runs)
+            tr = evaluate(model, *self.splits["train"], self.task, self.t.eval_batch_size)
+            va = evaluate(model, *self.splits["val"], self.task, self.t.eval_batch_size)
+            elapsed = round(time.perf_counter() - t0, 4)
+            improved, stopped = [], []
+            for k, r in enumerate(runs):
+                if r.done:
+                    continue
+                if not all(math.isfinite(v) for v in (objective[k], tr[k]["loss"], va[k]["loss"])):
+                    r.status, r.done, r.epochs_run = "diverged", True, epoch - 1
+                    continue
+                r.epochs_run = epoch
+                row = {"epoch": epoch, "lr": lrs[k], "train_loss": tr[k]["loss"],
+                       f"train_{metric}": tr[k][metric], "val_loss": va[k]["loss"],
+                       f"val_{metric}": va[k][metric], "gap": gap(tr[k], va[k], metric),
+                       "objective": objective[k], "epoch_time_s": elapsed}
+                r.rec.epoch(row)
+                r.history.append(row)
+                monitor_metric = r.m.s.trainer.early_stopping.monitor == "metric"
+                if r.stopper.update(va[k][metric] if monitor_metric else va[k]["loss"], epoch):
+                    improved.append(k)
+                    r.has_best = True
+                r.m.x.schedule.step(va[k]["loss"])
+                if r.stopper.stop:
+                    r.done = True
+                    stopped.append(k)
+            if improved:
+                best.copy_rows(improved, model.state())
+            if stopped:
+                frozen.copy_rows(stopped, model.state())
+            for k in improved:
+                if runs[k].m.s.trainer.checkpoint:
+                    self._save_best(k, runs[k], best)
+            for k, r in enumerate(runs):
+                if r.m.s.trainer.checkpoint and r.epochs_run == epoch:
+                    self._save_last(k, r, epoch)
+        return self._finish(runs, best, frozen)
+
+    def _finish(self, runs: list[_Run], best: StackState, frozen: StackState) -> list[dict]:
+        """Each member's final state (best epoch, or where it stopped), evaluated on all splits."""
+        final = self.model.state().clone()
+        restore = [k for k, r in enumerate(runs) if r.m.s.trainer.restore_best or r.status == "diverged"]
+        early = [k for k, r in enumerate(runs) if k not in restore and r.done]
+        if restore:
+            final.copy_rows(restore, best)
+        if early:
+            final.copy_rows(early, frozen)
+        self.model.load_state(final)
+        evals = {name: evaluate(self.model, *self.splits[name], self.task, self.t.eval_batch_size)
+                 for name in ("train", "val", "test")}
+        summaries = []
+        for k, r in enumerate(runs):
+            max_epochs = r.m.s.trainer.max_epochs
+            error = f"non-finite loss at epoch {r.epochs_run + 1}" if r.status == "diverged" else None
+            if not r.has_best:  # diverged before any finite epoch
+                summaries.append(r.rec.finish(r.status, best_epoch=None, epochs_run=r.epochs_run,
+                                              stopped_early=False, train=None, val=None, test=None,
+                                              gap=None, error=error))
+                continue
+            if not r.m.s.trainer.checkpoint:
+                self._save_best(k, r, best)
+            final_k = {name: evals[name][k] for name in ("train", "val", "test")}
+            summaries.append(r.rec.finish(
+                r.status, best_epoch=r.stopper.best_epoch, epochs_run=r.epochs_run,
+                metrics_epoch=r.stopper.best_epoch if k in restore else r.epochs_run,
+                stopped_early=r.stopper.stop and r.epochs_run < max_epochs, **final_k,
+                gap=gap(final_k["train"], final_k["val"], self.metric), error=error))
+        return summaries
+
+    # -- checkpoints in the ordinary trainer's format ----------------------------------------
+    def _save_best(self, k: int, r: _Run, best: StackState) -> None:
+        self.model.export_member(k, r.m.x.model, best)
+        checkpoint.save(r.rec.dir / "checkpoints" / "best.pt", r.m.x.model.state_dict())
+
+    def _save_last(self, k: int, r: _Run, epoch: int) -> None:
+        """last.pt as the ordinary trainer writes it, so `trainer.resume=auto` continues it."""
+        m = r.m
+        self.model.export_member(k, m.x.model)
+        opt = m.x.optimizer
+        where = self._param_slices(m)
+        states = self.opt.state_for(k, [where[p] for g in opt.param_groups for p in g["params"]])
+        params = [p for g in opt.param_groups for p in g["params"]]
+        opt.state.clear()
+        for p, st in zip(params, states):
+            if st:
+                opt.state[p] = st
+        rng = {"python": random.Random(m.s.seed).getstate(),
+               "numpy": np.random.RandomState(m.s.seed % 2**32).get_state(),
+               "torch": r.drop_gen.get_state() if self.device.type == "cpu" else m.cpu_rng,
+               "order": r.gen.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+            if self.device.type == "cuda":
+                rng["cuda"][self.device.index or 0] = r.drop_gen.get_state()
+        checkpoint.save(r.rec.dir / "checkpoints" / "last.pt", {
+            "epoch": epoch, "model": m.x.model.state_dict(), "optimizer": opt.state_dict(),
+            "schedule": m.x.schedule.state_dict(), "stopper": dict(r.stopper.__dict__),
+            "rng": rng, "history": r.history, "wall_time_s": r.rec.elapsed()})
+
+    def _param_slices(self, m: Member) -> dict:
+        """Member module parameter -> (offset, shape) of its row segment in θ."""
+        mods = [mod for mod in m.x.model if not isinstance(mod, torch.nn.Dropout)]
+        return {getattr(mods[p.layer], p.name): (p.offset, p.shape) for p in self.model.params}
