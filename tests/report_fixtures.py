@@ -96,3 +96,14 @@ def ablation(root: Path, values: dict, *, seeds=range(5), **kw) -> Path:
             job += 1
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     return sweep
+
+
+def write_failed_early(path: Path, *, reg=(), seed=0) -> Path:
+    """A sweep job refused before training: the runner's minimal summary, no metrics.csv."""
+    path = write_run(path, reg=reg, seed=seed)
+    (path / "metrics.csv").unlink()
+    summary = json.loads((path / "summary.json").read_text())
+    keep = ("schema", "seed", "data_seed", "dataset", "model", "reg", "group", "warnings")
+    failed = {**{k: summary[k] for k in keep}, "status": "failed", "error": "ConfigError: p=2"}
+    (path / "summary.json").write_text(json.dumps(failed))
+    return path

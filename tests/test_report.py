@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
-from report_fixtures import ablation, write_run
+from report_fixtures import ablation, write_failed_early, write_run
 from rich.console import Console
 from scipy import stats
 
@@ -23,10 +24,11 @@ L2 = [(0.97, 0.81, 0.80), (0.98, 0.83, 0.81), (0.97, 0.80, 0.80), (0.97, 0.82, 0
       (0.98, 0.81, 0.80)]
 
 
-@pytest.fixture
-def sweep(tmp_path):
-    """5 seeds each of none / dropout / l2 plus a diverged, a running and a failed run."""
-    root = tmp_path / "multirun"
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """5 seeds each of none / dropout / l2 plus a diverged, a running and a failed run.
+    Shared by the tests of this module: copy it before changing it."""
+    root = tmp_path_factory.mktemp("sweep") / "multirun"
     where = ablation(root, {"none": NONE, "dropout": DROPOUT, "l2": L2})
     write_run(where / "90", reg=("dropout",), seed=5, status="diverged")
     write_run(where / "91", reg=("dropout",), seed=6, status="running")
@@ -189,6 +191,7 @@ def test_terminal_table_fits_its_width(sweep, tmp_path):
 
 
 def test_unreadable_runs_are_skipped_with_a_warning(sweep, tmp_path, capsys):
+    sweep = shutil.copytree(sweep, tmp_path / "multirun")
     where = sweep / "2026-11-23" / "10-00-00"
     (where / "0" / "summary.json").write_text("{not json")
     (where / "1" / "metrics.csv").unlink()
@@ -218,6 +221,17 @@ def test_a_run_being_written_is_kept(tmp_path):
     val = doc["groups"][0]["val"]["acc"]
     assert val["n"] == 1 and val["std"] is None  # one completed seed: no spread, no interval
     assert [r["status"] for r in doc["runs"]] == ["completed", "running"]
+
+
+def test_a_job_that_failed_before_training_is_counted(tmp_path, capsys):
+    write_run(tmp_path / "ok", seed=0)
+    write_failed_early(tmp_path / "bad", seed=1)
+    doc = report(tmp_path, tmp_path)
+    assert capsys.readouterr().err == ""
+    assert doc["groups"][0]["statuses"] == {"completed": 1, "failed": 1}
+    assert doc["groups"][0]["metric"] == "acc"
+    runs = report(tmp_path, tmp_path, "--runs", fmt="table")
+    assert "failed" in runs and "0 running · 0 diverged · 1 failed" in runs
 
 
 def test_no_runs_exit_2(tmp_path, capsys, monkeypatch):

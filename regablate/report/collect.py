@@ -2,9 +2,10 @@
 
 A run dir is a directory holding `summary.json`; a directory holding `.hydra/` but no
 `summary.json` is a run that never got going and is reported as skipped. A run whose
-`summary.json` or `metrics.csv` is missing or cannot be read, or whose `.hydra/*.yaml` is
-corrupt, is skipped with a reason (absent `.hydra` files only mean no config columns). Running,
-diverged, failed and interrupted runs are kept, with their status, but never averaged; a
+`summary.json` cannot be read, whose `metrics.csv` is corrupt (or missing for a completed run),
+or whose `.hydra/*.yaml` is corrupt, is skipped with a reason (absent `.hydra` files only mean
+no config columns). Running, diverged, failed and interrupted runs are kept, with their status,
+but never averaged: a job that failed before training has no metric and no metrics.csv, and a
 running run's metrics.csv may end in a half-written line, which is dropped.
 """
 
@@ -51,7 +52,7 @@ class Run:
         return self.status == "completed"
 
     @property
-    def metric(self) -> str:
+    def metric(self) -> str | None:
         return self.summary["metric"]
 
     @property
@@ -108,12 +109,15 @@ def _read_summary(path: str) -> dict:
         raise Unreadable(f"summary.json has schema {summary.get('schema')!r}, expected 1")
     if summary.get("status") not in STATUSES:
         raise Unreadable(f"summary.json has status {summary.get('status')!r}")
+    done = summary["status"] == "completed"
+    if not done and summary.get("metric") is None:
+        summary["metric"] = None  # failed before its task was known
     for key, kind in (("group", str), ("metric", str), ("reg", list)):
-        if not isinstance(summary.get(key), kind):
+        if not isinstance(summary.get(key), kind) and (key != "metric" or done):
             raise Unreadable(f"summary.json: {key!r} missing or not a {kind.__name__}")
     summary["reg"] = sorted(str(r) for r in summary["reg"])
     summary.setdefault("higher_is_better", summary["metric"] != "mse")
-    if summary["status"] == "completed":
+    if done:
         for split in ("train", "val"):
             if not isinstance((summary.get(split) or {}).get(summary["metric"]), (int, float)):
                 raise Unreadable(f"summary.json: completed but {split}.{summary['metric']} missing")
@@ -127,11 +131,15 @@ def _floats(column) -> list[float]:
         return [float(x) if x else math.nan for x in column]
 
 
-def _read_curves(path: str, metric: str, status: str) -> dict:
+def _read_curves(path: str, metric: str | None, status: str) -> dict:
     """metrics.csv columns by name (epoch, lr, losses, metric, gap) as float lists."""
     try:
         with open(os.path.join(path, "metrics.csv"), newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
+    except FileNotFoundError:
+        if status == "completed":
+            raise Unreadable("metrics.csv is missing") from None
+        return {}
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise Unreadable(f"metrics.csv: {e}") from None
     if not rows:
@@ -148,7 +156,7 @@ def _read_curves(path: str, metric: str, status: str) -> dict:
         raise Unreadable(f"metrics.csv line {bad} has {len(rows[bad - 2])} fields, "
                          f"header has {len(header)}")
     index = {name: i for i, name in enumerate(header)}
-    for name in ("epoch", f"train_{metric}", f"val_{metric}"):
+    for name in ("epoch", f"train_{metric}", f"val_{metric}") if metric else ("epoch",):
         if name not in index:
             raise Unreadable(f"metrics.csv has no {name!r} column")
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(header)

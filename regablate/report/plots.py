@@ -81,7 +81,7 @@ def _gap(plt, groups: list[Group], path: Path) -> None:
     ax.axvline(0, color="black", linewidth=0.8, label="no gap")
     ax.set_yticks(y, [f"{g.name} (n={s.n})" for g, s in rows])
     ax.invert_yaxis()  # smallest gap on top
-    metrics = sorted({g.runs[0].metric for g, _ in rows})
+    metrics = sorted({g.done[0].metric for g, _ in rows})
     ax.set(xlabel=f"train–val gap ({', '.join(metrics)}; positive = overfit)",
            title="Generalisation gap per group, smallest first")
     ax.grid(axis="x", alpha=0.3)

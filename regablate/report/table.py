@@ -49,8 +49,13 @@ def _split_cols(metric: str, kind: str) -> list[Column]:
 
 
 def _metric_name(runs: list[Run]) -> str:
-    metrics = {r.metric for r in runs}
+    metrics = {r.metric for r in runs if r.metric}
     return metrics.pop() if len(metrics) == 1 else "metric"
+
+
+def _task(g: Group) -> Run:
+    """The run that says the group's metric (a job that failed early may not know it)."""
+    return next((r for r in g.runs if r.metric), g.runs[0])
 
 
 def _pairs(runs: list[Run], split: str) -> list:
@@ -74,8 +79,8 @@ def _group_row(g: Group, keys: list[str]) -> dict:
            if isinstance(w, dict)}
     epochs = [float(r.summary["best_epoch"]) for r in done
               if isinstance(r.summary.get("best_epoch"), (int, float))]
-    row = {"name": g.name, "group": g.id, "reg": list(g.stack), "metric": g.runs[0].metric,
-           "higher_is_better": bool(g.runs[0].summary["higher_is_better"]), "n": len(done),
+    row = {"name": g.name, "group": g.id, "reg": list(g.stack), "metric": _task(g).metric,
+           "higher_is_better": bool(_task(g).summary["higher_is_better"]), "n": len(done),
            **{s: describe(r.value(s) for r in done) for s in (*SPLITS, "gap")},
            "best_epoch": sum(epochs) / len(epochs) if epochs else math.nan,
            "warnings": len(ids),
