@@ -1,0 +1,322 @@
+"""Regularisation linter: silent pitfalls found in the settings, the built model and its optimiser.
+
+`regablate lint [--strict] [overrides]` composes the config and prints the findings without
+training; the trainer runs the same `lint` at the start of every run and stores the findings in
+summary.json `warnings`. "Ahead of" and "feeds" (RA002, RA003) follow the order in which an
+eval-mode forward pass calls the modules when the input shape is known (always from
+`regablate lint`), else registration order. Rules:
+
+RA001  optim=adam with optim.weight_decay > 0: torch's Adam adds λw to the gradient before the
+       adaptive scaling, so it is coupled L2 whose strength varies per parameter, not decoupled
+       weight decay (Loshchilov & Hutter 2019).
+RA002  a dropout-family module feeds a norm layer (BatchNorm, LayerNorm, GroupNorm, InstanceNorm)
+       with no weight layer in between: the norm's statistics see the dropout noise in training
+       and not in eval (variance shift, Li et al. 2019).
+RA003  dropout with p > 0.1 anywhere ahead of a BatchNorm layer (not already RA002): BatchNorm's
+       running variance is collected under dropout and is wrong in eval (variance shift).
+       DropPath (stochastic depth) is exempt: it is the standard companion of BatchNorm in ResNets.
+RA004  decay on biases or norm parameters: an optimiser group that decays parameters with
+       ndim < 2 (torch's weight_decay, e.g. optim=adamw/sgd with optim.weight_decay > 0).
+RA005  dropout with p >= 0.8: most units are dropped, the network underfits and trains slowly.
+RA006  label smoothing together with mixup or cutmix: mixing already makes the targets soft, so
+       smoothing them as well regularises the targets twice.
+RA007  the same regularisation twice: two or more of optim.weight_decay, reg.l2 and
+       reg.weight_decay shrink the weights at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from regablate.settings import Settings
+from regablate.uncertainty import drop_rate, is_dropout
+
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # _NormBase: batch, instance
+SHAPES = {"cifar10": ((3, 32, 32), 10)}  # datasets whose model shape is known without their data
+MIXING = ("mixup", "cutmix")
+SHOW = 3  # modules named in one finding before "and N more"
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str  # RA001 ...
+    message: str  # one line: what is wrong
+    fix: str  # one line: what to do instead
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _g(x: float) -> str:
+    return f"{x:g}"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return "" if n == 0 else f"{n} {one if n == 1 else many}"
+
+
+def _where(items: list[str]) -> str:
+    more = f" and {len(items) - SHOW} more" if len(items) > SHOW else ""
+    return ", ".join(items[:SHOW]) + more
+
+
+def _describe(name: str, m: nn.Module) -> str:
+    p = drop_rate(m)
+    return f"{type(m).__name__}" + (f"(p={_g(p)})" if p is not None else "") + f" at {name}"
+
+
+@torch.no_grad()
+def _order(model: nn.Module, in_shape: tuple[int, ...] | None) -> list[tuple[str, nn.Module]]:
+    """Leaf modules (and dropout-family modules) in the order an eval-mode forward pass of two
+    zero inputs of `in_shape` calls them (first calls; modules never called are left out), or
+    in registration order when `in_shape` is None."""
+    leaves = [(n, m) for n, m in model.named_modules() if n and (not any(m.children()) or is_dropout(m))]
+    if in_shape is None:
+        return leaves
+    called: dict[str, nn.Module] = {}
+
+    def record(name: str, module: nn.Module) -> None:  # a pre-hook's return value replaces the input
+        called.setdefault(name, module)
+
+    hooks = [m.register_forward_pre_hook(lambda m, args, n=n: record(n, m)) for n, m in leaves]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        model(torch.zeros(2, *in_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return list(called.items())
+
+
+def _rates(p: float | list[float] | None) -> list[float]:
+    return [] if p is None else p if isinstance(p, list) else [p]
+
+
+def _weight_layer(m: nn.Module) -> bool:
+    return any(p.ndim >= 2 for p in m.parameters(recurse=False))
+
+
+def _active(m: nn.Module) -> bool:
+    p = drop_rate(m)
+    return p is None or p > 0
+
+
+def _dropout_vs_norm(model: nn.Module, in_shape: tuple[int, ...] | None) -> list[Finding]:
+    """RA002 (dropout straight into a norm) and RA003 (dropout > 0.1 ahead of BatchNorm)."""
+    order = _order(model, in_shape)
+    direct, ahead = [], []
+    for i, (name, m) in enumerate(order):
+        if not is_dropout(m) or not _active(m):
+            continue
+        nxt = next(((n, o) for n, o in order[i + 1:] if isinstance(o, NORMS) or _weight_layer(o)), None)
+        if nxt is not None and isinstance(nxt[1], NORMS):
+            direct.append(f"{_describe(name, m)} -> {type(nxt[1]).__name__} at {nxt[0]}")
+            continue
+        p = drop_rate(m)
+        if p is None or p <= 0.1 or type(m).__name__.startswith("DropPath"):
+            continue
+        bn = next(((n, o) for n, o in order[i + 1:] if isinstance(o, nn.modules.batchnorm._BatchNorm)), None)
+        if bn is not None:
+            ahead.append(f"{_describe(name, m)} before {type(bn[1]).__name__} at {bn[0]}")
+    out = []
+    if direct:
+        out.append(Finding(
+            "RA002", f"dropout feeds a norm layer directly: {_where(direct)}; the norm's statistics "
+            "differ between training and eval (variance shift)",
+            "put dropout after the norm and activation (model.dropout_at=after_act), "
+            "or after the last norm layer"))
+    if ahead:
+        out.append(Finding(
+            "RA003", f"dropout p > 0.1 ahead of BatchNorm: {_where(ahead)}; BatchNorm's running "
+            "variance is collected under dropout and is off in eval (variance shift)",
+            "keep dropout after the last BatchNorm (e.g. only before the output layer), "
+            "use p <= 0.1, or drop one of dropout and BatchNorm"))
+    return out
+
+
+def _decay_on_1d(model: nn.Module, optimizer: torch.optim.Optimizer, s: Settings) -> list[Finding]:
+    """RA004: parameter groups that decay biases or norm parameters."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    norm_params = {id(p) for m in model.modules() if isinstance(m, NORMS)
+                   for p in m.parameters(recurse=False)}
+    biases, norms, sources = [], [], []
+    for g in optimizer.param_groups:
+        wd, dd = g.get("weight_decay") or 0.0, g.get("decoupled_decay") or 0.0
+        if wd <= 0 and dd <= 0:
+            continue
+        flat = [p for p in g["params"] if p.ndim < 2]
+        if not flat:
+            continue
+        sources.append(f"optim.weight_decay={_g(wd)}" if wd > 0 else f"decoupled_decay={_g(dd)}")
+        for p in flat:
+            (norms if id(p) in norm_params else biases).append(names.get(id(p), "?"))
+    if not biases and not norms:
+        return []
+    what = " and ".join(x for x in (_count(len(biases), "bias", "biases"),
+                                    _count(len(norms), "norm parameter", "norm parameters")) if x)
+    return [Finding(
+        "RA004", f"{' and '.join(dict.fromkeys(sources))} also decays {what} "
+        f"(e.g. {_where((norms + biases)[:SHOW])})",
+        "set optim.weight_decay=0 and use +reg=weight_decay (decay on weight matrices only)")]
+
+
+def lint(settings: Settings, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+         in_shape: tuple[int, ...] | None = None) -> list[Finding]:
+    """The findings for a run's settings, its built model and its optimiser (built from the
+    settings and the stack's parameter groups when not given). With the model's input shape
+    `in_shape` (no batch dimension), module order is the forward order of a pass on zeros,
+    else registration order. Empty for a clean stack."""
+    from regablate.optim import build_optimizer
+
+    s, stack = settings, settings.stack
+    if optimizer is None:
+        optimizer = build_optimizer(s.optim, stack.param_groups(model))
+    wd = getattr(s.optim, "weight_decay", 0.0)
+    out: list[Finding] = []
+    if s.optim.name == "adam" and wd > 0:
+        out.append(Finding(
+            "RA001", f"optim=adam with optim.weight_decay={_g(wd)} is coupled L2 rescaled by Adam's "
+            "per-parameter step sizes, not decoupled weight decay",
+            "use optim=adamw with optim.weight_decay=0 and +reg=weight_decay (decoupled), "
+            "or +reg=l2 if you mean coupled L2"))
+    out += _dropout_vs_norm(model, in_shape)
+    out += _decay_on_1d(model, optimizer, s)
+    high = [_describe(n, m) for n, m in model.named_modules()
+            if is_dropout(m) and (drop_rate(m) or 0.0) >= 0.8]
+    if high:
+        keys = [f"reg.{r.key}.p" for r in stack.regs
+                if any(v >= 0.8 for v in _rates(getattr(r.s, "p", None)))]
+        out.append(Finding(
+            "RA005", f"dropout p >= 0.8: {_where(high)}; most units are dropped, so the network "
+            "underfits and learns slowly", f"lower {' and '.join(keys) or 'the drop rate'} to 0.5 or less"))
+    smoothing = stack["label_smoothing"]
+    mixing = [n for n in MIXING if stack[n] is not None]
+    if smoothing is not None and getattr(smoothing.s, "eps", 0.0) > 0 and mixing:
+        out.append(Finding(
+            "RA006", f"reg.label_smoothing (eps={_g(smoothing.s.eps)}) with reg.{' and reg.'.join(mixing)}: "
+            "mixing already makes the targets soft, so smoothing them again regularises the targets twice",
+            "drop reg.label_smoothing (or keep it and drop the mixing)"))
+    shrink = []
+    if wd > 0:
+        kind = "decoupled" if s.optim.name == "adamw" else "coupled L2"
+        shrink.append(f"optim.weight_decay={_g(wd)} ({kind}, all parameters)")
+    if stack["l2"] is not None and stack["l2"].s.lam > 0:
+        shrink.append(f"reg.l2 (lam={_g(stack['l2'].s.lam)}, coupled L2)")
+    if stack["weight_decay"] is not None and stack["weight_decay"].s.lam > 0:
+        shrink.append(f"reg.weight_decay (lam={_g(stack['weight_decay'].s.lam)}, decoupled)")
+    if len(shrink) > 1:
+        out.append(Finding(
+            "RA007", "the weights are shrunk twice: " + "; ".join(shrink),
+            "keep one: +reg=weight_decay with optim.weight_decay=0 (decoupled), or +reg=l2 alone"))
+    return sorted(out, key=lambda f: f.id)
+
+
+def build_model(settings: Settings) -> tuple[nn.Module, torch.optim.Optimizer, tuple[int, ...]]:
+    """The run's model (on the CPU, same seed), optimiser and input shape, without training:
+    `lint(settings, *build_model(settings))`. The input shape comes from SHAPES for datasets
+    kept on disk, else from generating the data (cheap for the synthetic sets)."""
+    from regablate.data import DATASETS
+    from regablate.experiment import seed_everything
+    from regablate.models import MODELS
+    from regablate.optim import build_optimizer
+    from regablate.regularisers import ModelSpec
+
+    s = settings
+    if s.dataset.name in SHAPES:
+        in_shape, out_dim = SHAPES[s.dataset.name]
+    else:
+        data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed)
+        in_shape, out_dim = data.in_shape, data.out_dim
+    seed_everything(s.seed)
+    spec = s.stack.model_spec(ModelSpec(norm=getattr(s.model, "norm", "none")))
+    model = MODELS[s.model.name][1](s.model, in_shape, out_dim, spec)
+    return model, build_optimizer(s.optim, s.stack.param_groups(model)), tuple(in_shape)
+
+
+def format_findings(findings: list[Finding]) -> str:
+    """Two lines per finding: `RA001  what is wrong` / `       fix: ...`."""
+    return "".join(f"{f.id}  {f.message}\n{' ' * (len(f.id) + 2)}fix: {f.fix}\n" for f in findings)
+
+
+def compose(overrides: list[str]) -> dict:
+    """The resolved config (plain containers, without the `hydra` key) for `overrides`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from regablate.paths import CONF_DIR
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="regablate"):
+        cfg = hydra_compose("config", overrides=list(overrides))
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out.pop("hydra", None)
+    return out
+
+
+USAGE = """usage: regablate lint [--strict] [overrides]
+
+Compose the config as `regablate run` would and print regularisation pitfalls without training.
+  --strict   exit 1 when there is any finding
+example: regablate lint optim=adam optim.weight_decay=1e-4 +reg=dropout
+"""
+
+
+def main(argv: list[str]) -> int:
+    """`regablate lint`: 0 (clean, or findings without --strict), 1 (findings with --strict),
+    2 (invalid overrides or config, one line on stderr)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from regablate.cli import _error, _one_line
+    from regablate.errors import ConfigError, UsageError
+    from regablate.settings import load_settings
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE, end="")
+        return 0
+    strict = "--strict" in argv
+    overrides = [a for a in argv if a != "--strict"]
+    flags = [a for a in overrides if a.startswith("-")]
+    if flags:
+        return _error(f"lint takes --strict and overrides; unknown option {flags[0]!r}")
+    try:
+        cfg = compose(overrides)
+        settings = load_settings(cfg)
+        findings = lint(settings, *build_model(settings))
+    except ConfigError as e:
+        return _error(f"invalid config: {e}")
+    except UsageError as e:
+        return _error(str(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__
+        extra = f" ({_one_line(cause)})" if isinstance(cause, OmegaConfBaseException) else ""
+        return _error(_one_line(e) + extra)
+    _print(findings)
+    return 1 if strict and findings else 0
+
+
+def _print(findings: list[Finding]) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False, soft_wrap=True)
+    if not findings:
+        console.print(Text("no findings", style="green"))
+        return
+    for f in findings:
+        console.print(Text.assemble((f.id, "bold yellow"), "  ", f.message))
+        console.print(Text.assemble(" " * (len(f.id) + 2), ("fix: ", "bold"), f.fix))
+    n = len(findings)
+    console.print(Text(f"{n} finding{'s' * (n != 1)}", style="yellow"))
+    sys.stdout.flush()
