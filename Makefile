@@ -20,7 +20,7 @@ run: $(STAMP)      ## the default experiment: sparse-synthetic, MLP, no regulari
 	$(BIN)/regablate run
 
 test: $(STAMP)     ## the whole test suite
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check regablate tests benchmarks

@@ -61,9 +61,16 @@ def _failed_summary(run_dir: Path, cfg: dict, error: str) -> None:
     from regablate.atomic import write_json
     from regablate.experiment import group_id
 
+    from regablate.data import DATASETS
+
     reg = cfg.get("reg") if isinstance(cfg.get("reg"), dict) else {}
+    dataset = (cfg.get("dataset") or {}).get("name")
+    task = getattr(DATASETS.get(dataset, (None,))[0], "task", None)
+    metric = {"classification": "acc", "regression": "mse"}.get(task)
     write_json(run_dir / "summary.json", {
-        "schema": 1, "status": "failed", "seed": cfg.get("seed"), "data_seed": cfg.get("data_seed"),
+        "schema": 1, "status": "failed", "task": task, "metric": metric,
+        "higher_is_better": None if task is None else task == "classification",
+        "seed": cfg.get("seed"), "data_seed": cfg.get("data_seed"),
         "dataset": (cfg.get("dataset") or {}).get("name"), "model": (cfg.get("model") or {}).get("name"),
         "reg": sorted(reg), "group": group_id(cfg), "warnings": [], "error": error,
     })

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from regablate.paths import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tests run in parallel processes (pytest -n): one torch thread each keeps the cores busy
+# without oversubscribing them, and the numbers do not depend on the thread count here.
+torch.set_num_threads(1)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def compose_cfg(*overrides: str) -> dict:
@@ -29,7 +36,7 @@ FAST = ("trainer.max_epochs=3", "trainer.progress=none", "trainer.tensorboard=fa
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`regablate ARGS` in a fresh process, as a user types it."""
-    return subprocess.run([sys.executable, "-m", "regablate", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "regablate", *args], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=300)
 
 

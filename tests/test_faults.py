@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import compose_cfg, run_cli
+from conftest import ENV, compose_cfg, run_cli
 from regablate import atomic
 from regablate.train import train
 
@@ -27,7 +27,8 @@ def rows(path):
 def test_sigkill_then_resume_gives_exactly_the_uninterrupted_numbers(tmp_path):
     full = train(compose_cfg(*RESUMABLE, "trainer.progress=none"), tmp_path / "full")
     cmd = [sys.executable, "-m", "regablate", "run", *RESUMABLE, "hydra.run.dir=killed"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:  # kill it in the middle of epoch 4 (after 3 epochs were checkpointed)
         if line.startswith("epoch    3/"):
             os.kill(proc.pid, signal.SIGKILL)

@@ -1,0 +1,20 @@
+"""Data sets by config name: `dataset.name` -> (settings class, builder)."""
+
+from __future__ import annotations
+
+from regablate.data.base import Data, Split
+from regablate.data.cifar10 import Cifar10Settings, make_cifar10
+from regablate.data.synthetic import (
+    SineSettings,
+    SparseSyntheticSettings,
+    make_sine,
+    make_sparse_synthetic,
+)
+
+DATASETS = {
+    "sine": (SineSettings, make_sine),
+    "sparse_synthetic": (SparseSyntheticSettings, make_sparse_synthetic),
+    "cifar10": (Cifar10Settings, make_cifar10),
+}
+
+__all__ = ["DATASETS", "Data", "Split"]
