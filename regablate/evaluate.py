@@ -16,12 +16,15 @@ def autocast(device: torch.device, enabled: bool):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int = 4096,
-             amp: bool = False) -> dict[str, float]:
+             amp: bool = False, calibration_bins: int = 0) -> dict:
     """{"loss", "acc"} (mean cross-entropy, accuracy) or {"loss", "mse"} on the whole split.
 
     Losses are the plain objective (no label smoothing, no penalties). Sums stay on the device
-    and are read once at the end.
+    and are read once at the end. With `calibration_bins` (classification) the result also has
+    "ece", "nll" and "reliability" (per-bin confidence, accuracy and count).
     """
+    keep = calibration_bins > 0 and data.task == "classification"
+    logits = []
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=split.y.device)
@@ -30,6 +33,8 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int = 4096,
         with autocast(split.y.device, amp):
             out = model(data.prepare(split.x[i : i + batch_size])).float()
         y = split.y[i : i + batch_size]
+        if keep:
+            logits.append(out)
         if data.task == "classification":
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             hit_sum += (out.argmax(1) == y).sum()
@@ -38,9 +43,16 @@ def evaluate(model: nn.Module, data: Data, split: Split, batch_size: int = 4096,
     model.train(was_training)
     n = len(split)
     loss = loss_sum.item() / n
-    if data.task == "classification":
-        return {"loss": loss, "acc": hit_sum.item() / n}
-    return {"loss": loss, "mse": loss}
+    if data.task == "regression":
+        return {"loss": loss, "mse": loss}
+    result = {"loss": loss, "acc": hit_sum.item() / n}
+    if keep:
+        from regablate.calibration import calibration, reliability
+
+        out = torch.cat(logits)
+        result.update(calibration(out, split.y, calibration_bins))
+        result["reliability"] = reliability(out.softmax(1), split.y, calibration_bins)
+    return result
 
 
 def gap(train: dict, val: dict, metric: str) -> float:

@@ -20,7 +20,8 @@ from regablate.settings import Settings
 
 # Settings that change how a run is shown or where it runs, not what it computes.
 NOT_IN_GROUP = ("seed", "data_seed", "trainer.device", "trainer.progress", "trainer.tensorboard",
-                "trainer.eval_batch_size", "trainer.checkpoint", "trainer.resume")
+                "trainer.eval_batch_size", "trainer.checkpoint", "trainer.resume", "trainer.threads",
+                "eval.mc_samples", "eval.histogram_every")
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:

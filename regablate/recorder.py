@@ -76,6 +76,12 @@ class Recorder:
         if self._tb is not None:
             self._tb.epoch(row)
 
+    def histograms(self, named: list, epoch: int) -> None:
+        """TensorBoard histograms of weight tensors: [(name, tensor)] -> weights/hist/<name>."""
+        if self._tb is not None:
+            for name, w in named:
+                self._tb.w.add_histogram(f"weights/hist/{name}", w.detach().float().cpu(), epoch)
+
     def finish(self, status: str, **fields: Any) -> dict:
         """Rewrite summary.json with the final status and results; close the files."""
         self.summary.update(_finite(fields), status=status, wall_time_s=round(self.elapsed(), 3))
@@ -129,9 +135,6 @@ class _TensorBoard:
         for key, value in row.items():
             if key.startswith("weights/"):
                 self.w.add_scalar(key, value, step)
-
-    def add_histogram(self, tag: str, values, step: int) -> None:
-        self.w.add_histogram(tag, values, step)
 
     def close(self, summary: dict) -> None:
         if self.hparams is not None:

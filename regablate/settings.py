@@ -39,6 +39,13 @@ class TrainerSettings:
 
 
 @dataclass
+class EvalSettings:
+    mc_samples: int = nonneg(0)  # MC-dropout passes after training; 0 = off
+    histogram_every: int = nonneg(10)  # weight histograms in TensorBoard every N epochs; 0 = off
+    calibration_bins: int = positive(15)  # equal-width bins of the ECE and reliability diagram
+
+
+@dataclass
 class Settings:
     seed: int
     data_seed: int
@@ -48,9 +55,10 @@ class Settings:
     sched: Any
     trainer: TrainerSettings
     stack: Stack
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
 
-TOP_LEVEL = ("seed", "data_seed", "dataset", "model", "optim", "sched", "trainer", "reg")
+TOP_LEVEL = ("seed", "data_seed", "dataset", "model", "optim", "sched", "trainer", "reg", "eval")
 
 
 def _by_name(node: Any, key: str, registry: Mapping) -> Any:
@@ -81,4 +89,5 @@ def load_settings(cfg: Mapping) -> Settings:
         sched=_by_name(cfg.get("sched", {"name": "none"}), "sched", SCHEDULES),
         trainer=parse(TrainerSettings, cfg.get("trainer"), "trainer"),
         stack=build_stack(cfg.get("reg")),
+        eval=parse(EvalSettings, cfg.get("eval"), "eval"),
     )

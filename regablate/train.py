@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,10 +21,14 @@ import torch
 from regablate import checkpoint
 from regablate.evaluate import autocast, evaluate, gap
 from regablate.experiment import Experiment, build_experiment, flatten, group_id
+from regablate.lint import format_findings, lint
 from regablate.optim import decay_groups, decoupled_decay_
 from regablate.progress import make_progress
 from regablate.recorder import Recorder
+from regablate.selfcheck import check_eval_determinism
 from regablate.settings import load_settings
+from regablate.uncertainty import mc_dropout
+from regablate.weight_stats import named_weight_matrices, weight_stats
 
 
 class EarlyStopper:
@@ -125,9 +130,13 @@ def train(cfg: Mapping, run_dir: Path | str) -> dict:
             return done
         state = checkpoint.load(last) if last.exists() else None
     x = build_experiment(s)
-    rec = Recorder(run_dir, _summary_head(cfg, x), x.data.metric, _hparams(cfg), s.trainer.tensorboard,
-                   resume=state)
+    findings = lint(s, x.model, x.optimizer, x.data.in_shape)
+    if findings and s.trainer.progress != "none":
+        print(format_findings(findings), file=sys.stderr, flush=True)
+    head = {**_summary_head(cfg, x), "warnings": [f.as_dict() for f in findings]}
+    rec = Recorder(run_dir, head, x.data.metric, _hparams(cfg), s.trainer.tensorboard, resume=state)
     try:
+        check_eval_determinism(x.model, x.data)
         return _fit(x, rec, state)
     except KeyboardInterrupt:
         rec.finish("interrupted", error="interrupted by the user")
@@ -170,8 +179,12 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
                 break
             row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], f"train_{metric}": tr[metric],
                    "val_loss": va["loss"], f"val_{metric}": va[metric], "gap": gap(tr, va, metric),
-                   "objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4)}
+                   "objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4),
+                   **{f"weights/{k}": v for k, v in weight_stats(model).items()}}
             rec.epoch(row)
+            every = x.s.eval.histogram_every
+            if every and (epoch % every == 0 or epoch == 1):
+                rec.histograms(named_weight_matrices(model), epoch)
             history.append(row)
             progress.epoch(row)
             if stopper.update(va[metric] if monitor_metric else va["loss"], epoch):
@@ -192,11 +205,18 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
     restore = t.restore_best or status == "diverged"
     if restore:
         model.load_state_dict(best_state)
-    final = {name: evaluate(model, data, split, t.eval_batch_size, t.amp)
+        check_eval_determinism(model, data)
+    bins = x.s.eval.calibration_bins
+    final = {name: evaluate(model, data, split, t.eval_batch_size, t.amp, bins if name != "train" else 0)
              for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
+    extras = {"reliability": {name: final[name].pop("reliability") for name in ("val", "test")
+                              if "reliability" in final[name]} or None,
+              "weights": weight_stats(model)}
+    if x.s.eval.mc_samples:
+        extras["mc"] = mc_dropout(model, data, x.s.eval.mc_samples, t.eval_batch_size)
     return rec.finish(
         status, best_epoch=stopper.best_epoch, epochs_run=epochs_run,
         metrics_epoch=stopper.best_epoch if restore else epochs_run,
         stopped_early=stopper.stop and epochs_run < t.max_epochs, **final,
-        gap=gap(final["train"], final["val"], metric), error=error,
+        gap=gap(final["train"], final["val"], metric), error=error, **extras,
     )
