@@ -59,9 +59,8 @@ def _not_recorded(run_dir: Path) -> bool:
 def _failed_summary(run_dir: Path, cfg: dict, error: str) -> None:
     """In a sweep, a job refused for its config is recorded as failed; the sweep goes on."""
     from regablate.atomic import write_json
-    from regablate.experiment import group_id
-
     from regablate.data import DATASETS
+    from regablate.experiment import group_id
 
     reg = cfg.get("reg") if isinstance(cfg.get("reg"), dict) else {}
     dataset = (cfg.get("dataset") or {}).get("name")
