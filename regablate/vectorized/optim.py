@@ -1,7 +1,6 @@
 """Optimisers over stacked parameters θ (K, P) with per-member lr and weight decay.
 
-Each member's row follows torch.optim's update exactly (the same operations in the same order),
-with lr_k and wd_k as (K, 1) columns instead of scalars:
+Each member's row follows torch.optim's update, with its own lr_k and wd_k:
 
   AdamW   θ ← θ(1 − lr_k wd_k);  m ← m + (1−β₁)(g − m);  v ← β₂v + (1−β₂)g²
           θ ← θ − (lr_k / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + ε)
@@ -9,8 +8,8 @@ with lr_k and wd_k as (K, 1) columns instead of scalars:
   SGD     g ← g + wd_k θ;  b ← μb + g (b = g at the first step);  d = g + μb (Nesterov) or b;
           θ ← θ − lr_k d
 
-`state_for(k)` returns member k's state in torch's own per-parameter form, so an ordinary
-torch optimiser can be loaded with it (checkpoints that the ordinary trainer resumes from).
+`state_rows(k)` gives member k's optimiser state as θ-shaped rows under torch's names, from
+which the trainer writes checkpoints in torch's own per-parameter form.
 """
 
 from __future__ import annotations
@@ -23,51 +22,52 @@ def _column(values: list[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64).to(torch.float32).view(-1, 1).to(device)
 
 
+def _runs(values: list[tuple]) -> list[tuple[int, int, tuple]]:
+    """Maximal runs of equal consecutive values: [(start, end, value)]."""
+    out: list[tuple[int, int, tuple]] = []
+    for i, v in enumerate(values):
+        if out and out[-1][2] == v:
+            out[-1] = (out[-1][0], i + 1, v)
+        else:
+            out.append((i, i + 1, v))
+    return out
+
+
 class StackedAdam:
-    """Adam or AdamW (`decoupled`) over θ (K, P), per-member lr and weight_decay."""
+    """Adam or AdamW (`decoupled`) over θ (K, P), per-member lr and weight_decay.
+
+    Members are updated by torch's fused Adam kernel (one pass over memory), one call per run
+    of consecutive members that share (lr, weight_decay): the rows θ[a:b] of a run are one
+    contiguous block, so a sweep over seeds is one call and per-member lrs cost a call each.
+    """
 
     def __init__(self, theta: torch.Tensor, lr: list[float], weight_decay: list[float],
                  betas: tuple[float, float], eps: float, decoupled: bool):
         self.theta, self.betas, self.eps, self.decoupled = theta, betas, eps, decoupled
         self.exp_avg = torch.zeros_like(theta)
         self.exp_avg_sq = torch.zeros_like(theta)
-        self.steps = 0
+        self.step_t = torch.zeros((), device=theta.device)  # torch keeps the step as a float tensor
         self.weight_decay = list(weight_decay)
+        self.kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
         self.set_lr(lr)
 
     def set_lr(self, lr: list[float]) -> None:
         """Per-member learning rates (changed by each member's schedule between epochs)."""
         self.lr = list(lr)
-        dev = self.theta.device
-        self._wd = _column(self.weight_decay, dev) if any(self.weight_decay) else None
-        if self.decoupled and self._wd is not None:
-            self._decay = _column([1 - a * w for a, w in zip(self.lr, self.weight_decay)], dev)
+        self.blocks = _runs(list(zip(self.lr, self.weight_decay)))
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor) -> None:
+        self.step_t += 1
         beta1, beta2 = self.betas
-        theta, m, v = self.theta, self.exp_avg, self.exp_avg_sq
-        self.steps += 1
-        if self._wd is not None:
-            if self.decoupled:
-                theta.mul_(self._decay)
-            else:
-                grad = grad.addcmul(theta, self._wd)
-        m.lerp_(grad, 1 - beta1)
-        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1**self.steps
-        bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
-        neg_step = _column([-a / bias_correction1 for a in self.lr], theta.device)
-        denom = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
-        theta.addcdiv_(m * neg_step, denom)
+        for a, b, (lr, wd) in self.blocks:
+            self.kernel([self.theta[a:b]], [grad[a:b]], [self.exp_avg[a:b]], [self.exp_avg_sq[a:b]],
+                        [], [self.step_t], lr=lr, beta1=beta1, beta2=beta2, weight_decay=wd,
+                        eps=self.eps, amsgrad=False, maximize=False)
 
-    def state_for(self, k: int, views: list[tuple[int, tuple[int, ...]]]) -> list[dict]:
-        """Member k's torch state, one dict per parameter (offset, shape) in `views`."""
-        step = torch.tensor(float(self.steps))
-        return [{"step": step.clone(),
-                 "exp_avg": self.exp_avg[k, o : o + _numel(s)].view(s).clone(),
-                 "exp_avg_sq": self.exp_avg_sq[k, o : o + _numel(s)].view(s).clone()}
-                for o, s in views]
+    def state_rows(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's moments as θ-shaped rows (torch's names; the step is `step_t`)."""
+        return {"exp_avg": self.exp_avg[k], "exp_avg_sq": self.exp_avg_sq[k]}
 
 
 class StackedSGD:
@@ -79,7 +79,6 @@ class StackedSGD:
         self.buf: torch.Tensor | None = None
         self.weight_decay = list(weight_decay)
         self._wd = _column(self.weight_decay, theta.device) if any(self.weight_decay) else None
-        self.steps = 0
         self.set_lr(lr)
 
     def set_lr(self, lr: list[float]) -> None:
@@ -88,7 +87,6 @@ class StackedSGD:
 
     @torch.no_grad()
     def step(self, grad: torch.Tensor) -> None:
-        self.steps += 1
         if self._wd is not None:
             grad = grad.addcmul(self.theta, self._wd)
         if self.momentum != 0:
@@ -99,17 +97,9 @@ class StackedSGD:
             grad = grad.add(self.buf, alpha=self.momentum) if self.nesterov else self.buf
         self.theta.addcmul_(grad, self._neg_lr)
 
-    def state_for(self, k: int, views: list[tuple[int, tuple[int, ...]]]) -> list[dict]:
-        if self.buf is None:
-            return [{} for _ in views]
-        return [{"momentum_buffer": self.buf[k, o : o + _numel(s)].view(s).clone()} for o, s in views]
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    def state_rows(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's momentum buffer as a θ-shaped row (none before the first step)."""
+        return {} if self.buf is None else {"momentum_buffer": self.buf[k]}
 
 
 def build(name: str, theta: torch.Tensor, lr: list[float], weight_decay: list[float], settings):

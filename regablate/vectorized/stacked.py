@@ -2,12 +2,13 @@
 
 Member k's parameters are row k of one flat buffer θ (K, P), weight matrices first (so the
 penalties and decoupled decay act on the prefix θ[:, :P_w]); each layer's parameters are leaf
-views into it. A Linear layer is a batched matmul h_k ← b_k + h_k W_kᵀ (torch.baddbmm).
+views into it. A Linear layer is a batched matmul h_k ← b_k + h_k W_kᵀ (torch.baddbmm), with
+W_kᵀ stored (in, out) so that its gradient needs no transposing copy.
 BatchNorm normalises each member over its own batch: the activations (K, B, H) are seen as
 B samples of K·H channels, so member k's statistics are over its B samples only, and the
 running mean/var are per member. LayerNorm is per sample (no mixing), with per-member scale
-and shift. Dropout draws member k's mask from member k's own generator, exactly as
-`F.dropout` draws it from the global one in an ordinary run: m ~ Bernoulli(1−p_k), h ← h·m/(1−p_k).
+and shift. Dropout draws member k's mask from member k's own generator (so a member's masks do
+not depend on which members share its group): m = [u < 1−p_k], u ~ U[0, 1), h ← h·m/(1−p_k).
 
 The layer plan is read from each member's ordinary `nn.Sequential` (as `build_mlp` made it),
 so `load_member`/`export_member` move weights between the stacked tensors and the member's
@@ -16,7 +17,7 @@ own module (its initialisation, its `state_dict` for checkpoints).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +76,8 @@ def plan(model: nn.Sequential) -> tuple[tuple[Layer, ...], dict[int, float]]:
 class _Param:
     layer: int
     name: str  # attribute of the member's module: weight | bias
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # as stored in θ: a Linear weight is kept transposed, (in, out)
+    transposed: bool = False
     offset: int = 0
 
     @property
@@ -90,7 +92,6 @@ class _Param:
 class _Buffers:
     running_mean: torch.Tensor  # (K, H)
     running_var: torch.Tensor  # (K, H)
-    extra: dict = field(default_factory=dict)
 
 
 class StackedMLP:
@@ -100,8 +101,8 @@ class StackedMLP:
                  k: int, device: torch.device):
         self.layers, self.k, self.device = layers, k, device
         self.slots = slots  # layer index after which each dropout slot acts
-        # per slot: (member, keep rate 1-p as a double, as F.dropout hands it to bernoulli_) for
-        # the members that drop there, and the float32 (K, 1, 1) column of 1-p it divides by
+        # per slot: (member, keep rate 1-p) for the members that drop there, and the float32
+        # (K, 1, 1) column of keep rates
         self.dropping = [[(k, 1.0 - row[j]) for k, row in enumerate(rates) if row[j] > 0]
                          for j in range(len(slots))]
         self.keep = [torch.tensor([1.0 - row[j] for row in rates], dtype=torch.float64)
@@ -110,7 +111,7 @@ class StackedMLP:
         for i, layer in enumerate(layers):
             if layer.kind == "linear":
                 n_in, n_out, bias = layer.args
-                self.params.append(_Param(i, "weight", (n_out, n_in)))
+                self.params.append(_Param(i, "weight", (n_in, n_out), transposed=True))
                 if bias:
                     self.params.append(_Param(i, "bias", (n_out,)))
             elif layer.kind in ("batchnorm", "layernorm"):
@@ -141,6 +142,15 @@ class StackedMLP:
         """Gradients of `leaves` as one (K, P) tensor laid out like θ."""
         return torch.cat([g.reshape(self.k, -1) for g in grads], 1)
 
+    def unflatten(self, row: torch.Tensor, model: nn.Sequential) -> dict[nn.Parameter, torch.Tensor]:
+        """One member's θ-shaped row (P,) as tensors shaped like its module's parameters."""
+        mods = self._modules(model)
+        out = {}
+        for p in self.params:
+            t = row[p.offset : p.offset + p.numel].view(p.shape)
+            out[getattr(mods[p.layer], p.name)] = t.t() if p.transposed else t
+        return out
+
     # -- moving weights between the stack and the members' own modules ------------------
     def _modules(self, model: nn.Sequential) -> list[nn.Module]:
         return [m for m in model if not isinstance(m, nn.Dropout)]
@@ -150,7 +160,8 @@ class StackedMLP:
         """Copy member k's parameters and BatchNorm buffers from its ordinary module."""
         mods = self._modules(model)
         for p in self.params:
-            self.views[p.layer, p.name][k].copy_(getattr(mods[p.layer], p.name))
+            t = getattr(mods[p.layer], p.name)
+            self.views[p.layer, p.name][k].copy_(t.t() if p.transposed else t)
         for i, b in self.buffers.items():
             b.running_mean[k].copy_(mods[i].running_mean)
             b.running_var[k].copy_(mods[i].running_var)
@@ -160,9 +171,8 @@ class StackedMLP:
         """Write member k's weights (from `state`, default the live ones) into its module."""
         state = state or self.state()
         mods = self._modules(model)
-        for p in self.params:
-            getattr(mods[p.layer], p.name).copy_(
-                state.theta[k, p.offset : p.offset + p.numel].view(p.shape))
+        for param, t in self.unflatten(state.theta[k].detach(), model).items():
+            param.copy_(t)
         for i in self.buffers:
             mods[i].running_mean.copy_(state.running[i][0][k])
             mods[i].running_var.copy_(state.running[i][1][k])
@@ -190,10 +200,9 @@ class StackedMLP:
         for i, layer in enumerate(self.layers):
             kind = layer.kind
             if kind == "linear":
-                w = self.views[i, "weight"]
+                w = self.views[i, "weight"]  # (K, in, out): its gradient comes out contiguous
                 b = self.views.get((i, "bias"))
-                h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(
-                    b.unsqueeze(1), h, w.transpose(1, 2))
+                h = torch.bmm(h, w) if b is None else torch.baddbmm(b.unsqueeze(1), h, w)
             elif kind == "batchnorm":
                 h = self._batchnorm(i, h, train)
             elif kind == "layernorm":
@@ -201,8 +210,12 @@ class StackedMLP:
                                   F.layer_norm(h, (layer.args[0],), eps=layer.args[1]),
                                   self.views[i, "weight"].unsqueeze(1))
             elif kind == "act":
-                h = (F.gelu(h, approximate=layer.args[1]) if layer.args[0] == "GELU"
-                     else ACTIVATIONS[layer.args[0]](h))
+                if layer.args[0] == "GELU":
+                    h = F.gelu(h, approximate=layer.args[1])
+                elif not train and layer.args[0] == "ReLU":
+                    h = h.relu_()  # evaluation runs under no_grad: reuse the matmul's output
+                else:
+                    h = ACTIVATIONS[layer.args[0]](h)
             else:  # flatten
                 h = h.flatten(2)
             if train and i in self.slots:
@@ -221,13 +234,16 @@ class StackedMLP:
         return out.view(n, k, width).transpose(0, 1)
 
     def _dropout(self, slot: int, h: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
-        """Inverted dropout with member k's rate and generator; members with p=0 pass as is."""
+        """Inverted dropout h ← h·[u < 1−p_k]/(1−p_k), u ~ U[0, 1) from member k's generator;
+        members with p=0 keep u = 0, so they pass unchanged."""
         if not self.dropping[slot]:
             return h
-        noise = torch.ones(h.shape, device=h.device)
-        for k, keep in self.dropping[slot]:  # as F.dropout: noise.bernoulli_(1 - p).div_(1 - p)
-            noise[k].bernoulli_(keep, generator=gens[k])
-        return h * noise.div_(self.keep[slot])
+        k, n, width = h.shape
+        u = (torch.empty if len(self.dropping[slot]) == k else torch.zeros)(k, n, width, device=h.device)
+        for member, _ in self.dropping[slot]:
+            torch.rand((n, width), generator=gens[member], device=h.device, out=u[member])
+        keep = self.keep[slot]
+        return h * u.lt_(keep).div_(keep)  # u becomes the float mask [u < 1-p]/(1-p) in place
 
     def step_done(self) -> None:
         """One training step happened (BatchNorm's num_batches_tracked)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -24,12 +25,18 @@ import torch
 import torch.nn.functional as F
 
 from regablate import checkpoint
+from regablate.evaluate import evaluate as evaluate_module
 from regablate.evaluate import gap
+from regablate.experiment import Experiment
+from regablate.lint import format_findings, lint
 from regablate.recorder import Recorder
+from regablate.selfcheck import check_eval_determinism
 from regablate.train import EarlyStopper, _hparams, _summary_head
+from regablate.uncertainty import mc_dropout
 from regablate.vectorized import optim
 from regablate.vectorized.grouping import Member
 from regablate.vectorized.stacked import StackedMLP, StackState
+from regablate.weight_stats import named_weight_matrices, weight_stats
 
 
 @dataclass
@@ -107,26 +114,68 @@ def _train_loss(out: torch.Tensor, y: torch.Tensor, task: str, eps: torch.Tensor
 
 
 @torch.no_grad()
-def evaluate(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, task: str, chunk: int
-             ) -> list[dict[str, float]]:
-    """Per member {"loss", "acc"} or {"loss", "mse"} over the whole split, in eval mode:
-    the plain objective (no smoothing, no penalty), as `regablate.evaluate.evaluate`."""
+def evaluate(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, sizes: list[int], task: str,
+             chunk: int) -> list[list[dict[str, float]]]:
+    """Per split, per member {"loss", "acc"} or {"loss", "mse"}, in eval mode: the plain objective
+    (no smoothing, no penalty), as `regablate.evaluate.evaluate`. `x`, `y` hold the splits one
+    after another along dim 1 (`sizes` samples each), so they share forward passes."""
     k, n = y.shape[:2]
-    loss_sum = torch.zeros(k, device=y.device, dtype=torch.float32)
-    hits = torch.zeros(k, device=y.device, dtype=torch.long)
+    losses, hits = [], []
     for i in range(0, n, chunk):
         out = model.forward(x[:, i : i + chunk], train=False)
         yb = y[:, i : i + chunk]
         if task == "classification":
-            loss_sum += F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1),
-                                        reduction="none").view(k, -1).sum(1)
-            hits += (out.argmax(-1) == yb).sum(1)
+            losses.append(F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1),
+                                          reduction="none").view(k, -1))
+            hits.append(out.argmax(-1) == yb)
         else:
-            loss_sum += F.mse_loss(out, yb, reduction="none").reshape(k, -1).sum(1) / yb[0, 0].numel()
-    losses, correct = loss_sum.tolist(), hits.tolist()
-    if task == "classification":
-        return [{"loss": s / n, "acc": c / n} for s, c in zip(losses, correct)]
-    return [{"loss": s / n, "mse": s / n} for s in losses]
+            losses.append(F.mse_loss(out, yb, reduction="none").reshape(k, yb.shape[1], -1).mean(2))
+    loss = torch.cat(losses, 1)
+    hit = torch.cat(hits, 1) if hits else None
+    sums, counts, start = [], [], 0
+    for size in sizes:
+        sums.append(loss[:, start : start + size].sum(1))
+        if hit is not None:
+            counts.append(hit[:, start : start + size].sum(1))
+        start += size
+    sums_l = torch.stack(sums).tolist()
+    counts_l = torch.stack(counts).tolist() if counts else None
+    out_l = []
+    for j, size in enumerate(sizes):
+        if task == "classification":
+            out_l.append([{"loss": s / size, "acc": c / size} for s, c in zip(sums_l[j], counts_l[j])])
+        else:
+            out_l.append([{"loss": s / size, "mse": s / size} for s in sums_l[j]])
+    return out_l
+
+
+@torch.no_grad()
+def stacked_weight_stats(w: torch.Tensor, threshold: float = 1e-3) -> dict[str, list[float]]:
+    """`regablate.weight_stats.weight_stats` for every member at once: w is (K, P_w), all weight
+    matrices of each member; sparsity = share of |w| < threshold, l1 = Σ|w|, l2 = √Σw²."""
+    small = (w.abs() < threshold).sum(1, dtype=torch.float64) / w.shape[1]
+    l1 = w.abs().sum(1, dtype=torch.float64)
+    l2 = w.double().pow(2).sum(1).sqrt()
+    return dict(zip(("sparsity", "l1", "l2"), torch.stack([small, l1, l2]).tolist()))
+
+
+def final_fields(x: Experiment, restored: bool) -> dict:
+    """The ordinary trainer's closing evaluation of `x.model` (which holds the member's final
+    weights): train/val/test with calibration on val and test, the gap, weight statistics and
+    MC dropout when asked for."""
+    t, data = x.s.trainer, x.data
+    if restored:
+        check_eval_determinism(x.model, data)
+    bins = x.s.eval.calibration_bins
+    final = {name: evaluate_module(x.model, data, split, t.eval_batch_size, t.amp,
+                                   bins if name != "train" else 0)
+             for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
+    extras = {"reliability": {name: final[name].pop("reliability") for name in ("val", "test")
+                              if "reliability" in final[name]} or None,
+              "weights": weight_stats(x.model)}
+    if x.s.eval.mc_samples:
+        extras["mc"] = mc_dropout(x.model, data, x.s.eval.mc_samples, t.eval_batch_size)
+    return {**final, "gap": gap(final["train"], final["val"], data.metric), **extras}
 
 
 class VectorizedTrainer:
@@ -145,7 +194,10 @@ class VectorizedTrainer:
             self.model.load_member(i, m.x.model)
         self.splits = {name: (torch.stack([getattr(m.x.data, name).x for m in members]),
                               torch.stack([getattr(m.x.data, name).y for m in members]))
-                       for name in ("train", "val", "test")}
+                       for name in ("train", "val")}
+        self.sizes = [self.splits[name][1].shape[1] for name in ("train", "val")]
+        # train and val side by side: each epoch's evaluation is one pass over both
+        self.eval_xy = [torch.cat([self.splits[name][i] for name in ("train", "val")], 1) for i in (0, 1)]
         self.regs = _Regs(members, self.device)
         lr = [self._lr(m) for m in members]
         self.opt = optim.build(m0.s.optim.name, self.model.theta, lr,
@@ -184,8 +236,8 @@ class VectorizedTrainer:
             self.opt.step(g)
             if regs.max_norm is not None:  # as torch.renorm(w, 2, 0, c): rows to norm <= c
                 c = regs.max_norm.view(-1, 1, 1).double()
-                for wm in model.matrices:
-                    norm = torch.linalg.vector_norm(wm, dim=2, keepdim=True, dtype=torch.float64)
+                for wm in model.matrices:  # (K, in, out): unit j's incoming weights are wm[:, :, j]
+                    norm = torch.linalg.vector_norm(wm, dim=1, keepdim=True, dtype=torch.float64)
                     wm.mul_(torch.where(norm > c, c / (norm + 1e-7), torch.ones_like(norm)).float())
         model.step_done()
         return objective
@@ -230,7 +282,12 @@ class VectorizedTrainer:
         t = m.s.trainer
         es = t.early_stopping
         monitor_metric = es.monitor == "metric"
-        rec = Recorder(m.run_dir, _summary_head(m.cfg, m.x), self.metric, _hparams(m.cfg), t.tensorboard)
+        findings = lint(m.s, m.x.model, m.x.optimizer, m.x.data.in_shape)
+        if findings and t.progress != "none":
+            print(format_findings(findings), file=sys.stderr, flush=True)
+        head = {**_summary_head(m.cfg, m.x), "warnings": [f.as_dict() for f in findings]}
+        rec = Recorder(m.run_dir, head, self.metric, _hparams(m.cfg), t.tensorboard)
+        check_eval_determinism(m.x.model, m.x.data)
         stopper = EarlyStopper(es.patience, es.min_delta, self.data.higher_is_better and monitor_metric)
         if self.device.type == "cuda":  # ordinary runs draw dropout from the freshly seeded CUDA RNG
             drop_gen = torch.Generator(self.device).manual_seed(m.s.seed)
@@ -251,9 +308,9 @@ class VectorizedTrainer:
             self.opt.set_lr(lrs)
             self.regs.set_lr(lrs, self.device)
             objective = self._epoch(runs)
-            tr = evaluate(model, *self.splits["train"], self.task, self.t.eval_batch_size)
-            va = evaluate(model, *self.splits["val"], self.task, self.t.eval_batch_size)
+            tr, va = evaluate(model, *self.eval_xy, self.sizes, self.task, self.t.eval_batch_size)
             elapsed = round(time.perf_counter() - t0, 4)
+            stats = stacked_weight_stats(model.theta[:, : model.n_matrix].detach())
             improved, stopped = [], []
             for k, r in enumerate(runs):
                 if r.done:
@@ -265,8 +322,13 @@ class VectorizedTrainer:
                 row = {"epoch": epoch, "lr": lrs[k], "train_loss": tr[k]["loss"],
                        f"train_{metric}": tr[k][metric], "val_loss": va[k]["loss"],
                        f"val_{metric}": va[k][metric], "gap": gap(tr[k], va[k], metric),
-                       "objective": objective[k], "epoch_time_s": elapsed}
+                       "objective": objective[k], "epoch_time_s": elapsed,
+                       **{f"weights/{name}": v[k] for name, v in stats.items()}}
                 r.rec.epoch(row)
+                every = r.m.s.eval.histogram_every
+                if r.m.s.trainer.tensorboard and every and (epoch % every == 0 or epoch == 1):
+                    self.model.export_member(k, r.m.x.model)
+                    r.rec.histograms(named_weight_matrices(r.m.x.model), epoch)
                 r.history.append(row)
                 monitor_metric = r.m.s.trainer.early_stopping.monitor == "metric"
                 if r.stopper.update(va[k][metric] if monitor_metric else va[k]["loss"], epoch):
@@ -289,7 +351,8 @@ class VectorizedTrainer:
         return self._finish(runs, best, frozen)
 
     def _finish(self, runs: list[_Run], best: StackState, frozen: StackState) -> list[dict]:
-        """Each member's final state (best epoch, or where it stopped), evaluated on all splits."""
+        """Each member's final state (best epoch, or where it stopped) goes into its own module,
+        which is evaluated exactly as the ordinary trainer evaluates its model."""
         final = self.model.state().clone()
         restore = [k for k, r in enumerate(runs) if r.m.s.trainer.restore_best or r.status == "diverged"]
         early = [k for k, r in enumerate(runs) if k not in restore and r.done]
@@ -297,9 +360,6 @@ class VectorizedTrainer:
             final.copy_rows(restore, best)
         if early:
             final.copy_rows(early, frozen)
-        self.model.load_state(final)
-        evals = {name: evaluate(self.model, *self.splits[name], self.task, self.t.eval_batch_size)
-                 for name in ("train", "val", "test")}
         summaries = []
         for k, r in enumerate(runs):
             max_epochs = r.m.s.trainer.max_epochs
@@ -311,12 +371,12 @@ class VectorizedTrainer:
                 continue
             if not r.m.s.trainer.checkpoint:
                 self._save_best(k, r, best)
-            final_k = {name: evals[name][k] for name in ("train", "val", "test")}
+            self.model.export_member(k, r.m.x.model, final)
+            fields = final_fields(r.m.x, k in restore)
             summaries.append(r.rec.finish(
                 r.status, best_epoch=r.stopper.best_epoch, epochs_run=r.epochs_run,
                 metrics_epoch=r.stopper.best_epoch if k in restore else r.epochs_run,
-                stopped_early=r.stopper.stop and r.epochs_run < max_epochs, **final_k,
-                gap=gap(final_k["train"], final_k["val"], self.metric), error=error))
+                stopped_early=r.stopper.stop and r.epochs_run < max_epochs, error=error, **fields))
         return summaries
 
     # -- checkpoints in the ordinary trainer's format ----------------------------------------
@@ -329,13 +389,14 @@ class VectorizedTrainer:
         m = r.m
         self.model.export_member(k, m.x.model)
         opt = m.x.optimizer
-        where = self._param_slices(m)
-        states = self.opt.state_for(k, [where[p] for g in opt.param_groups for p in g["params"]])
-        params = [p for g in opt.param_groups for p in g["params"]]
         opt.state.clear()
-        for p, st in zip(params, states):
-            if st:
-                opt.state[p] = st
+        rows = self.opt.state_rows(k)
+        shaped = {name: self.model.unflatten(row, m.x.model) for name, row in rows.items()}
+        for group in opt.param_groups:
+            for p in group["params"]:
+                opt.state[p] = {name: t[p].clone() for name, t in shaped.items()}
+                if hasattr(self.opt, "step_t"):
+                    opt.state[p]["step"] = self.opt.step_t.detach().cpu().clone()
         rng = {"python": random.Random(m.s.seed).getstate(),
                "numpy": np.random.RandomState(m.s.seed % 2**32).get_state(),
                "torch": r.drop_gen.get_state() if self.device.type == "cpu" else m.cpu_rng,
@@ -348,8 +409,3 @@ class VectorizedTrainer:
             "epoch": epoch, "model": m.x.model.state_dict(), "optimizer": opt.state_dict(),
             "schedule": m.x.schedule.state_dict(), "stopper": dict(r.stopper.__dict__),
             "rng": rng, "history": r.history, "wall_time_s": r.rec.elapsed()})
-
-    def _param_slices(self, m: Member) -> dict:
-        """Member module parameter -> (offset, shape) of its row segment in θ."""
-        mods = [mod for mod in m.x.model if not isinstance(mod, torch.nn.Dropout)]
-        return {getattr(mods[p.layer], p.name): (p.offset, p.shape) for p in self.model.params}

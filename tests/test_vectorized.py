@@ -1,0 +1,262 @@
+"""Vectorised training: stacked optimisers, per-member masks and statistics, grouping, and each
+member against the ordinary trainer run on its own config."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from regablate import checkpoint
+from regablate.experiment import build_experiment
+from regablate.settings import load_settings
+from regablate.train import train
+from regablate.vectorized import optim
+from regablate.vectorized.budget import bytes_per_member, default_max_members
+from regablate.vectorized.grouping import chunks, group, make_member, not_stackable
+from regablate.vectorized.stacked import StackedMLP, plan
+from regablate.vectorized.trainer import VectorizedTrainer
+
+
+def members_of(cfgs: list[dict], root: Path) -> list:
+    return [make_member(i, c, root / f"v{i}", load_settings(c)) for i, c in enumerate(cfgs)]
+
+
+def fit(cfgs: list[dict], root: Path) -> list[dict]:
+    (grp,) = group(members_of(cfgs, root))
+    assert len(grp) == len(cfgs)
+    summaries, _ = VectorizedTrainer(grp).fit()
+    return summaries
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return list(csv.DictReader(open(run_dir / "metrics.csv")))
+
+
+def assert_same_run(vec: Path, ordinary: Path, tol: float, acc_tol: float, state_tol: float) -> None:
+    """The same files, keys, columns, epochs and statuses; numbers equal to `tol` (accuracy and
+    ECE, which a tiny difference in a logit can move by a whole sample, to `acc_tol`; best.pt's
+    tensors to `state_tol`)."""
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (vec, ordinary))
+    assert set(a) == set(b)
+    for key in ("status", "best_epoch", "epochs_run", "stopped_early", "metrics_epoch", "seed",
+                "data_seed", "group", "reg", "n_params", "metric", "error"):
+        assert a[key] == b[key], key
+    for split in ("train", "val", "test"):
+        for m, v in b[split].items():
+            assert a[split][m] == pytest.approx(v, abs=acc_tol if m in ("acc", "ece") else tol), m
+    ra, rb = rows(vec), rows(ordinary)
+    assert list(ra[0]) == list(rb[0]) and len(ra) == len(rb)
+    for x, y in zip(ra, rb):
+        for col in x:
+            if col != "epoch_time_s":
+                t = acc_tol if col.endswith("_acc") or col == "gap" else tol
+                assert float(x[col]) == pytest.approx(float(y[col]), abs=t, rel=tol), col
+    assert sorted(p.name for p in (vec / "checkpoints").iterdir()) == \
+        sorted(p.name for p in (ordinary / "checkpoints").iterdir())
+    sa, sb = (checkpoint.load(d / "checkpoints" / "best.pt") for d in (vec, ordinary))
+    assert list(sa) == list(sb)
+    for k in sb:
+        assert torch.allclose(sa[k].float(), sb[k].float(), atol=state_tol), k
+
+
+# -- stacked optimisers ------------------------------------------------------------------------
+@pytest.mark.parametrize("name,settings", [
+    ("adamw", SimpleNamespace(betas=[0.9, 0.999], eps=1e-8)),
+    ("adam", SimpleNamespace(betas=[0.8, 0.99], eps=1e-6)),
+    ("sgd", SimpleNamespace(momentum=0.9, nesterov=False)),
+    ("sgd", SimpleNamespace(momentum=0.9, nesterov=True)),
+])
+def test_stacked_optimisers_follow_torch_per_member(name, settings):
+    """K=3 members with their own lr and weight decay: each follows its torch optimiser step by
+    step (K=1 is the first member)."""
+    torch.manual_seed(0)
+    lrs, wds = [0.01, 0.003, 0.01], [0.1, 0.0, 0.02]
+    shapes = [(5, 3), (5,)]
+    start = [[torch.randn(s) for s in shapes] for _ in lrs]
+    refs, params = [], []
+    for init, lr, wd in zip(start, lrs, wds):
+        ps = [t.clone().requires_grad_() for t in init]
+        if name == "sgd":
+            refs.append(torch.optim.SGD(ps, lr=lr, weight_decay=wd, momentum=settings.momentum,
+                                        nesterov=settings.nesterov))
+        else:
+            cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+            refs.append(cls(ps, lr=lr, weight_decay=wd, betas=tuple(settings.betas), eps=settings.eps))
+        params.append(ps)
+    theta = torch.stack([torch.cat([t.flatten() for t in init]) for init in start])
+    stacked = optim.build(name, theta, lrs, wds, settings)
+    for step in range(40):
+        if step == 20:  # a schedule changes one member's lr
+            lrs[1] = 0.001
+            refs[1].param_groups[0]["lr"] = 0.001
+            stacked.set_lr(lrs)
+        grads = [[torch.randn(s) for s in shapes] for _ in lrs]
+        for ps, gs, ref in zip(params, grads, refs):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            ref.step()
+        stacked.step(torch.stack([torch.cat([g.flatten() for g in gs]) for gs in grads]))
+        want = torch.stack([torch.cat([p.detach().flatten() for p in ps]) for ps in params])
+        torch.testing.assert_close(theta, want, rtol=1e-6, atol=1e-7)
+
+
+# -- per-member dropout and BatchNorm -----------------------------------------------------------
+def _stack(model: nn.Sequential, rates: list[list[float]], k: int) -> StackedMLP:
+    layers, drops = plan(model)
+    s = StackedMLP(layers, rates, sorted(drops), k, torch.device("cpu"))
+    for i in range(k):
+        s.load_member(i, model)
+    return s
+
+
+def test_dropout_masks_are_per_member_independent_and_their_own():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 2))
+    x = torch.randn(1, 64, 8).expand(3, 64, 8)  # the same inputs and weights for every member
+    s = _stack(model, [[0.5], [0.5], [0.0]], 3)
+    gens = [torch.Generator().manual_seed(i) for i in (10, 11, 12)]
+    masks = []
+    h = torch.relu(torch.baddbmm(s.views[0, "bias"].unsqueeze(1), x, s.views[0, "weight"]))
+    with torch.no_grad():
+        dropped = s._dropout(0, h, gens)
+    for k in range(3):
+        masks.append((dropped[k] != 0) | (h[k] == 0))
+    kept0, kept1 = masks[0][h[0] > 0].float(), masks[1][h[1] > 0].float()
+    assert abs(kept0.mean().item() - 0.5) < 0.02 and abs(kept1.mean().item() - 0.5) < 0.02
+    corr = torch.corrcoef(torch.stack([kept0, kept1]))[0, 1].item()
+    assert abs(corr) < 0.05  # independent masks
+    torch.testing.assert_close(dropped[2], h[2])  # p = 0: untouched
+    torch.testing.assert_close(dropped[0][masks[0]], 2 * h[0][masks[0]])  # kept units scaled 1/(1-p)
+    # member 0's mask depends only on its own generator, not on the group around it
+    alone = _stack(model, [[0.5]], 1)
+    with torch.no_grad():
+        solo = alone._dropout(0, h[:1].clone(), [torch.Generator().manual_seed(10)])
+    torch.testing.assert_close(solo[0], dropped[0])
+
+
+def test_batchnorm_normalises_each_member_over_its_own_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+    s = _stack(model, [[], []], 2)
+    xs = torch.randn(2, 32, 4)
+    xs[1] = 10 * xs[1] + 5  # very different statistics in member 1
+    out = s.forward(xs, train=True)
+    for k in range(2):
+        ref = copy.deepcopy(model).train()
+        torch.testing.assert_close(out[k], ref(xs[k]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(s.buffers[1].running_mean[k], ref[1].running_mean)
+        torch.testing.assert_close(s.buffers[1].running_var[k], ref[1].running_var)
+        ref.eval()
+        torch.testing.assert_close(s.forward(xs, train=False)[k], ref(xs[k]), rtol=1e-5, atol=1e-5)
+
+
+# -- grouping ------------------------------------------------------------------------------------
+def test_grouping_decisions(small_cfg, tmp_path):
+    cfgs = [small_cfg("+reg=none"), small_cfg("+reg=dropout", "seed=1"), small_cfg("+reg=l2", "optim.lr=0.01"),
+            small_cfg("+reg=batchnorm"), small_cfg("+reg=batchnorm_l2", "seed=2"),
+            small_cfg("model.hidden=[32]"), small_cfg("optim=sgd"), small_cfg("trainer.batch_size=32"),
+            small_cfg("+reg=layernorm")]
+    groups = [[m.job for m in g] for g in group(members_of(cfgs, tmp_path))]
+    assert groups == [[0, 1, 2], [3, 4], [5], [6], [7], [8]]
+    assert not_stackable(load_settings(small_cfg("+reg=mixup"))) == "reg mixup has no stacked form"
+    assert "model convnet" in not_stackable(load_settings(small_cfg("model=convnet")))
+    assert "dataset cifar10" in not_stackable(load_settings(small_cfg("dataset=cifar10")))
+    assert not_stackable(load_settings(small_cfg("+reg=[dropout,l1,max_norm,grad_clip]"))) is None
+
+
+def test_chunks_and_memory_budget(small_cfg, tmp_path):
+    assert [len(c) for c in chunks(list(range(7)), 3)] == [3, 2, 2]
+    assert [len(c) for c in chunks(list(range(4)), 10)] == [4]
+    (m,) = members_of([small_cfg()], tmp_path)
+    n_params = sum(p.numel() for p in m.x.model.parameters())
+    assert bytes_per_member(m) > 4 * 10 * n_params
+    assert 1 <= default_max_members(m, 0.1) <= default_max_members(m, 0.5)
+
+
+# -- members against the ordinary trainer ---------------------------------------------------------
+def test_members_of_a_group_match_their_ordinary_runs(small_cfg, tmp_path):
+    """One group of members that differ in seed, lr, decay, penalties, smoothing, constraints and
+    early stopping: each member's files are its ordinary run's, to float tolerance."""
+    extra = ("trainer.max_epochs=4", "trainer.checkpoint=false")
+    cfgs = [small_cfg(*extra),
+            small_cfg(*extra, "seed=1", "+reg=[l1,l2]", "reg.l1.lam=0.001", "reg.l2.lam=0.01"),
+            small_cfg(*extra, "seed=2", "+reg=weight_decay", "reg.weight_decay.lam=0.5", "optim.lr=0.01"),
+            small_cfg(*extra, "+reg=[label_smoothing,max_norm]", "reg.max_norm.c=0.5"),
+            small_cfg(*extra, "+reg=grad_clip", "reg.grad_clip.max_norm=0.05", "optim.weight_decay=0.1"),
+            small_cfg(*extra, "seed=3", "trainer.early_stopping.patience=2",
+                      "trainer.early_stopping.min_delta=0.5", "sched.patience=0", "sched.threshold=0.5"),
+            small_cfg(*extra, "seed=3", "trainer.early_stopping.patience=1",
+                      "trainer.early_stopping.min_delta=0.5", "trainer.restore_best=false")]
+    fit(cfgs, tmp_path)
+    for i, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"o{i}")
+        assert_same_run(tmp_path / f"v{i}", tmp_path / f"o{i}", tol=2e-5, acc_tol=2e-5, state_tol=2e-4)
+    epochs = [json.loads((tmp_path / f"v{i}" / "summary.json").read_text())["epochs_run"] for i in (4, 5, 6)]
+    assert epochs == [4, 3, 2]  # each member stopped at its own epoch, the others went on
+    assert [float(r["lr"]) for r in rows(tmp_path / "v5")] == [1e-3, 1e-3, 5e-4]  # its own plateau
+
+
+def test_norm_members_match_their_ordinary_runs_and_checkpoints_resume(small_cfg, tmp_path):
+    cfgs = [small_cfg("+reg=batchnorm_l2"), small_cfg("+reg=batchnorm", "seed=1", "optim.lr=0.003")]
+    fit(cfgs, tmp_path)
+    for i, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"o{i}")
+        # a Linear bias before BatchNorm has a zero gradient up to rounding, which Adam scales to
+        # steps of ±lr: such biases drift apart by up to lr per step without changing any output
+        assert_same_run(tmp_path / f"v{i}", tmp_path / f"o{i}", tol=2e-4, acc_tol=0.02, state_tol=0.05)
+    # last.pt is the ordinary trainer's format: its model, optimiser and schedule load it
+    state = checkpoint.load(tmp_path / "v0" / "checkpoints" / "last.pt")
+    x = build_experiment(load_settings(cfgs[0]))
+    x.model.load_state_dict(state["model"])
+    x.optimizer.load_state_dict(state["optimizer"])
+    x.schedule.load_state_dict(state["schedule"])
+    ordinary = checkpoint.load(tmp_path / "o0" / "checkpoints" / "last.pt")
+    assert state.keys() == ordinary.keys() and state["epoch"] == ordinary["epoch"]
+    for p_state, o_state in zip(state["optimizer"]["state"].values(), ordinary["optimizer"]["state"].values()):
+        for key in o_state:
+            torch.testing.assert_close(p_state[key], o_state[key], rtol=1e-3, atol=1e-5)
+
+
+def test_dropout_members_same_distribution_as_ordinary_runs(small_cfg, tmp_path):
+    """Dropout masks come from other generators, so runs differ one by one; over seeds the
+    final training loss has the same mean (within 4 standard errors), and a different rate
+    is told apart by the same test."""
+    seeds = range(12)
+    opts = ("+reg=dropout", "reg.dropout.p=0.5", "trainer.max_epochs=2", "trainer.checkpoint=false",
+            "sched=none", "trainer.early_stopping.patience=0", "trainer.restore_best=false")
+    vec = [s["train"]["loss"] for s in fit([small_cfg(*opts, f"seed={i}") for i in seeds], tmp_path)]
+    ordinary = [train(small_cfg(*opts, f"seed={i}"), tmp_path / f"o{i}")["train"]["loss"] for i in seeds]
+    other = [s["train"]["loss"] for s in fit([small_cfg(*opts, "reg.dropout.p=0.0", f"seed={i}")
+                                               for i in seeds], tmp_path / "p0")]
+
+    def close(a: list[float], b: list[float]) -> bool:
+        diffs = [x - y for x, y in zip(a, b)]  # paired by seed: the same data and init
+        mean = sum(diffs) / len(diffs)
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+        return abs(mean) < 4 * sd / math.sqrt(len(diffs)) + 1e-6
+
+    assert close(vec, ordinary)
+    assert not close(other, ordinary)
+
+
+def test_a_group_trained_twice_writes_the_same_files(small_cfg, tmp_path):
+    cfgs = [small_cfg("+reg=dropout_l2", f"seed={i}") for i in range(3)]
+    fit(cfgs, tmp_path / "a")
+    fit(cfgs, tmp_path / "b")
+    for i in range(3):
+        a, b = (json.loads((tmp_path / d / f"v{i}" / "summary.json").read_text()) for d in "ab")
+        a.pop("wall_time_s"), b.pop("wall_time_s")
+        assert a == b
+        strip = [[{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows(tmp_path / d / f"v{i}")]
+                 for d in "ab"]
+        assert strip[0] == strip[1]
+        sa, sb = (checkpoint.load(tmp_path / d / f"v{i}" / "checkpoints" / "best.pt") for d in "ab")
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
