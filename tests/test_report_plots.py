@@ -30,3 +30,19 @@ def test_curve_mean_and_band_follow_epochs():
     assert list(x) == [1, 2, 3]
     assert [round(v, 6) for v in mean] == [0.2, 0.3, 0.3]
     assert round(std[0], 6) == round((0.02) ** 0.5, 6) and std[2] == 0  # one seed left: no band
+
+
+def test_pooled_reliability_weights_bins_by_count():
+    from regablate.report.collect import Run
+    from regablate.report.plots import pooled_reliability
+
+    def run(count, conf, acc):
+        table = {"edges": [0, 0.5, 1], "count": count, "confidence": conf, "accuracy": acc}
+        return Run(None, {"reliability": {"test": table}})
+
+    pooled = pooled_reliability([run([1, 3], [0.4, 0.8], [0.0, 1.0]),
+                                 run([3, 1], [0.2, 0.6], [1 / 3, 0.0])], "test")
+    assert list(pooled["count"]) == [4, 4]
+    assert pooled["confidence"][0] == (0.4 + 3 * 0.2) / 4 and pooled["accuracy"][0] == 1 / 4
+    assert pooled["accuracy"][1] == 3 / 4 and pooled["runs"] == 2
+    assert pooled_reliability([Run(None, {})], "test") is None

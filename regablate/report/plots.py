@@ -3,6 +3,9 @@
 curves_<group>.png: loss and metric per epoch, train and val, the mean over completed seeds
 with a ±1 std band, and the median best epoch marked. gap.png: each group's mean gap with
 its t-based 95% interval, sorted, the baseline's mean as a reference line.
+reliability_<group>.png (classification runs with calibration in their summary): accuracy
+against confidence per bin on the test split, bins pooled over seeds (count-weighted), with
+the diagonal of perfect calibration and the mean ECE.
 """
 
 from __future__ import annotations
@@ -90,6 +93,46 @@ def _gap(plt, groups: list[Group], path: Path) -> None:
     plt.close(fig)
 
 
+def pooled_reliability(runs, split: str) -> dict | None:
+    """Per-bin confidence and accuracy pooled over runs, weighted by each bin's count."""
+    tables = [(r.summary.get("reliability") or {}).get(split) for r in runs]
+    tables = [t for t in tables if t and t.get("count")]
+    if not tables:
+        return None
+    n_bins = len(tables[0]["count"])
+    count = np.zeros(n_bins)
+    conf = np.zeros(n_bins)
+    acc = np.zeros(n_bins)
+    for t in tables:
+        c = np.asarray(t["count"], dtype=float)
+        count += c
+        conf += c * np.nan_to_num(np.asarray(t["confidence"], dtype=float))
+        acc += c * np.nan_to_num(np.asarray(t["accuracy"], dtype=float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"edges": np.asarray(tables[0]["edges"]), "count": count,
+                "confidence": conf / count, "accuracy": acc / count, "runs": len(tables)}
+
+
+def _reliability(plt, g: Group, split: str, table: dict, path: Path) -> None:
+    edges, width = table["edges"], np.diff(table["edges"])
+    fig, ax = plt.subplots(figsize=(5, 5), constrained_layout=True)
+    filled = table["count"] > 0
+    ax.bar(edges[:-1][filled], table["accuracy"][filled], width=width[filled], align="edge",
+           color="tab:blue", edgecolor="white", alpha=0.8, label="accuracy per bin")
+    ax.plot(table["confidence"][filled], table["accuracy"][filled], "o", color="tab:orange",
+            markersize=4, label="(mean confidence, accuracy)")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    eces = [r.value(split, "ece") for r in g.done]
+    eces = [e for e in eces if not np.isnan(e)]
+    ece = f", ECE {np.mean(eces):.3f}" + (f" ± {np.std(eces, ddof=1):.3f}" if len(eces) > 1 else "")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+           title=f"{g.name}: reliability on {split}\n{table['runs']} seed(s){ece}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_plots(groups: list[Group], out: Path) -> list[Path]:
     """Write the figures for `groups` (completed runs only) into `out`; return their paths."""
     import matplotlib
@@ -106,6 +149,12 @@ def write_plots(groups: list[Group], out: Path) -> list[Path]:
                 path = out / f"curves_{slug(g.name)}_{g.id[:8]}.png"
             written.append(path)
             _curves(plt, g, path)
+        for split in ("test", "val"):
+            table = pooled_reliability(g.done, split)
+            if table is not None:
+                written.append(out / f"reliability_{slug(g.name)}_{g.id[:8]}.png")
+                _reliability(plt, g, split, table, written[-1])
+                break
     if any(g.done for g in groups):
         written.append(out / "gap.png")
         _gap(plt, groups, written[-1])
