@@ -76,6 +76,23 @@ class VectorizedLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        self._remember_compositions(hydra_context.config_loader)
+
+    def _remember_compositions(self, loader: Any) -> None:
+        """Hydra's sweeper composes every job of a batch to validate it ("this repeats work the
+        launcher will do"), then drops the result; composing is most of a small job's set-up.
+        The launcher keeps those compositions (keyed by master config and overrides, handed
+        out as deep copies) so each job is composed once per process, not twice."""
+        compose = loader.load_sweep_config
+        kept: dict[tuple, DictConfig] = {}
+
+        def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+            key = (id(master_config), tuple(sweep_overrides))
+            if key not in kept:
+                kept[key] = compose(master_config=master_config, sweep_overrides=sweep_overrides)
+            return copy.deepcopy(kept[key])
+
+        loader.load_sweep_config = load_sweep_config
 
     # -- the sweep ---------------------------------------------------------------------------
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -110,15 +127,10 @@ class VectorizedLauncher(Launcher):
         with open_dict(config):
             config.hydra.job.id = idx
             config.hydra.job.num = idx
-        previous = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(config)
-        try:
-            out = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
-                               str(OmegaConf.select(config, "hydra.sweep.subdir")))
-            with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-                config.hydra.runtime.output_dir = os.path.abspath(out)
-        finally:
-            HydraConfig.instance().cfg = previous
+        out = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                           str(OmegaConf.select(config, "hydra.sweep.subdir")))
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = os.path.abspath(out)
         return _Job(idx, overrides, config, Path(config.hydra.runtime.output_dir))
 
     def _task_container(self, job: _Job) -> dict[str, Any]:
