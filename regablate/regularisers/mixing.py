@@ -23,24 +23,23 @@ from regablate.schema import check, nonneg, positive
 def crop_flip(x: torch.Tensor, pad: int, flip: bool = True) -> torch.Tensor:
     """Random crop with `pad` pixels of zero padding, then a random horizontal flip, per sample.
 
-    Zero is the mean pixel after normalisation. Each sample's H×W window starts at
-    (dy, dx) ~ U{0..2·pad}² in the padded map; flipping reverses the column index, so both are
-    one gather over (B, H, W) indices.
+    Zero is the mean pixel after normalisation. Sample i's H×W window starts at
+    (dy_i, dx_i) ~ U{0..2·pad}² in the padded (H+2p)×(W+2p) map; a flip reverses its column
+    index. Output pixel (r, c) reads padded pixel (r + dy, c' + dx), c' = W−1−c if flipped else
+    c: one gather over the flattened map, shared by the channels.
     """
-    B, _, H, W = x.shape
-    rows = torch.arange(H, device=x.device)
-    cols = torch.arange(W, device=x.device).expand(B, W)
+    B, C, H, W = x.shape
+    cols = torch.arange(W, device=x.device).expand(B, 1, W)
     if flip:
-        flipped = torch.rand(B, 1, device=x.device) < 0.5
-        cols = torch.where(flipped, W - 1 - cols, cols)
-    if pad <= 0:
-        return _format_like(x.gather(3, cols[:, None, None, :].expand_as(x)), x)
-    xp = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (B, 1), device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (B, 1), device=x.device)
-    r = (rows + dy)[:, None, :, None].expand(B, x.shape[1], H, W + 2 * pad)
-    c = (cols + dx)[:, None, None, :].expand(B, x.shape[1], H, W)
-    return _format_like(xp.gather(2, r).gather(3, c), x)
+        cols = torch.where(torch.rand(B, 1, 1, device=x.device) < 0.5, W - 1 - cols, cols)
+    rows = torch.arange(H, device=x.device).view(1, H, 1)
+    xp = x
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        rows = rows + torch.randint(0, 2 * pad + 1, (B, 1, 1), device=x.device)
+        cols = cols + torch.randint(0, 2 * pad + 1, (B, 1, 1), device=x.device)
+    index = (rows * (W + 2 * pad) + cols).view(B, 1, H * W).expand(B, C, H * W)
+    return _format_like(xp.flatten(2).gather(2, index).view(B, C, H, W), x)
 
 
 def _format_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
