@@ -3,7 +3,7 @@ CIFAR-shaped random uint8 data, and the share of each step spent preparing the b
 (normalisation) and augmenting it (crop + flip, and the other batch transforms), measured the
 way the trainer runs them: whole batches, on the training device, no worker processes.
 
-    python benchmarks/bench_cifar.py [--device cpu|cuda] [--batch-size 128] [--steps 20]
+    python benchmarks/bench_cifar.py [--device cpu|cuda] [--batch-size 128] [--steps 20] [--threads N]
 
 Prints plain `name: value` lines. The target is an augmentation share below 5%.
 """
@@ -33,7 +33,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
 
