@@ -88,6 +88,12 @@ def build_experiment(s: Settings) -> Experiment:
     device = resolve_device(s.trainer.device)
     data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed).to(device)
     seed_everything(s.seed)
+    for key in ("label_smoothing", "mixup", "cutmix"):
+        if data.task != "classification" and s.stack[key] is not None:
+            from regablate.errors import ConfigError
+
+            raise ConfigError(f"reg.{key}", "on", f"needs a classification dataset; "
+                              f"dataset.name={s.dataset.name!r} is {data.task}")
     spec = s.stack.model_spec(ModelSpec(norm=getattr(s.model, "norm", "none")))
     if s.trainer.amp and device.type != "cuda":
         from regablate.errors import ConfigError

@@ -84,3 +84,10 @@ def test_two_norms_and_norm_conflict_are_refused():
         build_experiment(load_settings(compose_cfg("+reg=[batchnorm,layernorm]")))
     with pytest.raises(ConfigError, match="one rate per hidden layer"):
         build_experiment(load_settings(compose_cfg("+reg=dropout", "reg.dropout.p=[0.1,0.2,0.3]")))
+
+
+def test_classification_only_regularisers_are_refused_on_regression():
+    from regablate.experiment import build_experiment
+
+    with pytest.raises(ConfigError, match="reg.label_smoothing.*needs a classification dataset"):
+        build_experiment(load_settings(compose_cfg("dataset=sine", "+reg=label_smoothing")))
