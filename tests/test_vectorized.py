@@ -260,3 +260,19 @@ def test_a_group_trained_twice_writes_the_same_files(small_cfg, tmp_path):
         assert strip[0] == strip[1]
         sa, sb = (checkpoint.load(tmp_path / d / f"v{i}" / "checkpoints" / "best.pt") for d in "ab")
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_diverging_member_is_recorded_and_the_others_are_untouched(small_cfg, tmp_path):
+    cfgs = [small_cfg("optim=sgd", "trainer.checkpoint=false"),
+            small_cfg("optim=sgd", "optim.lr=1e6", "trainer.checkpoint=false")]
+    fit(cfgs, tmp_path)
+    for i, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"o{i}")
+    assert_same_run(tmp_path / "v0", tmp_path / "o0", tol=2e-5, acc_tol=2e-5, state_tol=2e-4)
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("v1", "o1"))
+    assert set(a) == set(b)
+    for key in ("status", "epochs_run", "best_epoch", "train", "gap", "error"):
+        assert a[key] == b[key], key
+    assert a["status"] == "diverged" and a["error"] == "non-finite loss at epoch 1"
+    assert sorted(p.name for p in (tmp_path / "v1").rglob("*")) == \
+        sorted(p.name for p in (tmp_path / "o1").rglob("*"))

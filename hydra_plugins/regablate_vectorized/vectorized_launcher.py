@@ -193,6 +193,11 @@ class VectorizedLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         rets = [self._open_job(job) for job in jobs]
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        threads = max(m.s.trainer.threads for m in members)
+        if threads:  # as regablate.run.place_job does for an ordinary job
+            import torch
+
+            torch.set_num_threads(threads)
         try:
             summaries, stats = VectorizedTrainer(members).fit()
         except Exception as e:
