@@ -5,7 +5,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench sanity clean
+.PHONY: install run test lint bench sanity studies clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)    ## speed against plain hand-written PyTorch, as ratios
 	$(BIN)/python benchmarks/bench_runner.py
+	$(BIN)/python benchmarks/bench_report.py
+	$(BIN)/python benchmarks/bench_cifar.py
+	$(BIN)/python benchmarks/bench_vectorized.py
+
+sanity: $(STAMP)   ## real CIFAR-10 images (../shared/data): resnet20 must learn on the CPU
+	$(BIN)/python benchmarks/sanity_cifar.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache build dist *.egg-info

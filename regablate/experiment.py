@@ -20,7 +20,7 @@ from regablate.settings import Settings
 
 # Settings that change how a run is shown or where it runs, not what it computes.
 NOT_IN_GROUP = ("seed", "data_seed", "trainer.device", "trainer.progress", "trainer.tensorboard",
-                "trainer.eval_batch_size", "trainer.checkpoint", "trainer.resume", "trainer.threads",
+                "trainer.eval_batch_size", "dataset.root", "trainer.checkpoint", "trainer.resume", "trainer.threads",
                 "eval.mc_samples", "eval.histogram_every")
 
 
@@ -94,7 +94,7 @@ def build_experiment(s: Settings) -> Experiment:
 
             raise ConfigError(f"reg.{key}", "on", f"needs a classification dataset; "
                               f"dataset.name={s.dataset.name!r} is {data.task}")
-    spec = s.stack.model_spec(ModelSpec(norm=getattr(s.model, "norm", "none")))
+    spec = s.stack.model_spec(ModelSpec(out_dim=data.out_dim, norm=getattr(s.model, "norm", "none")))
     if s.trainer.amp and device.type != "cuda":
         from regablate.errors import ConfigError
 

@@ -91,3 +91,10 @@ def test_classification_only_regularisers_are_refused_on_regression():
 
     with pytest.raises(ConfigError, match="reg.label_smoothing.*needs a classification dataset"):
         build_experiment(load_settings(compose_cfg("dataset=sine", "+reg=label_smoothing")))
+
+
+def test_spatial_regularisers_on_the_mlp_are_refused_at_build():
+    from regablate.experiment import build_experiment
+
+    with pytest.raises(ConfigError, match="reg.dropblock.*needs a conv model"):
+        build_experiment(load_settings(compose_cfg("+reg=dropblock")))

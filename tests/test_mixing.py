@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from regablate.experiment import training_loss
-from regablate.regularisers import build_stack
+from regablate.regularisers import ModelSpec, build_stack
 from regablate.regularisers.mixing import crop_flip, cutmix, cutmix_box, cutout, mixup, probs
 
 
@@ -63,7 +62,7 @@ def test_mixup_mixes_inputs_and_targets_with_one_lambda():
 def test_mixup_regulariser_returns_probability_targets():
     torch.manual_seed(0)
     stack = build_stack({"mixup": {"alpha": 0.4}})
-    stack.on_epoch(nn.Sequential(nn.Flatten(), nn.Linear(48, 10)), 1, 1)  # classes = 10
+    stack.model_spec(ModelSpec(out_dim=10))  # classes = 10
     y = torch.randint(0, 10, (32,))
     _, q = stack.transform_batch(torch.randn(32, 3, 4, 4), y)
     assert q.shape == (32, 10) and torch.allclose(q.sum(1), torch.ones(32))
@@ -99,7 +98,7 @@ def test_cutmix_box_and_lambda_correction():
 def test_cutmix_then_mixup_keep_probability_targets():
     torch.manual_seed(4)
     stack = build_stack({"cutmix": {}, "mixup": {}, "cutout": {"size": 8}, "augment": {}})
-    stack.on_epoch(nn.Linear(3, 10), 1, 1)
+    stack.model_spec(ModelSpec(out_dim=10))
     x, q = stack.transform_batch(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
     assert x.shape == (16, 3, 32, 32) and q.shape == (16, 10)
     assert torch.allclose(q.sum(1), torch.ones(16)) and (q >= 0).all()

@@ -28,7 +28,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -375,6 +375,7 @@ def channel_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, tor
 
 @dataclass
 class Cifar10Settings:
+    task: ClassVar[str] = "classification"
     name: Literal["cifar10"] = "cifar10"
     root: str = str(default_root())  # the prepared cache (`regablate data cifar10 --root`)
     val_fraction: float = fraction(0.1)  # share of the training set held out for validation

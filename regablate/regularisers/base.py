@@ -34,6 +34,7 @@ def register(cls: type[Regulariser]) -> type[Regulariser]:
 class ModelSpec:
     """What the stack asks of the model builder. Defaults mean "no regularisation"."""
 
+    out_dim: int = 0  # classes (or regression outputs) of the model being built
     norm: str = "none"  # none | batch | layer
     dropout: float | list[float] = 0.0  # after each hidden activation (MLP, CNN head)
     dropconnect: float = 0.0  # drop rate of Linear weights

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from regablate.regularisers.base import Regulariser, register
+from regablate.regularisers.base import ModelSpec, Regulariser, register
 from regablate.schema import check, nonneg, positive
 
 
@@ -95,14 +94,6 @@ def probs(y: torch.Tensor, classes: int) -> torch.Tensor:
     return y if y.is_floating_point() else F.one_hot(y, classes).float()
 
 
-def output_width(model: nn.Module) -> int:
-    """Number of classes = width of the model's last Linear layer (the classifier)."""
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not last:
-        raise TypeError("mixup/cutmix need a model whose last Linear layer is the classifier")
-    return last[-1].out_features
-
-
 @dataclass
 class AugmentSettings:
     pad: int = nonneg(4)  # random crop: zero padding on each side (0: no crop)
@@ -150,12 +141,12 @@ class _Mixing(Regulariser):
     Settings = AlphaSettings
     classes: int | None = None
 
-    def on_epoch(self, model: nn.Module, epoch: int, max_epochs: int) -> None:
-        self.classes = output_width(model)
+    def shape_model(self, spec: ModelSpec) -> None:
+        self.classes = spec.out_dim
 
     def _targets(self, y: torch.Tensor) -> torch.Tensor:
         if self.classes is None and not y.is_floating_point():
-            raise RuntimeError(f"reg.{self.key}: number of classes unknown (on_epoch not called)")
+            raise RuntimeError(f"reg.{self.key}: number of classes unknown (shape_model not called)")
         return probs(y, self.classes or 0)
 
     def _lam(self) -> float:

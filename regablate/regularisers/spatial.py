@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regablate.errors import ConfigError
 from regablate.regularisers.base import ModelSpec, Regulariser, register
 from regablate.schema import check, positive, prob
 
@@ -104,13 +103,6 @@ def depth_rates(p_max: float, n_blocks: int) -> list[float]:
     return [p_max * (i + 1) / n_blocks for i in range(n_blocks)]
 
 
-def _require(model: nn.Module, layer: type[nn.Module], key: str, models: str) -> None:
-    """A spatial regulariser on a model without its layers (the mlp) would silently do nothing."""
-    if not any(isinstance(m, layer) for m in model.modules()):
-        raise ConfigError(f"reg.{key}", type(model).__name__,
-                          f"this model has no {layer.__name__} layers; use {models}")
-
-
 @dataclass
 class SpatialDropoutSettings:
     p: float = prob(0.1)  # probability of dropping a whole feature map (channel)
@@ -126,10 +118,6 @@ class SpatialDropout(Regulariser):
 
     def shape_model(self, spec: ModelSpec) -> None:
         spec.extra["spatial_dropout"] = self.s.p
-
-    def on_epoch(self, model: nn.Module, epoch: int, max_epochs: int) -> None:
-        if epoch == 1:
-            _require(model, nn.Dropout2d, self.key, "model=convnet or model=resnet")
 
 
 @dataclass
@@ -157,8 +145,6 @@ class DropBlock(Regulariser):
         return self.s.p if ramp == 0 else self.s.p * min(1.0, epoch / ramp)
 
     def on_epoch(self, model: nn.Module, epoch: int, max_epochs: int) -> None:
-        if epoch == 1:
-            _require(model, DropBlock2d, self.key, "model=convnet or model=resnet")
         p = self.rate(epoch, max_epochs)
         for m in model.modules():
             if isinstance(m, DropBlock2d):
@@ -179,10 +165,6 @@ class DropPathReg(Regulariser):
 
     def shape_model(self, spec: ModelSpec) -> None:
         spec.extra["droppath"] = self.s.p
-
-    def on_epoch(self, model: nn.Module, epoch: int, max_epochs: int) -> None:
-        if epoch == 1:
-            _require(model, DropPath, self.key, "model=resnet")
 
 
 __all__ = ["DropBlock2d", "DropPath", "depth_rates", "drop_block", "drop_path"]
