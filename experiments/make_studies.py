@@ -1,0 +1,696 @@
+"""Re-run the CPU studies through the real CLI and regenerate their reports, plots and READMEs.
+
+    python experiments/make_studies.py                  # every CPU study, one after another
+    python experiments/make_studies.py tiny_overfit     # one study
+    python experiments/make_studies.py --report-only    # keep the runs, redo reports/plots/READMEs
+    python experiments/make_studies.py --smoke --root /tmp/s   # 1 epoch, 1 seed, small grids (tests)
+
+For each study: delete experiments/<name>/runs, run `regablate run -m +experiment=<name>` (one or
+more sweeps), then `regablate report` into report.md / report.csv / report.json (+ plots/), the
+study's extra figures, and README.md from README.template.md. The template holds the prose;
+{{...}} blocks are replaced by what this script computed:
+
+  {{commands}}       the exact commands run          {{wall_time}}  how long the sweeps took
+  {{table}}          report.md, verbatim              {{table:KEY}}  another report, verbatim
+  {{fact:KEY}}       a number taken from report.json or the runs' summary.json (never typed)
+
+Run dirs stay out of git (experiments/.gitignore); study.json records commands and timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "experiments"
+CPU_STUDIES = ("classic_table", "tiny_overfit", "sine_sparsity", "adam_vs_adamw",
+               "dropout_batchnorm", "mc_dropout")
+SMOKE = ("seed=0", "trainer.max_epochs=1")  # replaces the seed axis of each sweep
+
+
+@dataclass
+class Sweep:
+    sub: str | None = None  # runs/<sub> (None: runs/)
+    args: tuple = ()  # extra overrides after +experiment=<name>
+    smoke: tuple = ()  # overrides that shrink the grid in --smoke
+
+
+@dataclass
+class Report:
+    key: str  # report.md for "" else report_<key>.md
+    args: tuple = ()  # extra `regablate report` options
+    plots: bool = False  # --plot plots/ (learning curves per group and gap.png)
+
+
+@dataclass
+class Study:
+    sweeps: list = field(default_factory=lambda: [Sweep()])
+    reports: list = field(default_factory=lambda: [Report("", plots=True)])
+
+
+LAMS = "1e-4,1e-3,1e-2,1e-1,1"
+STUDIES = {
+    "classic_table": Study(reports=[Report("", plots=True), Report("test", ("--metric", "test"))]),
+    "tiny_overfit": Study(
+        sweeps=[Sweep(smoke=("++reg={},{dropout:{p:0.4}}",))],
+        reports=[Report("", plots=False), Report("test", ("--metric", "test"))]),
+    "sine_sparsity": Study(
+        sweeps=[Sweep(smoke=("++reg={},{l2:{lam:1e-3}},{l1:{lam:1e-4}}",))],
+        reports=[Report("", ("--metric", "test"), plots=False)]),
+    "adam_vs_adamw": Study(
+        sweeps=[Sweep("coupled", ("optim=adam", f"optim.weight_decay=0,{LAMS}"),
+                      ("optim.lr=1e-3", "optim.weight_decay=0,1e-2")),
+                Sweep("decoupled", ("optim=adamw", "+reg=weight_decay", f"reg.weight_decay.lam={LAMS}"),
+                      ("optim.lr=1e-3", "reg.weight_decay.lam=1e-2")),
+                Sweep("l2", ("optim=adam", "+reg=l2", f"reg.l2.lam={LAMS}"),
+                      ("optim.lr=1e-3", "reg.l2.lam=1e-2"))],
+        reports=[Report("", ("--metric", "test", "--sort", "test"))]),
+    "dropout_batchnorm": Study(
+        sweeps=[Sweep(smoke=("++reg={},{dropout:{p:0.3}}",))],
+        reports=[Report("", plots=False), Report("test", ("--metric", "test"))]),
+    "mc_dropout": Study(
+        sweeps=[Sweep(smoke=("++reg={},{dropout:{p:0.3}}",))],
+        reports=[Report("", plots=False)]),
+}
+
+
+def say(msg: str) -> None:
+    print(f"make_studies: {msg}", flush=True)
+
+
+def rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def regablate(*args: str) -> None:
+    """The real CLI, in a fresh process, from the repository root."""
+    subprocess.run([sys.executable, "-m", "regablate", *args], cwd=REPO, check=True)
+
+
+def commands(name: str, study: Study) -> list[list[str]]:
+    out = []
+    for sw in study.sweeps:
+        extra = [f"hydra.sweep.dir=experiments/{name}/runs/{sw.sub}"] if sw.sub else []
+        out.append(["run", "-m", f"+experiment={name}", *sw.args, *extra])
+    return out
+
+
+def shell(cmd: list[str]) -> str:
+    return "regablate " + " ".join(shlex.quote(a) for a in cmd)
+
+
+def run_sweeps(name: str, study: Study, out: Path, smoke: bool) -> float:
+    runs = out / "runs"
+    if runs.exists():
+        shutil.rmtree(runs)
+    t0 = time.perf_counter()
+    for sw, cmd in zip(study.sweeps, commands(name, study), strict=True):
+        cmd = [a for a in cmd if not a.startswith("hydra.sweep.dir=")]
+        cmd.append(f"hydra.sweep.dir={(runs / sw.sub) if sw.sub else runs}")
+        if smoke:
+            cmd += [*SMOKE, *sw.smoke]
+        say(f"{name}: {shell(cmd)}")
+        regablate(*cmd)
+    return time.perf_counter() - t0
+
+
+def report(*args: str) -> None:
+    """`regablate report ARGS`: the CLI's own entry point, in this process (no start-up cost)."""
+    import os
+
+    from regablate.report.cli import main as report_main
+
+    say("regablate report " + " ".join(shlex.quote(a) for a in args))
+    cwd = os.getcwd()
+    os.chdir(REPO)  # run dirs are shown relative to the repository, as after `cd` into it
+    try:
+        code = report_main(list(args))
+    finally:
+        os.chdir(cwd)
+    if code:
+        raise SystemExit(f"make_studies: regablate report exited with {code}")
+
+
+def write_reports(study: Study, out: Path, smoke: bool) -> None:
+    runs = rel(out / "runs")
+    for r in study.reports:
+        stem = "report" + (f"_{r.key}" if r.key else "")
+        for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("json", "json")):
+            plots = r.plots and fmt == "markdown" and not smoke  # the report's own tests cover them
+            extra = ("--plot", rel(out / "plots")) if plots else ()
+            report(runs, *r.args, "--format", fmt, "--out", rel(out / f"{stem}.{ext}"), *extra)
+
+
+# ---------------------------------------------------------------- reading what the runs left
+
+
+def summaries(out: Path) -> list[dict]:
+    """Every completed run's summary.json, with its flattened config under "_cfg"."""
+    import yaml
+
+    from regablate.experiment import flatten
+
+    found = []
+    for path in sorted((out / "runs").rglob("summary.json")):
+        s = json.loads(path.read_text())
+        if s.get("status") != "completed":
+            continue
+        s["_cfg"] = flatten(yaml.safe_load((path.parent / ".hydra" / "config.yaml").read_text()))
+        s["_dir"] = path.parent
+        found.append(s)
+    return found
+
+
+def groups(out: Path, key: str = "") -> list[dict]:
+    return json.loads((out / f"report{'_' + key if key else ''}.json").read_text())["groups"]
+
+
+def stat(values) -> dict:
+    """mean, std and the t-based 95% interval — the report's own statistics code."""
+    from regablate.report.stats import describe
+
+    s = describe(list(values))
+    return {"n": s.n, "mean": s.mean, "std": s.std, "lo": s.lo, "hi": s.hi}
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if x != 0 and (abs(x) < 10 ** -digits or abs(x) >= 1e4):
+        return f"{x:.2e}"
+    return f"{x:.{digits}f}"
+
+
+def ci(s: dict, digits: int = 3) -> str:
+    """'0.107 [0.088, 0.126]' from a report stat ({mean, ci95}) or a stat() dict."""
+    lo, hi = s["ci95"] if "ci95" in s else (s["lo"], s["hi"])
+    return f"{fmt(s['mean'], digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
+def by_name(gs: list[dict]) -> dict:
+    return {g["name"]: g for g in gs}
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def errorbar(ax, xs, stats, **kw):
+    import numpy as np
+
+    m = np.array([s["mean"] for s in stats])
+    lo = np.array([s["mean"] - s["lo"] if s["n"] > 1 else 0 for s in stats])
+    hi = np.array([s["hi"] - s["mean"] if s["n"] > 1 else 0 for s in stats])
+    ax.errorbar(xs, m, yerr=[lo, hi], capsize=3, marker="o", **kw)
+
+
+def p_of(g: dict) -> float:
+    p = g["config"].get("reg.dropout.p")
+    return 0.0 if p in (None, "–") else float(p)
+
+
+# ---------------------------------------------------------------- per-study facts and figures
+
+
+def classic_table(out: Path) -> dict:
+    gs = by_name(groups(out))
+    facts = {}
+    for name, g in gs.items():
+        k = name.replace("+", "_")
+        facts[f"{k}.gap"] = ci(g["gap"])
+        facts[f"{k}.val"] = ci(g["val"]["acc"])
+        facts[f"{k}.test"] = ci(g["test"]["acc"])
+        vs = g["vs_baseline"]
+        if vs:
+            facts[f"{k}.dval"] = f"{vs['val_acc']['delta']:+.3f}"
+            facts[f"{k}.pval"] = fmt(vs["val_acc"]["p_holm"])
+        facts[f"{k}.best_epoch"] = f"{g['best_epoch']:.0f}"  # mean best-val-loss epoch
+    def p_holm(name: str) -> float:
+        vs = gs[name]["vs_baseline"] if name in gs else None
+        return vs["val_acc"]["p_holm"] if vs else math.nan
+
+    def worse(name: str) -> bool:
+        return name in gs and gs[name]["vs_baseline"]["val_acc"]["delta"] < 0 and p_holm(name) < 0.05
+
+    facts["_claims"] = [
+        ("weight decay 1e-3: no significant change in val acc (Holm p >= 0.05)", not p_holm("weight_decay") < 0.05),
+        ("dropout 0.4: no significant change in val acc", not p_holm("dropout") < 0.05),
+        ("dropout + weight decay: no significant change in val acc", not p_holm("dropout+weight_decay") < 0.05),
+        ("batch norm: val acc significantly lower", worse("batchnorm")),
+        ("batch norm + weight decay: val acc significantly lower", worse("batchnorm+weight_decay")),
+        ("dropout's best epoch is later than the baseline's", gs["dropout"]["best_epoch"] > gs["none"]["best_epoch"]),
+    ]
+    doc = json.loads((out / "report.json").read_text())
+    facts["min_train_acc"] = fmt(min(r["train"]["acc"] for r in doc["runs"] if r["status"] == "completed"))
+    return facts
+
+
+def tiny_overfit(out: Path) -> dict:
+    gs = groups(out)
+    gs.sort(key=p_of)
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    ps = [p_of(g) for g in gs]
+    errorbar(axes[0], ps, [{**g["gap"], "lo": g["gap"]["ci95"][0], "hi": g["gap"]["ci95"][1]}
+                           for g in gs], label="gap (train − val acc)")
+    axes[0].axhline(0, color="gray", lw=0.8)
+    axes[0].set(xlabel="dropout p (0 = no dropout layer)", ylabel="gap", title="train − val accuracy, mean and 95% CI")
+    for split, color in (("train", "tab:blue"), ("val", "tab:orange"), ("test", "tab:green")):
+        s = [g[split]["acc"] for g in gs]
+        errorbar(axes[1], ps, [{**x, "lo": x["ci95"][0], "hi": x["ci95"][1]} for x in s], label=split, color=color)
+    axes[1].set(xlabel="dropout p", ylabel="accuracy", title="accuracy by split, mean and 95% CI")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"tiny_overfit: MLP 256-256 on 60 samples, {gs[0]['n']} seeds per p")
+    (out / "plots").mkdir(exist_ok=True)
+    fig.savefig(out / "plots" / "gap_vs_p.png", dpi=100)
+    pyplot.close(fig)
+    by_p = {p_of(g): g for g in gs}
+    base, d4 = by_p[0.0], by_p.get(0.4)
+    facts = {"base.gap": ci(base["gap"]), "base.train": ci(base["train"]["acc"]),
+             "base.val": ci(base["val"]["acc"]), "base.test": ci(base["test"]["acc"]),
+             "n": str(base["n"])}
+    if d4:
+        facts.update({"p04.gap": ci(d4["gap"]), "p04.test": ci(d4["test"]["acc"]),
+                      "p04.train": ci(d4["train"]["acc"]), "p04.val": ci(d4["val"]["acc"]),
+                      "p04.dgap": f"{d4['vs_baseline']['gap']['delta']:+.3f}",
+                      "p04.pgap": fmt(d4["vs_baseline"]["gap"]["p_holm"])})
+    t = by_name(groups(out, "test"))
+    best = max((g for g in t.values() if g["n"]), key=lambda g: g["test"]["acc"]["mean"])
+    facts["best_test.name"] = best["name"]
+    facts["best_test"] = ci(best["test"]["acc"])
+    if best["vs_baseline"]:
+        facts["best_test.delta"] = f"{best['vs_baseline']['test_acc']['delta']:+.3f}"
+        facts["best_test.p"] = fmt(best["vs_baseline"]["test_acc"]["p_holm"])
+    smallest = min((g for g in gs if g["n"]), key=lambda g: g["gap"]["mean"])
+    facts["min_gap.name"], facts["min_gap"] = smallest["name"], ci(smallest["gap"])
+    for g in t.values():
+        if g["vs_baseline"]:
+            k = f"p{format(p_of(g), 'g')}"
+            facts[f"{k}.dtest"] = f"{g['vs_baseline']['test_acc']['delta']:+.3f}"
+            facts[f"{k}.ptest"] = fmt(g["vs_baseline"]["test_acc"]["p_holm"])
+            facts[f"{k}.dgap"] = f"{g['vs_baseline']['gap']['delta']:+.3f}"
+            facts[f"{k}.pgap"] = fmt(g["vs_baseline"]["gap"]["p_holm"])
+            facts[f"{k}.gap"] = ci(g["gap"])
+            facts[f"{k}.best_epoch"] = f"{g['best_epoch']:.0f}"
+    facts["base.best_epoch"] = f"{base['best_epoch']:.0f}"
+    runs = json.loads((out / "report.json").read_text())["runs"]
+    facts["min_train_acc"] = fmt(min(r["train"]["acc"] for r in runs if r["status"] == "completed"))
+    dg = [g["vs_baseline"]["gap"] for g in gs if g["vs_baseline"]]
+    facts["_claims"] = [
+        ("every run memorises its 60 training samples (train acc 1.0)", facts["min_train_acc"] == "1.000"),
+        ("no p reduces the gap significantly (Holm p >= 0.05)", all(not d["p_holm"] < 0.05 for d in dg)),
+        ("no p reduces the mean gap by more than 0.03", all(d["delta"] > -0.03 for d in dg)),
+        ("test acc gains at p = 0.4 and 0.7 are positive and under 0.01",
+         all(0 < float(facts.get(f"p{p}.dtest", "nan")) < 0.01 for p in ("0.4", "0.7"))),
+        ("best epoch at p = 0.7 is later than without dropout",
+         float(facts.get("p0.7.best_epoch", "nan")) > float(facts["base.best_epoch"])),
+    ]
+    return facts
+
+
+def _lam_of(s: dict) -> tuple[str, float]:
+    for name in ("l1", "l2"):
+        if f"reg.{name}.lam" in s["_cfg"]:
+            return name, float(s["_cfg"][f"reg.{name}.lam"])
+    return "none", 0.0
+
+
+def sine_sparsity(out: Path) -> dict:
+    runs = summaries(out)
+    cells = defaultdict(list)
+    for s in runs:
+        cells[_lam_of(s)].append(s)
+    rows, table = {}, []
+    for (kind, lam), ss in sorted(cells.items()):
+        rows[(kind, lam)] = {
+            "train": stat(s["train"]["mse"] for s in ss), "val": stat(s["val"]["mse"] for s in ss),
+            "test": stat(s["test"]["mse"] for s in ss),
+            "sparsity": stat(s["weights"]["sparsity"] for s in ss),
+            "l1": stat(s["weights"]["l1"] for s in ss)}
+        r = rows[(kind, lam)]
+        table.append([kind, fmt(lam, 5) if lam else "–", str(r["train"]["n"]), ci(r["train"], 4),
+                      ci(r["test"], 4), ci(r["sparsity"], 4), ci(r["l1"], 1)])
+    md = md_table(["reg", "lam", "n", "train mse", "test mse (clean sin)",
+                   "sparsity (share of weights with abs < 1e-3)", "sum of abs weights"], table)
+    (out / "weights.md").write_text(md)
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    base = rows.get(("none", 0.0))
+    for ax, key, title in zip(axes, ("train", "test", "sparsity"),
+                              ("train MSE (noisy points)", "test MSE (clean sin x)",
+                               "weight sparsity (abs < 1e-3)"), strict=True):
+        for kind, color in (("l2", "tab:blue"), ("l1", "tab:red")):
+            pts = sorted((lam, r[key]) for (k, lam), r in rows.items() if k == kind)
+            if pts:
+                errorbar(ax, [p[0] for p in pts], [p[1] for p in pts], label=kind, color=color)
+        if base:
+            ax.axhline(base[key]["mean"], color="gray", ls="--", label="none (mean)")
+        ax.set(xscale="log", xlabel="lam", title=title + ", mean and 95% CI")
+        if key != "sparsity":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"sine_sparsity: MLP 128-128, 80 noisy points, {base['train']['n'] if base else '?'} seeds")
+    (out / "plots").mkdir(exist_ok=True)
+    fig.savefig(out / "plots" / "lam_sweep.png", dpi=100)
+    pyplot.close(fig)
+    facts = {}
+    for (kind, lam), r in rows.items():
+        k = f"{kind}{'_' + format(lam, 'g') if lam else ''}"
+        for m in ("train", "test", "sparsity"):
+            facts[f"{k}.{m}"] = ci(r[m], 4)
+    if base:
+        facts["base.test_over_noise"] = fmt(base["train"]["mean"] / 0.09, 2)
+    best = min(rows.items(), key=lambda kv: kv[1]["test"]["mean"])
+    facts["best_test.name"] = f"{best[0][0]} lam={format(best[0][1], 'g')}" if best[0][1] else "none"
+    facts["best_test"] = ci(best[1]["test"], 4)
+    return facts
+
+
+def adam_vs_adamw(out: Path) -> dict:
+    import numpy as np
+
+    runs = summaries(out)
+    method_of = {"coupled": "coupled (Adam weight_decay)", "decoupled": "decoupled (AdamW + reg=weight_decay)",
+                 "l2": "L2 penalty (Adam + reg=l2)"}
+    cells = defaultdict(list)
+    for s in runs:
+        method = s["_dir"].parent.name
+        c = s["_cfg"]
+        lam = float({"coupled": c.get("optim.weight_decay", 0.0),
+                     "decoupled": c.get("reg.weight_decay.lam", 0.0),
+                     "l2": c.get("reg.l2.lam", 0.0)}[method])
+        cells[(method, float(c["optim.lr"]), lam)].append(s)
+    base = {lr: {s["seed"]: s["test"]["acc"] for s in ss}
+            for (m, lr, lam), ss in cells.items() if lam == 0.0}
+    lrs = sorted({k[1] for k in cells})
+    lams = sorted({k[2] for k in cells if k[2] > 0})
+    stats, table = {}, []
+    for (m, lr, lam), ss in sorted(cells.items()):
+        test = stat(s["test"]["acc"] for s in ss)
+        diffs = stat(s["test"]["acc"] - base[lr][s["seed"]] for s in ss if s["seed"] in base.get(lr, {}))
+        stats[(m, lr, lam)] = (test, diffs)
+        if lam > 0:
+            table.append([m, fmt(lr, 4), format(lam, "g"), str(test["n"]), ci(test), ci(diffs)])
+    md = md_table(["method", "lr", "lam", "n", "test acc, mean [95% CI]",
+                   "test acc − Adam (lam 0, same lr, same seed), mean [95% CI]"], table)
+    (out / "grid.md").write_text(md)
+    pyplot = plt()
+    methods = [m for m in method_of if any(k[0] == m for k in cells)]
+    fig, axes = pyplot.subplots(1, len(methods), figsize=(5 * len(methods), 4.2), constrained_layout=True,
+                                squeeze=False)
+    vmax = max((abs(d["mean"]) for (m, lr, lam), (t, d) in stats.items() if lam > 0 and d["n"]),
+               default=0.01) or 0.01
+    for ax, m in zip(axes[0], methods, strict=True):
+        grid = np.full((len(lams), len(lrs)), np.nan)
+        for i, lam in enumerate(lams):
+            for j, lr in enumerate(lrs):
+                if (m, lr, lam) in stats:
+                    t, d = stats[(m, lr, lam)]
+                    grid[i, j] = d["mean"]
+                    sig = d["n"] > 1 and (d["lo"] > 0 or d["hi"] < 0)
+                    ax.text(j, i, f"{t['mean']:.3f}\n{d['mean']:+.3f}{'*' if sig else ''}",
+                            ha="center", va="center", fontsize=8)
+        im = ax.imshow(grid, cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(lrs)), [format(x, "g") for x in lrs])
+        ax.set_yticks(range(len(lams)), [format(x, "g") for x in lams])
+        ax.set(xlabel="lr", ylabel="lam", title=method_of[m])
+    fig.colorbar(im, ax=axes[0].tolist(), label="test acc − plain Adam at the same lr")
+    n = min((t["n"] for t, _ in stats.values()), default=0)
+    fig.suptitle(f"adam_vs_adamw: mean test acc (top) and its difference from lam = 0 (bottom; "
+                 f"* = paired 95% CI excludes 0), {n} seeds")
+    (out / "plots").mkdir(exist_ok=True)
+    fig.savefig(out / "plots" / "heatmap.png", dpi=100)
+    pyplot.close(fig)
+    facts = {}
+    for (m, lr, lam), (t, d) in stats.items():
+        facts[f"{m}.{format(lr, 'g')}.{format(lam, 'g')}"] = ci(t)
+        facts[f"{m}.{format(lr, 'g')}.{format(lam, 'g')}.d"] = ci(d)
+    for m in methods:
+        best = max(((k, v) for k, v in stats.items() if k[0] == m and k[2] > 0), key=lambda kv: kv[1][0]["mean"])
+        facts[f"{m}.best"] = (f"lr {format(best[0][1], 'g')}, lam {format(best[0][2], 'g')}: test acc "
+                              f"{ci(best[1][0])}, vs Adam {ci(best[1][1])}")
+    return facts
+
+
+def variance_shift(run_dir: Path) -> list[float]:
+    """Per BatchNorm layer: mean over channels of Var_eval(input) / running_var, where Var_eval is
+    the variance of the layer's input over the val split with the model in eval mode (no dropout)
+    and running_var is what BN estimated in training (with dropout). 1 = no shift."""
+    import torch
+    from omegaconf import OmegaConf
+    from torch import nn
+
+    from regablate.experiment import build_experiment
+    from regablate.settings import load_settings
+
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
+    cfg["trainer"]["device"] = "cpu"
+    x = build_experiment(load_settings(cfg))
+    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    x.model.load_state_dict(state["model"])
+    x.model.eval()
+    bns = [m for m in x.model.modules() if isinstance(m, nn.BatchNorm1d)]
+    seen: dict = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, _o: seen.__setitem__(mod, inp[0].detach()))
+             for m in bns]
+    with torch.no_grad():
+        x.model(x.data.prepare(x.data.val.x))
+    for h in hooks:
+        h.remove()
+    return [float((seen[m].var(0, unbiased=False) / (m.running_var + m.eps)).mean()) for m in bns]
+
+
+def _arrangement(g: dict) -> str:
+    c = g["config"]
+    if c.get("model.norm") == "batch":
+        return f"BN, dropout {c.get('model.dropout_at')}"
+    return f"no BN, dropout {c.get('model.dropout_at')}"
+
+
+def dropout_batchnorm(out: Path) -> dict:
+    gs = groups(out)
+    runs = summaries(out)
+    shifts = defaultdict(list)  # (arrangement, p) -> [ratio of the last BN layer]
+    shift_all = defaultdict(lambda: defaultdict(list))
+    for s in runs:
+        c = s["_cfg"]
+        if c.get("model.norm") != "batch" or not (s["_dir"] / "checkpoints" / "last.pt").exists():
+            continue
+        ratios = variance_shift(s["_dir"])
+        p = float(c.get("reg.dropout.p", 0.0))
+        key = (f"BN, dropout {c.get('model.dropout_at')}", p)
+        for i, r in enumerate(ratios):
+            shift_all[key][i].append(r)
+    arr = defaultdict(list)
+    for g in gs:
+        arr[_arrangement(g)].append(g)
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    colors = {"no BN, dropout after_act": "tab:gray", "no BN, dropout before_norm": "tab:olive",
+              "BN, dropout after_act": "tab:blue", "BN, dropout before_norm": "tab:red"}
+    for name, gg in sorted(arr.items()):
+        gg.sort(key=p_of)
+        errorbar(axes[0], [p_of(g) for g in gg],
+                 [{**g["test"]["acc"], "lo": g["test"]["acc"]["ci95"][0], "hi": g["test"]["acc"]["ci95"][1]}
+                  for g in gg], label=name, color=colors.get(name),
+                 ls="--" if name.startswith("no BN, dropout before") else "-")
+    axes[0].set(xlabel="dropout p", ylabel="test accuracy", title="test accuracy, mean and 95% CI")
+    table = []
+    for (name, p), layers in sorted(shift_all.items()):
+        for i, vals in sorted(layers.items()):
+            shifts[(name, i)].append((p, stat(vals)))
+            table.append([name, format(p, "g"), f"BN {i + 1}", str(len(vals)), ci(stat(vals))])
+    for (name, i), pts in sorted(shifts.items()):
+        pts.sort()
+        errorbar(axes[1], [p for p, _ in pts], [s for _, s in pts], label=f"{name}, BN layer {i + 1}",
+                 color=colors.get(name), ls="-" if i == 0 else ":")
+    axes[1].axhline(1, color="gray", lw=0.8)
+    axes[1].set(xlabel="dropout p", ylabel="Var_eval(BN input) / running_var",
+                title="variance shift at each BatchNorm (1 = none)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"dropout_batchnorm: MLP 128-64 on sparse-synthetic, {gs[0]['n']} seeds")
+    (out / "plots").mkdir(exist_ok=True)
+    fig.savefig(out / "plots" / "dropout_vs_bn.png", dpi=100)
+    pyplot.close(fig)
+    md = md_table(["arrangement", "p", "layer", "n", "Var_eval / running_var, mean [95% CI]"], table)
+    (out / "variance_shift.md").write_text(md)
+    facts = {}
+    for g in gs:
+        k = f"{_arrangement(g)}|{format(p_of(g), 'g')}"
+        facts[f"{k}.test"] = ci(g["test"]["acc"])
+        facts[f"{k}.val"] = ci(g["val"]["acc"])
+        if g["vs_baseline"]:
+            facts[f"{k}.dval"] = f"{g['vs_baseline']['val_acc']['delta']:+.3f}"
+    for (name, i), pts in shifts.items():
+        for p, s in pts:
+            facts[f"shift|{name}|{format(p, 'g')}|{i + 1}"] = ci(s)
+    return facts
+
+
+def mc_dropout(out: Path) -> dict:
+    runs = summaries(out)
+    cells = defaultdict(list)
+    for s in runs:
+        cells[float(s["_cfg"].get("reg.dropout.p", 0.0))].append(s)
+    rows, table = {}, []
+    for p, ss in sorted(cells.items()):
+        val = stat(s["mc"]["val_mean_std"] for s in ss)
+        ood = stat(s["mc"]["ood_mean_std"] for s in ss)
+        ratio = stat(s["mc"]["ood_mean_std"] / s["mc"]["val_mean_std"] for s in ss
+                     if s["mc"]["val_mean_std"] > 0)
+        acc = stat(s["mc"]["val_acc"] for s in ss)
+        det = stat(s["val"]["acc"] for s in ss)
+        rows[p] = {"val": val, "ood": ood, "ratio": ratio, "mc_acc": acc, "det_acc": det}
+        table.append([format(p, "g"), str(val["n"]), ci(val, 4), ci(ood, 4), ci(ratio, 2) if ratio["n"] else "–",
+                      ci(det), ci(acc)])
+    md = md_table(["p", "n", "spread on val", "spread on OOD (inputs x5)", "OOD / val spread",
+                   "val acc (eval mode)", "val acc (MC mean of 50)"], table)
+    (out / "spread.md").write_text(md)
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    ps = sorted(rows)
+    errorbar(axes[0], ps, [rows[p]["val"] for p in ps], label="val (in distribution)", color="tab:blue")
+    errorbar(axes[0], ps, [rows[p]["ood"] for p in ps], label="OOD (inputs x5)", color="tab:red")
+    axes[0].set(xlabel="dropout p", ylabel="mean predictive std of class probabilities",
+                title="MC-dropout spread (50 passes), mean and 95% CI")
+    errorbar(axes[1], ps, [rows[p]["det_acc"] for p in ps], label="eval mode (dropout off)", color="tab:gray")
+    errorbar(axes[1], ps, [rows[p]["mc_acc"] for p in ps], label="MC mean of 50 passes", color="tab:green")
+    axes[1].set(xlabel="dropout p", ylabel="val accuracy", title="val accuracy, mean and 95% CI")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"mc_dropout: MLP 128-64 on sparse-synthetic, {rows[ps[0]]['val']['n']} seeds")
+    (out / "plots").mkdir(exist_ok=True)
+    fig.savefig(out / "plots" / "spread_vs_p.png", dpi=100)
+    pyplot.close(fig)
+    facts = {}
+    for p, r in rows.items():
+        for k in ("val", "ood"):
+            facts[f"{format(p, 'g')}.{k}"] = ci(r[k], 4)
+        if r["ratio"]["n"]:
+            facts[f"{format(p, 'g')}.ratio"] = ci(r["ratio"], 2)
+    above = [p for p, r in rows.items() if r["ratio"]["n"] and r["ratio"]["lo"] > 1]
+    below = [p for p, r in rows.items() if r["ratio"]["n"] and r["ratio"]["hi"] < 1]
+    facts["ood_higher_at"] = ", ".join(format(p, "g") for p in sorted(above)) or "no p"
+    facts["ood_lower_at"] = ", ".join(format(p, "g") for p in sorted(below)) or "no p"
+    return facts
+
+
+EXTRAS = {"classic_table": classic_table, "tiny_overfit": tiny_overfit, "sine_sparsity": sine_sparsity,
+          "adam_vs_adamw": adam_vs_adamw, "dropout_batchnorm": dropout_batchnorm, "mc_dropout": mc_dropout}
+
+
+# ---------------------------------------------------------------- README
+
+
+def render(template: str, out: Path, facts: dict, meta: dict) -> str:
+    def block(m: re.Match) -> str:
+        kind, _, key = m.group(1).partition(":")
+        if kind == "commands":
+            return "```\n" + "\n".join(meta["commands"]) + "\n```"
+        if kind == "wall_time":
+            return f"{meta['wall_time_s']:.0f} s"
+        if kind == "table":
+            return (out / f"report{'_' + key if key else ''}.md").read_text().rstrip("\n")
+        if kind == "file":
+            return (out / key).read_text().rstrip("\n")
+        if kind == "fact":
+            if key not in facts:
+                raise KeyError(f"{out.name}: README.template.md asks for fact {key!r}; "
+                               f"known: {', '.join(sorted(facts))}")
+            return facts[key]
+        if kind == "meta":
+            return str(meta[key])
+        raise KeyError(f"unknown block {{{{{m.group(1)}}}}}")
+
+    text = re.sub(r"\{\{([^{}]+)\}\}", block, template)
+    failed = [c for c, ok in facts.get("_claims", []) if not ok]
+    if failed:  # the prose was written for other numbers: say so at the top instead of misleading
+        say(f"{out.name}: WARNING: claims in the README no longer hold: {'; '.join(failed)}")
+        title, _, rest = text.partition("\n")
+        text = (f"{title}\n\n> **Warning: these runs no longer support every statement below** "
+                f"(checked by make_studies.py): {'; '.join(failed)}.\n{rest}")
+    return text
+
+
+def make(name: str, root: Path, smoke: bool, report_only: bool) -> dict:
+    import torch
+
+    study = STUDIES[name]
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "study.json"
+    if report_only:
+        meta = json.loads(meta_path.read_text())
+    else:
+        wall = run_sweeps(name, study, out, smoke)
+        meta = {"study": name, "commands": [shell(c) for c in commands(name, study)],
+                "wall_time_s": round(wall, 1), "smoke": smoke, "torch": torch.__version__,
+                "date": time.strftime("%Y-%m-%d")}
+    if (out / "plots").exists():
+        shutil.rmtree(out / "plots")
+    write_reports(study, out, smoke)
+    facts = EXTRAS[name](out)
+    meta["facts"] = {k: v for k, v in facts.items() if k != "_claims"}
+    meta["claims"] = [{"claim": c, "holds": ok} for c, ok in facts.get("_claims", [])]
+    meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    template = HERE / name / "README.template.md"
+    if template.exists():
+        try:
+            (out / "README.md").write_text(render(template.read_text(), out, facts, meta))
+        except KeyError as e:
+            if not smoke:
+                raise
+            say(f"{name}: README not rendered in the smoke run ({e})")
+    say(f"{name}: done in {meta['wall_time_s']:.0f} s of sweeps -> {rel(out)}")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("studies", nargs="*", metavar="STUDY",
+                    help=f"default: all CPU studies ({', '.join(CPU_STUDIES)})")
+    ap.add_argument("--root", type=Path, default=HERE, help="where the study folders go")
+    ap.add_argument("--smoke", action="store_true", help="1 epoch, seed 0, shrunk grids (a test)")
+    ap.add_argument("--report-only", action="store_true", help="keep the runs; redo the outputs")
+    args = ap.parse_args(argv)
+    unknown = [s for s in args.studies if s not in CPU_STUDIES]
+    if unknown:
+        ap.error(f"unknown study {unknown[0]!r}; CPU studies: {', '.join(CPU_STUDIES)}")
+    for name in args.studies or CPU_STUDIES:
+        make(name, args.root.resolve(), args.smoke, args.report_only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
