@@ -181,6 +181,8 @@ class VectorizedLauncher(Launcher):
         jobs = " ".join(f"#{m.job}" for m in members)
         log.info(f"Stacked group {number}: K={len(members)} members in {len(parts)} chunk(s) "
                  f"of <= {limit}: {jobs}")
+        for m in members:
+            log.info(f"\t#{m.job} : {' '.join(filter_overrides(by_job[m.job].overrides))}")
         results = {}
         for c, part in enumerate(parts, 1):
             results.update(self._launch_chunk(part, [by_job[m.job] for m in part], c, len(parts)))
