@@ -201,6 +201,18 @@ def ci(s: dict, digits: int = 3) -> str:
     return f"{fmt(s['mean'], digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
 
 
+def paired_delta(out: Path, name: str, base: str, value: str = "gap", key: str = "") -> dict:
+    """stat() of run-by-run differences `name` − `base` over the seeds both ran (report.json runs)."""
+    runs = json.loads((out / f"report{'_' + key if key else ''}.json").read_text())["runs"]
+
+    def values(group: str) -> dict:
+        return {r["seed"]: (r[value][r["metric"]] if isinstance(r[value], dict) else r[value])
+                for r in runs if r["name"] == group and r["status"] == "completed"}
+
+    a, b = values(name), values(base)
+    return stat(a[k] - b[k] for k in sorted(a) if k in b)
+
+
 def by_name(gs: list[dict]) -> dict:
     return {g["name"]: g for g in gs}
 
@@ -320,6 +332,13 @@ def tiny_overfit(out: Path) -> dict:
             facts[f"{k}.gap"] = ci(g["gap"])
             facts[f"{k}.best_epoch"] = f"{g['best_epoch']:.0f}"
     facts["base.best_epoch"] = f"{base['best_epoch']:.0f}"
+    for g in gs:
+        if g["vs_baseline"]:
+            d = paired_delta(out, g["name"], base["name"])
+            facts[f"p{format(p_of(g), 'g')}.dgap_ci"] = ci(d)
+    worst = min((paired_delta(out, g["name"], base["name"]) for g in gs if g["vs_baseline"]),
+                key=lambda d: d["lo"])
+    facts["dgap_lowest_lo"] = fmt(worst["lo"])
     runs = json.loads((out / "report.json").read_text())["runs"]
     facts["min_train_acc"] = fmt(min(r["train"]["acc"] for r in runs if r["status"] == "completed"))
     dg = [g["vs_baseline"]["gap"] for g in gs if g["vs_baseline"]]
