@@ -14,11 +14,14 @@ At the end each member's final state (best epoch, or its last) is evaluated on a
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -205,6 +208,7 @@ class VectorizedTrainer:
         self.regs.set_lr(lr, self.device)
         self.segments = [(p.offset, p.numel) for p in self.model.params]
         self.steps = 0
+        self._writes: list[Future] = []
 
     @staticmethod
     def _lr(m: Member) -> float:
@@ -265,7 +269,8 @@ class VectorizedTrainer:
         t0 = time.perf_counter()
         runs = [self._open(m) for m in self.members]
         try:
-            summaries = self._fit(runs)
+            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="regablate-ckpt") as self._io:
+                summaries = self._fit(runs)
         except KeyboardInterrupt:
             for r in runs:
                 if r.rec.summary["status"] == "running":
@@ -342,12 +347,14 @@ class VectorizedTrainer:
                 best.copy_rows(improved, model.state())
             if stopped:
                 frozen.copy_rows(stopped, model.state())
+            self._wait_for_writes()  # the previous epoch's files are down before these replace them
             for k in improved:
                 if runs[k].m.s.trainer.checkpoint:
-                    self._save_best(k, runs[k], best)
+                    self._write(runs[k].rec.dir / "checkpoints" / "best.pt", self._best_state(k, runs[k], best))
             for k, r in enumerate(runs):
                 if r.m.s.trainer.checkpoint and r.epochs_run == epoch:
                     self._save_last(k, r, epoch)
+        self._wait_for_writes()
         return self._finish(runs, best, frozen)
 
     def _finish(self, runs: list[_Run], best: StackState, frozen: StackState) -> list[dict]:
@@ -369,8 +376,8 @@ class VectorizedTrainer:
                                               stopped_early=False, train=None, val=None, test=None,
                                               gap=None, error=error))
                 continue
-            if not r.m.s.trainer.checkpoint:
-                self._save_best(k, r, best)
+            if not r.m.s.trainer.checkpoint:  # written once, at the end
+                checkpoint.save(r.rec.dir / "checkpoints" / "best.pt", self._best_state(k, r, best))
             self.model.export_member(k, r.m.x.model, final)
             fields = final_fields(r.m.x, k in restore)
             summaries.append(r.rec.finish(
@@ -380,9 +387,21 @@ class VectorizedTrainer:
         return summaries
 
     # -- checkpoints in the ordinary trainer's format ----------------------------------------
-    def _save_best(self, k: int, r: _Run, best: StackState) -> None:
+    # Each file's contents are copied when it is queued, then written (with its fsync) by a
+    # thread pool while training goes on; one epoch's files are down before the next epoch's
+    # replace them, and all of them before the summaries are written.
+    def _write(self, path: Path, obj: dict) -> None:
+        self._writes.append(self._io.submit(checkpoint.save, path, obj))
+
+    def _wait_for_writes(self) -> None:
+        writes, self._writes = self._writes, []
+        for w in writes:
+            w.result()
+
+    def _best_state(self, k: int, r: _Run, best: StackState) -> dict:
+        """Member k's best-epoch state_dict (best.pt's contents), as copies."""
         self.model.export_member(k, r.m.x.model, best)
-        checkpoint.save(r.rec.dir / "checkpoints" / "best.pt", r.m.x.model.state_dict())
+        return {name: t.clone() for name, t in r.m.x.model.state_dict().items()}
 
     def _save_last(self, k: int, r: _Run, epoch: int) -> None:
         """last.pt as the ordinary trainer writes it, so `trainer.resume=auto` continues it."""
@@ -405,7 +424,8 @@ class VectorizedTrainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
             if self.device.type == "cuda":
                 rng["cuda"][self.device.index or 0] = r.drop_gen.get_state()
-        checkpoint.save(r.rec.dir / "checkpoints" / "last.pt", {
-            "epoch": epoch, "model": m.x.model.state_dict(), "optimizer": opt.state_dict(),
-            "schedule": m.x.schedule.state_dict(), "stopper": dict(r.stopper.__dict__),
-            "rng": rng, "history": r.history, "wall_time_s": r.rec.elapsed()})
+        self._write(r.rec.dir / "checkpoints" / "last.pt", {
+            "epoch": epoch, "model": {n: t.clone() for n, t in m.x.model.state_dict().items()},
+            "optimizer": copy.deepcopy(opt.state_dict()),
+            "schedule": copy.deepcopy(m.x.schedule.state_dict()), "stopper": dict(r.stopper.__dict__),
+            "rng": rng, "history": list(r.history), "wall_time_s": r.rec.elapsed()})
