@@ -646,6 +646,33 @@ def mc_dropout(out: Path) -> dict:
     below = [p for p, r in rows.items() if r["ratio"]["n"] and r["ratio"]["hi"] < 1]
     facts["ood_higher_at"] = ", ".join(format(p, "g") for p in sorted(above)) or "no p"
     facts["ood_lower_at"] = ", ".join(format(p, "g") for p in sorted(below)) or "no p"
+    drop = [p for p in ps if p > 0]
+    ratios = [rows[p]["ratio"] for p in drop]
+    facts["ratio_min"] = fmt(min(r["mean"] for r in ratios), 2)
+    facts["ratio_max"] = fmt(max(r["mean"] for r in ratios), 2)
+    facts["p_max"] = format(max(drop), "g")
+    facts["_claims"] = [
+        ("OOD spread is above val spread (ratio CI above 1) at every p > 0", set(above) == set(drop)),
+        ("the OOD / val ratio stays below 1.5 at every p", all(r["hi"] < 1.5 for r in ratios)),
+        ("both spreads grow with p", all(rows[a][k]["mean"] < rows[b][k]["mean"]
+                                         for a, b in zip(ps, ps[1:]) for k in ("val", "ood"))),
+        ("the ratio does not grow with p (largest p's ratio within the smallest p's CI)",
+         rows[drop[0]]["ratio"]["lo"] <= rows[drop[-1]]["ratio"]["mean"] <= rows[drop[0]]["ratio"]["hi"]),
+        ("p = 0 has zero spread", rows[0.0]["val"]["mean"] == 0 and rows[0.0]["ood"]["mean"] == 0),
+    ]
+    gs = by_name(groups(out))
+    facts["_claims"] += [
+        ("MC-mean val acc within 0.01 of eval-mode val acc at every p",
+         all(abs(r["mc_acc"]["mean"] - r["det_acc"]["mean"]) < 0.01 for r in rows.values())),
+        ("no p lowers val acc significantly", not any(
+            g["vs_baseline"] and g["vs_baseline"]["val_acc"]["delta"] < 0
+            and g["vs_baseline"]["val_acc"]["p_holm"] < 0.05 for g in gs.values())),
+    ]
+    for g in gs.values():
+        if g["vs_baseline"]:
+            k = format(p_of(g), "g")
+            facts[f"{k}.dval"] = f"{g['vs_baseline']['val_acc']['delta']:+.3f}"
+            facts[f"{k}.pval"] = fmt(g["vs_baseline"]["val_acc"]["p_holm"])
     return facts
 
 
