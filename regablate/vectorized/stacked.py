@@ -170,9 +170,9 @@ class StackedMLP:
     def export_member(self, k: int, model: nn.Sequential, state: StackState | None = None) -> None:
         """Write member k's weights (from `state`, default the live ones) into its module."""
         state = state or self.state()
-        mods = self._modules(model)
         for param, t in self.unflatten(state.theta[k].detach(), model).items():
             param.copy_(t)
+        mods = self._modules(model)
         for i in self.buffers:
             mods[i].running_mean.copy_(state.running[i][0][k])
             mods[i].running_var.copy_(state.running[i][1][k])
@@ -212,8 +212,8 @@ class StackedMLP:
             elif kind == "act":
                 if layer.args[0] == "GELU":
                     h = F.gelu(h, approximate=layer.args[1])
-                elif not train and layer.args[0] == "ReLU":
-                    h = h.relu_()  # evaluation runs under no_grad: reuse the matmul's output
+                elif not train and layer.args[0] == "ReLU" and h is not x:
+                    h = h.relu_()  # evaluation runs under no_grad: reuse the layer's output
                 else:
                     h = ACTIVATIONS[layer.args[0]](h)
             else:  # flatten
