@@ -8,8 +8,12 @@ gradients (λ1_k sign w, λ2_k w) -> per-member clipping g_k ← g_k min(1, c_k/
 decoupled decay w ← w(1 − lr_k λ_k) -> optimiser step -> max-norm. Then train and val are
 evaluated for all members at once (eval mode, no grad), and each member's own Recorder,
 EarlyStopper and LR schedule take its numbers: a member that stops (or diverges) is frozen
-there — its rows, best epoch and final state are its own — while the others go on.
-At the end each member's final state (best epoch, or its last) is evaluated on all splits.
+there — its rows, best epoch and final state are its own — while the others go on (a stopped
+member's rows are still computed, and ignored, until the whole chunk is done).
+Each member's own LR schedule and optimiser object are the ordinary trainer's (built by
+`build_experiment`): the schedule steps on the member's val loss, the stacked optimiser reads
+the lr from it. At the end each member's final state (best epoch, or where it stopped) is
+written into its own module and evaluated exactly as the ordinary trainer evaluates its model.
 """
 
 from __future__ import annotations
