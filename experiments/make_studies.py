@@ -70,11 +70,11 @@ STUDIES = {
         reports=[Report("", ("--metric", "test"), plots=False)]),
     "adam_vs_adamw": Study(
         sweeps=[Sweep("coupled", ("optim=adam", f"optim.weight_decay=0,{LAMS}"),
-                      ("optim.lr=1e-3", "optim.weight_decay=0,1e-2")),
+                      ("optim.lr=3e-3", "optim.weight_decay=0,1e-2")),
                 Sweep("decoupled", ("optim=adamw", "+reg=weight_decay", f"reg.weight_decay.lam={LAMS}"),
-                      ("optim.lr=1e-3", "reg.weight_decay.lam=1e-2")),
+                      ("optim.lr=3e-3", "reg.weight_decay.lam=1e-2")),
                 Sweep("l2", ("optim=adam", "+reg=l2", f"reg.l2.lam={LAMS}"),
-                      ("optim.lr=1e-3", "reg.l2.lam=1e-2"))],
+                      ("optim.lr=3e-3", "reg.l2.lam=1e-2"))],
         reports=[Report("", ("--metric", "test", "--sort", "test"))]),
     "dropout_batchnorm": Study(
         sweeps=[Sweep(smoke=("++reg={},{dropout:{p:0.3}}",))],
@@ -597,6 +597,55 @@ def dropout_batchnorm(out: Path) -> dict:
     for (name, i), pts in shifts.items():
         for p, s in pts:
             facts[f"shift|{name}|{format(p, 'g')}|{i + 1}"] = ci(s)
+    tg = groups(out, "test")
+    for g in tg:
+        if g["vs_baseline"]:
+            k = f"{_arrangement(g)}|{format(p_of(g), 'g')}"
+            facts[f"{k}.dtest"] = f"{g['vs_baseline']['test_acc']['delta']:+.3f}"
+            facts[f"{k}.ptest"] = fmt(g["vs_baseline"]["test_acc"]["p_holm"])
+    names = {(_arrangement(g), p_of(g)): g["name"] for g in gs}
+    ps = sorted({p_of(g) for g in gs if p_of(g) > 0})
+    pairs = {p: paired_delta(out, names[("BN, dropout before_norm", p)], names[("BN, dropout after_act", p)],
+                             "test") for p in ps if ("BN, dropout before_norm", p) in names}
+    for p, d in pairs.items():
+        facts[f"before_minus_after|{format(p, 'g')}"] = ci(d)
+    nobn = {p: paired_delta(out, names[("BN, dropout before_norm", p)], names[("no BN, dropout after_act", p)],
+                            "test") for p in ps if ("no BN, dropout after_act", p) in names}
+    for p, d in nobn.items():
+        facts[f"bn_minus_nobn|{format(p, 'g')}"] = ci(d)
+
+    def shift(name, p, layer):
+        vals = dict(shifts.get((name, layer - 1), []))
+        return vals.get(p)
+
+    pmax = max(ps) if ps else 0.0
+    facts["pmax"] = format(pmax, "g")
+    facts["_claims"] = [
+        ("before_norm: shift at BN 1 falls with p (each p's CI below the previous mean)", all(
+            shift("BN, dropout before_norm", b, 1)["hi"] < shift("BN, dropout before_norm", a, 1)["mean"]
+            for a, b in zip([0.0, *ps], ps))),
+        ("after_act: BN 1 unshifted at every p (CI contains 1)", all(
+            shift("BN, dropout after_act", p, 1)["lo"] <= 1 <= shift("BN, dropout after_act", p, 1)["hi"]
+            for p in [0.0, *ps])),
+        ("before_norm is not worse than after_act in test acc at any p (paired CI not below 0)",
+         all(d["hi"] >= 0 for d in pairs.values())),
+        ("with BN, every p improves test acc over BN without dropout", all(
+            g["vs_baseline"]["test_acc"]["delta"] > 0 for g in tg
+            if g["vs_baseline"] and _arrangement(g).startswith("BN"))),
+        ("with BN before_norm, the test-acc gain grows with p", all(
+            float(facts[f"BN, dropout before_norm|{format(a, 'g')}.dtest"])
+            < float(facts[f"BN, dropout before_norm|{format(b, 'g')}.dtest"]) for a, b in zip(ps, ps[1:]))),
+        ("at the largest p, BN before_norm is level with no BN (paired CI contains 0)",
+         nobn[pmax]["lo"] <= 0 <= nobn[pmax]["hi"]),
+        ("at the smallest p, BN before_norm is behind no BN (paired CI below 0)", nobn[ps[0]]["hi"] < 0),
+        ("without BN, |test-acc change| < 0.01 at every p", all(
+            abs(g["vs_baseline"]["test_acc"]["delta"]) < 0.01 for g in tg
+            if g["vs_baseline"] and _arrangement(g).startswith("no BN"))),
+        ("without BN the two placements give identical numbers", all(
+            by_name(gs)[names[("no BN, dropout after_act", p)]]["test"]["acc"]["mean"]
+            == by_name(gs)[names[("no BN, dropout before_norm", p)]]["test"]["acc"]["mean"]
+            for p in ps)),
+    ]
     return facts
 
 
