@@ -100,6 +100,34 @@ def _hparams(cfg: dict) -> dict:
     return out
 
 
+def open_run(cfg: dict, x: Experiment, run_dir: Path, resume: dict | None = None) -> Recorder:
+    """Lint the experiment (findings printed and kept as the summary's warnings) and start its
+    run files: summary.json says "running" from here on."""
+    findings = lint(x.s, x.model, x.optimizer, x.data.in_shape)
+    if findings and x.s.trainer.progress != "none":
+        print(format_findings(findings), file=sys.stderr, flush=True)
+    head = {**_summary_head(cfg, x), "warnings": [f.as_dict() for f in findings]}
+    return Recorder(run_dir, head, x.data.metric, _hparams(cfg), x.s.trainer.tensorboard, resume=resume)
+
+
+def closing_fields(x: Experiment, restored: bool) -> dict:
+    """The closing evaluation of `x.model` as it stands (the best epoch's weights when
+    `restored`): train/val/test on the full splits with calibration on val and test, the gap,
+    reliability tables, weight statistics and MC dropout when asked for."""
+    t, data = x.s.trainer, x.data
+    if restored:
+        check_eval_determinism(x.model, data)
+    bins = x.s.eval.calibration_bins
+    final = {name: evaluate(x.model, data, split, t.eval_batch_size, t.amp, bins if name != "train" else 0)
+             for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
+    extras = {"reliability": {name: final[name].pop("reliability") for name in ("val", "test")
+                              if "reliability" in final[name]} or None,
+              "weights": weight_stats(x.model)}
+    if x.s.eval.mc_samples:
+        extras["mc"] = mc_dropout(x.model, data, x.s.eval.mc_samples, t.eval_batch_size)
+    return {**final, "gap": gap(final["train"], final["val"], data.metric), **extras}
+
+
 def _completed(run_dir: Path) -> dict | None:
     """The summary of a run that already ended (for trainer.resume=auto), else None."""
     import json
@@ -130,11 +158,7 @@ def train(cfg: Mapping, run_dir: Path | str) -> dict:
             return done
         state = checkpoint.load(last) if last.exists() else None
     x = build_experiment(s)
-    findings = lint(s, x.model, x.optimizer, x.data.in_shape)
-    if findings and s.trainer.progress != "none":
-        print(format_findings(findings), file=sys.stderr, flush=True)
-    head = {**_summary_head(cfg, x), "warnings": [f.as_dict() for f in findings]}
-    rec = Recorder(run_dir, head, x.data.metric, _hparams(cfg), s.trainer.tensorboard, resume=state)
+    rec = open_run(cfg, x, run_dir, resume=state)
     try:
         check_eval_determinism(x.model, x.data)
         return _fit(x, rec, state)
@@ -205,18 +229,9 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
     restore = t.restore_best or status == "diverged"
     if restore:
         model.load_state_dict(best_state)
-        check_eval_determinism(model, data)
-    bins = x.s.eval.calibration_bins
-    final = {name: evaluate(model, data, split, t.eval_batch_size, t.amp, bins if name != "train" else 0)
-             for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
-    extras = {"reliability": {name: final[name].pop("reliability") for name in ("val", "test")
-                              if "reliability" in final[name]} or None,
-              "weights": weight_stats(model)}
-    if x.s.eval.mc_samples:
-        extras["mc"] = mc_dropout(model, data, x.s.eval.mc_samples, t.eval_batch_size)
     return rec.finish(
         status, best_epoch=stopper.best_epoch, epochs_run=epochs_run,
         metrics_epoch=stopper.best_epoch if restore else epochs_run,
-        stopped_early=stopper.stop and epochs_run < t.max_epochs, **final,
-        gap=gap(final["train"], final["val"], metric), error=error, **extras,
+        stopped_early=stopper.stop and epochs_run < t.max_epochs,
+        **closing_fields(x, restore), error=error,
     )

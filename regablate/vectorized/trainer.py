@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import math
 import random
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,18 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from regablate import checkpoint
-from regablate.evaluate import evaluate as evaluate_module
 from regablate.evaluate import gap
-from regablate.experiment import Experiment
-from regablate.lint import format_findings, lint
 from regablate.recorder import Recorder
 from regablate.selfcheck import check_eval_determinism
-from regablate.train import EarlyStopper, _hparams, _summary_head
-from regablate.uncertainty import mc_dropout
+from regablate.train import EarlyStopper, closing_fields, open_run
 from regablate.vectorized import optim
 from regablate.vectorized.grouping import Member
 from regablate.vectorized.stacked import StackedMLP, StackState
-from regablate.weight_stats import named_weight_matrices, weight_stats
+from regablate.weight_stats import named_weight_matrices
 
 
 @dataclass
@@ -166,25 +161,6 @@ def stacked_weight_stats(w: torch.Tensor, threshold: float = 1e-3) -> dict[str, 
     return dict(zip(("sparsity", "l1", "l2"), torch.stack([small, l1, l2]).tolist()))
 
 
-def final_fields(x: Experiment, restored: bool) -> dict:
-    """The ordinary trainer's closing evaluation of `x.model` (which holds the member's final
-    weights): train/val/test with calibration on val and test, the gap, weight statistics and
-    MC dropout when asked for."""
-    t, data = x.s.trainer, x.data
-    if restored:
-        check_eval_determinism(x.model, data)
-    bins = x.s.eval.calibration_bins
-    final = {name: evaluate_module(x.model, data, split, t.eval_batch_size, t.amp,
-                                   bins if name != "train" else 0)
-             for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
-    extras = {"reliability": {name: final[name].pop("reliability") for name in ("val", "test")
-                              if "reliability" in final[name]} or None,
-              "weights": weight_stats(x.model)}
-    if x.s.eval.mc_samples:
-        extras["mc"] = mc_dropout(x.model, data, x.s.eval.mc_samples, t.eval_batch_size)
-    return {**final, "gap": gap(final["train"], final["val"], data.metric), **extras}
-
-
 class VectorizedTrainer:
     """Trains one chunk of members (equal `Member.key`) into their own run dirs."""
 
@@ -291,11 +267,7 @@ class VectorizedTrainer:
         t = m.s.trainer
         es = t.early_stopping
         monitor_metric = es.monitor == "metric"
-        findings = lint(m.s, m.x.model, m.x.optimizer, m.x.data.in_shape)
-        if findings and t.progress != "none":
-            print(format_findings(findings), file=sys.stderr, flush=True)
-        head = {**_summary_head(m.cfg, m.x), "warnings": [f.as_dict() for f in findings]}
-        rec = Recorder(m.run_dir, head, self.metric, _hparams(m.cfg), t.tensorboard)
+        rec = open_run(m.cfg, m.x, m.run_dir)
         check_eval_determinism(m.x.model, m.x.data)
         stopper = EarlyStopper(es.patience, es.min_delta, self.data.higher_is_better and monitor_metric)
         if self.device.type == "cuda":  # ordinary runs draw dropout from the freshly seeded CUDA RNG
@@ -383,7 +355,7 @@ class VectorizedTrainer:
             if not r.m.s.trainer.checkpoint:  # written once, at the end
                 checkpoint.save(r.rec.dir / "checkpoints" / "best.pt", self._best_state(k, r, best))
             self.model.export_member(k, r.m.x.model, final)
-            fields = final_fields(r.m.x, k in restore)
+            fields = closing_fields(r.m.x, k in restore)
             summaries.append(r.rec.finish(
                 r.status, best_epoch=r.stopper.best_epoch, epochs_run=r.epochs_run,
                 metrics_epoch=r.stopper.best_epoch if k in restore else r.epochs_run,
