@@ -53,14 +53,8 @@ def plain_sweep(epochs: int) -> dict:
     import torch.nn.functional as F
     from torch import nn
 
-    def make_data(seed: int, n=2000, n_val=600, n_test=2000, d=50, k=10, classes=4):
-        g = torch.Generator().manual_seed(seed)
-        w = torch.zeros(d, classes)
-        w[:k] = torch.randn(k, classes, generator=g)
-        x = torch.randn(n, d, generator=g)
-        y = (x @ w).argmax(1)
-        xt = torch.randn(n_test, d, generator=g)
-        return (x[n_val:], y[n_val:]), (x[:n_val], y[:n_val]), (xt, (xt @ w).argmax(1))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from plain_mlp import make_data  # the same hand-written data generation as the single run
 
     @torch.no_grad()
     def evaluate(model, x, y):
