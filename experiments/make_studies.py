@@ -51,6 +51,7 @@ class Report:
     key: str  # report.md for "" else report_<key>.md
     args: tuple = ()  # extra `regablate report` options
     plots: bool = False  # --plot plots/ (learning curves per group and gap.png)
+    baseline: dict | None = None  # --baseline: the group of the runs whose config has these values
 
 
 @dataclass
@@ -70,12 +71,15 @@ STUDIES = {
         reports=[Report("", ("--metric", "test"), plots=False)]),
     "adam_vs_adamw": Study(
         sweeps=[Sweep("coupled", ("optim=adam", f"optim.weight_decay=0,{LAMS}"),
-                      ("optim.lr=3e-3", "optim.weight_decay=0,1e-2")),
+                      ("optim.weight_decay=0,1e-2",)),
                 Sweep("decoupled", ("optim=adamw", "+reg=weight_decay", f"reg.weight_decay.lam={LAMS}"),
-                      ("optim.lr=3e-3", "reg.weight_decay.lam=1e-2")),
+                      ("reg.weight_decay.lam=1e-2",)),
                 Sweep("l2", ("optim=adam", "+reg=l2", f"reg.l2.lam={LAMS}"),
-                      ("optim.lr=3e-3", "reg.l2.lam=1e-2"))],
-        reports=[Report("", ("--metric", "test", "--sort", "test"))]),
+                      ("reg.l2.lam=1e-2",))],
+        reports=[Report(f"lr{lr}", ("--metric", "test", "--filter", f"optim.lr={lr}", "--sort", "test"),
+                        baseline={"optim.name": "adam", "optim.lr": lr, "optim.weight_decay": 0,
+                                  "reg": {}})
+                 for lr in ("3e-4", "3e-3")]),
     "dropout_batchnorm": Study(
         sweeps=[Sweep(smoke=("++reg={},{dropout:{p:0.3}}",))],
         reports=[Report("", plots=False), Report("test", ("--metric", "test"))]),
@@ -145,13 +149,31 @@ def report(*args: str) -> None:
         raise SystemExit(f"make_studies: regablate report exited with {code}")
 
 
+def baseline_group(out: Path, where: dict) -> str:
+    """The `group` id of the runs whose flattened config matches `where` (numbers as numbers)."""
+    found = {s["group"] for s in summaries(out)
+             if all(str(s["_cfg"].get(k)) == str(v) or _num(s["_cfg"].get(k)) == _num(v)
+                    for k, v in where.items())}
+    if len(found) != 1:
+        raise SystemExit(f"make_studies: {len(found)} groups match the baseline {where}")
+    return found.pop()
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
 def write_reports(study: Study, out: Path, smoke: bool) -> None:
     runs = rel(out / "runs")
     for r in study.reports:
         stem = "report" + (f"_{r.key}" if r.key else "")
+        base = ("--baseline", baseline_group(out, r.baseline)) if r.baseline else ()
         for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("json", "json")):
             plots = r.plots and fmt == "markdown" and not smoke  # the report's own tests cover them
-            extra = ("--plot", rel(out / "plots")) if plots else ()
+            extra = (*base, "--plot", rel(out / "plots")) if plots else base
             report(runs, *r.args, "--format", fmt, "--out", rel(out / f"{stem}.{ext}"), *extra)
 
 
@@ -195,9 +217,14 @@ def fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def ci(s: dict, digits: int = 3) -> str:
-    """'0.107 [0.088, 0.126]' from a report stat ({mean, ci95}) or a stat() dict."""
+def ci(s: dict, digits: int = 3, signed: bool = False) -> str:
+    """'0.107 [0.088, 0.126]' from a report stat ({mean, ci95}) or a stat() dict; `signed`:
+    fixed decimals with a sign, for differences ('+0.004 [+0.001, +0.007]')."""
     lo, hi = s["ci95"] if "ci95" in s else (s["lo"], s["hi"])
+    if signed:
+        def f(x):
+            return "–" if x is None or math.isnan(x) else f"{x + 0.0:+.{digits}f}".replace("-0.000", "+0.000")
+        return f"{f(s['mean'])} [{f(lo)}, {f(hi)}]"
     return f"{fmt(s['mean'], digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
 
 
@@ -461,7 +488,7 @@ def adam_vs_adamw(out: Path) -> dict:
         diffs = stat(s["test"]["acc"] - base[lr][s["seed"]] for s in ss if s["seed"] in base.get(lr, {}))
         stats[(m, lr, lam)] = (test, diffs)
         if lam > 0:
-            table.append([m, fmt(lr, 4), format(lam, "g"), str(test["n"]), ci(test), ci(diffs)])
+            table.append([m, format(lr, "g"), format(lam, "g"), str(test["n"]), ci(test), ci(diffs, signed=True)])
     md = md_table(["method", "lr", "lam", "n", "test acc, mean [95% CI]",
                    "test acc − Adam (lam 0, same lr, same seed), mean [95% CI]"], table)
     (out / "grid.md").write_text(md)
@@ -469,8 +496,7 @@ def adam_vs_adamw(out: Path) -> dict:
     methods = [m for m in method_of if any(k[0] == m for k in cells)]
     fig, axes = pyplot.subplots(1, len(methods), figsize=(5 * len(methods), 4.2), constrained_layout=True,
                                 squeeze=False)
-    vmax = max((abs(d["mean"]) for (m, lr, lam), (t, d) in stats.items() if lam > 0 and d["n"]),
-               default=0.01) or 0.01
+    vmax = 0.05  # colour clipped at ±0.05: the gains are a few points, the collapses tens of points
     for ax, m in zip(axes[0], methods, strict=True):
         grid = np.full((len(lams), len(lrs)), np.nan)
         for i, lam in enumerate(lams):
@@ -479,13 +505,14 @@ def adam_vs_adamw(out: Path) -> dict:
                     t, d = stats[(m, lr, lam)]
                     grid[i, j] = d["mean"]
                     sig = d["n"] > 1 and (d["lo"] > 0 or d["hi"] < 0)
-                    ax.text(j, i, f"{t['mean']:.3f}\n{d['mean']:+.3f}{'*' if sig else ''}",
-                            ha="center", va="center", fontsize=8)
+                    ax.text(j, i, f"{t['mean']:.3f}\n{d['mean'] + 0.0:+.3f}{'*' if sig else ''}",
+                            ha="center", va="center", fontsize=9,
+                            color="white" if abs(d["mean"]) > 0.7 * vmax else "black")
         im = ax.imshow(grid, cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto")
         ax.set_xticks(range(len(lrs)), [format(x, "g") for x in lrs])
         ax.set_yticks(range(len(lams)), [format(x, "g") for x in lams])
         ax.set(xlabel="lr", ylabel="lam", title=method_of[m])
-    fig.colorbar(im, ax=axes[0].tolist(), label="test acc − plain Adam at the same lr")
+    fig.colorbar(im, ax=axes[0].tolist(), label="test acc − plain Adam at the same lr (clipped at ±0.05)")
     n = min((t["n"] for t, _ in stats.values()), default=0)
     fig.suptitle(f"adam_vs_adamw: mean test acc (top) and its difference from lam = 0 (bottom; "
                  f"* = paired 95% CI excludes 0), {n} seeds")
@@ -495,11 +522,31 @@ def adam_vs_adamw(out: Path) -> dict:
     facts = {}
     for (m, lr, lam), (t, d) in stats.items():
         facts[f"{m}.{format(lr, 'g')}.{format(lam, 'g')}"] = ci(t)
-        facts[f"{m}.{format(lr, 'g')}.{format(lam, 'g')}.d"] = ci(d)
+        facts[f"{m}.{format(lr, 'g')}.{format(lam, 'g')}.d"] = ci(d, signed=True)
+    def cell(m, lr, lam):
+        return stats.get((m, lr, lam), (None, None))
+
+    shared = [(lr, lam) for lr in lrs for lam in lams]
+    facts["_claims"] = [
+        ("coupled and l2 test-acc intervals overlap in every cell", all(
+            cell("coupled", lr, lam)[0]["lo"] <= cell("l2", lr, lam)[0]["hi"]
+            and cell("l2", lr, lam)[0]["lo"] <= cell("coupled", lr, lam)[0]["hi"] for lr, lam in shared)),
+        ("decoupled never significantly below plain Adam", all(
+            cell("decoupled", lr, lam)[1]["hi"] >= 0 for lr, lam in shared)),
+        ("decoupled changes test acc by less than 0.02 on average in every cell", all(
+            abs(cell("decoupled", lr, lam)[1]["mean"]) < 0.02 for lr, lam in shared)),
+        ("coupled and l2 collapse at lam >= 0.1 (difference CI below -0.03) at every lr", all(
+            cell(m, lr, lam)[1]["hi"] < -0.03 for m in ("coupled", "l2") for lr in lrs for lam in lams
+            if lam >= 0.1)),
+        ("coupled and l2 at lr 3e-4, lam 1e-2 beat plain Adam (CI above 0)", all(
+            cell(m, 3e-4, 1e-2)[1]["lo"] > 0 for m in ("coupled", "l2"))),
+        ("at lr 3e-3, coupled and l2 at lam 1e-2 are not significantly better", all(
+            cell(m, 3e-3, 1e-2)[1]["lo"] <= 0 for m in ("coupled", "l2"))),
+    ]
     for m in methods:
         best = max(((k, v) for k, v in stats.items() if k[0] == m and k[2] > 0), key=lambda kv: kv[1][0]["mean"])
         facts[f"{m}.best"] = (f"lr {format(best[0][1], 'g')}, lam {format(best[0][2], 'g')}: test acc "
-                              f"{ci(best[1][0])}, vs Adam {ci(best[1][1])}")
+                              f"{ci(best[1][0])}, vs Adam {ci(best[1][1], signed=True)}")
     return facts
 
 
@@ -778,6 +825,8 @@ def make(name: str, root: Path, smoke: bool, report_only: bool) -> dict:
                 "date": time.strftime("%Y-%m-%d")}
     if (out / "plots").exists():
         shutil.rmtree(out / "plots")
+    for stale in [*out.glob("report*.md"), *out.glob("report*.csv"), *out.glob("report*.json")]:
+        stale.unlink()
     write_reports(study, out, smoke)
     facts = EXTRAS[name](out)
     meta["facts"] = {k: v for k, v in facts.items() if k != "_claims"}
