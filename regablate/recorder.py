@@ -45,7 +45,9 @@ class Recorder:
                         summary.get("warnings", []), "error": None}
         self._t0 = time.perf_counter() - (resume or {}).get("wall_time_s", 0.0)
         write_json(self.dir / "summary.json", self.summary)
-        history = (resume or {}).get("history", [])
+        from regablate.checkpoint import unpack_history
+
+        history = unpack_history((resume or {}).get("history", []))
         self._csv: csv.DictWriter | None = None
         if history:
             write_atomic(self.dir / "metrics.csv", lambda f: self._rows(f, history), mode="w")
