@@ -23,7 +23,7 @@ test: $(STAMP)     ## the whole test suite
 	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
-	$(BIN)/ruff check regablate tests benchmarks
+	$(BIN)/ruff check regablate tests benchmarks experiments hydra_plugins
 
 bench: $(STAMP)    ## speed against plain hand-written PyTorch, as ratios
 	$(BIN)/python benchmarks/bench_runner.py
@@ -33,6 +33,9 @@ bench: $(STAMP)    ## speed against plain hand-written PyTorch, as ratios
 
 sanity: $(STAMP)   ## real CIFAR-10 images (../shared/data): resnet20 must learn on the CPU
 	$(BIN)/python benchmarks/sanity_cifar.py
+
+studies: $(STAMP)  ## re-run the CPU studies in experiments/ and regenerate their reports, plots and READMEs (~20 min)
+	$(BIN)/python experiments/make_studies.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache build dist *.egg-info

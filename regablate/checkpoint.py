@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import random
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +24,9 @@ from regablate.atomic import write_atomic
 def rng_state(gen: torch.Generator) -> dict[str, Any]:
     import numpy as np
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    # python's and numpy's states as one bytes object each: pickled element by element they
+    # are hundreds of objects, and this runs every epoch
+    state = {"python": pickle.dumps(random.getstate()), "numpy": pickle.dumps(np.random.get_state()),
              "torch": torch.get_rng_state(), "order": gen.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -33,8 +36,8 @@ def rng_state(gen: torch.Generator) -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
     import numpy as np
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(pickle.loads(state["python"]))
+    np.random.set_state(pickle.loads(state["numpy"]))
     torch.set_rng_state(state["torch"])
     gen.set_state(state["order"])
     if "cuda" in state and torch.cuda.is_available():

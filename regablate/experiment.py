@@ -36,7 +36,8 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 def group_id(cfg: dict) -> str:
     """Stable id of the config without seeds: runs that differ only by seed share it."""
-    flat = {k: v for k, v in flatten(cfg).items() if k not in NOT_IN_GROUP}
+    flat = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v  # 0 == 0.0
+            for k, v in flatten(cfg).items() if k not in NOT_IN_GROUP}
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -60,15 +60,19 @@ def train_epoch(x: Experiment, gen: torch.Generator, decay: list[dict]) -> float
     perm = torch.randperm(n, generator=gen).to(x.device)
     if n % bs == 1 and n > 1:  # a batch of one breaks BatchNorm: leave that sample out
         perm, n = perm[:-1], n - 1
+    amp = x.s.trainer.amp and x.device.type == "cuda"
     model.train()
-    total = torch.zeros((), device=x.device)
+    losses = []
     for i in range(0, n, bs):
         idx = perm[i : i + bs]
         inputs, targets = data.prepare(data.train.x[idx]), data.train.y[idx]
         if stack.transforms_batch:
             inputs, targets = stack.transform_batch(inputs, targets)
-        with autocast(x.device, x.s.trainer.amp):
-            loss = x.loss(model(inputs).float(), targets)
+        if amp:
+            with autocast(x.device, True):
+                loss = x.loss(model(inputs).float(), targets)
+        else:
+            loss = x.loss(model(inputs), targets)
         if stack.has_penalty:
             loss = loss + stack.penalty(model)
         opt.zero_grad(set_to_none=True)
@@ -78,8 +82,10 @@ def train_epoch(x: Experiment, gen: torch.Generator, decay: list[dict]) -> float
             decoupled_decay_(decay)
         opt.step()
         stack.after_step(model)
-        total += loss.detach() * len(idx)
-    return total.item() / n
+        losses.append(loss.detach())
+    sizes = torch.full((len(losses),), float(bs), device=x.device)
+    sizes[-1] = n - bs * (len(losses) - 1)
+    return (torch.stack(losses) * sizes).sum().item() / n
 
 
 def _summary_head(cfg: dict, x: Experiment) -> dict:

@@ -113,3 +113,13 @@ def test_weights_are_left_finite_and_model_in_eval_for_summary(small_cfg, tmp_pa
     state = torch.load(tmp_path / "checkpoints" / "best.pt")
     assert all(torch.isfinite(v.float()).all() for v in state.values())
     assert math.isfinite(s["test"]["loss"])
+
+
+def test_group_ignores_seeds_and_number_spelling():
+    from conftest import compose_cfg
+    from regablate.experiment import group_id
+
+    base = compose_cfg()
+    assert group_id(base) == group_id(compose_cfg("seed=3")) == group_id(compose_cfg("optim.weight_decay=0"))
+    assert group_id(base) != group_id(compose_cfg("optim.weight_decay=1e-4"))
+    assert group_id(base) != group_id(compose_cfg("+reg=dropout"))
