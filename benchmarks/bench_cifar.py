@@ -51,7 +51,7 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     augment = build_stack({"augment": {}})
     others = build_stack({"cutout": {}, "mixup": {}, "cutmix": {}})
-    others.on_epoch(model, 1, 1)
+    others.model_spec(ModelSpec(out_dim=10))  # mixup/cutmix learn the class count here
 
     times = {"prepare": 0.0, "augment": 0.0, "cutout+mixup+cutmix": 0.0, "model": 0.0}
     model.train()

@@ -8,11 +8,9 @@ Files are written atomically (temp file, fsync, rename): a reader never sees a p
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import random
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,39 +53,6 @@ def pack_history(rows: list[dict]) -> str:
 
 def unpack_history(packed: str | list) -> list[dict]:
     return json.loads(packed) if isinstance(packed, str) else packed
-
-
-class Writer:
-    """Checkpoints written behind training: each object is serialised at once (a consistent
-    snapshot), then written, fsynced and renamed on one background thread, in order.
-    `wait()` blocks until all are on disk and re-raises the first write error."""
-
-    def __init__(self):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._pending: list[Future] = []
-
-    def save(self, path: Path, obj: Any) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        data = buf.getvalue()
-        self._pending = [f for f in self._pending if not f.done() or f.exception()]
-        self._raise()
-        self._pending.append(self._pool.submit(write_atomic, path, lambda f: f.write(data), "wb"))
-
-    def _raise(self) -> None:
-        for f in self._pending:
-            if f.done() and f.exception() is not None:
-                raise f.exception()
-
-    def wait(self) -> None:
-        try:
-            for f in self._pending:
-                f.result()
-        finally:
-            self._pending = []
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
 
 def load(path: Path) -> Any:

@@ -186,7 +186,6 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
     decay = decay_groups(opt)
     ckpt = rec.dir / "checkpoints"
     best_state, status, epoch, history = None, "completed", 0, []
-    writer = checkpoint.Writer()
     if state is not None:  # resume: every piece of state the next epoch depends on
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -196,42 +195,38 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
         epoch, history = state["epoch"], checkpoint.unpack_history(state["history"])
         if (ckpt / "best.pt").exists():
             best_state = checkpoint.load(ckpt / "best.pt")
-    try:
-        with make_progress(t.progress, t.max_epochs, metric) as progress:
-            while epoch < t.max_epochs and not stopper.stop:
-                epoch += 1
-                t0 = time.perf_counter()
-                lr = opt.param_groups[0]["lr"]
-                x.s.stack.on_epoch(model, epoch, t.max_epochs)
-                objective = train_epoch(x, gen, decay)
-                tr = evaluate(model, data, data.train, t.eval_batch_size, t.amp)
-                va = evaluate(model, data, data.val, t.eval_batch_size, t.amp)
-                if not all(math.isfinite(v) for v in (objective, tr["loss"], va["loss"])):
-                    status = "diverged"
-                    break
-                row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], f"train_{metric}": tr[metric],
-                       "val_loss": va["loss"], f"val_{metric}": va[metric], "gap": gap(tr, va, metric),
-                       "objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4),
-                       **{f"weights/{k}": v for k, v in weight_stats(model).items()}}
-                rec.epoch(row)
-                every = x.s.eval.histogram_every
-                if every and (epoch % every == 0 or epoch == 1):
-                    rec.histograms(named_weight_matrices(model), epoch)
-                history.append(row)
-                progress.epoch(row)
-                if stopper.update(va[metric] if monitor_metric else va["loss"], epoch):
-                    best_state = copy.deepcopy(model.state_dict())
-                    writer.save(ckpt / "best.pt", best_state)
-                x.schedule.step(va["loss"])
-                if t.checkpoint:
-                    writer.save(ckpt / "last.pt", {
-                        "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "schedule": x.schedule.state_dict(), "stopper": dict(stopper.__dict__),
-                        "rng": checkpoint.rng_state(gen), "history": checkpoint.pack_history(history),
-                        "wall_time_s": rec.elapsed()})
-        writer.wait()  # every checkpoint is on disk before the summary says the run ended
-    finally:
-        writer.close()
+    with make_progress(t.progress, t.max_epochs, metric) as progress:
+        while epoch < t.max_epochs and not stopper.stop:
+            epoch += 1
+            t0 = time.perf_counter()
+            lr = opt.param_groups[0]["lr"]
+            x.s.stack.on_epoch(model, epoch, t.max_epochs)
+            objective = train_epoch(x, gen, decay)
+            tr = evaluate(model, data, data.train, t.eval_batch_size, t.amp)
+            va = evaluate(model, data, data.val, t.eval_batch_size, t.amp)
+            if not all(math.isfinite(v) for v in (objective, tr["loss"], va["loss"])):
+                status = "diverged"
+                break
+            row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], f"train_{metric}": tr[metric],
+                   "val_loss": va["loss"], f"val_{metric}": va[metric], "gap": gap(tr, va, metric),
+                   "objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4),
+                   **{f"weights/{k}": v for k, v in weight_stats(model).items()}}
+            rec.epoch(row)
+            every = x.s.eval.histogram_every
+            if every and (epoch % every == 0 or epoch == 1):
+                rec.histograms(named_weight_matrices(model), epoch)
+            history.append(row)
+            progress.epoch(row)
+            if stopper.update(va[metric] if monitor_metric else va["loss"], epoch):
+                best_state = copy.deepcopy(model.state_dict())
+                checkpoint.save(ckpt / "best.pt", best_state)
+            x.schedule.step(va["loss"])
+            if t.checkpoint:
+                checkpoint.save(ckpt / "last.pt", {
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "schedule": x.schedule.state_dict(), "stopper": dict(stopper.__dict__),
+                    "rng": checkpoint.rng_state(gen), "history": checkpoint.pack_history(history),
+                    "wall_time_s": rec.elapsed()})
     epochs_run = epoch - 1 if status == "diverged" else epoch
     error = f"non-finite loss at epoch {epoch}" if status == "diverged" else None
     if best_state is None:  # diverged before any finite epoch
