@@ -53,6 +53,9 @@ def run(argv: list[str]) -> int:
 
     try:
         hydra_main()
+    except KeyboardInterrupt:  # the run's summary.json already says "interrupted"
+        print("regablate: interrupted", file=sys.stderr)
+        return 130
     except ConfigError as e:
         return _error(f"invalid config: {e}")
     except UsageError as e:

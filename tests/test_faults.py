@@ -112,3 +112,18 @@ def test_parallel_launchers_complete_every_job(tmp_path, launcher):
     assert len(summaries) == 2 and {s["status"] for s in summaries} == {"completed"}
     if "n_jobs" in " ".join(launcher):
         assert {s["threads"] for s in summaries} == {max(1, os.cpu_count() // 2)}
+
+
+def test_ctrl_c_is_recorded_as_interrupted_and_exits_130(tmp_path):
+    cmd = [sys.executable, "-m", "regablate", "run", *RESUMABLE, "trainer.max_epochs=50",
+           "hydra.run.dir=stopped"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch    2/"):
+            os.kill(proc.pid, signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    s = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert s["status"] == "interrupted"
