@@ -128,15 +128,17 @@ class _TensorBoard:
         self.w.file_writer.add_summary(ssi)
 
     def epoch(self, row: dict) -> None:
-        step, m = row["epoch"], self.metric
-        for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"),
-                         (f"{m}/train", f"train_{m}"), (f"{m}/val", f"val_{m}"),
-                         ("gap", "gap"), ("lr", "lr")):
-            if row.get(key) is not None:
-                self.w.add_scalar(tag, row[key], step)
-        for key, value in row.items():
-            if key.startswith("weights/"):
-                self.w.add_scalar(key, value, step)
+        """All of an epoch's scalars in one event (one write instead of one per tag)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard.summary import scalar
+
+        m = self.metric
+        tags = [("loss/train", "train_loss"), ("loss/val", "val_loss"), (f"{m}/train", f"train_{m}"),
+                (f"{m}/val", f"val_{m}"), ("gap", "gap"), ("lr", "lr")]
+        tags += [(key, key) for key in row if key.startswith("weights/")]
+        values = [v for tag, key in tags if row.get(key) is not None
+                  for v in scalar(tag, row[key]).value]
+        self.w.file_writer.add_summary(Summary(value=values), row["epoch"])
 
     def close(self, summary: dict) -> None:
         if self.hparams is not None:

@@ -123,3 +123,21 @@ def test_group_ignores_seeds_and_number_spelling():
     assert group_id(base) == group_id(compose_cfg("seed=3")) == group_id(compose_cfg("optim.weight_decay=0"))
     assert group_id(base) != group_id(compose_cfg("optim.weight_decay=1e-4"))
     assert group_id(base) != group_id(compose_cfg("+reg=dropout"))
+
+
+def test_tensorboard_scalars_and_hparams_session_group(small_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    s = train(small_cfg("+reg=dropout", "trainer.tensorboard=true"), tmp_path)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for tag in ("loss/train", "loss/val", "acc/train", "acc/val", "gap", "lr", "weights/sparsity",
+                "hparams/val_acc", "hparams/gap"):
+        assert tag in scalars, tag
+    assert [e.step for e in acc.Scalars("acc/val")] == [1, 2, 3]
+    assert acc.Scalars("hparams/val_acc")[0].value == pytest.approx(s["val"]["acc"])
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.group_name == s["group"] and start.hparams["reg.dropout.p"].number_value == 0.5
