@@ -277,6 +277,17 @@ def plt():
     return pyplot
 
 
+def save_figure(pyplot, fig, axes, title: str, path: Path) -> None:
+    """Grid and legend on each axis, the title, then the PNG (its folder made if needed)."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=100)
+    pyplot.close(fig)
+
+
 def errorbar(ax, xs, stats, **kw):
     import numpy as np
 
@@ -341,13 +352,7 @@ def tiny_overfit(out: Path) -> dict:
         s = [g[split]["acc"] for g in gs]
         errorbar(axes[1], ps, [{**x, "lo": x["ci95"][0], "hi": x["ci95"][1]} for x in s], label=split, color=color)
     axes[1].set(xlabel="dropout p", ylabel="accuracy", title="accuracy by split, mean and 95% CI")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"tiny_overfit: MLP 256-256 on 60 samples, {gs[0]['n']} seeds per p")
-    (out / "plots").mkdir(exist_ok=True)
-    fig.savefig(out / "plots" / "gap_vs_p.png", dpi=100)
-    pyplot.close(fig)
+    save_figure(pyplot, fig, axes, f"tiny_overfit: MLP 256-256 on 60 samples, {gs[0]['n']} seeds per p", out / "plots" / "gap_vs_p.png")
     by_p = {p_of(g): g for g in gs}
     base, d4 = by_p[0.0], by_p.get(0.4)
     facts = {"base.gap": ci(base["gap"]), "base.train": ci(base["train"]["acc"]),
@@ -439,12 +444,8 @@ def sine_sparsity(out: Path) -> dict:
         ax.set(xscale="log", xlabel="lam", title=title + ", mean and 95% CI")
         if key != "sparsity":
             ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"sine_sparsity: MLP 128-128, 80 noisy points, {base['train']['n'] if base else '?'} seeds")
-    (out / "plots").mkdir(exist_ok=True)
-    fig.savefig(out / "plots" / "lam_sweep.png", dpi=100)
-    pyplot.close(fig)
+    save_figure(pyplot, fig, axes, f"sine_sparsity: MLP 128-128, 80 noisy points, "
+                f"{base['train']['n'] if base else '?'} seeds", out / "plots" / "lam_sweep.png")
     facts = {}
     for (kind, lam), r in rows.items():
         k = f"{kind}{'_' + format(lam, 'g') if lam else ''}"
@@ -643,13 +644,7 @@ def dropout_batchnorm(out: Path) -> dict:
     axes[1].axhline(1, color="gray", lw=0.8)
     axes[1].set(xlabel="dropout p", ylabel="Var_eval(BN input) / running_var",
                 title="variance shift at each BatchNorm (1 = none)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"dropout_batchnorm: MLP 128-64 on sparse-synthetic, {gs[0]['n']} seeds")
-    (out / "plots").mkdir(exist_ok=True)
-    fig.savefig(out / "plots" / "dropout_vs_bn.png", dpi=100)
-    pyplot.close(fig)
+    save_figure(pyplot, fig, axes, f"dropout_batchnorm: MLP 128-64 on sparse-synthetic, {gs[0]['n']} seeds", out / "plots" / "dropout_vs_bn.png")
     md = md_table(["arrangement", "p", "layer", "n", "Var_eval / running_var, mean [95% CI]"], table)
     (out / "variance_shift.md").write_text(md)
     facts = {}
@@ -745,13 +740,7 @@ def mc_dropout(out: Path) -> dict:
     errorbar(axes[1], ps, [rows[p]["det_acc"] for p in ps], label="eval mode (dropout off)", color="tab:gray")
     errorbar(axes[1], ps, [rows[p]["mc_acc"] for p in ps], label="MC mean of 50 passes", color="tab:green")
     axes[1].set(xlabel="dropout p", ylabel="val accuracy", title="val accuracy, mean and 95% CI")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"mc_dropout: MLP 128-64 on sparse-synthetic, {rows[ps[0]]['val']['n']} seeds")
-    (out / "plots").mkdir(exist_ok=True)
-    fig.savefig(out / "plots" / "spread_vs_p.png", dpi=100)
-    pyplot.close(fig)
+    save_figure(pyplot, fig, axes, f"mc_dropout: MLP 128-64 on sparse-synthetic, {rows[ps[0]]['val']['n']} seeds", out / "plots" / "spread_vs_p.png")
     facts = {}
     for p, r in rows.items():
         for k in ("val", "ood"):
