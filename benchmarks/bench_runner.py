@@ -35,15 +35,10 @@ def _plain():
 
 
 def training_time(repeats: int, extra: tuple[str, ...] = ()) -> tuple[float, float]:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from regablate.paths import CONF_DIR
+    from regablate.compose import compose_config
     from regablate.train import train
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("config", overrides=OVERRIDES + list(extra)), resolve=True)
-    cfg.pop("hydra", None)
+    cfg = compose_config(OVERRIDES + list(extra))
     plain = _plain()
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as tmp:

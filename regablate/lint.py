@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from regablate.compose import compose_config
 from regablate.settings import Settings
 from regablate.uncertainty import drop_rate, is_dropout
 
@@ -246,24 +247,6 @@ def format_findings(findings: list[Finding]) -> str:
     return "".join(f"{f.id}  {f.message}\n{' ' * (len(f.id) + 2)}fix: {f.fix}\n" for f in findings)
 
 
-def compose(overrides: list[str]) -> dict:
-    """The resolved config (plain containers, without the `hydra` key) for `overrides`."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from regablate.paths import CONF_DIR
-
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="regablate"):
-        cfg = hydra_compose("config", overrides=list(overrides))
-    out = OmegaConf.to_container(cfg, resolve=True)
-    out.pop("hydra", None)
-    return out
-
-
 USAGE = """usage: regablate lint [--strict] [overrides]
 
 Compose the config as `regablate run` would and print regularisation pitfalls without training.
@@ -291,7 +274,7 @@ def main(argv: list[str]) -> int:
     if flags:
         return _error(f"lint takes --strict and overrides; unknown option {flags[0]!r}")
     try:
-        cfg = compose(overrides)
+        cfg = compose_config(overrides)
         settings = load_settings(cfg)
         findings = lint(settings, *build_model(settings))
     except ConfigError as e:

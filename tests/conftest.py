@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from regablate.paths import CONF_DIR
+from regablate.compose import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,11 +22,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def compose_cfg(*overrides: str) -> dict:
     """The resolved config (plain dict, no `hydra` key) for these overrides."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    out = OmegaConf.to_container(cfg, resolve=True)
-    out.pop("hydra", None)
-    return out
+    return compose_config(overrides)
 
 
 FAST = ("trainer.max_epochs=3", "trainer.progress=none", "trainer.tensorboard=false")

@@ -8,15 +8,13 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from torch import nn
 
+from regablate.compose import compose_config
 from regablate.data.cifar10 import CLASSES
 from regablate.errors import ConfigError
 from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.resnet import ResNetSettings, build_resnet
-from regablate.paths import CONF_DIR
 from regablate.regularisers.base import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
 from regablate.train import train
@@ -48,12 +46,10 @@ def root(tmp_path_factory):
 
 
 def config(root, model: str, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "dataset=cifar10", f"dataset.root={root}", "dataset.n_train=100", f"model={model}",
-            *SMALL[model], "trainer.max_epochs=1", "trainer.batch_size=32",
-            "trainer.progress=none", "trainer.tensorboard=false", "trainer.device=cpu", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_config([
+        "dataset=cifar10", f"dataset.root={root}", "dataset.n_train=100", f"model={model}",
+        *SMALL[model], "trainer.max_epochs=1", "trainer.batch_size=32",
+        "trainer.progress=none", "trainer.tensorboard=false", "trainer.device=cpu", *overrides])
 
 
 def run(tmp_path, root, model: str, *overrides: str) -> dict:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from torch import nn
 
+from regablate.compose import compose_config
 from regablate.experiment import build_experiment
-from regablate.lint import Finding, build_model, compose, format_findings, lint, main
+from regablate.lint import Finding, build_model, format_findings, lint, main
 from regablate.paths import CONF_DIR
 from regablate.settings import load_settings
 
@@ -31,7 +32,7 @@ def one_thread():
 
 
 def settings_for(*overrides: str):
-    return load_settings(compose(list(overrides)))
+    return load_settings(compose_config(overrides))
 
 
 def findings(*overrides: str) -> list[Finding]:
