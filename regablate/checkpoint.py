@@ -43,7 +43,13 @@ def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
 
 
 def save(path: Path, obj: Any) -> None:
-    write_atomic(path, lambda f: torch.save(obj, f), mode="wb")
+    """Serialised in memory, then written atomically: a failed write raises the OSError itself
+    (torch's zip writer turns one into an opaque RuntimeError)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, lambda f: f.write(buffer.getbuffer()), mode="wb")
 
 
 def pack_history(rows: list[dict]) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import sys
 
 USAGE = """usage: regablate <command> [args]
@@ -40,27 +42,51 @@ def _raised_by_hydra(e: BaseException) -> bool:
     return tb is not None and "/hydra/" in tb.tb_frame.f_code.co_filename
 
 
+def _on_sigterm(signum, frame) -> None:
+    from regablate.errors import Terminated
+
+    raise Terminated()
+
+
+def resume_command(argv: list[str], dirs: dict[str, str]) -> str | None:
+    """The exact command that continues this run or sweep: its dir and trainer.resume=auto."""
+    sweep = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    where = dirs.get("sweep" if sweep else "run")
+    if where is None:
+        return None
+    keep = [a for a in argv if not a.lstrip("+").startswith((f"{key}=", "trainer.resume="))]
+    return shlex.join(["regablate", "run", *keep, f"{key}={where}", "trainer.resume=auto"])
+
+
 def run(argv: list[str]) -> int:
     """Hydra owns argv; its exceptions reach us raw so user errors become one line."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from regablate.errors import ConfigError, UsageError
+    from regablate.errors import ConfigError, Terminated, UsageError
+    from regablate.streams import tolerate_closed_pipes
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = ["regablate", *argv]
-    from regablate.run import hydra_main
+    tolerate_closed_pipes()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    from regablate.run import LAUNCH_DIRS, hydra_main
 
     try:
         hydra_main()
-    except KeyboardInterrupt:  # the run's summary.json already says "interrupted"
-        print("regablate: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # the run's summary.json already says "interrupted"
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"regablate: {how}", file=sys.stderr)
+        again = resume_command(argv, LAUNCH_DIRS)
+        if again:
+            print(f"continue with: {again}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except ConfigError as e:
         return _error(f"invalid config: {e}")
     except UsageError as e:
         return _error(str(e))
-    except OSError as e:  # e.g. Hydra cannot create the output dir
+    except OSError as e:  # e.g. Hydra cannot create the output dir, the disk is full
         return _error(f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e))
     except ValueError as e:
         if not _raised_by_hydra(e):
@@ -70,6 +96,12 @@ def run(argv: list[str]) -> int:
         cause = e.__cause__
         extra = f" ({_one_line(cause)})" if isinstance(cause, OmegaConfBaseException) else ""
         return _error(_one_line(e) + extra)
+    except RuntimeError as e:
+        if 'Could not detect "srun"' not in str(e):
+            raise
+        return _error("the SLURM launcher (hydra/launcher=cluster or submitit_slurm) needs srun and "
+                      "sbatch, which this machine does not have; on one machine use "
+                      "hydra/launcher=submitit_local or hydra/launcher=joblib")
     return 0
 
 

@@ -11,3 +11,9 @@ class ConfigError(ValueError):
 
 class UsageError(ValueError):
     """Bad command-line or environment input that is not a config key (missing data, bad path)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by SLURM, `timeout`, `kill`): handled exactly like Ctrl-C."""
+
+    signal_name = "SIGTERM"

@@ -1,7 +1,8 @@
 """A run's files (on-disk contract v1): summary.json, metrics.csv, tb/, checkpoints/.
 
 summary.json is written at the start with status "running" and rewritten at the end, both
-atomically; metrics.csv gets one complete line per epoch, flushed as it goes; TensorBoard gets
+atomically; metrics.csv gets one complete line per epoch or nothing (a failed append is cut
+back off, so a full disk never leaves half a line); TensorBoard gets
 the contract's scalar tags plus hparams in the run's own directory (session group = the
 config-without-seeds id, so seeds of one config group together).
 """
@@ -9,7 +10,9 @@ config-without-seeds id, so seeds of one config group together).
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -48,15 +51,20 @@ class Recorder:
         from regablate.checkpoint import unpack_history
 
         history = unpack_history((resume or {}).get("history", []))
+        csv_path = self.dir / "metrics.csv"
+        if history:
+            write_atomic(csv_path, lambda f: self._rows(f, history), mode="w")
+        self._fd = os.open(csv_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if history else os.O_TRUNC),
+                           0o666)
+        self._line = io.StringIO()
         self._csv: csv.DictWriter | None = None
         if history:
-            write_atomic(self.dir / "metrics.csv", lambda f: self._rows(f, history), mode="w")
-            self._csv_file = open(self.dir / "metrics.csv", "a", newline="")
-            self._csv = csv.DictWriter(self._csv_file, fieldnames=list(history[0]), extrasaction="ignore")
-        else:
-            self._csv_file = open(self.dir / "metrics.csv", "w", newline="")
-        purge = history[-1]["epoch"] + 1 if history else None
-        self._tb = (_TensorBoard(self.dir / "tb", metric, hparams, summary["group"], purge)
+            self._csv = csv.DictWriter(self._line, fieldnames=list(history[0]), extrasaction="ignore")
+        self._open = True
+        tb_dir = self.dir / "tb"
+        # a resumed run drops the events after its checkpoint; one restarted from scratch, all
+        purge = history[-1]["epoch"] + 1 if history else (0 if tb_dir.exists() else None)
+        self._tb = (_TensorBoard(tb_dir, metric, hparams, summary["group"], purge)
                     if tensorboard else None)
 
     @staticmethod
@@ -71,12 +79,25 @@ class Recorder:
     def epoch(self, row: dict) -> None:
         """One epoch's metrics: a csv line (columns from the first row) and tb scalars."""
         if self._csv is None:
-            self._csv = csv.DictWriter(self._csv_file, fieldnames=list(row), extrasaction="ignore")
+            self._csv = csv.DictWriter(self._line, fieldnames=list(row), extrasaction="ignore")
             self._csv.writeheader()
         self._csv.writerow(row)
-        self._csv_file.flush()
+        self._append(self._line.getvalue())
+        self._line.seek(0)
+        self._line.truncate()
         if self._tb is not None:
             self._tb.epoch(row)
+
+    def _append(self, text: str) -> None:
+        """Whole lines onto metrics.csv, or nothing: a failed write is cut back off."""
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        data = memoryview(text.encode())
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as e:
+            os.ftruncate(self._fd, start)
+            raise OSError(e.errno, e.strerror, str(self.dir / "metrics.csv")) from e
 
     def histograms(self, named: list, epoch: int) -> None:
         """TensorBoard histograms of weight tensors: [(name, tensor)] -> weights/hist/<name>."""
@@ -85,12 +106,24 @@ class Recorder:
                 self._tb.w.add_histogram(f"weights/hist/{name}", w.detach().float().cpu(), epoch)
 
     def finish(self, status: str, **fields: Any) -> dict:
-        """Rewrite summary.json with the final status and results; close the files."""
+        """Rewrite summary.json with the final status and results; close the files.
+
+        If TensorBoard cannot write its last events, a run that would have completed is
+        recorded as failed with that error; a run that is failing keeps its own error."""
         self.summary.update(_finite(fields), status=status, wall_time_s=round(self.elapsed(), 3))
+        if self._open:
+            self._open = False
+            os.close(self._fd)
+            try:
+                if self._tb is not None:
+                    self._tb.close(self.summary)
+            except OSError as e:
+                if status == "completed":
+                    self.summary.update(status="failed", error=f"cannot write {e.filename or self.dir / 'tb'}: "
+                                                               f"{e.strerror or e}")
+                    write_json(self.dir / "summary.json", self.summary)
+                    raise
         write_json(self.dir / "summary.json", self.summary)
-        self._csv_file.close()
-        if self._tb is not None:
-            self._tb.close(self.summary)
         return self.summary
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from regablate.errors import ConfigError, UsageError
@@ -22,8 +23,10 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
 def place_job(cfg: dict, hc) -> None:
     """Share the machine among parallel jobs: torch threads per job, and job k on GPU k mod n.
 
-    threads=0 (auto): cores // n_jobs under the joblib launcher, cpus_per_task under submitit,
-    torch's default otherwise. An explicit trainer.device other than auto/cuda is kept.
+    threads=0 (auto): cores // n_jobs under the joblib launcher, cpus_per_task under submitit
+    when set, else cores // (jobs in the batch) under submitit_local, which starts a whole
+    batch at once; torch's default otherwise. An explicit trainer.device other than
+    auto/cuda is kept.
     """
     import os
 
@@ -32,13 +35,16 @@ def place_job(cfg: dict, hc) -> None:
     trainer = cfg.setdefault("trainer", {})
     threads = trainer.get("threads", 0)
     launcher = hc.launcher if "launcher" in hc else {}
+    cores = os.cpu_count() or 1
     if not threads:
         if launcher.get("n_jobs"):
             n_jobs = launcher["n_jobs"]
-            n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs
-            threads = max(1, (os.cpu_count() or 1) // n_jobs)
+            n_jobs = cores if n_jobs < 0 else n_jobs
+            threads = max(1, cores // n_jobs)
         elif launcher.get("cpus_per_task"):
             threads = launcher["cpus_per_task"]
+        elif str(launcher.get("_target_", "")).endswith("submitit_launcher.LocalLauncher"):
+            threads = max(1, cores // batch_size(Path(hc.sweep.dir)))
     if threads:
         torch.set_num_threads(threads)
     n_gpus = torch.cuda.device_count()
@@ -46,14 +52,23 @@ def place_job(cfg: dict, hc) -> None:
         trainer["device"] = f"cuda:{hc.job.num % n_gpus}"
 
 
-def _not_recorded(run_dir: Path) -> bool:
-    """True if the run's failure is not in its summary.json yet (it failed before training)."""
-    import json
+def batch_size(sweep_dir: Path) -> int:
+    """How many jobs one batch of the sweep in `sweep_dir` holds, from its multirun.yaml (the
+    sweep's own overrides, expanded as Hydra's basic sweeper expands them)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status") == "running"
-    except (OSError, ValueError):
-        return True
+    sweep = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+    params = sweep.sweeper.get("params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(sweep.overrides.task)
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args),
+                                           sweep.sweeper.get("max_batch_size"))
+    return max(1, *map(len, batches))
+
+
+def _not_recorded(run_dir: Path) -> bool:
+    """True if the job left no summary.json (it failed before training started)."""
+    return not (run_dir / "summary.json").exists()
 
 
 def _failed_summary(run_dir: Path, cfg: dict, error: str) -> None:
@@ -75,11 +90,35 @@ def _failed_summary(run_dir: Path, cfg: dict, error: str) -> None:
     })
 
 
+def hydra_subdir(output_dir: str) -> str | None:
+    """`hydra.output_subdir` of a job: `.hydra`, or None (Hydra then writes no `.hydra/` files)
+    when the job's dir already holds a run. `.hydra/` is written by the launch that makes a run
+    and never again: not by a refused job, a skipped finished run, nor a resume (which must
+    have the same configuration, see `train`)."""
+    return None if (Path(output_dir) / "summary.json").exists() else ".hydra"
+
+
+OmegaConf.register_new_resolver("regablate_hydra_subdir", hydra_subdir, replace=True)
+
+LAUNCH_DIRS: dict[str, str] = {}  # "run" / "sweep" -> this process's output dir, for the resume hint
+
+
+class RememberDir(Callback):
+    """Keeps the run or sweep dir as Hydra resolves it, for the hint printed after Ctrl-C."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        LAUNCH_DIRS["run"] = str(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        LAUNCH_DIRS["sweep"] = str(config.hydra.sweep.dir)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from regablate.claim import RunRefused, claim
     from regablate.train import train
 
     hc = HydraConfig.get()
@@ -87,16 +126,19 @@ def hydra_main(cfg: DictConfig) -> float | None:
     sweep = hc.mode == RunMode.MULTIRUN
     container: dict = {}
     try:
-        if (run_dir / "summary.json").exists() and cfg.trainer.resume != "auto":
-            raise UsageError(f"{run_dir} already holds a run (summary.json); choose another "
-                             "hydra.run.dir or hydra.sweep.dir, or continue it with trainer.resume=auto")
-        container = OmegaConf.to_container(cfg, resolve=True)
-        place_job(container, hc)
-        summary = train(container, run_dir)
+        with claim(run_dir, cfg.trainer.resume):
+            container = OmegaConf.to_container(cfg, resolve=True)
+            place_job(container, hc)
+            summary = train(container, run_dir)
+    except RunRefused as e:  # nothing was written: the sweeper counts it, a single run says it
+        if sweep:
+            raise
+        refuse(str(e))
     except (ConfigError, UsageError) as e:
         message = f"invalid config: {e}" if isinstance(e, ConfigError) else str(e)
         if sweep:  # recorded as failed; Hydra runs the other jobs and raises at the end
-            _failed_summary(run_dir, container, message)
+            if _not_recorded(run_dir):
+                _failed_summary(run_dir, container, message)
             raise
         _remove_if_only_hydra(run_dir)
         refuse(message)

@@ -156,24 +156,63 @@ def train(cfg: Mapping, run_dir: Path | str) -> dict:
     cfg = dict(cfg)
     s = load_settings(cfg)
     run_dir = Path(run_dir)
-    last = run_dir / "checkpoints" / "last.pt"
     state = None
+    talk = s.trainer.progress != "none"
     if s.trainer.resume == "auto":
+        _check_same_configuration(cfg, run_dir)
         done = _completed(run_dir)
         if done is not None:
+            if talk:
+                print(f"already completed: {run_dir}", flush=True)
             return done
-        state = checkpoint.load(last) if last.exists() else None
+        state = _last_checkpoint(run_dir)
+        if state is not None and talk:
+            print(f"resumed from epoch {state['epoch']}: {run_dir}", flush=True)
     x = build_experiment(s)
     rec = open_run(cfg, x, run_dir, resume=state)
     try:
         check_eval_determinism(x.model, x.data)
         return _fit(x, rec, state)
-    except KeyboardInterrupt:
-        rec.finish("interrupted", error="interrupted by the user")
+    except KeyboardInterrupt as e:
+        rec.finish("interrupted", error=f"interrupted by {getattr(e, 'signal_name', 'the user (Ctrl-C)')}")
         raise
     except Exception as e:
         rec.finish("failed", error=f"{type(e).__name__}: {e}")
         raise
+
+
+def _check_same_configuration(cfg: dict, run_dir: Path) -> None:
+    """A run continues (or is skipped as done) only under the configuration that made it."""
+    import json
+
+    from regablate.claim import RunRefused
+
+    try:
+        made = json.loads((run_dir / "summary.json").read_text()).get("group")
+    except (OSError, ValueError):
+        return
+    if made is not None and made != group_id(cfg):
+        raise RunRefused(run_dir, f"holds a run of another configuration (group {made}, this one is "
+                                  f"{group_id(cfg)})", "resume it with the settings of its "
+                                  ".hydra/overrides.yaml, or choose another hydra.run.dir / hydra.sweep.dir")
+
+
+def _last_checkpoint(run_dir: Path) -> dict | None:
+    """`checkpoints/last.pt` to resume from, None if there is none; a damaged one is refused
+    with one line (nothing in the run dir is touched)."""
+    from regablate.claim import RunRefused
+
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.exists():
+        return None
+    try:
+        state = checkpoint.load(last)
+        state["epoch"], state["model"]  # noqa: B018  a complete checkpoint has both
+    except Exception as e:
+        raise RunRefused(run_dir, f"cannot be resumed: {last} is damaged ({type(e).__name__}: {e})",
+                         "move it away to train the run again from epoch 1, or choose another "
+                         "hydra.run.dir / hydra.sweep.dir") from None
+    return state
 
 
 def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:

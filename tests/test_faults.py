@@ -59,7 +59,8 @@ def test_resumed_sweep_skips_finished_jobs_and_continues_the_rest(tmp_path):
     (cut / "summary.json").unlink()
     train(cfg, cut)
     summary = json.loads((cut / "summary.json").read_text())
-    (cut / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    # as the 4-epoch job wrote it
+    (cut / "summary.json").write_text(json.dumps({**summary, "status": "running", "group": reference["group"]}))
     r = run_cli("run", *args, "trainer.resume=auto", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (done / "summary.json").read_bytes() == before  # skipped, untouched

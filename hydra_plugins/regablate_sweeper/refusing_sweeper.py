@@ -1,0 +1,65 @@
+"""Hydra's basic sweeper, ending a sweep that had refused jobs with one line that counts them.
+
+A job is refused when its run dir already holds a run or another process is writing it
+(`regablate.claim`); a refused job touches nothing. Hydra's basic sweeper would re-raise the
+first failed job's error and say nothing of the others: this one counts the refusals in every
+batch (from the JobReturns, so it works under any launcher: basic, joblib, submitit,
+vectorized) and raises one UsageError after the batch, which `regablate run` prints as one
+line with exit code 2.
+
+Hydra executes this module without an entry in sys.modules: no `from __future__ import
+annotations` here (dataclasses would fail).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, JobStatus
+
+
+@dataclass
+class RefusingSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.regablate_sweeper.refusing_sweeper.RefusingSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="regablate", node=RefusingSweeperConf,
+                             provider="regablate")
+
+
+def refusals(results: Sequence[JobReturn]) -> list:
+    """The RunRefused errors among a batch's results."""
+    from regablate.claim import RunRefused
+
+    return [r._return_value for r in results
+            if r.status == JobStatus.FAILED and isinstance(r._return_value, RunRefused)]
+
+
+def refused_message(refused: list, n_jobs: int) -> str:
+    """'2 of 4 jobs refused: ...' with each reason, the dirs, and the ways on."""
+    by_why: dict[str, list[str]] = {}
+    for e in refused:
+        by_why.setdefault(e.why, []).append(str(e.run_dir))
+    reasons = "; ".join(f"{why}: {', '.join(dirs[:3])}{f' and {len(dirs) - 3} more' if len(dirs) > 3 else ''}"
+                        for why, dirs in by_why.items())
+    ways = ("wait for them, or choose another hydra.sweep.dir" if all(e.busy for e in refused) else
+            "continue them with trainer.resume=auto, or choose another hydra.sweep.dir")
+    return f"{len(refused)} of {n_jobs} jobs refused, their run dirs untouched ({reasons}); {ways}"
+
+
+class RefusingSweeper(BasicSweeper):
+    def sweep(self, arguments: list[str]) -> object:
+        from regablate.errors import UsageError
+
+        launch = self.launcher.launch
+
+        def launch_and_count(job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+            results = launch(job_overrides, initial_job_idx)
+            refused = refusals(results)
+            if refused:
+                raise UsageError(refused_message(refused, len(results)))
+            return results
+
+        self.launcher.launch = launch_and_count
+        return super().sweep(arguments)

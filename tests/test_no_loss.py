@@ -1,0 +1,278 @@
+"""Everyday actions and injected faults never lose, damage or misreport a finished run."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ENV, compose_cfg, run_cli
+from regablate import checkpoint, recorder
+from regablate.train import train
+
+TINY = ("dataset=tiny_binary", "trainer.max_epochs=2", "trainer.progress=none")
+# a model whose checkpoints are big (hundreds of kB) next to summary.json and metrics.csv
+BIG = ("dataset.n=300", "dataset.n_test=100", "model.hidden=[256,256]", "trainer.max_epochs=5",
+       "trainer.early_stopping.patience=0", "trainer.progress=plain", "trainer.tensorboard=false")
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    """Every file under `root` (Hydra's job logs and multirun.yaml aside) -> its sha1."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()
+            and not p.name.endswith(".log") and p.name != "multirun.yaml" and ".submitit" not in p.parts}
+
+
+def comparable(run_dir: Path) -> tuple[dict, list[dict]]:
+    """A run's summary and metric rows without the fields that time it."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("wall_time_s", "threads"):
+        summary.pop(key)
+    rows = [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in csv.DictReader(open(run_dir / "metrics.csv"))]
+    return summary, rows
+
+
+def popen(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "regablate", *args], cwd=cwd, env=ENV, text=True, **kw)
+
+
+# -- item 1: a second sweep into a finished sweep dir --------------------------------------------
+
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
+                                      ("hydra/launcher=submitit_local",)], ids=["basic", "joblib", "submitit"])
+def test_a_second_sweep_into_a_finished_dir_touches_nothing_and_says_so(tmp_path, launcher):
+    first = run_cli("run", "-m", *launcher, "+reg=none,dropout", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = fingerprint(tmp_path / "sweep")
+    assert len([k for k in before if k.endswith("summary.json")]) == 2
+    # other settings this time: nothing of them may reach the finished runs, .hydra/ included
+    second = run_cli("run", "-m", *launcher, "+reg=l2,l1", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    line = second.stderr.strip().splitlines()[-1]
+    assert line.startswith("regablate: error: 2 of 2 jobs refused, their run dirs untouched")
+    assert "already holds a run" in line and "trainer.resume=auto" in line and "hydra.sweep.dir" in line
+    assert fingerprint(tmp_path / "sweep") == before
+    report = run_cli("report", "sweep", cwd=tmp_path)
+    assert report.returncode == 0 and "2 completed" in report.stdout and " 0 failed" in report.stdout
+
+
+def test_a_refused_single_run_touches_nothing(tmp_path):
+    assert run_cli("run", *TINY, "hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    before = fingerprint(tmp_path / "run")
+    r = run_cli("run", *TINY, "+reg=dropout", "hydra.run.dir=run", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "run already holds a run (summary.json); continue it with trainer.resume=auto" in r.stderr
+    assert fingerprint(tmp_path / "run") == before
+
+
+# -- item 2: output that goes away ----------------------------------------------------------------
+
+def test_a_closed_pipe_changes_nothing_about_the_run(tmp_path):
+    args = ("+reg=dropout", *BIG, "trainer.tensorboard=true")
+    proc = popen("run", *args, "hydra.run.dir=cut", cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err
+    full = run_cli("run", *args, "hydra.run.dir=full", cwd=tmp_path)
+    assert full.returncode == 0 and sum(ln.startswith("epoch ") for ln in full.stdout.splitlines()) == 5
+    assert comparable(tmp_path / "cut") == comparable(tmp_path / "full")
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "completed"
+
+
+# -- item 5: submitit_local gives each job its share of the cores --------------------------------
+
+def test_submitit_local_jobs_share_the_cores(tmp_path):
+    r = run_cli("run", "-m", "hydra/launcher=submitit_local", "+reg=none,dropout,l2", *TINY,
+                "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/summary.json")]
+    assert len(summaries) == 3 and {s["threads"] for s in summaries} == {max(1, os.cpu_count() // 3)}
+
+
+# -- item 6: the SLURM launcher without SLURM ------------------------------------------------------
+
+def test_cluster_launcher_without_slurm_is_one_line(tmp_path):
+    r = run_cli("run", "-m", "hydra/launcher=cluster", "+reg=none", *TINY, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "needs srun" in r.stderr and "hydra/launcher=submitit_local" in r.stderr
+
+
+# -- item 7 and SIGTERM: interrupt, the printed command, resume ----------------------------------
+
+def _stop_at_epoch(proc: subprocess.Popen, epoch: int, sig: int) -> str:
+    for line in proc.stdout:
+        if line.startswith(f"epoch {epoch:>4}/"):
+            os.kill(proc.pid, sig)
+            break
+    _, err = proc.communicate(timeout=120)
+    return err
+
+
+def _as_launched(command: str) -> list[str]:
+    """The printed `regablate run …` as this interpreter runs it."""
+    argv = shlex.split(command)
+    assert argv[:2] == ["regablate", "run"]
+    return [sys.executable, "-m", "regablate", *argv[1:]]
+
+
+def test_sigterm_is_an_interrupt_with_a_resume_command_that_reaches_the_same_numbers(tmp_path):
+    full = train(compose_cfg(*BIG, "trainer.progress=none"), tmp_path / "full")
+    proc = popen("run", *BIG, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = _stop_at_epoch(proc, 2, signal.SIGTERM)
+    assert proc.returncode == 143 and "Traceback" not in err
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    stopped = json.loads((run_dir / "summary.json").read_text())
+    assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"]
+    assert (run_dir / "checkpoints" / "last.pt").exists()
+    command = err.split("continue with: ", 1)[1].strip()
+    assert f"hydra.run.dir={run_dir.relative_to(tmp_path)}" in command and command.endswith("trainer.resume=auto")
+    again = subprocess.run(_as_launched(command), cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from epoch " in again.stdout
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    for key in ("status", "best_epoch", "epochs_run", "train", "val", "test", "gap"):
+        assert resumed[key] == full[key], key
+    before = fingerprint(run_dir)
+    skipped = subprocess.run(_as_launched(command), cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert skipped.returncode == 0 and f"already completed: {run_dir}" in skipped.stdout
+    assert fingerprint(run_dir) == before
+
+
+def test_ctrl_c_in_a_sweep_prints_the_command_that_continues_the_sweep(tmp_path):
+    proc = popen("run", "-m", "+reg=none,dropout", *BIG, cwd=tmp_path, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
+    err = _stop_at_epoch(proc, 2, signal.SIGINT)
+    assert proc.returncode == 130 and "Traceback" not in err
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    command = err.split("continue with: ", 1)[1].strip()
+    assert f"hydra.sweep.dir={sweep.relative_to(tmp_path)}" in command and " -m " in command
+    again = subprocess.run(_as_launched(command), cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    statuses = [json.loads((sweep / j / "summary.json").read_text())["status"] for j in ("0", "1")]
+    assert statuses == ["completed", "completed"]
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+def _limit_file_size(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_no_half_written_file(tmp_path):
+    cmd = [sys.executable, "-m", "regablate", "run", *BIG, "hydra.run.dir=full_disk"]
+    # 64 kB per file: summary.json and metrics.csv fit, the first checkpoint does not
+    r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                       preexec_fn=_limit_file_size(64_000))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("regablate: error: cannot write ")
+    assert "checkpoints/" in r.stderr and "File too large" in r.stderr
+    run_dir = tmp_path / "full_disk"
+    summary = json.loads((run_dir / "summary.json").read_text())  # a complete file
+    assert summary["status"] == "failed" and "File too large" in summary["error"]
+    text = (run_dir / "metrics.csv").read_text()
+    assert text.endswith("\n") and len({len(row) for row in csv.reader(text.splitlines())}) == 1
+    assert not list(run_dir.rglob("*.tmp"))
+    r = run_cli("run", *BIG, "hydra.run.dir=full_disk", "trainer.resume=auto", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_write_that_fails_mid_run_is_recorded_and_the_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    cfg = compose_cfg(*BIG, "trainer.progress=none")
+    full = train(cfg, tmp_path / "full")
+    save, calls = checkpoint.save, []
+
+    def fails_at_epoch_3(path, obj):
+        calls.append(path.name)
+        if path.name == "last.pt" and calls.count("last.pt") == 3:
+            raise OSError(27, "File too large", str(path))
+        save(path, obj)
+
+    monkeypatch.setattr(checkpoint, "save", fails_at_epoch_3)
+    with pytest.raises(OSError, match="File too large"):
+        train(cfg, tmp_path / "cut")
+    monkeypatch.setattr(checkpoint, "save", save)
+    cut = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert cut["status"] == "failed" and "last.pt" in cut["error"]
+    resumed = train({**cfg, "trainer": {**cfg["trainer"], "resume": "auto"}}, tmp_path / "cut")
+    for key in ("status", "best_epoch", "epochs_run", "train", "val", "test", "gap"):
+        assert resumed[key] == full[key], key
+    assert comparable(tmp_path / "cut")[1] == comparable(tmp_path / "full")[1]
+
+
+def test_a_failed_metrics_line_is_cut_back_off(tmp_path, monkeypatch):
+    rec = recorder.Recorder(tmp_path, {"group": "g"}, "acc", None, tensorboard=False)
+    rec.epoch({"epoch": 1, "val_acc": 0.5})
+    good = (tmp_path / "metrics.csv").read_bytes()
+    write = os.write
+
+    def half_then_full(fd, data):
+        if fd == rec._fd:  # half the line reaches the disk, then the disk is full
+            write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(28, "No space left on device")
+        return write(fd, data)
+
+    monkeypatch.setattr(recorder.os, "write", half_then_full)
+    with pytest.raises(OSError) as e:
+        rec.epoch({"epoch": 2, "val_acc": 0.75})
+    monkeypatch.setattr(recorder.os, "write", write)
+    assert e.value.filename == str(tmp_path / "metrics.csv")
+    assert (tmp_path / "metrics.csv").read_bytes() == good
+    rec.epoch({"epoch": 2, "val_acc": 0.75})
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[-1] == "2,0.75"
+
+
+def test_a_damaged_checkpoint_is_refused_with_one_line_and_touches_nothing(tmp_path):
+    cfg = compose_cfg(*BIG, "trainer.progress=none")
+    train(cfg, tmp_path / "run")
+    summary = tmp_path / "run" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "interrupted"}))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # copied half-way, say
+    before = fingerprint(tmp_path / "run")
+    r = run_cli("run", *BIG, "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert f"cannot be resumed: {last} is damaged" in r.stderr and "move it away" in r.stderr
+    assert fingerprint(tmp_path / "run") == before
+
+
+def test_two_processes_never_write_one_run_dir(tmp_path):
+    endless = ("dataset=tiny_binary", "trainer.max_epochs=100000", "trainer.early_stopping.patience=0",
+               "trainer.progress=plain", "trainer.tensorboard=true", "hydra.run.dir=shared")
+    first = popen("run", *endless, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert first.stdout.readline().startswith("epoch    1/")
+    for resume in ("never", "auto"):
+        second = run_cli("run", *endless, f"trainer.resume={resume}", cwd=tmp_path)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert "shared is being written by another process; wait for it" in second.stderr
+    first.terminate()
+    first.communicate(timeout=120)
+    assert first.returncode == 143
+    epochs = [int(r["epoch"]) for r in csv.DictReader(open(tmp_path / "shared" / "metrics.csv"))]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > 1
+    assert json.loads((tmp_path / "shared" / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_claim_refuses_a_locked_dir_in_process(tmp_path):
+    from regablate.claim import RunRefused, claim
+
+    with claim(tmp_path / "run"):
+        with pytest.raises(RunRefused, match="being written by another process"):
+            with claim(tmp_path / "run"):
+                pass
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    with pytest.raises(RunRefused, match="already holds a run"):
+        with claim(tmp_path / "run"):
+            pass
+    with claim(tmp_path / "run", resume="auto"):
+        pass
