@@ -3,11 +3,15 @@ stacked groups in chunks, and the jobs that cannot stack run the ordinary way in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import FAST, run_cli
+from conftest import ENV, FAST, run_cli
+from regablate.paths import CONF_DIR
 from regablate.report.cli import main as report_main
 
 # dataset.k=60 > d=50 is refused when the data is built: those jobs are recorded as failed
@@ -59,3 +63,128 @@ def test_mixed_sweep_writes_the_ordinary_launchers_run_dirs(tmp_path, capsys):
         lines = capsys.readouterr().out.splitlines()
         tables.append((lines[0], sorted(line.split(",")[0] for line in lines[1:])))
     assert tables[0] == tables[1]
+
+
+# A Hydra app of the user's own on regablate's configs. `python app.py foreign|regablate ARGS`
+# runs its own task function or regablate's; a Hydra callback can lock job 1's run dir when job 0
+# starts (as another process writing it would), and the resolver `${count:}` counts its calls.
+APP = '''
+import fcntl, os, sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+held = []
+
+
+def count():
+    with open("resolver_calls", "a") as f:
+        f.write("call\\n")
+    return "cpu"
+
+
+OmegaConf.register_new_resolver("count", count)
+
+
+class LockJobOne(Callback):
+    def on_job_start(self, config, **kwargs):
+        if config.hydra.job.num == 0:
+            run_dir = Path(config.hydra.sweep.dir) / "1"
+            run_dir.mkdir(parents=True)
+            held.append(os.open(run_dir, os.O_RDONLY))
+            fcntl.flock(held[-1], fcntl.LOCK_EX)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def foreign(cfg):
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (Path(HydraConfig.get().runtime.output_dir) / "foreign.txt").write_text(resolved["trainer"]["device"])
+
+
+if __name__ == "__main__":
+    from regablate.run import hydra_main
+
+    {"foreign": foreign, "regablate": hydra_main}[sys.argv.pop(1)]()
+'''
+TINY = ("dataset=tiny_binary", "trainer.max_epochs=2", "trainer.progress=none", "trainer.tensorboard=false")
+
+
+def run_app(tmp_path: Path, task: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    app = tmp_path / "app.py"
+    if not app.exists():
+        app.write_text(f"CONF_DIR = {str(CONF_DIR)!r}\n" + APP)
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, str(app), task, "-m", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def resolver_calls(cwd: Path) -> int:
+    return len((cwd / "resolver_calls").read_text().splitlines())
+
+
+def test_a_foreign_task_function_runs_for_every_job_as_under_the_basic_launcher(tmp_path):
+    args = (*TINY, "+reg=none,dropout", "trainer.device=${count:}", "hydra.sweep.dir=sweep")
+    basic = run_app(tmp_path, "foreign", *args, cwd=tmp_path / "basic")
+    vec = run_app(tmp_path, "foreign", "hydra/launcher=vectorized", *args, cwd=tmp_path / "vec")
+    assert basic.returncode == vec.returncode == 0, vec.stderr
+    sweep = tmp_path / "vec" / "sweep"
+    assert sorted(p.name for p in sweep.glob("*/foreign.txt")) == ["foreign.txt"] * 2
+    assert (sweep / "0" / "foreign.txt").read_text() == "cpu"
+    assert not list(sweep.rglob("summary.json"))
+    assert resolver_calls(tmp_path / "vec") == resolver_calls(tmp_path / "basic") == 2
+
+
+def test_regablates_jobs_resolve_their_config_once_stacked_or_not(tmp_path):
+    args = (*TINY, "+reg=none,mixup", "trainer.device=${count:}", "hydra.sweep.dir=sweep")
+    basic = run_app(tmp_path, "regablate", *args, cwd=tmp_path / "basic")
+    vec = run_app(tmp_path, "regablate", "hydra/launcher=vectorized", *args, cwd=tmp_path / "vec")
+    assert basic.returncode == vec.returncode == 0, vec.stderr
+    out = vec.stdout + vec.stderr
+    assert "Stacked group 1: K=1" in out and "[ordinary: reg mixup has no stacked form]" in out
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / "vec" / "sweep" / job / "summary.json").read_text())["status"] == "completed"
+    assert resolver_calls(tmp_path / "vec") == resolver_calls(tmp_path / "basic") == 2
+
+
+def digest(root: Path) -> dict[str, str]:
+    """Every file under a sweep dir by its hash, except the multirun.yaml each launch writes."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "multirun.yaml"}
+
+
+def test_a_second_sweep_into_the_same_dir_changes_nothing_and_resume_continues_it(tmp_path):
+    args = ("-m", "hydra/launcher=vectorized", *TINY, "+reg=none,dropout", "seed=0,1", "hydra.sweep.dir=sweep")
+    assert run_cli("run", *args, cwd=tmp_path).returncode == 0
+    sweep = tmp_path / "sweep"
+    before = digest(sweep)
+    assert len([name for name in before if name.endswith("summary.json")]) == 4
+    again = run_cli("run", *args, cwd=tmp_path)
+    assert again.returncode != 0
+    assert "already holds a run (summary.json)" in again.stderr
+    assert digest(sweep) == before  # not even a job log
+    # job 2 "died" while running: trainer.resume=auto trains it again, the finished jobs are skipped
+    cut = json.loads((sweep / "2" / "summary.json").read_text())
+    (sweep / "2" / "summary.json").write_text(json.dumps({**cut, "status": "running"}))
+    resumed = run_cli("run", *args, "trainer.resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    def others(files: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in files.items() if not k.startswith("2/") and not k.endswith(".log")}
+
+    assert others(digest(sweep)) == others(before)
+    assert json.loads((sweep / "2" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_member_whose_run_dir_is_taken_is_refused_untouched_and_the_others_train(tmp_path):
+    # job 1's dir is locked when job 0 starts, after the launcher planned the chunks
+    r = run_app(tmp_path, "regablate", "hydra/launcher=vectorized", "hydra.launcher.max_members=1", *TINY,
+                "+reg=none,dropout", "hydra.sweep.dir=sweep", "+hydra.callbacks.lock._target_=__main__.LockJobOne",
+                cwd=tmp_path)
+    assert r.returncode != 0
+    assert "is being written by another process" in r.stderr
+    sweep = tmp_path / "sweep"
+    assert "Stacked group 1: K=2 members in 2 chunk(s)" in r.stdout + r.stderr
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "completed"
+    assert list((sweep / "1").iterdir()) == []

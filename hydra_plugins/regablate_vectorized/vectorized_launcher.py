@@ -2,12 +2,20 @@
 
     regablate run -m hydra/launcher=vectorized +reg=none,dropout,batchnorm seed=0,1,2,3,4
 
+Only jobs of regablate's own task function (`regablate.run.hydra_main`) stack: a sweep of any
+other Hydra app (one that reuses regablate's configs, say) runs through its own task function,
+job by job, exactly as under Hydra's basic launcher.
+
 Every job's config is composed as BasicLauncher composes it (same sweep dir, same subdir
-numbering, the same `.hydra/` files and job log). Jobs that can share a stacked model are
-grouped (`regablate.vectorized.grouping`), split into chunks of at most `max_members`, and each
-chunk trains as one job of K members that writes every member's own run dir. Any other job
-(another model, a regulariser without a stacked form, an invalid config, a run dir that already
-holds a run) runs the ordinary way, through `hydra.core.utils.run_job`, with a one-line note.
+numbering, the same `.hydra/` files and job log) and resolved once. A job whose run dir
+`regablate.claim` refuses (it holds a run, or another process writes it) is refused here: nothing
+is written, and its JobReturn is FAILED with the RunRefused. Jobs that can share a stacked model
+are grouped (`regablate.vectorized.grouping`), split into chunks of at most `max_members`, and
+each chunk claims its members' run dirs and trains as one job of K members that writes every
+member's own run dir. Any other job (another model, a regulariser without a stacked form, an
+invalid config, a run that trainer.resume=auto skips or continues) runs the ordinary way, through
+`hydra.core.utils.run_job` and the task function, with a one-line note; the task gets the config
+already resolved.
 
 This module is imported by Hydra's plugin discovery on every `regablate` command, so it
 imports torch and the trainer only when a sweep is launched. Hydra executes it without an
@@ -15,9 +23,11 @@ entry in sys.modules, so no `from __future__ import annotations` here: dataclass
 """
 
 import copy
+import functools
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -59,6 +69,28 @@ class _Job:
     overrides: list[str]
     config: DictConfig  # the job's full config, hydra.runtime.output_dir set
     run_dir: Path
+    resolved: Optional[DictConfig] = None  # noqa: UP045  the task's config, resolved once
+
+
+def _resolved_config(container: dict) -> Optional[DictConfig]:  # noqa: UP045
+    """The resolved task config as a DictConfig that resolves nothing again; None if a value
+    still reads as an interpolation (a literal "${" from an escaped `\\${`)."""
+    return None if "${" in repr(container) else OmegaConf.create(container, flags={"struct": True})
+
+
+def _refusal(run_dir: Path, cfg: dict) -> Any:
+    """The RunRefused that `claim` raises for this existing run dir now, else None (it
+    touches nothing: an existing dir is only locked and looked at)."""
+    from regablate.claim import RunRefused, claim
+
+    if not run_dir.is_dir():
+        return None
+    trainer = cfg.get("trainer")
+    try:
+        with claim(run_dir, trainer.get("resume", "never") if isinstance(trainer, dict) else "never"):
+            return None
+    except RunRefused as e:
+        return e
 
 
 class VectorizedLauncher(Launcher):
@@ -95,24 +127,40 @@ class VectorizedLauncher(Launcher):
         loader.load_sweep_config = load_sweep_config
 
     # -- the sweep ---------------------------------------------------------------------------
+    def _runs_regablate(self) -> bool:
+        """Whether the task function is regablate's own (hydra.main hands it over undecorated)."""
+        from regablate.run import hydra_main
+
+        return self.task_function is getattr(hydra_main, "__wrapped__", None)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+        from regablate.claim import RunRefused
         from regablate.vectorized import grouping
 
+        if not self._runs_regablate():
+            log.info("The task function is not regablate's: every job runs through it, as under "
+                     "the basic launcher")
+            basic = BasicLauncher()
+            basic.setup(hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
+            return basic.launch(job_overrides, initial_job_idx)
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, stacked where they can share a model")
         jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        members, ordinary = [], []
+        members, ordinary, results = [], [], {}
         for job in jobs:
             kind = self._classify(job)
             if isinstance(kind, str):
                 ordinary.append((job, kind))
+            elif isinstance(kind, RunRefused):
+                results[job.idx] = self._refuse(job, kind)
             else:
                 members.append(kind)
         by_job = {job.idx: job for job in jobs}
-        results: dict[int, JobReturn] = {}
         for number, grp in enumerate(grouping.group(members), 1):
             results.update(self._launch_group(number, grp, by_job))
         for job, reason in ordinary:
@@ -145,23 +193,29 @@ class VectorizedLauncher(Launcher):
             HydraConfig.instance().cfg = previous
 
     def _classify(self, job: _Job) -> Any:
-        """A grouping.Member, or the reason the job runs the ordinary way."""
+        """A grouping.Member, the RunRefused that refuses the job, or the reason the job runs
+        the ordinary way. Resolves the job's config (once: an ordinary job's task gets it)."""
         from regablate.errors import ConfigError
         from regablate.settings import load_settings
         from regablate.vectorized.grouping import make_member, not_stackable
 
+        try:
+            cfg = self._task_container(job)
+        except Exception as e:  # an interpolation that does not resolve, say
+            return f"config does not resolve ({type(e).__name__})"
+        job.resolved = _resolved_config(cfg)
+        refused = _refusal(job.run_dir, cfg)
+        if refused is not None:
+            return refused
+        if (job.run_dir / "summary.json").exists():
+            return "trainer.resume=auto skips or continues its run"
         hydra_job = job.config.hydra.job
         if hydra_job.chdir or hydra_job.env_set:
             return "hydra.job.chdir / env_set are per job"
         try:
-            cfg = self._task_container(job)
             s = load_settings(cfg)
         except ConfigError:
             return "invalid config (recorded in its run dir)"
-        except Exception as e:  # an interpolation that does not resolve, say
-            return f"config does not resolve ({type(e).__name__})"
-        if (job.run_dir / "summary.json").exists():
-            return "its run dir already holds a run"
         reason = not_stackable(s)
         if reason:
             return reason
@@ -189,6 +243,25 @@ class VectorizedLauncher(Launcher):
         return results
 
     def _launch_chunk(self, members: list[Any], jobs: list[_Job], c: int, n: int) -> dict[int, JobReturn]:
+        """Claim every member's run dir, train those claimed while holding them; a member
+        refused here (another process took its dir since) is left untouched."""
+        from regablate.claim import RunRefused, claim
+
+        results, kept_members, kept_jobs = {}, [], []
+        with ExitStack() as held:
+            for m, job in zip(members, jobs):
+                try:
+                    held.enter_context(claim(m.run_dir, m.s.trainer.resume))
+                except RunRefused as e:
+                    results[job.idx] = self._refuse(job, e)
+                else:
+                    kept_members.append(m)
+                    kept_jobs.append(job)
+            if kept_members:
+                results.update(self._train_chunk(kept_members, kept_jobs, c, n))
+        return results
+
+    def _train_chunk(self, members: list[Any], jobs: list[_Job], c: int, n: int) -> dict[int, JobReturn]:
         from regablate.run import describe
         from regablate.vectorized.trainer import VectorizedTrainer
 
@@ -248,10 +321,22 @@ class VectorizedLauncher(Launcher):
         finally:
             HydraConfig.instance().cfg = previous
 
-    # -- the ordinary way --------------------------------------------------------------------
+    # -- refused, and the ordinary way ------------------------------------------------------
+    def _refuse(self, job: _Job, refused: Exception) -> JobReturn:
+        """A refused job's return: FAILED with the RunRefused; it ran nothing and wrote nothing."""
+        log.info(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}  [refused: {refused.why}]")
+        ret = JobReturn(overrides=OmegaConf.to_container(job.config.hydra.overrides.task),
+                        working_dir=os.getcwd(), status=JobStatus.FAILED)
+        ret.return_value = refused
+        return ret
+
     def _run_ordinary(self, job: _Job) -> JobReturn:
+        """run_job as BasicLauncher calls it; the task reads the config resolved in _classify."""
         assert self.config is not None and self.hydra_context is not None
-        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+        task, resolved = self.task_function, job.resolved
+        if resolved is not None:
+            task = functools.wraps(task)(lambda _unresolved: self.task_function(resolved))
+        ret = run_job(hydra_context=self.hydra_context, task_function=task,
                       config=job.config, job_dir_key="hydra.sweep.dir",
                       job_subdir_key="hydra.sweep.subdir")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -392,8 +393,9 @@ class VectorizedTrainer:
                 opt.state[p] = {name: t[p].clone() for name, t in shaped.items()}
                 if hasattr(self.opt, "step_t"):
                     opt.state[p]["step"] = self.opt.step_t.detach().cpu().clone()
-        rng = {"python": random.Random(m.s.seed).getstate(),
-               "numpy": np.random.RandomState(m.s.seed % 2**32).get_state(),
+        # python's and numpy's states packed as `checkpoint.rng_state` packs them
+        rng = {"python": pickle.dumps(random.Random(m.s.seed).getstate()),
+               "numpy": pickle.dumps(np.random.RandomState(m.s.seed % 2**32).get_state()),
                "torch": r.drop_gen.get_state() if self.device.type == "cpu" else m.cpu_rng,
                "order": r.gen.get_state()}
         if torch.cuda.is_available():
