@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -13,32 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from regablate.data import DATASETS, Data
+from regablate.group import flatten, group_id  # noqa: F401 (in regablate.group, torch-free, for the report)
 from regablate.models import MODELS
 from regablate.optim import Schedule, build_optimizer
 from regablate.regularisers import ModelSpec
 from regablate.settings import Settings
-
-# Settings that change how a run is shown or where it runs, not what it computes.
-NOT_IN_GROUP = ("seed", "data_seed", "trainer.device", "trainer.progress", "trainer.tensorboard",
-                "trainer.eval_batch_size", "dataset.root", "trainer.checkpoint", "trainer.resume", "trainer.threads",
-                "eval.mc_samples", "eval.histogram_every")
-
-
-def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; an empty mapping stays as {} under its key."""
-    if isinstance(cfg, dict) and cfg:
-        out: dict[str, Any] = {}
-        for k, v in cfg.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: cfg}
-
-
-def group_id(cfg: dict) -> str:
-    """Stable id of the config without seeds: runs that differ only by seed share it."""
-    flat = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v  # 0 == 0.0
-            for k, v in flatten(cfg).items() if k not in NOT_IN_GROUP}
-    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def resolve_device(name: str) -> torch.device:

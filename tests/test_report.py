@@ -271,3 +271,66 @@ def test_package_import_stays_light():
             "print([m for m in ('pandas', 'scipy', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+OPERATIONAL_WORDS = ("root", "resume", "progress", "threads", "device", "tensorboard",
+                     "checkpoint", "eval_batch_size", "histogram_every", "mc_samples")
+
+
+def test_operational_settings_split_no_group(tmp_path):
+    """Runs written with operational settings in their summary's group id (as before they were
+    left out of it) still form one group: the report takes identity from .hydra/config.yaml."""
+    how = [{"trainer": {"progress": "none", "threads": 1, "checkpoint": False}},
+           {"trainer": {"progress": "auto", "threads": 0, "resume": "auto", "device": "cuda",
+                        "tensorboard": False, "eval_batch_size": 512},
+            "eval": {"histogram_every": 0, "mc_samples": 20}, "dataset": {"root": "/elsewhere"}}]
+    for seed in range(4):
+        write_run(tmp_path / f"run{seed}", seed=seed, config=how[seed % 2])
+    summaries = {json.loads((tmp_path / f"run{s}" / "summary.json").read_text())["group"]
+                 for s in range(4)}
+    assert len(summaries) == 2  # the ids on disk differ
+    doc = report(tmp_path, tmp_path)
+    assert [(g["name"], g["n"], g["config"]) for g in doc["groups"]] == [("none", 4, {})]
+    assert doc["groups"][0]["group"] not in summaries
+    runs = report(tmp_path, tmp_path, "--runs")["runs"]
+    assert {r["group"] for r in runs} == {doc["groups"][0]["group"]}
+    assert all(r["config"] == {} for r in runs)  # no operational columns per run either
+    one = next(iter(summaries))  # an id from a summary.json still names its group
+    assert report(tmp_path, tmp_path, "--filter", f"group={one}")["groups"][0]["n"] == 2
+
+
+def test_labels_name_only_differing_science_shortest_first(tmp_path):
+    cifar = {"dataset": {"name": "cifar10", "root": "/data/cifar10", "val_fraction": 0.1,
+                         "n_train": None, "n_ood": 1000}}
+    arms = {"a": ((), {}), "b": ((), {"optim": {"lr": 0.01}}), "c": ((), cifar),
+            "p3": (("dropout",), {"reg": {"dropout": {"p": 0.3}}}),
+            "p5": (("dropout",), {})}
+    for i, (arm, (reg, config)) in enumerate(arms.items()):
+        # every arm ran with its own operational settings (stable within the arm)
+        ops = {"trainer": {"progress": ["none", "auto", "rich", "plain", "none"][i],
+                           "threads": i, "resume": ["never", "auto"][i % 2]}}
+        for seed in range(2):
+            write_run(tmp_path / f"{arm}-{seed}", reg=reg, seed=seed,
+                      config={**config, "trainer": ops["trainer"]})
+    names = [g["name"] for g in report(tmp_path, tmp_path)["groups"]]
+    assert names == ["none lr=0.001 dataset=sparse_synthetic n_train=512",
+                     "none lr=0.001 n_ood=1000 dataset=cifar10 n_train=None val_fraction=0.1",
+                     "none lr=0.01 dataset=sparse_synthetic n_train=512",
+                     "dropout p=0.3", "dropout p=0.5"]
+    header = report(tmp_path, tmp_path, fmt="csv").splitlines()[0]
+    assert not any(w in n or w in header for w in OPERATIONAL_WORDS for n in names), header
+
+
+def test_summary_group_kept_when_the_config_cannot_tell(tmp_path):
+    """An unresolved ${...} in a science setting reads the same for runs that computed different
+    things, and a run without .hydra/config.yaml has nothing to recompute: the summary's id holds."""
+    for seed, lr in enumerate((0.1, 0.1, 0.01, 0.01)):
+        run = write_run(tmp_path / f"env{seed}", seed=seed, config={"optim": {"lr": lr}})
+        cfg = run / ".hydra" / "config.yaml"
+        cfg.write_text(cfg.read_text().replace(f"lr: {lr}", "lr: ${oc.env:LR}"))
+    bare = write_run(tmp_path / "bare", seed=0, config={"optim": {"lr": 0.5}})
+    (bare / ".hydra" / "config.yaml").unlink()
+    doc = report(tmp_path, tmp_path)
+    ids = {json.loads(p.read_text())["group"] for p in tmp_path.glob("*/summary.json")}
+    assert sorted(g["n"] for g in doc["groups"]) == [1, 2, 2]
+    assert {g["group"] for g in doc["groups"]} == ids

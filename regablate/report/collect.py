@@ -7,6 +7,11 @@ or whose `.hydra/*.yaml` is corrupt, is skipped with a reason (absent `.hydra` f
 no config columns). Running, diverged, failed and interrupted runs are kept, with their status,
 but never averaged: a job that failed before training has no metric and no metrics.csv, and a
 running run's metrics.csv may end in a half-written line, which is dropped.
+
+A run's group is recomputed from `.hydra/config.yaml` with the runner's `group_id`, so runs
+written when operational settings were still part of summary.json's `group` join the runs of the
+same science; without a config, or with an unresolved `${...}` in a science setting (two runs
+would read alike), the summary's `group` is kept.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from pathlib import Path
 
 import yaml
 
+from regablate.group import group_id, science
+
 STATUSES = ("completed", "running", "diverged", "failed", "interrupted")
 SPLITS = ("train", "val", "test")
-SEED_KEYS = ("seed", "data_seed")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SEED_LINE = re.compile(r"^(seed|data_seed): *(-?\d+|null) *\n", re.MULTILINE)
 
@@ -42,6 +48,7 @@ class Run:
     config: dict = field(default_factory=dict)
     overrides: list = field(default_factory=list)
     curves: dict = field(default_factory=dict)
+    group: str = ""  # the group id the report uses (see the module doc)
 
     @property
     def status(self) -> str:
@@ -191,18 +198,22 @@ def _read_text(path: str, name: str) -> str | None:
 
 
 @lru_cache(maxsize=1024)
-def _config_without_seeds(text: str) -> dict:
-    return flatten(_parse_yaml(text, "config.yaml", dict))
+def _config_without_seeds(text: str) -> tuple[dict, str | None]:
+    tree = _parse_yaml(text, "config.yaml", dict)
+    unresolved = any(isinstance(v, str) and "${" in v for v in science(tree).values())
+    return flatten(tree), None if unresolved else group_id(tree)
 
 
-def read_config(path: str) -> dict:
-    """Flattened .hydra/config.yaml ({} when absent). Runs of a sweep differ mostly in their
-    top-level seed lines, so the rest of the text is parsed once and shared (read-only)."""
+def read_config(path: str) -> tuple[dict, str | None]:
+    """Flattened .hydra/config.yaml ({} when absent) and its group id (None when it cannot be
+    told). Runs of a sweep differ mostly in their top-level seed lines, so the rest of the text
+    is parsed once and shared (read-only)."""
     text = _read_text(path, "config.yaml")
     if text is None:
-        return {}
+        return {}, None
     seeds = {k: None if v == "null" else int(v) for k, v in _SEED_LINE.findall(text)}
-    return {**seeds, **_config_without_seeds(_SEED_LINE.sub("", text))}
+    flat, group = _config_without_seeds(_SEED_LINE.sub("", text))
+    return {**seeds, **flat}, group
 
 
 def read_run(path: Path) -> Run:
@@ -212,7 +223,9 @@ def read_run(path: Path) -> Run:
     curves = _read_curves(d, summary["metric"], summary["status"])
     overrides = _read_text(d, "overrides.yaml")
     overrides = _parse_yaml(overrides, "overrides.yaml", list) if overrides else []
-    return Run(Path(path), summary, read_config(d), [str(o) for o in overrides], curves)
+    config, group = read_config(d)
+    return Run(Path(path), summary, config, [str(o) for o in overrides], curves,
+               group or summary["group"])
 
 
 def collect(roots: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:

@@ -5,9 +5,11 @@ Filters (`--filter KEY=V1,V2`) keep runs whose KEY equals one of the values; KEY
 e.g. `dropout_l2`), a summary field (`status`, `seed`, `dataset`, ...) or a flattened config key
 (`optim.lr`). Numbers compare as numbers (`optim.lr=1e-2` matches 0.01).
 
-Groups are runs sharing the summary's `group` id (same config up to seeds). A group's name is
-its stack joined with `+` (`none` when empty), followed by the config settings that tell it
-apart when several groups share that stack (`dropout p=0.3`).
+Groups are runs sharing a group id (same config up to seeds and operational settings; see
+regablate.group and collect). A group's name is its stack joined with `+` (`none` when empty),
+followed by the settings that tell it apart when several groups share that stack, shortest key
+first (`dropout p=0.3`); a group without such a setting (another dataset's) does not name it.
+Seeds and operational settings are never compared: not in names, columns or baseline matching.
 
 Baseline: `--baseline NAME` for every group; else the only group with an empty stack; else,
 when there are several (say one per learning rate), the empty-stack group whose settings
@@ -19,7 +21,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from regablate.report.collect import SEED_KEYS, Run
+from regablate.group import NOT_IN_GROUP
+from regablate.report.collect import Run
 
 SUMMARY_KEYS = ("status", "group", "dataset", "model", "task", "metric", "seed", "data_seed")
 _MISSING = object()
@@ -79,6 +82,8 @@ def matches(run: Run, f: Filter) -> bool:
     if f.key == "reg":
         names = {stack_name(run.stack), *_reg_given(run)}
         return any(set(v.split("+")) == set(n.split("+")) for v in f.values for n in names)
+    if f.key == "group":  # the report's id, or the one in summary.json
+        return any(_same(g, v) for g in (run.group, run.summary["group"]) for v in f.values)
     value = run.summary.get(f.key, _MISSING) if f.key in SUMMARY_KEYS else _MISSING
     if value is _MISSING:
         value = run.config.get(f.key, _MISSING)
@@ -108,8 +113,9 @@ class Group:
 
 
 def differing(configs: list[dict]) -> list[str]:
-    """Config keys (seeds aside) whose value is not the same in all of `configs`."""
-    keys = dict.fromkeys(k for c in configs for k in c if k not in SEED_KEYS)
+    """Config keys (seeds and operational ones aside) whose value is not the same in all of
+    `configs`."""
+    keys = dict.fromkeys(k for c in configs for k in c if k not in NOT_IN_GROUP)
     return [k for k in keys if len({repr(c.get(k, _MISSING)) for c in configs}) > 1]
 
 
@@ -138,18 +144,19 @@ def short_keys(keys: list[str]) -> dict:
 
 
 def make_groups(runs: list[Run]) -> list[Group]:
-    """Groups by the summary's `group` id, named; order: baseline first, then by stack."""
+    """Groups by group id, named; order: baseline first, then by stack."""
     by_id: dict[str, Group] = {}
     for run in runs:
-        by_id.setdefault(run.summary["group"], Group(run.summary["group"])).runs.append(run)
+        by_id.setdefault(run.group, Group(run.group)).runs.append(run)
     by_stack = defaultdict(list)
     for g in by_id.values():
         by_stack[g.stack].append(g)
     for stack, same in by_stack.items():
         keys = differing([g.config for g in same]) if len(same) > 1 else []
         short = short_keys(keys)
+        keys.sort(key=lambda k: (len(short[k]), short[k]))
         for g in same:
-            extra = [f"{short[k]}={g.config.get(k, '-')}" for k in keys]
+            extra = [f"{short[k]}={g.config[k]}" for k in keys if k in g.config]
             g.name = " ".join([stack_name(stack), *extra])
     names = defaultdict(list)
     for g in by_id.values():
@@ -162,13 +169,13 @@ def make_groups(runs: list[Run]) -> list[Group]:
 
 
 def _outside_reg(g: Group) -> dict:
-    return {k: v for k, v in g.config.items() if not k.startswith("reg.") and k not in SEED_KEYS}
+    return {k: v for k, v in g.config.items() if not k.startswith("reg.") and k not in NOT_IN_GROUP}
 
 
 def assign_baselines(groups: list[Group], pool: list[Group], name: str | None) -> None:
     """Set `g.baseline` for each of `groups` from the groups in `pool` (see module doc)."""
     if name is not None:
-        found = [b for b in pool if name in (b.name, b.id)]
+        found = [b for b in pool if name in (b.name, b.id, *(r.summary["group"] for r in b.runs))]
         if not found:
             allowed = ", ".join(repr(b.name) for b in pool)
             raise SelectError(f"--baseline {name!r}: no such group; groups: {allowed}")
