@@ -1,9 +1,12 @@
 """PNG figures (matplotlib, Agg): learning curves per group and the gap per group.
 
-curves_<group>.png: loss and metric per epoch, train and val, the mean over completed seeds
+File names are `<kind>_<stack>_<group id>.png` (e.g. curves_dropout_l2_0123456789ab.png): short
+and stable whatever the labels, which grow with the settings that tell groups apart.
+
+curves_*.png: loss and metric per epoch, train and val, the mean over completed seeds
 with a ±1 std band, and the median best epoch marked. gap.png: each group's mean gap with
 its t-based 95% interval, sorted, the baseline's mean as a reference line.
-reliability_<group>.png (classification runs with calibration in their summary): accuracy
+reliability_*.png (classification runs with calibration in their summary): accuracy
 against confidence per bin on the test split, bins pooled over seeds (count-weighted), with
 the diagonal of perfect calibration and the mean ECE.
 """
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regablate.report.select import Group
+from regablate.report.select import Group, stack_name
 from regablate.report.stats import describe
 
 
@@ -35,8 +38,10 @@ def _mean_curve(runs, column: str):
         return np.array(epochs), np.nanmean(grid, axis=0), np.nan_to_num(std)
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", name).strip("_") or "group"
+def file_name(kind: str, g: Group) -> str:
+    """`<kind>_<stack>_<id>.png`, in [A-Za-z0-9_.-] and at most 100 characters."""
+    stem = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{stack_name(g.stack)[:48]}_{g.id[:32]}").strip("_.")
+    return f"{kind}_{stem}.png"
 
 
 def _curves(plt, g: Group, path: Path) -> None:
@@ -144,15 +149,12 @@ def write_plots(groups: list[Group], out: Path) -> list[Path]:
     written = []
     for g in groups:
         if g.done and any(r.curves.get("epoch") for r in g.done):
-            path = out / f"curves_{slug(g.name)}.png"
-            if path in written:
-                path = out / f"curves_{slug(g.name)}_{g.id[:8]}.png"
-            written.append(path)
-            _curves(plt, g, path)
+            written.append(out / file_name("curves", g))
+            _curves(plt, g, written[-1])
         for split in ("test", "val"):
             table = pooled_reliability(g.done, split)
             if table is not None:
-                written.append(out / f"reliability_{slug(g.name)}_{g.id[:8]}.png")
+                written.append(out / file_name("reliability", g))
                 _reliability(plt, g, split, table, written[-1])
                 break
     if any(g.done for g in groups):
