@@ -2,7 +2,7 @@
 
 `claim(run_dir, resume)` takes an exclusive lock on the directory itself (`flock`, released
 by the kernel when the process ends, even on SIGKILL) and then checks it: a dir that holds a
-`summary.json` is refused unless `trainer.resume=auto`. A refused job touches nothing.
+`summary.json` is refused unless `trainer.resume=auto`. A refused job touches nothing, Hydra's `.hydra/` files included (`hydra_subdir`).
 """
 
 from __future__ import annotations
@@ -46,3 +46,20 @@ def claim(run_dir: Path, resume: str = "never") -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def hydra_subdir(output_dir: str) -> str | None:
+    """`hydra.output_subdir` of a job: `.hydra`, or None (Hydra then writes no `.hydra/` files)
+    when the job's dir already holds a run. `.hydra/` is written by the launch that makes a run
+    and never again: not by a refused job, a skipped finished run, nor a resume (which must
+    have the same configuration, see `regablate.train`)."""
+    return None if (Path(output_dir) / "summary.json").exists() else ".hydra"
+
+
+def register_resolver() -> None:
+    """`${regablate_hydra_subdir:DIR}` for conf/config.yaml; registered by regablate's Hydra
+    plugins on discovery, so any app composing conf/ resolves it."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("regablate_hydra_subdir"):
+        OmegaConf.register_new_resolver("regablate_hydra_subdir", hydra_subdir)

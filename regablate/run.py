@@ -90,16 +90,6 @@ def _failed_summary(run_dir: Path, cfg: dict, error: str) -> None:
     })
 
 
-def hydra_subdir(output_dir: str) -> str | None:
-    """`hydra.output_subdir` of a job: `.hydra`, or None (Hydra then writes no `.hydra/` files)
-    when the job's dir already holds a run. `.hydra/` is written by the launch that makes a run
-    and never again: not by a refused job, a skipped finished run, nor a resume (which must
-    have the same configuration, see `train`)."""
-    return None if (Path(output_dir) / "summary.json").exists() else ".hydra"
-
-
-OmegaConf.register_new_resolver("regablate_hydra_subdir", hydra_subdir, replace=True)
-
 LAUNCH_DIRS: dict[str, str] = {}  # "run" / "sweep" -> this process's output dir, for the resume hint
 
 

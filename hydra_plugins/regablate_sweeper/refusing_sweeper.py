@@ -18,6 +18,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweepe
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
 
+from regablate.claim import register_resolver
+
+register_resolver()
+
 
 @dataclass
 class RefusingSweeperConf(BasicSweeperConf):
