@@ -1,3 +1,17 @@
-"""regablate: regularisation ablations in PyTorch."""
+"""regablate: regularisation ablations in PyTorch.
+
+Results in Python (pandas DataFrames; pandas is imported on the first call):
+
+    load_runs(*paths, status=("completed",))  one row per run dir: config, summary metrics
+    load_curves(*paths)                       one row per run and epoch (metrics.csv)
+    summarize(runs, metric="val", baseline=None, paired=True)
+                                              the report's group table (n, mean ± std, CI,
+                                              Δ vs baseline, paired/Welch t-test, Holm)
+
+The command line is `regablate run` / `regablate report` (see `regablate --help`).
+"""
+
+from regablate.results import load_curves, load_runs, summarize
 
 __version__ = "0.1.0"
+__all__ = ["load_runs", "load_curves", "summarize", "__version__"]

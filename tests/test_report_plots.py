@@ -17,11 +17,11 @@ def test_plots_are_written(tmp_path, capsys):
                  "--out", str(tmp_path / "t.csv")]) == 0
     files = sorted(p.name for p in out.iterdir())
     assert [re.sub("_[0-9a-f]{12}.png$", "", f) for f in files] == [
-        "curves_dropout", "curves_none", "gap.png"]
+        "curves_dropout", "curves_none", "gap.png", "val_curves.png"]
     for name in files:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
-    assert "wrote 3 figure(s)" in capsys.readouterr().err
+    assert "wrote 4 figure(s)" in capsys.readouterr().err
 
 
 def test_curve_mean_and_band_follow_epochs():
@@ -75,7 +75,8 @@ def test_plot_names_are_stack_and_group_id_whatever_the_labels(tmp_path, capsys)
     files, ids = plot(tmp_path / "all")
     stacks = {i: "_".join(reg) or "none" for i, reg in ids.items()}
     assert len(ids) == 3 and sorted(stacks.values()) == ["dropout_l2", "none", "none"]
-    assert files == sorted(["gap.png", *(f"curves_{s}_{i}.png" for i, s in stacks.items())])
+    assert files == sorted(["gap.png", "val_curves.png",
+                            *(f"curves_{s}_{i}.png" for i, s in stacks.items())])
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", f) for f in files), files
 
     alone, cifar = plot(tmp_path / "cifar", "--filter", "dataset.name=cifar10")

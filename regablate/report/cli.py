@@ -6,13 +6,14 @@ Exit codes: 0 done; 2 bad input or no runs (one line on stderr, no traceback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from regablate.report.collect import SPLITS
 
 DEFAULT_ROOTS = ("multirun", "outputs")
-FORMATS = ("table", "markdown", "csv", "latex", "json")
+FORMATS = ("table", "markdown", "csv", "latex", "json", "parquet")
 
 
 class UsageError(Exception):
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Holm-adjusted). Only completed runs are averaged."))
     p.add_argument("paths", nargs="*", metavar="DIR",
                    help="run dirs or folders holding them (default: ./multirun and ./outputs)")
-    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="output format; parquet (needs --out and pyarrow: pip install "
+                        "'regablate[parquet]') writes the regablate.summarize frame, or with "
+                        "--runs the regablate.load_runs frame")
     p.add_argument("--out", metavar="FILE", help="write the output to FILE instead of stdout")
     p.add_argument("--sort", metavar="COLUMN",
                    help="sort by a column, best first (e.g. gap, val, p, n, name, optim.lr)")
@@ -48,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "settings outside reg.* match")
     p.add_argument("--unpaired", action="store_true",
                    help="always use Welch's t-test, even when both groups ran the same seeds")
-    p.add_argument("--plot", metavar="DIR", help="also write PNG figures into DIR")
+    p.add_argument("--plot", metavar="DIR",
+                   help="also write PNG figures into DIR: per-group curves, the gap, every "
+                        "group's mean val curve on one axes (val_curves.png), reliability")
     return p
 
 
@@ -83,15 +89,39 @@ def _terminal(report, out: str | None) -> None:
 
     if out is None:
         console = Console(highlight=False)
-        if not console.is_terminal:
-            console = Console(highlight=False, width=10_000)
-        to_terminal(report, console, fit=console.is_terminal)
+        fit = console.is_terminal
+        if not fit:  # piped: fit $COLUMNS when set, else every column at full width
+            width = os.environ.get("COLUMNS", "")
+            fit = width.isdigit() and int(width) > 0
+            console = Console(highlight=False, width=int(width) if fit else 10_000)
+        to_terminal(report, console, fit=fit)
         return
     try:
         with open(out, "w", encoding="utf-8") as f:
             to_terminal(report, Console(file=f, width=10_000, color_system=None), fit=False)
     except OSError as e:
         raise UsageError(f"--out {out!r}: {e.strerror}") from None
+
+
+def _parquet(report, groups, args) -> None:
+    """The API's frame (summarize's, or load_runs' with --runs) of what the report shows."""
+    if args.out is None:
+        raise UsageError("--format parquet writes a binary file: name it with --out FILE")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise UsageError("--format parquet needs pyarrow: pip install 'regablate[parquet]' "
+                         "(or use --format csv)") from None
+    from regablate.results import report_frame, runs_frame
+
+    if args.runs:
+        frame = runs_frame([r for g in groups for r in g.runs], status=None, groups=groups)
+    else:
+        frame = report_frame(report, groups)
+    try:
+        frame.to_parquet(args.out, index=False)
+    except OSError as e:
+        raise UsageError(f"--out {args.out!r}: {e.strerror or e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--sort {args.sort!r}: unknown column; allowed: {', '.join(keys)}")
         render.sort_rows(report, args.sort)
 
-    if args.format == "table":
+    if args.format == "parquet":
+        _parquet(report, shown, args)
+    elif args.format == "table":
         _terminal(report, args.out)
     elif args.format == "json":
         kind = "runs" if args.runs else "groups"

@@ -138,21 +138,23 @@ def _floats(column) -> list[float]:
         return [float(x) if x else math.nan for x in column]
 
 
-def _read_curves(path: str, metric: str | None, status: str) -> dict:
-    """metrics.csv columns by name (epoch, lr, losses, metric, gap) as float lists."""
+def read_metrics(path: str, metric: str | None, status: str) -> tuple[list, list]:
+    """metrics.csv as (header, rows of text), checked: the columns the metric needs, no ragged
+    line (a running run's half-written last line is dropped). A missing or empty file is
+    ([], []) unless the run completed."""
     try:
         with open(os.path.join(path, "metrics.csv"), newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
     except FileNotFoundError:
         if status == "completed":
             raise Unreadable("metrics.csv is missing") from None
-        return {}
+        return [], []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise Unreadable(f"metrics.csv: {e}") from None
     if not rows:
         if status == "completed":
             raise Unreadable("metrics.csv is empty")
-        return {}
+        return [], []
     header, rows = rows[0], rows[1:]
     if rows and len(rows[-1]) != len(header) and status == "running":
         rows.pop()  # the line being written right now
@@ -162,19 +164,34 @@ def _read_curves(path: str, metric: str | None, status: str) -> dict:
     if bad is not None:
         raise Unreadable(f"metrics.csv line {bad} has {len(rows[bad - 2])} fields, "
                          f"header has {len(header)}")
-    index = {name: i for i, name in enumerate(header)}
     for name in ("epoch", f"train_{metric}", f"val_{metric}") if metric else ("epoch",):
-        if name not in index:
+        if name not in header:
             raise Unreadable(f"metrics.csv has no {name!r} column")
+    return header, rows
+
+
+def metric_columns(header: list, rows: list, names=None) -> dict:
+    """Columns of `read_metrics`' rows by name (all, or those of `names` present) as floats;
+    an empty cell is NaN."""
+    index = {name: i for i, name in enumerate(header)}
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(header)
     curves = {}
-    for name in ("epoch", "lr", "train_loss", "val_loss", f"train_{metric}", f"val_{metric}", "gap"):
+    for name in header if names is None else names:
         if name in index:
             try:
                 curves[name] = _floats(columns[index[name]])
             except ValueError:
                 raise Unreadable(f"metrics.csv column {name!r} is not numeric") from None
     return curves
+
+
+def _read_curves(path: str, metric: str | None, status: str) -> dict:
+    """metrics.csv columns by name (epoch, lr, losses, metric, gap) as float lists."""
+    header, rows = read_metrics(path, metric, status)
+    if not header:
+        return {}
+    return metric_columns(header, rows, ("epoch", "lr", "train_loss", "val_loss",
+                                         f"train_{metric}", f"val_{metric}", "gap"))
 
 
 def _parse_yaml(text: str, name: str, kind: type):

@@ -5,7 +5,8 @@ and stable whatever the labels, which grow with the settings that tell groups ap
 
 curves_*.png: loss and metric per epoch, train and val, the mean over completed seeds
 with a ±1 std band, and the median best epoch marked. gap.png: each group's mean gap with
-its t-based 95% interval, sorted, the baseline's mean as a reference line.
+its t-based 95% interval, sorted, the baseline's mean as a reference line. val_curves.png:
+every group's mean validation curve (primary metric) on the same axes, ±1 std band each.
 reliability_*.png (classification runs with calibration in their summary): accuracy
 against confidence per bin on the test split, bins pooled over seeds (count-weighted), with
 the diagonal of perfect calibration and the mean ECE.
@@ -98,6 +99,33 @@ def _gap(plt, groups: list[Group], path: Path) -> None:
     plt.close(fig)
 
 
+def _overlay(plt, groups: list[Group], path: Path) -> None:
+    """Every group's mean val curve of its metric on one axes, each with its ±1 std band."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    metrics = []
+    for i, g in enumerate(groups):
+        runs = [r for r in g.done if r.curves.get("epoch")]
+        column = f"val_{runs[0].metric}" if runs else ""
+        if not any(column in r.curves for r in runs):
+            continue
+        metrics.append(runs[0].metric)
+        x, mean, std = _mean_curve(runs, column)
+        color = f"C{i % 10}"
+        ax.plot(x, mean, color=color, label=f"{g.name} (n={len(runs)})")
+        if len(runs) > 1:
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
+    what = ", ".join(sorted(set(metrics)))
+    ax.set(xlabel="epoch", ylabel=f"val {what}",
+           title=f"Validation {what} per group: mean over completed seeds, ±1 std band")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def pooled_reliability(runs, split: str) -> dict | None:
     """Per-bin confidence and accuracy pooled over runs, weighted by each bin's count."""
     tables = [(r.summary.get("reliability") or {}).get(split) for r in runs]
@@ -160,4 +188,7 @@ def write_plots(groups: list[Group], out: Path) -> list[Path]:
     if any(g.done for g in groups):
         written.append(out / "gap.png")
         _gap(plt, groups, written[-1])
+    if any(r.curves.get("epoch") for g in groups for r in g.done):
+        written.append(out / "val_curves.png")
+        _overlay(plt, groups, written[-1])
     return written

@@ -1,0 +1,341 @@
+"""Results as pandas DataFrames: the one data model of run dirs, for notebooks and the report.
+
+    import regablate
+    runs = regablate.load_runs("multirun")            # one row per run
+    curves = regablate.load_curves("multirun")        # one row per run and epoch
+    table = regablate.summarize(runs, metric="val")   # the report's table, one row per group
+
+`load_runs` and `load_curves` read run dirs with the report's reader (regablate.report.collect:
+the same discovery, and corrupt or partial dirs skipped with one warning each); groups and their
+labels come from the report's grouping (regablate.report.select); `summarize` runs the report's
+statistics (regablate.report.table / stats) on the frame's rows, so a notebook and
+`regablate report` get the same numbers from the same code.
+
+This module imports only the standard library at import time; pandas, scipy and the report are
+imported when a function is called, so `import regablate` stays light.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+__all__ = ["load_runs", "load_curves", "summarize", "SkippedRunWarning"]
+
+COMPLETED = ("completed",)
+SPLITS = ("train", "val", "test")
+CATEGORIES = ("status", "group", "label", "dataset", "model", "reg", "task", "metric", "device")
+INTEGERS = ("seed", "data_seed", "best_epoch", "epochs_run", "n_params")
+BOOLEANS = ("higher_is_better", "stopped_early")
+NOT_METRICS = {"reliability", "warnings", "reg", "train", "val", "test"}  # dicts not flattened
+
+
+class SkippedRunWarning(UserWarning):
+    """A run dir that could not be read (corrupt or partial); it is left out of the frame."""
+
+
+def _collect(paths) -> tuple[list, list]:
+    """Every readable run under `paths` (default ./multirun and ./outputs) and a warning for
+    each skipped dir."""
+    from regablate.report.collect import collect
+
+    roots = [Path(p) for p in paths] or [Path(d) for d in ("multirun", "outputs")
+                                         if Path(d).is_dir()]
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such file or directory")
+    runs, skipped = collect(roots)
+    for path, reason in skipped:
+        warnings.warn(f"skipped {path}: {reason}", SkippedRunWarning, stacklevel=3)
+    return runs, skipped
+
+
+def _statuses(status) -> set | None:
+    if status is None:
+        return None
+    return {status} if isinstance(status, str) else set(status)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _numbers(tree: dict, prefix: str, out: dict) -> None:
+    """Numeric leaves of a summary dict as `<prefix>_<key>` (nested keys joined with `_`)."""
+    for key, value in tree.items():
+        name = f"{prefix}_{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            _numbers(value, name, out)
+        elif _is_number(value):
+            out[name] = float(value)
+
+
+def _metrics(summary: dict) -> dict:
+    out: dict = {}
+    for split in SPLITS:
+        _numbers(summary.get(split) or {}, split, out)
+    gap = summary.get("gap")
+    out["gap"] = float(gap) if _is_number(gap) else math.nan
+    for key, value in summary.items():
+        if isinstance(value, dict) and key not in NOT_METRICS:
+            _numbers(value, key, out)
+    return out
+
+
+def _labels(runs: list, groups: list | None = None) -> tuple[dict, list]:
+    """Run id -> (label, stack name), and the groups (made as the report makes them unless
+    given) in the report's order."""
+    from regablate.report.select import make_groups, stack_name
+
+    groups = make_groups(runs) if groups is None else groups
+    return {id(r): (g.name, stack_name(g.stack)) for g in groups for r in g.runs}, groups
+
+
+def _typed(pd, frame, order: dict):
+    """Proper dtypes: names as categories (in the report's order for label and reg), counts as
+    nullable integers, flags as nullable booleans, numbers as floats; config columns typed by
+    their values (ints with a gap -> Int64, bools -> boolean, mixed numbers -> float)."""
+    for col in frame.columns:
+        s = frame[col]
+        if col in CATEGORIES:
+            cats = order.get(col) or sorted(s.dropna().astype(str).unique())
+            frame[col] = pd.Categorical(s, categories=[c for c in cats if c in set(s)])
+        elif col in INTEGERS:
+            frame[col] = pd.array([None if _missing(v) else int(v) for v in s], dtype="Int64")
+        elif col in BOOLEANS:
+            frame[col] = pd.array([None if _missing(v) else bool(v) for v in s], dtype="boolean")
+        elif "." in col:
+            values = [v for v in s if not _missing(v)]
+            if values and all(isinstance(v, bool) for v in values):
+                frame[col] = pd.array([None if _missing(v) else v for v in s], dtype="boolean")
+            elif values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                frame[col] = pd.array([None if _missing(v) else v for v in s], dtype="Int64")
+            elif values and all(_is_number(v) for v in values):
+                frame[col] = s.astype(float)
+    return frame
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def runs_frame(runs: list, status=COMPLETED, groups: list | None = None):
+    """The `load_runs` frame of Run records (regablate.report.collect) already read; labels
+    from `groups` (regablate.report.select.Group) when given."""
+    import pandas as pd
+
+    labels, groups = _labels(runs, groups)
+    wanted = _statuses(status)
+    rows, config_keys = [], {}
+    for r in runs:
+        if wanted is not None and r.status not in wanted:
+            continue
+        s = r.summary
+        label, reg = labels[id(r)]
+        config = {k: v for k, v in r.config.items() if "." in k}
+        config_keys.update(dict.fromkeys(config))
+        rows.append({
+            "run_dir": str(r.path), "status": r.status, "group": r.group, "label": label,
+            "seed": s.get("seed"), "data_seed": s.get("data_seed"), "dataset": s.get("dataset"),
+            "model": s.get("model"), "reg": reg, "task": s.get("task"), "metric": r.metric,
+            "higher_is_better": s.get("higher_is_better"), **config, **_metrics(s),
+            **{k: s.get(k) for k in ("best_epoch", "epochs_run", "stopped_early",
+                                     "wall_time_s", "n_params", "device")},
+            "warnings": ",".join(str(w.get("id") or w.get("message")) for w in
+                                 s.get("warnings") or [] if isinstance(w, dict)),
+            "error": s.get("error"), "summary_group": s.get("group")})
+    head = ["run_dir", "status", "group", "label", "seed", "data_seed", "dataset", "model",
+            "reg", "task", "metric", "higher_is_better", *config_keys]
+    frame = pd.DataFrame(rows, columns=None if rows else head)
+    if rows:
+        rest = [c for c in frame.columns if c not in head]
+        frame = frame[head + rest]
+    if "wall_time_s" in frame:
+        frame["wall_time_s"] = frame["wall_time_s"].astype(float)
+    order = {"label": [g.name for g in groups],
+             "reg": list(dict.fromkeys(labels[id(g.runs[0])][1] for g in groups)),
+             "status": ["completed", "running", "diverged", "failed", "interrupted"]}
+    return _typed(pd, frame, order)
+
+
+def load_runs(*paths, status=COMPLETED):
+    """One row per run dir under `paths` (run dirs or folders holding them; default ./multirun
+    and ./outputs), as a pandas DataFrame.
+
+    Columns: run_dir, status, group (the report's group id), label (the report's readable group
+    label), seed, data_seed, dataset, model, reg (the stack, e.g. "dropout+l2" or "none"), task,
+    metric, higher_is_better; every resolved config setting as a dotted column (reg.dropout.p,
+    optim.lr, ...; NA where a run has no such setting); every numeric summary metric flattened
+    (train_acc, val_loss, test_nll, gap, weights_sparsity, mc_val_mean_std, ...); best_epoch,
+    epochs_run, stopped_early, wall_time_s, n_params, device, warnings (their ids, comma-joined),
+    error, summary_group (the group id in summary.json).
+
+    `status`: the statuses kept (default: completed only); None keeps every run, running,
+    diverged and failed ones included. Unreadable dirs are skipped with a SkippedRunWarning each.
+    """
+    runs, _ = _collect(paths)
+    return runs_frame(runs, status)
+
+
+def load_curves(*paths, status=None):
+    """One row per run and epoch: every column of each run's metrics.csv (epoch, lr,
+    train_loss, val_acc, gap, weights/..., ...), with run_dir, status, group, label, reg, seed
+    and data_seed joined. A running run contributes the epochs it has written (a half-written
+    last line is dropped). `status` as in `load_runs`, default every run."""
+    import pandas as pd
+
+    from regablate.report.collect import Unreadable, metric_columns, read_metrics
+
+    runs, _ = _collect(paths)
+    labels, groups = _labels(runs)
+    wanted = _statuses(status)
+    keys = ("run_dir", "status", "group", "label", "reg", "seed", "data_seed")
+    data: dict = {k: [] for k in keys}
+    total = 0
+    for r in runs:
+        if wanted is not None and r.status not in wanted:
+            continue
+        try:
+            header, rows = read_metrics(str(r.path), r.metric, r.status)
+            columns = metric_columns(header, rows)
+        except (Unreadable, OSError) as e:  # changed since it was read
+            warnings.warn(f"skipped {r.path}: {e}", SkippedRunWarning, stacklevel=2)
+            continue
+        n = len(rows)
+        if not n:
+            continue
+        label, reg = labels[id(r)]
+        for key, value in zip(keys, (str(r.path), r.status, r.group, label, reg,
+                                     r.summary.get("seed"), r.summary.get("data_seed")),
+                              strict=True):
+            data[key] += [value] * n
+        for name, values in columns.items():
+            data.setdefault(name, [math.nan] * total).extend(values)
+        total += n
+        for values in data.values():
+            if len(values) < total:
+                values.extend([math.nan] * (total - len(values)))
+    frame = pd.DataFrame(data)
+    if "epoch" in frame:
+        frame["epoch"] = pd.array([None if math.isnan(v) else int(v) for v in frame["epoch"]],
+                                  dtype="Int64")
+    order = {"label": [g.name for g in groups],
+             "reg": list(dict.fromkeys(labels[id(g.runs[0])][1] for g in groups)),
+             "status": ["completed", "running", "diverged", "failed", "interrupted"]}
+    return _typed(pd, frame, order)
+
+
+# ---- the report's statistics on a frame ----
+
+def _value(x):
+    """A frame cell as a plain Python value; NA -> None."""
+    if x is None:
+        return None
+    try:
+        import pandas as pd
+
+        if pd.isna(x):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return x.item() if hasattr(x, "item") else x
+
+
+def records(frame) -> list:
+    """Run records (regablate.report.collect.Run) of a `load_runs` frame's rows: what the
+    report's grouping and statistics read. Config settings come from the dotted columns
+    (NA = absent), split metrics from the train_/val_/test_ columns."""
+    from regablate.report.collect import Run
+
+    need = {"run_dir", "status", "group", "reg", "metric", "seed", "data_seed"}
+    if missing := sorted(need - set(frame.columns)):
+        raise ValueError(f"summarize: the frame lacks column(s) {', '.join(missing)}; "
+                         "pass what regablate.load_runs returns")
+    config_cols = [c for c in frame.columns if "." in c]
+    split_cols = {s: [c for c in frame.columns if c.startswith(f"{s}_")] for s in SPLITS}
+    out = []
+    for row in frame.to_dict("records"):
+        v = {k: _value(x) for k, x in row.items()}
+        metric = v["metric"]
+        status = v["status"]
+        done = status == "completed"
+        summary = {
+            "status": status, "group": v.get("summary_group") or v["group"], "metric": metric,
+            "higher_is_better": metric != "mse" if v.get("higher_is_better") is None
+            else v["higher_is_better"],
+            "seed": v["seed"], "data_seed": v["data_seed"],
+            **{k: v.get(k) for k in ("task", "dataset", "model", "best_epoch", "epochs_run",
+                                     "error")},
+            "reg": [] if v["reg"] in (None, "none") else sorted(str(v["reg"]).split("+")),
+            "gap": v.get("gap"),
+            "warnings": [{"id": w} for w in (v.get("warnings") or "").split(",") if w]}
+        for split, cols in split_cols.items():
+            values = {c[len(split) + 1:]: v[c] for c in cols if v[c] is not None}
+            summary[split] = values or (None if not done else {})
+        config = {k: v[k] for k in config_cols if v[k] is not None}
+        out.append(Run(Path(v["run_dir"]), summary, config, [], {}, str(v["group"])))
+    return out
+
+
+STAT_FIELDS = ("mean", "std", "ci_low", "ci_high", "n")
+
+
+def summarize(runs, metric: str = "val", baseline: str | None = None, paired: bool = True):
+    """The report's group table as a DataFrame: one row per group of `runs` (a `load_runs`
+    frame, filtered as you like), in the report's order (baseline first).
+
+    Columns: label, the config settings that tell groups apart, n (completed runs averaged),
+    <split>_mean / _std / _ci_low / _ci_high / _n for train, val, test and gap (sample std,
+    t-based 95% interval), best_epoch (mean), delta and p (the `metric` split minus the
+    baseline's, Holm-adjusted p) and p_raw, method (paired t-test when both groups ran the same
+    seeds and `paired`, else Welch's), delta_gap, p_gap, p_gap_raw, method_gap, warnings
+    (distinct ids), not_averaged (runs of other statuses), group, reg, metric, baseline,
+    is_baseline. The same numbers as `regablate report --format csv`.
+
+    `metric`: "val", "train" or "test". `baseline`: a group's label or id; default: the group
+    with an empty stack (matched by settings outside reg.* when there are several).
+    """
+    from regablate.report.select import assign_baselines, make_groups
+    from regablate.report.table import group_report
+
+    if metric not in SPLITS:
+        raise ValueError(f"summarize: metric={metric!r}; allowed: {', '.join(SPLITS)}")
+    groups = make_groups(records(runs))
+    if not groups:
+        raise ValueError("summarize: no runs in the frame")
+    assign_baselines(groups, groups, baseline)
+    return report_frame(group_report(groups, metric, paired), groups)
+
+
+def report_frame(report, groups: list):
+    """A group Report (regablate.report.table.group_report) as the `summarize` DataFrame."""
+    import pandas as pd
+
+    from regablate.report.select import stack_name
+
+    keys = [c.key for c in report.columns if c.kind != "ci"]
+    by_id = {g.id: g for g in groups}
+    rows = []
+    for row in report.rows:
+        g = by_id[row["group"]]
+        flat = {"label": row["name"]}
+        for key in keys[1:]:
+            v = row.get(key)
+            if hasattr(v, "mean") and hasattr(v, "lo"):  # a Stat
+                flat.update(zip((f"{key}_{f}" for f in STAT_FIELDS),
+                                (v.mean, v.std, v.lo, v.hi, v.n), strict=True))
+            else:
+                flat[key] = v
+        flat.setdefault("not_averaged", row["not_averaged"])
+        flat.update({"p_raw": row["p_raw"], "p_gap_raw": row["p_gap_raw"],
+                     "method": row["method"], "method_gap": row["method_gap"],
+                     "group": g.id, "reg": stack_name(g.stack), "metric": row["metric"],
+                     "baseline": row["baseline"], "is_baseline": row["is_baseline"]})
+        rows.append(flat)
+    frame = pd.DataFrame(rows)
+    for col in ("p", "p_raw", "p_gap", "p_gap_raw", "delta", "delta_gap", "best_epoch"):
+        frame[col] = frame[col].astype(float)
+    frame["not_averaged"] = frame["not_averaged"].fillna("")
+    frame["is_baseline"] = frame["is_baseline"].astype(bool)
+    return frame
