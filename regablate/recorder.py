@@ -2,9 +2,9 @@
 
 summary.json is written at the start with status "running" and rewritten at the end, both
 atomically; metrics.csv gets one complete line per epoch or nothing (a failed append is cut
-back off, so a full disk never leaves half a line); TensorBoard gets
-the contract's scalar tags plus hparams in the run's own directory (session group = the
-config-without-seeds id, so seeds of one config group together).
+back off, so a full disk never leaves half a line); TensorBoard gets the layout of DESIGN.md:
+`train/` and `val/` sub-runs under identical tags, run-level gap, lr and weights, and the
+HParams session start and end in the run's own file (see `regablate.hparams`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class Recorder:
         tb_dir = self.dir / "tb"
         # a resumed run drops the events after its checkpoint; one restarted from scratch, all
         purge = history[-1]["epoch"] + 1 if history else (0 if tb_dir.exists() else None)
-        self._tb = (_TensorBoard(tb_dir, metric, hparams, summary["group"], purge)
+        session_group = f"{hparams['reg']} {summary['group']}" if hparams and "reg" in hparams else summary["group"]
+        self._tb = (_TensorBoard(tb_dir, metric, hparams, session_group, purge)
                     if tensorboard else None)
 
     @staticmethod
@@ -76,8 +77,9 @@ class Recorder:
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
 
-    def epoch(self, row: dict) -> None:
-        """One epoch's metrics: a csv line (columns from the first row) and tb scalars."""
+    def epoch(self, row: dict, best: dict | None = None) -> None:
+        """One epoch's metrics: a csv line (columns from the first row) and tb scalars;
+        `best` is the row of the best epoch so far (for the `best/*` curves)."""
         if self._csv is None:
             self._csv = csv.DictWriter(self._line, fieldnames=list(row), extrasaction="ignore")
             self._csv.writeheader()
@@ -86,7 +88,7 @@ class Recorder:
         self._line.seek(0)
         self._line.truncate()
         if self._tb is not None:
-            self._tb.epoch(row)
+            self._tb.epoch(row, best)
 
     def _append(self, text: str) -> None:
         """Whole lines onto metrics.csv, or nothing: a failed write is cut back off."""
@@ -99,14 +101,16 @@ class Recorder:
             os.ftruncate(self._fd, start)
             raise OSError(e.errno, e.strerror, str(self.dir / "metrics.csv")) from e
 
-    def histograms(self, named: list, epoch: int) -> None:
-        """TensorBoard histograms of weight tensors: [(name, tensor)] -> weights/hist/<name>."""
+    def histograms(self, named: list, epoch: int, tag: str = "weights/hist") -> None:
+        """TensorBoard histograms of weight tensors: [(name, tensor)] -> <tag>/<name>."""
         if self._tb is not None:
             for name, w in named:
-                self._tb.w.add_histogram(f"weights/hist/{name}", w.detach().float().cpu(), epoch)
+                self._tb.w.add_histogram(f"{tag}/{name}", w.detach().float().cpu(), epoch)
 
-    def finish(self, status: str, **fields: Any) -> dict:
+    def finish(self, status: str, final_weights: list | None = None, **fields: Any) -> dict:
         """Rewrite summary.json with the final status and results; close the files.
+        `final_weights` [(name, tensor)] of the model as it ends (the best epoch's when
+        restored) go to TensorBoard as `weights/final/<name>` histograms.
 
         If TensorBoard cannot write its last events, a run that would have completed is
         recorded as failed with that error; a run that is failing keeps its own error."""
@@ -116,6 +120,8 @@ class Recorder:
             os.close(self._fd)
             try:
                 if self._tb is not None:
+                    step = self.summary.get("metrics_epoch") or self.summary.get("epochs_run") or 0
+                    self.histograms(final_weights or [], step, tag="weights/final")
                     self._tb.close(self.summary)
             except OSError as e:
                 if status == "completed":
@@ -128,70 +134,66 @@ class Recorder:
 
 
 class _TensorBoard:
-    """Scalars under the contract's tags, hparams and a custom-scalars layout."""
+    """A run's events: `train/` and `val/` sub-runs with the same tags (`loss`, `<metric>` and
+    the best-so-far curves `best/loss`, `best/<metric>`), so every chart overlays train and
+    val; run-level `gap`, `best/gap`, `lr`, `weights/*`; at the end `test/` gets the best
+    epoch's `best/*` point. The HParams session start and end go in their own file
+    (`hparams.SESSION_FILE`), which `regablate tb` replaces by one that names the session by
+    its label."""
 
     def __init__(self, logdir: Path, metric: str, hparams: dict | None, group: str,
                  purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.metric = metric
+        self.dir, self.metric = Path(logdir), metric
         self.w = SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
-        self.w.add_custom_scalars({"regablate": {
-            "loss": ["Multiline", ["loss/train", "loss/val"]],
-            metric: ["Multiline", [f"{metric}/train", f"{metric}/val"]],
-            "gap": ["Multiline", ["gap"]],
-        }})
-        self.hparams = hparams
-        if hparams is not None:
-            self._write_hparams_start(hparams, group)
+        self.splits = {s: SummaryWriter(log_dir=str(self.dir / s), purge_step=purge_step)
+                       for s in ("train", "val")}
+        self.hparams, self.group, self.start = hparams, group, time.time()
+        if hparams is not None and purge_step is None:  # a resumed run has its session start
+            self._write_session()
 
-    def _metric_tags(self) -> list[str]:
-        return [f"hparams/{s}_{self.metric}" for s in ("train", "val", "test")] + ["hparams/gap"]
+    def _write_session(self, status: str | None = None) -> None:
+        from regablate import hparams as hp
 
-    def _write_hparams_start(self, hparams: dict, group: str) -> None:
-        from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
+        assert self.hparams is not None
+        events = [hp.session_start(self.hparams, self.group, self.start)]
+        if status is not None:
+            events.append(hp.session_end(status, time.time()))
+        hp.write(self.dir / hp.SESSION_FILE, events)
 
-        exp, ssi, _ = hparams_summary(hparams, dict.fromkeys(self._metric_tags(), 0.0))
-        value = ssi.value[0]
-        data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
-        data.session_start_info.group_name = group
-        value.metadata.plugin_data.content = data.SerializeToString()
-        self.w.file_writer.add_summary(exp)
-        self.w.file_writer.add_summary(ssi)
-
-    def epoch(self, row: dict) -> None:
-        """All of an epoch's scalars in one event (one write instead of one per tag)."""
+    @staticmethod
+    def _add(writer, step: int, pairs: list[tuple[str, Any]]) -> None:
+        """All of an epoch's scalars of one (sub-)run in one event."""
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard.summary import scalar
 
-        m = self.metric
-        tags = [("loss/train", "train_loss"), ("loss/val", "val_loss"), (f"{m}/train", f"train_{m}"),
-                (f"{m}/val", f"val_{m}"), ("gap", "gap"), ("lr", "lr")]
-        tags += [(key, key) for key in row if key.startswith("weights/")]
-        values = [v for tag, key in tags if row.get(key) is not None
-                  for v in scalar(tag, row[key]).value]
-        self.w.file_writer.add_summary(Summary(value=values), row["epoch"])
+        values = [v for tag, x in pairs if x is not None for v in scalar(tag, x).value]
+        if values:
+            writer.file_writer.add_summary(Summary(value=values), step)
+
+    def epoch(self, row: dict, best: dict | None) -> None:
+        m, step = self.metric, row["epoch"]
+        for split, w in self.splits.items():
+            pairs = [("loss", row.get(f"{split}_loss")), (m, row.get(f"{split}_{m}"))]
+            if best is not None:
+                pairs += [("best/loss", best.get(f"{split}_loss")), (f"best/{m}", best.get(f"{split}_{m}"))]
+            self._add(w, step, pairs)
+        pairs = [("gap", row.get("gap")), ("lr", row.get("lr"))]
+        pairs += [(key, row[key]) for key in row if key.startswith("weights/")]
+        if best is not None:
+            pairs.append(("best/gap", best.get("gap")))
+        self._add(self.w, step, pairs)
 
     def close(self, summary: dict) -> None:
+        test = summary.get("test") or {}
+        if summary.get("best_epoch") and test:
+            from torch.utils.tensorboard import SummaryWriter
+
+            with SummaryWriter(log_dir=str(self.dir / "test")) as w:
+                self._add(w, summary["best_epoch"], [("best/loss", test.get("loss")),
+                                                     (f"best/{self.metric}", test.get(self.metric))])
+        for w in (self.w, *self.splits.values()):
+            w.close()
         if self.hparams is not None:
-            from tensorboard.plugins.hparams.api_pb2 import Status
-            from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-            step = summary.get("best_epoch") or 0
-            for split in ("train", "val", "test"):
-                value = (summary.get(split) or {}).get(self.metric)
-                if value is not None:
-                    self.w.add_scalar(f"hparams/{split}_{self.metric}", value, step)
-            if summary.get("gap") is not None:
-                self.w.add_scalar("hparams/gap", summary["gap"], step)
-            _, _, sei = hparams_summary({}, {})
-            from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-
-            value = sei.value[0]
-            data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
-            ok = summary["status"] == "completed"
-            data.session_end_info.status = Status.Value("STATUS_SUCCESS" if ok else "STATUS_FAILURE")
-            value.metadata.plugin_data.content = data.SerializeToString()
-            self.w.file_writer.add_summary(sei)
-        self.w.close()
+            self._write_session(summary["status"])

@@ -1,8 +1,8 @@
 """`regablate tb [DIR ...]`: TensorBoard on the runs' outputs.
 
-Default logdirs: ./multirun and ./outputs, those that exist. One dir is passed as `--logdir`;
-several as `--logdir_spec name:path,...` (named after the dirs) so that TensorBoard does not
-walk a common parent such as the repository. Runs `python -m tensorboard.main` until Ctrl-C.
+Default dirs: ./multirun and ./outputs, those that exist. TensorBoard is shown a view of the
+runs under them (`regablate.tb_view`): runs named `<group label>/seed=<s>`, one HParams
+experiment covering exactly those runs. Runs `python -m tensorboard.main` until Ctrl-C.
 Exit codes: TensorBoard's own; 0 after Ctrl-C; 2 for bad input or no dir to show.
 """
 
@@ -55,32 +55,17 @@ def logdirs(dirs: list[str]) -> list[Path]:
     return found
 
 
-def tensorboard_argv(dirs: list[Path], host: str, port: int) -> list[str]:
-    """The command line that starts TensorBoard on `dirs`."""
-    cmd = [sys.executable, "-m", "tensorboard.main"]
-    if len(dirs) == 1:
-        cmd += ["--logdir", str(dirs[0])]
-    else:
-        specs, names = [], set()
-        for d in dirs:
-            path = str(d.resolve())
-            if "," in path:
-                raise UsageError(f"DIR {str(d)!r}: TensorBoard cannot take a path with a comma "
-                                 "among several dirs; pass it alone")
-            name, i = d.resolve().name or "runs", 2
-            while name in names:
-                name, i = f"{d.resolve().name}_{i}", i + 1
-            names.add(name)
-            specs.append(f"{name}:{path}")
-        cmd += ["--logdir_spec", ",".join(specs)]
-    return cmd + ["--host", host, "--port", str(port)]
+def tensorboard_argv(view: Path, host: str, port: int) -> list[str]:
+    """The command line that starts TensorBoard on the view (`regablate.tb_view`)."""
+    return [sys.executable, "-m", "tensorboard.main", "--logdir", str(view), "--host", host,
+            "--port", str(port)]
 
 
 def main(argv: list[str]) -> int:
     """Entry point for `regablate tb ...`; returns the exit code."""
     try:
         args = build_parser().parse_args(argv)
-        cmd = tensorboard_argv(logdirs(args.dirs), args.host, args.port)
+        dirs = logdirs(args.dirs)
         if importlib.util.find_spec("tensorboard") is None:
             raise UsageError("tensorboard is not installed (pip install tensorboard)")
     except UsageError as e:
@@ -88,6 +73,13 @@ def main(argv: list[str]) -> int:
         return 2
     except SystemExit as e:  # --help
         return int(e.code or 0)
+    from regablate import tb_view
+
+    view = tb_view.cache_dir(dirs)
+    n_runs, n_groups = tb_view.build(dirs, view)
+    cmd = tensorboard_argv(view, args.host, args.port)
+    print(f"regablate tb: {n_runs} runs in {n_groups} groups from {', '.join(map(str, dirs))}, "
+          f"named <group label>/seed=<s> (view: {view})", file=sys.stderr)
     print(f"regablate tb: {' '.join(cmd[1:])}  (Ctrl-C to stop)", file=sys.stderr)
     return serve(cmd)
 

@@ -20,7 +20,8 @@ import torch
 
 from regablate import checkpoint
 from regablate.evaluate import autocast, evaluate, gap
-from regablate.experiment import Experiment, build_experiment, flatten, group_id
+from regablate.experiment import Experiment, build_experiment, group_id
+from regablate.hparams import identity
 from regablate.lint import format_findings, lint
 from regablate.optim import decay_groups, decoupled_decay_
 from regablate.progress import make_progress
@@ -98,14 +99,6 @@ def _summary_head(cfg: dict, x: Experiment) -> dict:
     }
 
 
-def _hparams(cfg: dict) -> dict:
-    """Flat scalar settings for TensorBoard's HParams dashboard (lists as strings)."""
-    out = {}
-    for k, v in flatten(cfg).items():
-        out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
 def open_run(cfg: dict, x: Experiment, run_dir: Path, resume: dict | None = None) -> Recorder:
     """Lint the experiment (findings printed and kept as the summary's warnings) and start its
     run files: summary.json says "running" from here on."""
@@ -113,7 +106,7 @@ def open_run(cfg: dict, x: Experiment, run_dir: Path, resume: dict | None = None
     if findings and x.s.trainer.progress != "none":
         print(format_findings(findings), file=sys.stderr, flush=True)
     head = {**_summary_head(cfg, x), "warnings": [f.as_dict() for f in findings]}
-    return Recorder(run_dir, head, x.data.metric, _hparams(cfg), x.s.trainer.tensorboard, resume=resume)
+    return Recorder(run_dir, head, x.data.metric, identity(cfg), x.s.trainer.tensorboard, resume=resume)
 
 
 def closing_fields(x: Experiment, restored: bool) -> dict:
@@ -250,15 +243,15 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
                    "val_loss": va["loss"], f"val_{metric}": va[metric], "gap": gap(tr, va, metric),
                    "objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4),
                    **{f"weights/{k}": v for k, v in weight_stats(model).items()}}
-            rec.epoch(row)
             every = x.s.eval.histogram_every
             if every and (epoch % every == 0 or epoch == 1):
                 rec.histograms(named_weight_matrices(model), epoch)
             history.append(row)
-            progress.epoch(row)
             if stopper.update(va[metric] if monitor_metric else va["loss"], epoch):
                 best_state = copy.deepcopy(model.state_dict())
                 checkpoint.save(ckpt / "best.pt", best_state)
+            rec.epoch(row, best=history[stopper.best_epoch - 1])
+            progress.epoch(row)
             x.schedule.step(va["loss"])
             if t.checkpoint:
                 checkpoint.save(ckpt / "last.pt", {
@@ -275,7 +268,7 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
     if restore:
         model.load_state_dict(best_state)
     return rec.finish(
-        status, best_epoch=stopper.best_epoch, epochs_run=epochs_run,
+        status, final_weights=named_weight_matrices(model), best_epoch=stopper.best_epoch, epochs_run=epochs_run,
         metrics_epoch=stopper.best_epoch if restore else epochs_run,
         stopped_early=stopper.stop and epochs_run < t.max_epochs,
         **closing_fields(x, restore), error=error,

@@ -129,15 +129,28 @@ def test_tensorboard_scalars_and_hparams_session_group(small_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    s = train(small_cfg("+reg=dropout", "trainer.tensorboard=true"), tmp_path)
-    acc = EventAccumulator(str(tmp_path / "tb"))
-    acc.Reload()
-    scalars = set(acc.Tags()["scalars"])
-    for tag in ("loss/train", "loss/val", "acc/train", "acc/val", "gap", "lr", "weights/sparsity",
-                "hparams/val_acc", "hparams/gap"):
-        assert tag in scalars, tag
-    assert [e.step for e in acc.Scalars("acc/val")] == [1, 2, 3]
-    assert acc.Scalars("hparams/val_acc")[0].value == pytest.approx(s["val"]["acc"])
-    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    s = train(small_cfg("+reg=dropout", "trainer.tensorboard=true", "trainer.max_epochs=6",
+                        "optim.lr=0.05"), tmp_path)
+    split = {}
+    for name in ("train", "val", "test"):
+        split[name] = EventAccumulator(str(tmp_path / "tb" / name))
+        split[name].Reload()
+    assert set(split["train"].Tags()["scalars"]) == set(split["val"].Tags()["scalars"]) == {
+        "loss", "acc", "best/loss", "best/acc"}
+    assert [e.step for e in split["val"].Scalars("acc")] == [1, 2, 3, 4, 5, 6]
+    # best/* is the value at the best epoch so far: it ends on the summary's numbers
+    best = split["val"].Scalars("best/acc")
+    assert best[-1].value == pytest.approx(s["val"]["acc"]) and len(best) == 6
+    assert split["train"].Scalars("best/acc")[-1].value == pytest.approx(s["train"]["acc"])
+    assert [(e.step, e.value) for e in split["test"].Scalars("best/acc")] == [
+        (s["best_epoch"], pytest.approx(s["test"]["acc"]))]
+    run = EventAccumulator(str(tmp_path / "tb"))
+    run.Reload()
+    assert set(run.Tags()["scalars"]) == {"gap", "best/gap", "lr", "weights/sparsity", "weights/l1", "weights/l2"}
+    assert run.Scalars("best/gap")[-1].value == pytest.approx(s["gap"])
+    content = run.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    assert start.group_name == s["group"] and start.hparams["reg.dropout.p"].number_value == 0.5
+    assert start.group_name == f"dropout {s['group']}" and start.hparams["reg.dropout.p"].number_value == 0.5
+    assert start.hparams["reg"].string_value == "dropout"
+    assert not {"seed", "data_seed", "trainer.progress", "trainer.threads"} & set(start.hparams)
+    assert "_hparams_/experiment" not in run.PluginTagToContent("hparams")  # the sweep's root says it

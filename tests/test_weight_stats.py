@@ -25,7 +25,16 @@ def test_stats_by_hand_over_weight_matrices_only():
     assert s["l1"] == pytest.approx(2 + 3 + 5e-4 + 1e-3 + 4)
     assert s["l2"] == pytest.approx(math.sqrt(4 + 9 + 16 + 25e-8 + 1e-6))
     assert weight_stats(model, threshold=2.5)["sparsity"] == pytest.approx(4 / 6)
-    assert [n for n, _ in named_weight_matrices(model)] == ["0.weight", "2.weight"]
+    assert [n for n, _ in named_weight_matrices(model)] == ["linear1.weight", "conv2d1.weight"]
+
+
+def test_weight_names_do_not_shift_when_dropout_layers_are_inserted():
+    plain = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    dropped = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Dropout(0.5), nn.Linear(3, 1))
+    nested = nn.Sequential(nn.Sequential(nn.Conv2d(1, 1, 3), nn.Dropout2d()), nn.Flatten(), nn.Linear(1, 1))
+    assert [n for n, _ in named_weight_matrices(plain)] == ["linear1.weight", "linear2.weight"]
+    assert [n for n, _ in named_weight_matrices(dropped)] == ["linear1.weight", "linear2.weight"]
+    assert [n for n, _ in named_weight_matrices(nested)] == ["sequential1.conv2d1.weight", "linear1.weight"]
 
 
 def test_a_model_without_weight_matrices():

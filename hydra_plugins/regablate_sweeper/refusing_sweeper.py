@@ -5,14 +5,17 @@ A job is refused when its run dir already holds a run or another process is writ
 first failed job's error and say nothing of the others: this one counts the refusals in every
 batch (from the JobReturns, so it works under any launcher: basic, joblib, submitit,
 vectorized) and raises one UsageError after the batch, which `regablate run` prints as one
-line with exit code 2.
+line with exit code 2. A sweep that ran writes its TensorBoard HParams experiment at its root
+(`regablate.tb_view.describe_sweep`); a refused one writes nothing.
 
 Hydra executes this module without an entry in sys.modules: no `from __future__ import
 annotations` here (dataclasses would fail).
 """
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
@@ -55,15 +58,25 @@ def refused_message(refused: list, n_jobs: int) -> str:
 class RefusingSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> object:
         from regablate.errors import UsageError
+        from regablate.tb_view import describe_sweep
 
-        launch = self.launcher.launch
+        launch, refused_any = self.launcher.launch, []
 
         def launch_and_count(job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
             results = launch(job_overrides, initial_job_idx)
             refused = refusals(results)
+            refused_any.extend(refused)
             if refused:
                 raise UsageError(refused_message(refused, len(results)))
             return results
 
         self.launcher.launch = launch_and_count
-        return super().sweep(arguments)
+        try:
+            return super().sweep(arguments)
+        finally:
+            if not refused_any:  # best effort: the sweep's outcome is already decided
+                try:
+                    describe_sweep(Path(str(self.config.hydra.sweep.dir)))
+                except Exception as e:
+                    print(f"regablate: warning: no TensorBoard experiment written for the sweep: {e}",
+                          file=sys.stderr)
