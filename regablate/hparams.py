@@ -60,11 +60,12 @@ def shown(sessions: list[dict[str, Any]]) -> list[str]:
 
 
 def metric_names(metrics: Iterable[str]) -> list[tuple[str, str]]:
-    """(tag, sub-run) of every metric of the experiment, for each task metric seen."""
-    out = []
-    for m in dict.fromkeys(metrics):
-        out += [(f"best/{m}", "val"), (f"best/{m}", "train"), (f"best/{m}", "test")]
-    return [*out, ("best/loss", "val"), ("best/loss", "train"), ("best/gap", "")]
+    """(tag, sub-run) of every metric of the experiment, for each task metric seen: val and the
+    gap first (TensorBoard ticks the first few)."""
+    ms = list(dict.fromkeys(metrics))
+    return [*((f"best/{m}", "val") for m in ms), ("best/gap", ""),
+            *((f"best/{m}", split) for m in ms for split in ("train", "test")),
+            ("best/loss", "val"), ("best/loss", "train")]
 
 
 def _summary(plugin_data) -> Any:
