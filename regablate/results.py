@@ -296,15 +296,14 @@ def summarize(runs, metric: str = "val", baseline: str | None = None, paired: bo
     `metric`: "val", "train" or "test". `baseline`: a group's label or id; default: the group
     with an empty stack (matched by settings outside reg.* when there are several).
     """
-    from regablate.report.select import assign_baselines, make_groups
+    from regablate.report.select import choose
     from regablate.report.table import group_report
 
     if metric not in SPLITS:
         raise ValueError(f"summarize: metric={metric!r}; allowed: {', '.join(SPLITS)}")
-    groups = make_groups(records(runs))
+    groups = choose(records(runs), [], baseline)
     if not groups:
         raise ValueError("summarize: no runs in the frame")
-    assign_baselines(groups, groups, baseline)
     return report_frame(group_report(groups, metric, paired), groups)
 
 

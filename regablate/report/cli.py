@@ -127,14 +127,7 @@ def _parquet(report, groups, args) -> None:
 def run(args: argparse.Namespace) -> int:
     from regablate.report import render
     from regablate.report.collect import collect
-    from regablate.report.select import (
-        SelectError,
-        assign_baselines,
-        check_filters,
-        make_groups,
-        matches,
-        parse_filter,
-    )
+    from regablate.report.select import SelectError, choose, parse_filter
     from regablate.report.table import group_report, run_report
 
     try:
@@ -150,15 +143,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"no runs found under {where}" +
                          (f" ({len(skipped)} unreadable, see warnings)" if skipped else ""))
     try:
-        check_filters(filters, runs)
-        pool = make_groups([r for r in runs if all(matches(r, f) for f in filters
-                                                   if f.key != "reg")])
-        shown = [g for g in pool if all(matches(g.runs[0], f) for f in filters if f.key == "reg")]
-        if not shown:
-            raise UsageError(f"no runs under {where} match --filter {' '.join(args.filter)}")
-        assign_baselines(shown, pool, args.baseline)
+        shown = choose(runs, filters, args.baseline)
     except SelectError as e:
         raise UsageError(str(e)) from None
+    if not shown:
+        raise UsageError(f"no runs under {where} match --filter {' '.join(args.filter)}")
 
     report = run_report(shown) if args.runs else group_report(shown, args.metric, not args.unpaired)
     if skipped:

@@ -190,3 +190,15 @@ def assign_baselines(groups: list[Group], pool: list[Group], name: str | None) -
     for g in groups:
         b = chosen[g.id]
         g.baseline = None if b is None or b.id == g.id else b
+
+
+def choose(runs: list[Run], filters: list[Filter], baseline: str | None) -> list[Group]:
+    """The groups shown, named and given their baselines: the one selection the CLI and
+    regablate.summarize share. Reg filters pick the groups shown, never their baselines' pool.
+    Returns [] when no group matches the filters."""
+    check_filters(filters, runs)
+    pool = make_groups([r for r in runs if all(matches(r, f) for f in filters if f.key != "reg")])
+    shown = [g for g in pool if all(matches(g.runs[0], f) for f in filters if f.key == "reg")]
+    if shown:
+        assign_baselines(shown, pool, baseline)
+    return shown
