@@ -10,11 +10,13 @@ from regablate.data.synthetic import (
     make_sine,
     make_sparse_synthetic,
 )
+from regablate.data.tabular import TabularSettings, make_tabular
 
 DATASETS = {
     "sine": (SineSettings, make_sine),
     "sparse_synthetic": (SparseSyntheticSettings, make_sparse_synthetic),
     "cifar10": (Cifar10Settings, make_cifar10),
+    "tabular": (TabularSettings, make_tabular),
 }
 
 __all__ = ["DATASETS", "Data", "Split"]

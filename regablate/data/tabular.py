@@ -1,0 +1,214 @@
+"""Your own table: a CSV or Parquet file read with pandas, one `target` column, any features.
+
+- task: `classification` or `regression`; inferred when unambiguous (a text/boolean target, or
+  one with exactly two values, is classification; a numeric target with fractional values is
+  regression); an integer target with more than two values must be named with `dataset.task`.
+- splits: `val_fraction` and `test_fraction` of the rows, drawn from `data_seed`, stratified by
+  class for classification; `n_train` optionally keeps a (stratified) subset of the rest.
+- numeric features are standardised with the training split's mean and std; non-numeric
+  features are one-hot encoded over the training split's categories (unseen ones: all zeros).
+- missing values are refused, naming the columns, unless `impute=median`: numeric columns get
+  the training split's median, categorical ones its most frequent value, and rows without a
+  target are dropped.
+- a regression target is standardised with training statistics (`scale_target`), so `mse` is
+  in units of the training target's variance.
+
+`path` may name a file inside an installed package, `pkg:<package>/<file>`
+(e.g. `pkg:palmerpenguins/data/penguins.csv`), found without importing the package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from regablate.data.base import Data, Split
+from regablate.data.cifar10 import stratified
+from regablate.errors import ConfigError, UsageError
+from regablate.schema import check, fraction, positive
+
+
+@dataclass
+class TabularSettings:
+    name: Literal["tabular"] = "tabular"
+    path: str | None = None  # a .csv or .parquet file, or pkg:<package>/<file>; required
+    target: str | None = None  # the column to predict; required
+    task: Literal["classification", "regression"] | None = None  # null = inferred
+    features: list[str] | None = None  # input columns; null = every column but the target
+    impute: Literal["none", "median"] = "none"  # none = refuse missing values
+    val_fraction: float = fraction(0.2)  # share of the rows held out for validation
+    test_fraction: float = fraction(0.2)  # share of the rows held out for the test split
+    n_train: int | None = check(lambda v: v > 0, "must be > 0 or null", None)  # null = all the rest
+    max_categories: int = positive(50)  # a non-numeric column with more distinct values is refused
+    scale_target: bool = True  # regression: standardise the target with training statistics
+
+
+def resolve_path(path: str) -> Path:
+    """`path` as a file: `~` expanded, `pkg:<package>/<file>` looked up in the installed package."""
+    if not path.startswith("pkg:"):
+        return Path(path).expanduser()
+    package, _, inner = path[4:].partition("/")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"{path}: package {package!r} is not installed (pip install {package})")
+    return Path(list(spec.submodule_search_locations)[0]) / inner
+
+
+def read_table(path: str):
+    """The file as a pandas DataFrame; UsageError for a missing file or an unknown format."""
+    import pandas as pd
+
+    p = resolve_path(path)
+    if not p.is_file():
+        raise UsageError(f"{path}: no such file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(p)
+        if suffix in (".parquet", ".pq"):
+            if importlib.util.find_spec("pyarrow") is None:
+                raise UsageError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow")
+            return pd.read_parquet(p)
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise UsageError(f"{path}: cannot read the table ({type(e).__name__}: {e})") from e
+    raise UsageError(f"{path}: not a .csv or .parquet file")
+
+
+def _is_numeric(col) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+
+
+def _columns(df, s: TabularSettings, path: str) -> list[str]:
+    """The feature columns, checked against the file's columns."""
+    listing = ", ".join(map(str, df.columns))
+    if s.target is None:
+        raise ConfigError("dataset.target", None, f"is required: one of the columns of {path}: {listing}")
+    if s.target not in df.columns:
+        raise ConfigError("dataset.target", s.target, f"not a column of {path}; columns: {listing}")
+    features = [c for c in df.columns if c != s.target] if s.features is None else list(s.features)
+    unknown = [c for c in features if c not in df.columns]
+    if unknown:
+        raise ConfigError("dataset.features", unknown, f"not columns of {path}; columns: {listing}")
+    if s.target in features:
+        raise ConfigError("dataset.features", s.target, "includes the target column")
+    if not features:
+        raise ConfigError("dataset.features", features, f"no input columns left in {path}")
+    return features
+
+
+def infer_task(y, s: TabularSettings, path: str) -> str:
+    """classification | regression, from `dataset.task` or the target's values."""
+    numeric = _is_numeric(y)
+    if s.task == "regression" and not numeric:
+        raise ConfigError("dataset.task", "regression", f"target {s.target!r} of {path} is not "
+                          "numeric; use dataset.task=classification")
+    if s.task is not None:
+        return s.task
+    values = y.dropna().unique()
+    if not numeric or len(values) == 2:
+        return "classification"
+    if not np.all(np.mod(values.astype(float), 1) == 0):
+        return "regression"
+    raise ConfigError("dataset.task", None, f"cannot be inferred: target {s.target!r} of {path} "
+                      f"has {len(values)} integer values; set dataset.task=classification or "
+                      "dataset.task=regression")
+
+
+def split_rows(y: torch.Tensor | None, n: int, s: TabularSettings, data_seed: int):
+    """(train, val, test) row indices from `data_seed`; stratified by class when `y` is given."""
+    g = torch.Generator().manual_seed(data_seed)
+    n_val, n_test = round(n * s.val_fraction), round(n * s.test_fraction)
+    if n_val < 1 or n_test < 1 or n - n_val - n_test < 1:
+        raise ConfigError("dataset.val_fraction", s.val_fraction, f"with dataset.test_fraction="
+                          f"{s.test_fraction} leaves an empty split of {n} rows")
+    labels = torch.zeros(n, dtype=torch.long) if y is None else y  # one "class": a plain draw
+    val = stratified(labels, n_val, g)
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[val] = False
+    rest_idx = rest.nonzero().squeeze(1)
+    test = rest_idx[stratified(labels[rest_idx], n_test, g)]
+    rest[test] = False
+    train = rest.nonzero().squeeze(1)
+    if s.n_train is not None:
+        if s.n_train > len(train):
+            raise ConfigError("dataset.n_train", s.n_train, f"must be <= {len(train)} (the rows "
+                              "left after validation and test) or null")
+        train = train[stratified(labels[train], s.n_train, g)]
+    return train, val, test
+
+
+def encode(df, features: list[str], train_rows, s: TabularSettings, path: str):
+    """Feature matrix (float32, all rows) with every statistic taken from `train_rows`."""
+    import pandas as pd
+
+    tr = df.iloc[train_rows]
+    blocks = []
+    for c in features:
+        col = df[c]
+        if _is_numeric(col):
+            x = col.astype("float64")
+            if s.impute == "median":
+                x = x.fillna(tr[c].astype("float64").median())
+            mean, std = x.iloc[train_rows].mean(), x.iloc[train_rows].std(ddof=0)
+            blocks.append(((x - mean) / (std if std > 0 else 1.0)).to_numpy()[:, None])
+            continue
+        kind = col.dtype
+        if not isinstance(kind, pd.CategoricalDtype) and not all(
+                isinstance(v, (str, bool, np.bool_)) for v in col.dropna().unique()):
+            raise UsageError(f"{path}: column {c!r} ({kind}) is neither numeric nor categorical "
+                             "(text/boolean values); drop it from dataset.features")
+        if s.impute == "median" and col.isna().any():
+            col = col.fillna(tr[c].mode().iloc[0])
+        cats = sorted(col.iloc[train_rows].dropna().unique(), key=str)
+        if len(cats) > s.max_categories:
+            raise UsageError(f"{path}: column {c!r} is not numeric and has {len(cats)} distinct "
+                             f"values in the training split (more than dataset.max_categories="
+                             f"{s.max_categories}); drop it from dataset.features or raise the limit")
+        values = col.to_numpy()
+        blocks.append(np.stack([values == v for v in cats], axis=1).astype("float64"))
+    return torch.from_numpy(np.concatenate(blocks, axis=1)).float()
+
+
+def make_tabular(s: TabularSettings, data_seed: int) -> Data:
+    if s.path is None:
+        raise ConfigError("dataset.path", None, "is required: a .csv or .parquet file")
+    path = s.path
+    df = read_table(path)
+    features = _columns(df, s, path)
+    df = df[[*features, s.target]]
+    missing = {c: int(n) for c, n in df.isna().sum().items() if n}
+    if missing and s.impute == "none":
+        listing = ", ".join(f"{c} ({n})" for c, n in missing.items())
+        raise UsageError(f"{path}: missing values in {listing}; clean the file or set "
+                         "dataset.impute=median (training-split medians / most frequent values)")
+    df = df[df[s.target].notna()].reset_index(drop=True)  # rows without a target cannot be learnt
+    task = infer_task(df[s.target], s, path)
+    if task == "classification":
+        classes = sorted(df[s.target].unique(), key=str)
+        if len(classes) < 2:
+            raise ConfigError("dataset.target", s.target, f"has one class ({classes[0]!r}) in "
+                              f"{path}; classification needs at least two")
+        index = {v: i for i, v in enumerate(classes)}
+        y = torch.tensor([index[v] for v in df[s.target]], dtype=torch.long)
+        train, val, test = split_rows(y, len(df), s, data_seed)
+        out_dim = len(classes)
+    else:
+        values = torch.tensor(df[s.target].to_numpy(dtype="float64"))
+        train, val, test = split_rows(None, len(df), s, data_seed)
+        if s.scale_target:
+            std = values[train].std(unbiased=False)
+            values = (values - values[train].mean()) / (std if std > 0 else 1.0)
+        y, out_dim = values.float().unsqueeze(1), 1
+    x = encode(df, features, train.numpy(), s, path)
+    return Data(task, Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test]),
+                in_shape=(x.shape[1],), out_dim=out_dim)
