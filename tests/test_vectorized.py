@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from regablate import checkpoint
+from regablate.errors import Terminated
 from regablate.experiment import build_experiment
 from regablate.settings import load_settings
 from regablate.train import train
@@ -66,6 +67,44 @@ def assert_same_run(vec: Path, ordinary: Path, tol: float, acc_tol: float, state
     assert list(sa) == list(sb)
     for k in sb:
         assert torch.allclose(sa[k].float(), sb[k].float(), atol=(drift or {}).get(k, state_tol)), k
+
+
+def tb_events(run_dir: Path) -> dict:
+    """{sub-run ("" for tb/ itself): EventAccumulator} of a run's TensorBoard dir."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for sub in ("", "train", "val", "test"):
+        out[sub] = EventAccumulator(str(run_dir / "tb" / sub), size_guidance={"histograms": 0})
+        out[sub].Reload()
+    return out
+
+
+def assert_same_tb(vec: Path, ordinary: Path, tol: float) -> None:
+    """The same scalar tags, steps and values (to `tol`) in tb/, tb/train, tb/val and tb/test, the
+    same histogram tags (weights/hist/<layer>, weights/final/<layer>) and steps, and `best/<metric>`
+    ending on the best epoch's val row (the summary's numbers when the best epoch was restored)."""
+    a, b = tb_events(vec), tb_events(ordinary)
+    summary = json.loads((vec / "summary.json").read_text())
+    m = summary["metric"]
+    for sub in b:
+        tags = b[sub].Tags()
+        assert set(a[sub].Tags()["scalars"]) == set(tags["scalars"]) and tags["scalars"], sub
+        assert set(a[sub].Tags()["histograms"]) == set(tags["histograms"]), sub
+        for tag in tags["scalars"]:
+            x, y = a[sub].Scalars(tag), b[sub].Scalars(tag)
+            assert [e.step for e in x] == [e.step for e in y], (sub, tag)
+            assert [e.value for e in x] == pytest.approx([e.value for e in y], abs=tol, rel=tol), (sub, tag)
+        for tag in tags["histograms"]:
+            assert [e.step for e in a[sub].Histograms(tag)] == [e.step for e in b[sub].Histograms(tag)], tag
+    hists = set(a[""].Tags()["histograms"])
+    assert any(t.startswith("weights/final/") for t in hists) and any(t.startswith("weights/hist/") for t in hists)
+    best = a["val"].Scalars(f"best/{m}")
+    assert len(best) == summary["epochs_run"]
+    assert best[-1].value == pytest.approx(float(rows(vec)[summary["best_epoch"] - 1][f"val_{m}"]))
+    if summary["metrics_epoch"] == summary["best_epoch"]:
+        assert best[-1].value == pytest.approx(summary["val"][m], abs=1e-6)
+        assert a[""].Scalars("best/gap")[-1].value == pytest.approx(summary["gap"], abs=1e-6)
 
 
 # -- stacked optimisers ------------------------------------------------------------------------
@@ -185,21 +224,27 @@ def test_chunks_and_memory_budget(small_cfg, tmp_path):
 # -- members against the ordinary trainer ---------------------------------------------------------
 def test_members_of_a_group_match_their_ordinary_runs(small_cfg, tmp_path):
     """One group of members that differ in seed, lr, decay, penalties, smoothing, constraints and
-    early stopping: each member's files are its ordinary run's, to float tolerance."""
+    early stopping: each member's files are its ordinary run's, to float tolerance, TensorBoard's
+    (on for three of them, which does not split the group) included."""
     extra = ("trainer.max_epochs=4", "trainer.checkpoint=false")
+    tb = ("trainer.tensorboard=true", "eval.histogram_every=2")
     cfgs = [small_cfg(*extra),
-            small_cfg(*extra, "seed=1", "+reg=[l1,l2]", "reg.l1.lam=0.001", "reg.l2.lam=0.01"),
+            small_cfg(*extra, *tb, "seed=1", "+reg=[l1,l2]", "reg.l1.lam=0.001", "reg.l2.lam=0.01"),
             small_cfg(*extra, "seed=2", "+reg=weight_decay", "reg.weight_decay.lam=0.5", "optim.lr=0.01"),
             small_cfg(*extra, "+reg=[label_smoothing,max_norm]", "reg.max_norm.c=0.5"),
             small_cfg(*extra, "+reg=grad_clip", "reg.grad_clip.max_norm=0.05", "optim.weight_decay=0.1"),
-            small_cfg(*extra, "seed=3", "trainer.early_stopping.patience=2",
+            small_cfg(*extra, *tb, "seed=3", "trainer.early_stopping.patience=2",
                       "trainer.early_stopping.min_delta=0.5", "sched.patience=0", "sched.threshold=0.5"),
-            small_cfg(*extra, "seed=3", "trainer.early_stopping.patience=1",
+            small_cfg(*extra, *tb, "seed=3", "trainer.early_stopping.patience=1",
                       "trainer.early_stopping.min_delta=0.5", "trainer.restore_best=false")]
     fit(cfgs, tmp_path)
     for i, cfg in enumerate(cfgs):
         train(cfg, tmp_path / f"o{i}")
         assert_same_run(tmp_path / f"v{i}", tmp_path / f"o{i}", tol=2e-5, acc_tol=2e-5, state_tol=2e-4)
+        if cfg["trainer"]["tensorboard"]:
+            assert_same_tb(tmp_path / f"v{i}", tmp_path / f"o{i}", tol=2e-5)
+        else:
+            assert not (tmp_path / f"v{i}" / "tb").exists()
     epochs = [json.loads((tmp_path / f"v{i}" / "summary.json").read_text())["epochs_run"] for i in (4, 5, 6)]
     assert epochs == [4, 3, 2]  # each member stopped at its own epoch, the others went on
     assert [float(r["lr"]) for r in rows(tmp_path / "v5")] == [1e-3, 1e-3, 5e-4]  # its own plateau
@@ -307,3 +352,25 @@ def test_a_diverging_member_is_recorded_and_the_others_are_untouched(small_cfg, 
     assert a["status"] == "diverged" and a["error"] == "non-finite loss at epoch 1"
     assert sorted(p.name for p in (tmp_path / "v1").rglob("*")) == \
         sorted(p.name for p in (tmp_path / "o1").rglob("*"))
+
+
+@pytest.mark.parametrize("signal", [KeyboardInterrupt, Terminated])
+def test_an_interrupted_group_records_every_member_as_the_ordinary_trainer_does(signal, small_cfg, tmp_path,
+                                                                                monkeypatch):
+    calls = []
+
+    def stop_in_epoch_2(self, runs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise signal()
+        return real(self, runs)
+
+    real = VectorizedTrainer._epoch
+    monkeypatch.setattr(VectorizedTrainer, "_epoch", stop_in_epoch_2)
+    with pytest.raises(signal):
+        fit([small_cfg("trainer.checkpoint=false"), small_cfg("seed=1", "trainer.checkpoint=false")], tmp_path)
+    how = "SIGTERM" if signal is Terminated else "the user (Ctrl-C)"
+    for i in (0, 1):
+        s = json.loads((tmp_path / f"v{i}" / "summary.json").read_text())
+        assert s["status"] == "interrupted" and s["error"] == f"interrupted by {how}"
+        assert len(rows(tmp_path / f"v{i}")) == 1

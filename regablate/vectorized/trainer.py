@@ -252,10 +252,11 @@ class VectorizedTrainer:
         try:
             with ThreadPoolExecutor(max_workers=8, thread_name_prefix="regablate-ckpt") as self._io:
                 summaries = self._fit(runs)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as regablate.errors.Terminated
             for r in runs:
                 if r.rec.summary["status"] == "running":
-                    r.rec.finish("interrupted", error="interrupted by the user")
+                    r.rec.finish("interrupted",
+                                 error=f"interrupted by {getattr(e, 'signal_name', 'the user (Ctrl-C)')}")
             raise
         except Exception as e:
             for r in runs:
@@ -306,7 +307,6 @@ class VectorizedTrainer:
                        f"val_{metric}": va[k][metric], "gap": gap(tr[k], va[k], metric),
                        "objective": objective[k], "epoch_time_s": elapsed,
                        **{f"weights/{name}": v[k] for name, v in stats.items()}}
-                r.rec.epoch(row)
                 every = r.m.s.eval.histogram_every
                 if r.m.s.trainer.tensorboard and every and (epoch % every == 0 or epoch == 1):
                     self.model.export_member(k, r.m.x.model)
@@ -316,6 +316,7 @@ class VectorizedTrainer:
                 if r.stopper.update(va[k][metric] if monitor_metric else va[k]["loss"], epoch):
                     improved.append(k)
                     r.has_best = True
+                r.rec.epoch(row, best=r.history[r.stopper.best_epoch - 1])  # as the ordinary trainer
                 r.m.x.schedule.step(va[k]["loss"])
                 if r.stopper.stop:
                     r.done = True
@@ -358,7 +359,8 @@ class VectorizedTrainer:
             self.model.export_member(k, r.m.x.model, final)
             fields = closing_fields(r.m.x, k in restore)
             summaries.append(r.rec.finish(
-                r.status, best_epoch=r.stopper.best_epoch, epochs_run=r.epochs_run,
+                r.status, final_weights=named_weight_matrices(r.m.x.model),
+                best_epoch=r.stopper.best_epoch, epochs_run=r.epochs_run,
                 metrics_epoch=r.stopper.best_epoch if k in restore else r.epochs_run,
                 stopped_early=r.stopper.stop and r.epochs_run < max_epochs, error=error, **fields))
         return summaries
