@@ -99,20 +99,25 @@ def _typed(pd, frame, order: dict):
     for col in frame.columns:
         s = frame[col]
         if col in CATEGORIES:
-            cats = order.get(col) or sorted(s.dropna().astype(str).unique())
-            frame[col] = pd.Categorical(s, categories=[c for c in cats if c in set(s)])
-        elif col in INTEGERS:
-            frame[col] = pd.array([None if _missing(v) else int(v) for v in s], dtype="Int64")
-        elif col in BOOLEANS:
-            frame[col] = pd.array([None if _missing(v) else bool(v) for v in s], dtype="boolean")
-        elif "." in col:
-            values = [v for v in s if not _missing(v)]
-            if values and all(isinstance(v, bool) for v in values):
-                frame[col] = pd.array([None if _missing(v) else v for v in s], dtype="boolean")
-            elif values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                frame[col] = pd.array([None if _missing(v) else v for v in s], dtype="Int64")
-            elif values and all(_is_number(v) for v in values):
-                frame[col] = s.astype(float)
+            present = set(s.dropna().unique().tolist())
+            cats = order.get(col) or sorted(map(str, present))
+            frame[col] = pd.Categorical(s, categories=[c for c in cats if c in present])
+            continue
+        if col not in INTEGERS and col not in BOOLEANS and "." not in col:
+            continue
+        values = s.tolist()
+        known = [v for v in values if not _missing(v)]
+        if col in INTEGERS or (known and all(isinstance(v, int) and not isinstance(v, bool)
+                                             for v in known)):
+            try:
+                frame[col] = pd.to_numeric(s, errors="raise").astype("Int64")
+            except (TypeError, ValueError):  # not whole numbers after all
+                pass
+        elif col in BOOLEANS or (known and all(isinstance(v, bool) for v in known)):
+            frame[col] = pd.array([None if _missing(v) else bool(v) for v in values],
+                                  dtype="boolean")
+        elif known and all(_is_number(v) for v in known):
+            frame[col] = s.astype(float)
     return frame
 
 
@@ -211,15 +216,19 @@ def load_curves(*paths, status=None):
                               strict=True):
             data[key] += [value] * n
         for name, values in columns.items():
-            data.setdefault(name, [math.nan] * total).extend(values)
+            if name not in data:
+                data[name] = [math.nan] * total
+            data[name].extend(values)
         total += n
         for values in data.values():
             if len(values) < total:
                 values.extend([math.nan] * (total - len(values)))
     frame = pd.DataFrame(data)
     if "epoch" in frame:
-        frame["epoch"] = pd.array([None if math.isnan(v) else int(v) for v in frame["epoch"]],
-                                  dtype="Int64")
+        try:
+            frame["epoch"] = frame["epoch"].astype("Int64")
+        except (TypeError, ValueError):  # a fractional epoch: keep it as written
+            pass
     order = {"label": [g.name for g in groups],
              "reg": list(dict.fromkeys(labels[id(g.runs[0])][1] for g in groups)),
              "status": ["completed", "running", "diverged", "failed", "interrupted"]}
