@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from regablate.data.base import Data, Split
 from regablate.data.cifar10 import Cifar10Settings, make_cifar10
+from regablate.data.image_folder import ImageFolderSettings, make_image_folder
 from regablate.data.synthetic import (
     SineSettings,
     SparseSyntheticSettings,
@@ -16,6 +17,7 @@ DATASETS = {
     "sine": (SineSettings, make_sine),
     "sparse_synthetic": (SparseSyntheticSettings, make_sparse_synthetic),
     "cifar10": (Cifar10Settings, make_cifar10),
+    "image_folder": (ImageFolderSettings, make_image_folder),
     "tabular": (TabularSettings, make_tabular),
 }
 

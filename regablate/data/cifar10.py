@@ -8,7 +8,8 @@ Sources (`regablate data cifar10`, see `prepare`):
   Checked against the published md5 checksums (`MD5`); a mismatch is refused unless
   `verify=False`. Pickles are read by an unpickler that only builds numpy arrays and lists.
 - the image-folder layout `train/<class>/*.png|jpg`, `test/<class>/...` (directory or tar
-  archive), class order = the official label names; decoded with Pillow; no checksum applies.
+  archive), class order = the official label names; decoded as `dataset=image_folder` decodes
+  (`image_folder.open_image`, `to_array`), every image 32×32; no checksum applies.
 
 The cache `<root>/cifar10.pt` holds train_x (50000, 3, 32, 32) uint8, train_y, test_x, test_y,
 classes and where they came from. At run time (`make_cifar10`) a stratified validation split
@@ -173,7 +174,7 @@ def decode_batches(named: dict[str, bytes]) -> dict:
 def decode_image_folder(files: dict[str, bytes]) -> dict:
     """`[prefix/]train|test/<class>/<image>` -> arrays; label = index of the official name;
     images in file-name order within a class."""
-    from PIL import Image
+    from regablate.data.image_folder import open_image, to_array
 
     found: dict[str, list[tuple[int, str]]] = {"train": [], "test": []}
     for rel in filter(_is_image, files):
@@ -192,12 +193,12 @@ def decode_image_folder(files: dict[str, bytes]) -> dict:
         images = np.empty((len(items), 3, 32, 32), dtype=np.uint8)
         for i, (_, rel) in enumerate(items):
             try:
-                img = Image.open(io.BytesIO(files[rel])).convert("RGB")
-            except OSError as e:
+                img = open_image(files[rel])
+            except (OSError, ValueError, SyntaxError) as e:
                 raise UsageError(f"{rel}: cannot decode image ({e})") from e
             if img.size != (32, 32):
                 raise UsageError(f"{rel}: image is {img.size[0]}x{img.size[1]}, CIFAR-10 is 32x32")
-            images[i] = np.asarray(img).transpose(2, 0, 1)
+            images[i] = to_array(img, 32, 3)
         out[f"{split}_x"] = images
         out[f"{split}_y"] = np.array([label for label, _ in items], dtype=np.int64)
     return out
