@@ -141,6 +141,20 @@ def test_cache_is_reused_and_invalidated_by_edits(tmp_path, monkeypatch):
     assert len(list((tmp_path / "c").rglob("*.pt"))) == 2
 
 
+def test_data_command_decodes_the_cache_runs_reuse(tmp_path, monkeypatch, capsys):
+    from regablate.data.cli import main
+
+    write_images(tmp_path / "img", {"train": 2, "test": 1})
+    args = ["image_folder", str(tmp_path / "img"), "--image-size", "8", "--root", str(tmp_path / "c")]
+    assert main(args) == 0
+    assert "3 classes; train 6, test 3 images; 0 skipped" in capsys.readouterr().out
+    monkeypatch.setattr(image_folder, "decode_image", lambda *a: pytest.fail("decoded again"))
+    d = make_image_folder(settings(tmp_path / "img", tmp_path / "c", image_size=8), 0)
+    assert len(d.test) == 3
+    assert main(["image_folder", str(tmp_path / "nothing")]) == 2
+    assert "/nothing: no such folder or archive" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ bad input
 
 def _no_classes(img: Path) -> None:

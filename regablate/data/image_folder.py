@@ -290,7 +290,11 @@ def load_or_decode(path: Path, s: ImageFolderSettings) -> dict:
         except Exception:  # a truncated or foreign file: decode again
             pass
     src = scan(path)
-    d = decode(src, check_layout(src), s)
+    classes = check_layout(src)
+    n = sum(len(v) for by_class in src.found.values() for v in by_class.values())
+    print(f"regablate: decoding {n} images of {path} at {s.channels}x{s.image_size}x"
+          f"{s.image_size} into {cache}", flush=True)
+    d = decode(src, classes, s)
     from regablate.atomic import write_atomic
 
     cache.parent.mkdir(parents=True, exist_ok=True)
