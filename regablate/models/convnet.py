@@ -14,11 +14,11 @@ from typing import Literal
 
 from torch import nn
 
+import regablate.nn as rnn
 from regablate.errors import ConfigError
 from regablate.models.mlp import ACTIVATIONS, per_layer
 from regablate.regularisers.base import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
-from regablate.regularisers.spatial import DropBlock2d
 from regablate.schema import check
 
 
@@ -42,11 +42,7 @@ def image_shape(in_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
 
 def norm2d(kind: str, channels: int) -> list[nn.Module]:
     """BatchNorm2d; "layer" = GroupNorm with one group (LayerNorm over C, H, W per sample)."""
-    if kind == "batch":
-        return [nn.BatchNorm2d(channels)]
-    if kind == "layer":
-        return [nn.GroupNorm(1, channels)]
-    return []
+    return [] if kind == "none" else [rnn.Norm(channels, dims=2, kind=kind)]
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, norm: str = "batch") -> nn.Conv2d:
@@ -60,10 +56,10 @@ def spatial_layers(spec: ModelSpec, stage: int) -> list[nn.Module]:
     """The stack's spatial regularisers for a conv activation in `stage` (0-based)."""
     layers: list[nn.Module] = []
     if "spatial_dropout" in spec.extra:
-        layers.append(nn.Dropout2d(spec.extra["spatial_dropout"]))
+        layers.append(rnn.Dropout2d(spec.extra["spatial_dropout"]))
     if "dropblock" in spec.extra and stage > 0:
         db = spec.extra["dropblock"]
-        layers.append(DropBlock2d(db["p"], db["block_size"], db["per_channel"]))
+        layers.append(rnn.DropBlock2d(db["p"], db["block_size"], db["per_channel"]))
     return layers
 
 
@@ -79,16 +75,14 @@ def classifier_head(width: int, hidden: list[int], out_dim: int, spec: ModelSpec
     layers: list[nn.Module] = []
     for h, p in zip(hidden, rates, strict=False):  # rates has one entry when hidden=[]
         layers.append(linear(width, h))
-        if norm == "batch":
-            layers.append(nn.BatchNorm1d(h))
-        elif norm == "layer":
-            layers.append(nn.LayerNorm(h))
+        if norm != "none":
+            layers.append(rnn.Norm(h, dims=1, kind=norm))
         layers.append(ACTIVATIONS[activation]())
         if p > 0:
-            layers.append(nn.Dropout(p))
+            layers.append(rnn.Dropout(p))
         width = h
     if not hidden and rates[0] > 0:
-        layers.append(nn.Dropout(rates[0]))
+        layers.append(rnn.Dropout(rates[0]))
     layers.append(linear(width, out_dim))
     return layers
 

@@ -1,4 +1,5 @@
-"""A multi-layer perceptron whose regularising layers come from the stack's ModelSpec."""
+"""A multi-layer perceptron whose regularising layers (regablate.nn blocks) come from the stack's
+ModelSpec. It takes tabular features (n_features,) or flattens any other input shape."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Literal
 
 from torch import nn
 
+import regablate.nn as rnn
 from regablate.errors import ConfigError
 from regablate.regularisers.base import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
@@ -54,13 +56,11 @@ def build_mlp(s: MLPSettings, in_shape: tuple[int, ...], out_dim: int, spec: Mod
         width *= d
     for h, p in zip(s.hidden, rates):
         layers.append(linear(width, h))
-        drop = [nn.Dropout(p)] if p > 0 else []
+        drop = [rnn.Dropout(p)] if p > 0 else []
         if s.dropout_at == "before_norm":
             layers += drop
-        if spec.norm == "batch":
-            layers.append(nn.BatchNorm1d(h))
-        elif spec.norm == "layer":
-            layers.append(nn.LayerNorm(h))
+        if spec.norm != "none":
+            layers.append(rnn.Norm(h, dims=1, kind=spec.norm))
         layers.append(ACTIVATIONS[s.activation]())
         if s.dropout_at == "after_act":
             layers += drop

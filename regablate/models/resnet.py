@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import regablate.nn as rnn
 from regablate.models.convnet import classifier_head, conv3x3, image_shape, norm2d
 from regablate.regularisers.base import ModelSpec
-from regablate.regularisers.spatial import DropBlock2d, DropPath, depth_rates
 from regablate.schema import check, positive
 
 
@@ -50,11 +50,11 @@ class BasicBlock(nn.Module):
         self.norm1 = nn.Sequential(*norm2d(norm, cout))
         self.norm2 = nn.Sequential(*norm2d(norm, cout))
         db = spec.extra.get("dropblock") if dropblock else None
-        self.block1 = _maybe(db and DropBlock2d(db["p"], db["block_size"], db["per_channel"]))
-        self.block2 = _maybe(db and DropBlock2d(db["p"], db["block_size"], db["per_channel"]))
+        self.block1 = _maybe(db and rnn.DropBlock2d(db["p"], db["block_size"], db["per_channel"]))
+        self.block2 = _maybe(db and rnn.DropBlock2d(db["p"], db["block_size"], db["per_channel"]))
         p = spec.extra.get("spatial_dropout")
-        self.spatial = _maybe(None if p is None else nn.Dropout2d(p))
-        self.drop_path = _maybe(None if drop_path is None else DropPath(drop_path))
+        self.spatial = _maybe(None if p is None else rnn.Dropout2d(p))
+        self.drop_path = _maybe(None if drop_path is None else rnn.DropPath(drop_path))
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         """Option A: identity, or every `stride`-th pixel zero-padded to the new width."""
@@ -77,7 +77,7 @@ class ResNet(nn.Module):
         self.stem = nn.Sequential(conv3x3(in_channels, s.width, 1, norm), *norm2d(norm, s.width),
                                   nn.ReLU())
         dp = spec.extra.get("droppath")
-        rates = depth_rates(dp, 3 * n) if dp is not None else [None] * (3 * n)
+        rates = rnn.depth_rates(dp, 3 * n) if dp is not None else [None] * (3 * n)
         blocks, cin = [], s.width
         for stage in range(3):
             cout = s.width * 2**stage

@@ -1,0 +1,251 @@
+"""Building blocks through which the structural regularisers reach a model (yours or ours).
+
+A model places the blocks where a regulariser should act; the config's `reg.*` sets their
+strength and switches them on. Constructed without arguments, a block is *configurable*: it is
+the identity (p = 0, no norm) until a run's stack sets it, so the same model class trains with
+and without the regulariser:
+
+    Dropout()      reg.dropout.p           after a hidden activation (dense layers)
+    Dropout2d()    reg.spatial_dropout.p   after a conv activation: whole channels dropped
+    DropBlock2d()  reg.dropblock.*         on a conv feature map: contiguous b×b blocks dropped
+    DropPath()     reg.droppath.p          on a residual branch: the whole branch, per sample
+    Norm(C)        reg.batchnorm / reg.layernorm (or model.norm)  after a Linear/conv layer
+
+`Norm(num_features, dims=2)` returns torch's own module, chosen while the model is built:
+BatchNorm2d (dims=2) / BatchNorm1d (dims=1) for batch norm, GroupNorm(1, C) (dims=2) /
+LayerNorm(C) (dims=1) for layer norm, nn.Identity for none. Every block is the identity in eval
+mode. A block given its strength explicitly (`Dropout(0.2)`) is fixed and left alone by the
+config; the built-in models construct theirs that way, from the stack's ModelSpec.
+
+`regablate run model=custom` builds the model inside `building(spec)` and then calls
+`configure`: it sets the configurable blocks from the spec and refuses (ConfigError, one line
+naming the block to use) a structural regulariser for which the model has no such block.
+The maths follows timm (timm/layers/drop.py): a short function plus a thin module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from regablate.regularisers.base import ModelSpec
+
+_BUILDING: list[Any] = []  # the ModelSpec of the model being built (innermost last)
+
+
+@contextlib.contextmanager
+def building(spec: ModelSpec) -> Iterator[ModelSpec]:
+    """While a model is built: `Norm()` blocks take their kind from `spec.norm`."""
+    _BUILDING.append(spec)
+    try:
+        yield spec
+    finally:
+        _BUILDING.pop()
+
+
+def drop_block(x: torch.Tensor, p: float, block_size: int, per_channel: bool = True) -> torch.Tensor:
+    """DropBlock (Ghiasi et al. 2018) on a (B, C, H, W) map, in training.
+
+    With b = min(block_size, H, W), block seeds are drawn Bernoulli(γ) on the (H−b+1)×(W−b+1)
+    positions where a whole b×b block fits, with
+
+        γ = p / b² · H·W / ((H−b+1)(W−b+1)),
+
+    so the expected number of seeds times b² is p·H·W (overlapping blocks make the realised
+    rate slightly lower: a pixel covered by n seed positions is dropped with probability
+    1 − (1−γ)ⁿ). Each seed zeroes the b×b block whose top-left corner it is; the result is
+    rescaled by count(M)/count_ones(M) over the whole mask so the mean activation is kept.
+    One mask per channel, or one shared by all channels of a sample (`per_channel=False`).
+    A block larger than the map is clipped to it (then a seed drops the whole map, γ = p).
+    """
+    if p <= 0.0:
+        return x
+    B, C, H, W = x.shape
+    b = min(block_size, H, W)
+    gamma = p / b**2 * (H * W) / ((H - b + 1) * (W - b + 1))
+    seeds = torch.rand(B, C if per_channel else 1, H - b + 1, W - b + 1, device=x.device) < gamma
+    # pad by b-1 on every side, then a b×b max-pool: pixel (r, c) is hit by seeds in
+    # rows r-b+1..r and columns c-b+1..c, i.e. the blocks that cover it; output is H×W.
+    blocks = F.max_pool2d(F.pad(seeds.float(), (b - 1,) * 4), kernel_size=b, stride=1)
+    keep = 1.0 - blocks
+    scale = keep.numel() / keep.sum().clamp_min(1.0)
+    return x * (keep * scale).to(x.dtype)
+
+
+def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016) on a residual branch's output, in training.
+
+    Per sample, the branch is kept with probability 1−p and scaled by 1/(1−p):
+    out_i = x_i · m_i / (1−p), m_i ~ Bernoulli(1−p), so E[out] = x and the eval-mode
+    network (all branches, unscaled) computes the training-time expectation.
+    """
+    if p <= 0.0:
+        return x
+    keep = 1.0 - p
+    mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype)
+    return x * mask.bernoulli_(keep) / keep
+
+
+def depth_rates(p_max: float, n_blocks: int) -> list[float]:
+    """Linear decay rule of stochastic depth: block l of L (1-based) drops with p_max·l/L."""
+    return [p_max * (i + 1) / n_blocks for i in range(n_blocks)]
+
+
+class Dropout(nn.Dropout):
+    """Inverted dropout (Srivastava et al. 2014): h ← h·m/(1−p), m ~ Bernoulli(1−p) per unit,
+    so E[h] is unchanged; the identity in eval mode. `Dropout()` takes p from reg.dropout.p
+    (a list there gives one rate per Dropout() block, in module order); 0 without it."""
+
+    def __init__(self, p: float | None = None, inplace: bool = False):
+        super().__init__(0.0 if p is None else p, inplace)
+        self.configurable = p is None
+
+
+class Dropout2d(nn.Dropout2d):
+    """Spatial dropout (Tompson et al. 2015): whole channels of a (B, C, H, W) map dropped,
+    h_c ← h_c·m_c/(1−p), m_c ~ Bernoulli(1−p) per sample and channel. `Dropout2d()` takes p
+    from reg.spatial_dropout.p; 0 without it."""
+
+    def __init__(self, p: float | None = None, inplace: bool = False):
+        super().__init__(0.0 if p is None else p, inplace)
+        self.configurable = p is None
+
+
+class DropBlock2d(nn.Module):
+    """`drop_block` in training, the identity in eval mode. `DropBlock2d()` takes p, block_size
+    and masks from reg.dropblock (p ramped each epoch by the regulariser); p = 0 without it."""
+
+    dropout_family = True  # MC dropout and the linter treat it as dropout
+
+    def __init__(self, drop_prob: float | None = None, block_size: int = 5, per_channel: bool = True):
+        super().__init__()
+        self.configurable = drop_prob is None
+        self.drop_prob = 0.0 if drop_prob is None else drop_prob
+        self.block_size, self.per_channel = block_size, per_channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        return drop_block(x, self.drop_prob, self.block_size, self.per_channel)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}, block_size={self.block_size}, per_channel={self.per_channel}"
+
+
+class DropPath(nn.Module):
+    """`drop_path` in training, the identity in eval mode; wrap a residual branch's output:
+    `y = x + drop_path(f(x))`. `DropPath()` blocks take reg.droppath.p by depth: the l-th of L
+    (module order) drops with p·l/L; 0 without it."""
+
+    dropout_family = True
+
+    def __init__(self, drop_prob: float | None = None):
+        super().__init__()
+        self.configurable = drop_prob is None
+        self.drop_prob = 0.0 if drop_prob is None else drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        return drop_path(x, self.drop_prob)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.4g}"
+
+
+class Norm:
+    """`Norm(num_features, dims=2)`: the norm layer the run asks for, as torch's own module.
+
+    kind (batch | layer | none) is `kind` if given, else the spec of the model being built
+    (reg.batchnorm, reg.layernorm, model.norm), else none. dims=2 for (B, C, H, W) maps:
+    BatchNorm2d or GroupNorm(1, C) (layer norm over C, H, W per sample); dims=1 for (B, C)
+    features: BatchNorm1d or LayerNorm(C). none gives nn.Identity. Batch norm normalises each
+    channel by its batch statistics in training, (x − μ_B)/√(σ²_B + ε)·γ + β, and by running
+    averages in eval; layer norm uses each sample's own statistics in both.
+    """
+
+    def __new__(cls, num_features: int, dims: int = 2, kind: str | None = None) -> nn.Module:  # type: ignore[misc]
+        configurable = kind is None
+        if kind is None:
+            kind = _BUILDING[-1].norm if _BUILDING else "none"
+        if dims not in (1, 2):
+            raise ValueError(f"Norm: dims must be 1 (features) or 2 (feature maps), not {dims}")
+        if kind == "batch":
+            m: nn.Module = nn.BatchNorm2d(num_features) if dims == 2 else nn.BatchNorm1d(num_features)
+        elif kind == "layer":
+            m = nn.GroupNorm(1, num_features) if dims == 2 else nn.LayerNorm(num_features)
+        elif kind == "none":
+            m = nn.Identity()
+        else:
+            raise ValueError(f"Norm: kind must be batch, layer or none, not {kind!r}")
+        if configurable:
+            m.regablate_norm = True  # counted by `configure`
+        return m
+
+
+def _configurable(model: nn.Module, cls: type) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, cls) and getattr(m, "configurable", False)]
+
+
+def _refuse(key: str, value: Any, what: str, block: str, where: str) -> None:
+    from regablate.errors import ConfigError
+
+    raise ConfigError(key, value, f"{what} has no regablate.nn.{block} block; place {where}")
+
+
+def configure(model: nn.Module, spec: ModelSpec, asked: list[str] | tuple[str, ...], what: str,
+              norm_key: str = "model.norm") -> nn.Module:
+    """Set `model`'s configurable blocks from `spec`; refuse each structural regulariser in
+    `asked` (the stack's names) with no block to act on. `what` names the model in messages."""
+    from regablate.errors import ConfigError
+
+    if "dropconnect" in asked:
+        raise ConfigError("reg.dropconnect", "on", f"{what}: regablate.nn has no DropConnect block; "
+                          "use a built-in model (mlp, convnet, resnet)")
+    if "dropout" in asked:
+        blocks, p = _configurable(model, Dropout), spec.dropout
+        if not blocks:
+            _refuse("reg.dropout", p, what, "Dropout",
+                    "regablate.nn.Dropout() where dropout should act")
+        if isinstance(p, list) and len(p) != len(blocks):
+            raise ConfigError("reg.dropout.p", p, f"must have one rate per regablate.nn.Dropout() "
+                              f"block of {what} ({len(blocks)})")
+        for m, rate in zip(blocks, p if isinstance(p, list) else [p] * len(blocks), strict=True):
+            m.p = float(rate)
+    if "spatial_dropout" in asked:
+        blocks, p = _configurable(model, Dropout2d), spec.extra["spatial_dropout"]
+        if not blocks:
+            _refuse("reg.spatial_dropout", p, what, "Dropout2d",
+                    "regablate.nn.Dropout2d() where whole channels should be dropped")
+        for m in blocks:
+            m.p = float(p)
+    if "dropblock" in asked:
+        blocks, db = _configurable(model, DropBlock2d), spec.extra["dropblock"]
+        if not blocks:
+            _refuse("reg.dropblock", db["p"], what, "DropBlock2d",
+                    "regablate.nn.DropBlock2d() where blocks of a feature map should be dropped")
+        for m in blocks:
+            m.drop_prob, m.block_size, m.per_channel = db["p"], db["block_size"], db["per_channel"]
+    if "droppath" in asked:
+        blocks, p = _configurable(model, DropPath), spec.extra["droppath"]
+        if not blocks:
+            _refuse("reg.droppath", p, what, "DropPath",
+                    "regablate.nn.DropPath() on each residual branch: x + drop_path(f(x))")
+        for m, rate in zip(blocks, depth_rates(p, len(blocks)), strict=True):
+            m.drop_prob = rate
+    if spec.norm != "none" and not any(getattr(m, "regablate_norm", False) for m in model.modules()):
+        key = next((f"reg.{k}" for k in ("batchnorm", "layernorm") if k in asked), norm_key)
+        _refuse(key, spec.norm if key == norm_key else {}, what, "Norm",
+                "regablate.nn.Norm(channels) after a conv, "
+                "regablate.nn.Norm(features, dims=1) after a Linear")
+    return model
+
+
+__all__ = ["DropBlock2d", "DropPath", "Dropout", "Dropout2d", "Norm", "building", "configure",
+           "depth_rates", "drop_block", "drop_path"]
