@@ -12,9 +12,8 @@ from torch import nn
 
 from regablate.data import DATASETS, Data
 from regablate.group import flatten, group_id  # noqa: F401 (in regablate.group, torch-free, for the report)
-from regablate.models import MODELS
+from regablate.models import build_model
 from regablate.optim import Schedule, build_optimizer
-from regablate.regularisers import ModelSpec
 from regablate.settings import Settings
 
 
@@ -72,12 +71,11 @@ def build_experiment(s: Settings) -> Experiment:
 
             raise ConfigError(f"reg.{key}", "on", f"needs a classification dataset; "
                               f"dataset.name={s.dataset.name!r} is {data.task}")
-    spec = s.stack.model_spec(ModelSpec(out_dim=data.out_dim, norm=getattr(s.model, "norm", "none")))
     if s.trainer.amp and device.type != "cuda":
         from regablate.errors import ConfigError
 
         raise ConfigError("trainer.amp", True, f"bf16 autocast is for CUDA; the device is {device}")
-    model = MODELS[s.model.name][1](s.model, data.in_shape, data.out_dim, spec).to(device)
+    model = build_model(s.model, data.in_shape, data.out_dim, s.stack).to(device)
     if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(s.optim, s.stack.param_groups(model))

@@ -226,9 +226,8 @@ def build_model(settings: Settings) -> tuple[nn.Module, torch.optim.Optimizer, t
     kept on disk, else from generating the data (cheap for the synthetic sets)."""
     from regablate.data import DATASETS
     from regablate.experiment import seed_everything
-    from regablate.models import MODELS
+    from regablate.models import build_model as build
     from regablate.optim import build_optimizer
-    from regablate.regularisers import ModelSpec
 
     s = settings
     if s.dataset.name in SHAPES:
@@ -237,8 +236,7 @@ def build_model(settings: Settings) -> tuple[nn.Module, torch.optim.Optimizer, t
         data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed)
         in_shape, out_dim = data.in_shape, data.out_dim
     seed_everything(s.seed)
-    spec = s.stack.model_spec(ModelSpec(norm=getattr(s.model, "norm", "none")))
-    model = MODELS[s.model.name][1](s.model, in_shape, out_dim, spec)
+    model = build(s.model, in_shape, out_dim, s.stack)  # as the run builds it (custom models too)
     return model, build_optimizer(s.optim, s.stack.param_groups(model)), tuple(in_shape)
 
 

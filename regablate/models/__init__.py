@@ -1,8 +1,11 @@
-"""Models by config name: `model.name` -> (settings class, builder)."""
+"""Models by config name: `model.name` -> (settings class, builder), and `build_model`."""
 
 from __future__ import annotations
 
+from torch import nn
+
 from regablate.models.convnet import ConvNetSettings, build_convnet
+from regablate.models.custom import CustomSettings, build_custom
 from regablate.models.mlp import MLPSettings, build_mlp
 from regablate.models.resnet import ResNetSettings, build_resnet
 
@@ -10,6 +13,26 @@ MODELS = {
     "mlp": (MLPSettings, build_mlp),
     "convnet": (ConvNetSettings, build_convnet),
     "resnet": (ResNetSettings, build_resnet),
+    "custom": (CustomSettings, build_custom),
 }
 
-__all__ = ["MODELS"]
+
+def build_model(settings, in_shape: tuple[int, ...], out_dim: int, stack) -> nn.Module:
+    """The run's model (on the CPU; seed first): the stack's ModelSpec shapes it as it is built.
+
+    Built-in models place fixed-strength regablate.nn blocks from the spec; a custom model is
+    built inside `regablate.nn.building(spec)` and its argument-less blocks are then set by
+    `regablate.nn.configure`, which refuses a structural regulariser it has no block for.
+    """
+    import regablate.nn as rnn
+    from regablate.regularisers import ModelSpec
+
+    spec = stack.model_spec(ModelSpec(out_dim=out_dim, norm=getattr(settings, "norm", "none")))
+    with rnn.building(spec):
+        model = MODELS[settings.name][1](settings, tuple(in_shape), out_dim, spec)
+    if settings.name == "custom":
+        rnn.configure(model, spec, stack.names, f"model {settings.target}")
+    return model
+
+
+__all__ = ["MODELS", "build_model"]

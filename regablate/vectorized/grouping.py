@@ -56,6 +56,8 @@ class Member:
 
 def not_stackable(s: Settings) -> str | None:
     """Why these settings must train the ordinary way, or None (before anything is built)."""
+    if s.model.name == "custom":
+        return f"model=custom ({s.model.target}) has no stacked form (built-in MLPs only)"
     if s.model.name != "mlp":
         return f"model {s.model.name} has no stacked form (MLPs only)"
     if s.dataset.name not in GENERATED:
