@@ -1,0 +1,67 @@
+"""Small user models for tests/test_custom_model.py: with and without regablate.nn blocks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import regablate.nn as rnn
+
+
+class BlockMLP(nn.Module):
+    """An MLP for tabular data that places the blocks: Linear → Norm → ReLU → Dropout."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int, width: int = 32):
+        super().__init__()
+        (d,) = in_shape
+        self.net = nn.Sequential(nn.Linear(d, width), rnn.Norm(width, dims=1), nn.ReLU(), rnn.Dropout(),
+                                 nn.Linear(width, width), nn.ReLU(), rnn.Dropout(),
+                                 nn.Linear(width, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class PlainMLP(nn.Module):
+    """An MLP with no regablate.nn block (torch layers only)."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int, width: int = 32):
+        super().__init__()
+        self.in_shape, self.width = in_shape, width
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0], width), nn.ReLU(),
+                                 nn.Linear(width, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BlockConvNet(nn.Module):
+    """A small residual conv net for any (C, H, W): every spatial block, adaptive pooling."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int, width: int = 8):
+        super().__init__()
+        c = in_shape[0]
+        self.stem = nn.Sequential(nn.Conv2d(c, width, 3, padding=1, bias=False), rnn.Norm(width),
+                                  nn.ReLU(), rnn.Dropout2d())
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), rnn.Norm(width),
+                          rnn.DropBlock2d(), rnn.DropPath()) for _ in range(2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), rnn.Dropout(),
+                                  nn.Linear(width, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for branch in self.branches:
+            x = torch.relu(x + branch(x))
+        return self.head(x)
+
+
+def make_plain(in_shape: tuple[int, ...], out_dim: int, width: int = 32) -> nn.Module:
+    """A factory function works as a target too."""
+    return PlainMLP(in_shape, out_dim, width)
+
+
+class Broken(nn.Module):
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int):
+        super().__init__()
+        raise RuntimeError("no such layer")
