@@ -179,8 +179,8 @@ def test_a_full_disk_stops_the_run_with_one_line_and_no_half_written_file(tmp_pa
     run_dir = tmp_path / "full_disk"
     summary = json.loads((run_dir / "summary.json").read_text())  # a complete file
     assert summary["status"] == "failed" and "File too large" in summary["error"]
-    text = (run_dir / "metrics.csv").read_text()
-    assert text.endswith("\n") and len({len(row) for row in csv.reader(text.splitlines())}) == 1
+    text = (run_dir / "metrics.csv").read_text()  # whole lines or none (epoch 1 died at best.pt)
+    assert text == "" or (text.endswith("\n") and len({len(row) for row in csv.reader(text.splitlines())}) == 1)
     assert not list(run_dir.rglob("*.tmp"))
     r = run_cli("run", *BIG, "hydra.run.dir=full_disk", "trainer.resume=auto", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
