@@ -167,3 +167,20 @@ def test_cli_non_structural_regularisers_on_a_plain_custom_model(tmp_path):
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["status"] == "completed"
     assert s["reg"] == ["grad_clip", "l2", "label_smoothing", "max_norm", "mixup", "weight_decay"]
+
+
+def test_cli_custom_conv_net_on_an_image_folder(tmp_path):
+    from tests.test_image_folder import cli, write_images
+
+    write_images(tmp_path / "img", {"train": 6})
+    shutil.copy(REPO / "tests" / "custom_models.py", tmp_path)
+    r = cli(tmp_path, "run", "dataset=image_folder", f"dataset.path={tmp_path / 'img'}",
+            "dataset.image_size=20", "dataset.channels=1", "dataset.n_ood=4",
+            *custom("BlockConvNet", "+model.kwargs.width=4",
+                    "+reg=[dropblock,droppath,spatial_dropout,batchnorm,cutout]"),
+            "trainer.max_epochs=2", "trainer.progress=none", "trainer.tensorboard=false",
+            "hydra.run.dir=run")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "completed" and s["dataset"] == "image_folder"
+    assert s["reg"] == ["batchnorm", "cutout", "dropblock", "droppath", "spatial_dropout"]
