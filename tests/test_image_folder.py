@@ -213,6 +213,12 @@ def test_skip_unreadable_skips_and_counts(tmp_path):
         make_image_folder(settings(only, tmp_path / "c", skip_unreadable=True), 0)
 
 
+def test_a_file_that_is_not_an_archive(tmp_path):
+    (tmp_path / "x.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(UsageError, match=r"/x.tar.gz: not a folder or a readable tar archive"):
+        make_image_folder(settings(tmp_path / "x.tar.gz", tmp_path / "c"), 0)
+
+
 def test_path_is_required(tmp_path):
     with pytest.raises(ConfigError, match=r"dataset.path=None: set it to a folder or .tar.gz"):
         make_image_folder(ImageFolderSettings(root=str(tmp_path)), 0)

@@ -221,8 +221,10 @@ def decode(src: Source, classes: list[str], s: ImageFolderSettings) -> dict:
     """Decode every image into {split: (x uint8 (N, C, S, S), y)}, images in (class, name)
     order; unreadable images raise UsageError naming them, or are skipped and listed."""
     check_memory(src, s)
-    order = {s_: [(c, rel) for c, rels in by_class.items() for rel in rels]
-             for s_, by_class in src.found.items()}
+    from PIL import Image
+
+    order = {sp: [(c, rel) for c, rels in by_class.items() for rel in rels]
+             for sp, by_class in src.found.items()}
     arrays = {sp: np.empty((len(items), s.channels, s.image_size, s.image_size), np.uint8)
               for sp, items in order.items()}
     ok = {sp: np.zeros(len(items), bool) for sp, items in order.items()}
@@ -233,7 +235,7 @@ def decode(src: Source, classes: list[str], s: ImageFolderSettings) -> dict:
         rel, data = job
         try:
             return rel, decode_image(data, s.image_size, s.channels)
-        except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for bad files
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # bad files
             return rel, e
 
     names = list(src.members) if src.members else list(where)  # archive: in stored order
@@ -259,7 +261,7 @@ def decode(src: Source, classes: list[str], s: ImageFolderSettings) -> dict:
     out: dict = {"classes": classes, "skipped": skipped, "source": str(src.path)}
     for sp, items in order.items():
         y = np.array([classes.index(c) for c, _ in items], dtype=np.int64)
-        x, y = arrays[sp][ok[sp]], y[ok[sp]]
+        x, y = (arrays[sp], y) if ok[sp].all() else (arrays[sp][ok[sp]], y[ok[sp]])
         for k, cls in enumerate(classes):
             if not (y == k).any():
                 raise UsageError(f"{src.path}/{sp}/{cls}: an empty class (no readable images; "
