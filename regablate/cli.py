@@ -15,6 +15,7 @@ commands:
   report [DIRS]     the ablation table over run dirs (default: ./multirun and ./outputs)
   tb [DIR]          TensorBoard on the outputs
   data cifar10      prepare CIFAR-10 (--download, or --from an archive or folder)
+  data image_folder PATH   decode your own image folder's cache once (optional, before a sweep)
 
 examples:
   regablate run +reg=dropout_l2
