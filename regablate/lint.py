@@ -22,6 +22,8 @@ RA006  label smoothing together with mixup or cutmix: mixing already makes the t
        smoothing them as well regularises the targets twice.
 RA007  the same regularisation twice: two or more of optim.weight_decay, reg.l2 and
        reg.weight_decay shrink the weights at once.
+RA008  trainer.objective=gap alone: a model that learns nothing has no train-val gap, so a
+       search that minimises the gap rewards underfitting.
 """
 
 from __future__ import annotations
@@ -217,6 +219,10 @@ def lint(settings: Settings, model: nn.Module, optimizer: torch.optim.Optimizer 
         out.append(Finding(
             "RA007", "the weights are shrunk twice: " + "; ".join(shrink),
             "keep one: +reg=weight_decay with optim.weight_decay=0 (decoupled), or +reg=l2 alone"))
+    if str(getattr(s.trainer, "objective", "")).strip() == "gap":
+        out.append(Finding(
+            "RA008", "trainer.objective=gap alone rewards underfitting: a model that learns nothing "
+            "has no train-val gap", "tune val_loss or val_metric, or a sum such as val_loss+0.5*gap"))
     return sorted(out, key=lambda f: f.id)
 
 

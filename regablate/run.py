@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from regablate.errors import ConfigError, UsageError
+from regablate.objective import value as objective_value
 from regablate.paths import CONF_DIR
 
 
@@ -138,7 +139,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         raise
     if cfg.trainer.progress != "none":
         print(describe(summary, run_dir), flush=True)
-    return summary.get("gap")
+    return objective_value(summary, container["trainer"].get("objective", "val_loss"))  # for sweepers
 
 
 def describe(summary: dict, run_dir: Path) -> str:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from regablate.data import DATASETS
 from regablate.errors import ConfigError
 from regablate.models import MODELS
+from regablate.objective import is_valid as is_objective
 from regablate.optim import OPTIMISERS, SCHEDULES
 from regablate.regularisers import Stack, build_stack
 from regablate.schema import check, nonneg, parse, positive
@@ -36,6 +37,8 @@ class TrainerSettings:
     tensorboard: bool = True  # write tb/ event files
     checkpoint: bool = True  # checkpoints/last.pt every epoch (best.pt is always written)
     resume: Literal["never", "auto"] = "never"  # auto: skip a finished run, continue from last.pt
+    objective: str = check(is_objective, "val_loss, val_metric, gap, or a sum such as val_loss+0.5*gap",
+                           "val_loss")  # what a tuning sweeper minimises/maximises (regablate.objective)
 
 
 @dataclass

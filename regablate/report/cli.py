@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from regablate.report import render
     from regablate.report.collect import collect
     from regablate.report.select import SelectError, choose, parse_filter
+    from regablate.report.study import find_study, rank
     from regablate.report.table import group_report, run_report
 
     try:
@@ -152,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
     report = run_report(shown) if args.runs else group_report(shown, args.metric, not args.unpaired)
     if skipped:
         report.footer.insert(1, f"{len(skipped)} run dir(s) skipped as unreadable (see warnings)")
+    study = None if args.runs else find_study(roots)  # an Optuna sweep dir: trials ranked, best marked
+    if study:
+        rank(report, shown, study)
     if args.sort:
         keys = [c.key for c in report.columns]
         if args.sort not in keys:
@@ -177,8 +181,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.plot:
         from regablate.report.plots import write_plots
+        from regablate.report.study import plot as plot_study
 
         paths = write_plots(shown, Path(args.plot))
+        paths += plot_study(study, Path(args.plot)) if study else []
         print(f"regablate report: wrote {len(paths)} figure(s) to {args.plot}", file=sys.stderr)
     return 0
 

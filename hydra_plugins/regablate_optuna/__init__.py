@@ -1,0 +1,1 @@
+"""`hydra/sweeper=optuna`: Optuna searches a regulariser's strength, each trial judged over seeds."""
