@@ -7,8 +7,8 @@ A thin plugin over current Optuna (the official hydra-optuna-sweeper 1.3 pins op
 sqlite storage breaks under SQLAlchemy 2). Optuna does the search; this module only maps Hydra's
 sweep grammar to Optuna distributions, as the official plugin does:
 
-    interval(a, b)            float uniform (int uniform when a and b are ints)
-    tag(log, interval(a, b))  log-uniform (int log-uniform when a and b are ints)
+    interval(a, b)            float uniform (Hydra reads an interval's bounds as floats)
+    tag(log, interval(a, b))  float log-uniform
     choice(x, y, ...) / x,y   categorical
     range(a, b[, s])          int (or float) with step s, b excluded as in Hydra
 
@@ -93,7 +93,7 @@ def _prefix(override: Any) -> str:
 
 def distribution(override: Any) -> Any:
     """The Optuna distribution of one sweep override (see the module docstring)."""
-    from hydra.core.override_parser.types import IntervalSweep, RangeSweep, Transformer
+    from hydra.core.override_parser.types import Glob, IntervalSweep, RangeSweep, Transformer
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     from regablate.errors import UsageError
@@ -104,7 +104,7 @@ def distribution(override: Any) -> Any:
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(value.start, value.end, log=log_)
         return FloatDistribution(float(value.start), float(value.end), log=log_)
-    if override.is_glob():
+    if isinstance(value, Glob):
         raise UsageError(f"{override.input_line}: glob() is not searchable; list the choices")
     values = list(override.sweep_iterator(transformer=Transformer.encode))
     if isinstance(value, RangeSweep) and not value.shuffle and values:
@@ -156,6 +156,14 @@ def _fmt(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def _tell(study: Any, number: int, **kwargs: Any) -> None:
+    try:
+        study.tell(number, **kwargs)
+    except RuntimeError as e:  # GridSampler stops the study when the grid is done: outside
+        if "Study.stop" not in str(e):  # optimize() that raises after the trial was told
+            raise
+
+
 class OptunaSweeper(Sweeper):
     def __init__(self, n_trials: int = 20, seeds_per_trial: int = 3, seeds: Any = None, n_jobs: int = 2,
                  sampler: str = "tpe", sampler_seed: Any = None, direction: str = "auto",
@@ -176,6 +184,7 @@ class OptunaSweeper(Sweeper):
         self.sampler, self.sampler_seed, self.direction = sampler, sampler_seed, direction
         self.storage, self.study_name, self.params = storage, study_name, params
         self.config: Optional[DictConfig] = None  # noqa: UP045
+        self.space: dict = {}
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -215,6 +224,8 @@ class OptunaSweeper(Sweeper):
         if self.sampler == "grid":
             kwargs["search_space"] = _grid(space)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if str(self.storage or "").startswith("sqlite:///"):  # sqlite makes the file, not its folder
+            Path(str(self.storage)[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(storage=self.storage, study_name=self.study_name,
                                     sampler=sampler_cls(**kwargs), direction=direction,
                                     load_if_exists=True)
@@ -243,6 +254,7 @@ class OptunaSweeper(Sweeper):
             raise UsageError("seeds are the sweeper's: use hydra.sweeper.seeds_per_trial or hydra.sweeper.seeds")
         objective, direction = self._objective()
         study = self._study(objective, direction, space)
+        self.space = space
         log.info(f"Optuna study {study.study_name!r} ({self.storage or 'in memory'}): {self.sampler}, "
                  f"{direction} {objective}, mean over seeds {self.seeds}; searching {', '.join(space)}")
 
@@ -299,13 +311,13 @@ class OptunaSweeper(Sweeper):
                 study._storage.set_trial_user_attr(t._trial_id, "refused", True)
             if all(v is not None for v in values):
                 mean = statistics.fmean(values)
-                study.tell(number, mean)
+                _tell(study, number, values=mean)
                 log.info(f"trial {number}: {objective} {mean:.4g} (mean of {n}) {dict(t.params)}")
             else:
-                study.tell(number, state=TrialState.FAIL)
+                _tell(study, number, state=TrialState.FAIL)
                 log.warning(f"trial {number} FAIL: seeds {dict(zip(self.seeds, statuses))} {dict(t.params)}")
         if refused:
-            self._write(study, objective, study.direction.name.lower(), None)
+            self._write(study, objective, study.direction.name.lower(), self.space)
             raise UsageError(refused_message(refused, len(returns)))
 
     @staticmethod
