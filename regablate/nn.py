@@ -26,6 +26,7 @@ The maths follows timm (timm/layers/drop.py): a short function plus a thin modul
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -249,3 +250,178 @@ def configure(model: nn.Module, spec: ModelSpec, asked: list[str] | tuple[str, .
 
 __all__ = ["DropBlock2d", "DropPath", "Dropout", "Dropout2d", "Norm", "building", "configure",
            "depth_rates", "drop_block", "drop_path"]
+
+
+# ---------------------------------------------------------------- recurrent blocks
+#
+#   Dropout()           reg.dropout.p                     naive: a new mask at every time step
+#   LockedDropout()     reg.variational_dropout.p_in/out  one mask per sequence, shared over time
+#   RecurrentLayer(...) reg.variational_dropout.p_hidden  the same on the hidden state h_{t-1}
+#                       reg.weight_drop.p                 DropConnect on weight_hh, per forward
+#
+# A RecurrentLayer runs torch's fused nn.LSTM / nn.GRU while no hidden-state mask is active (with
+# weight drop, through torch.func.functional_call on the dropped weight_hh) and unrolls the
+# recurrence (the cell maths, per time step) when one is. Its two dropout-family children decide
+# by their own `training` flag, so MC dropout (only dropout modules in training mode) works.
+
+
+def variational_mask(shape: tuple[int, ...], p: float, device: torch.device | None = None,
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An inverted-dropout mask m/(1−p), m ~ Bernoulli(1−p), of `shape` (B, F): one per sequence,
+    to be broadcast over all time steps (Gal & Ghahramani 2016), so E[mask] = 1."""
+    keep = 1.0 - p
+    return torch.empty(shape, device=device, dtype=dtype).bernoulli_(keep) / keep
+
+
+def drop_connect(weight: torch.Tensor, p: float) -> torch.Tensor:
+    """DropConnect (Wan et al. 2013) on a weight matrix: W ⊙ M/(1−p), M ~ Bernoulli(1−p) per
+    entry, one mask per call (shared by the batch and every time step): AWD-LSTM's weight drop
+    (Merity et al. 2017) when W is a hidden-to-hidden matrix. E[W ⊙ M/(1−p)] = W."""
+    if p <= 0.0:
+        return weight
+    keep = 1.0 - p
+    return weight * torch.empty_like(weight).bernoulli_(keep) / keep
+
+
+class LockedDropout(nn.Module):
+    """Variational ("locked") dropout on a (B, T, F) sequence: x[b, t] ← x[b, t]·m_b/(1−p), one
+    mask m_b per sequence and feature, the same at every step t; the identity in eval mode.
+    `LockedDropout()` takes p from reg.variational_dropout (p_in / p_out); 0 without it."""
+
+    dropout_family = True
+
+    def __init__(self, p: float | None = None):
+        super().__init__()
+        self.configurable = p is None
+        self.p = 0.0 if p is None else p
+
+    @property
+    def active(self) -> bool:
+        return self.training and self.p > 0.0
+
+    def sample_mask(self, batch: int, features: int, like: torch.Tensor) -> torch.Tensor:
+        """The (B, F) mask of one forward pass (also drawn for the hidden state by RecurrentLayer)."""
+        return variational_mask((batch, features), self.p, like.device, like.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        return x * self.sample_mask(x.shape[0], x.shape[-1], x).unsqueeze(1)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class WeightDrop(nn.Module):
+    """`drop_connect` on the weight it is given (a hidden-to-hidden matrix) in training, the
+    weight itself in eval mode. `WeightDrop()` takes p from reg.weight_drop.p; 0 without it."""
+
+    dropout_family = True
+
+    def __init__(self, p: float | None = None):
+        super().__init__()
+        self.configurable = p is None
+        self.p = 0.0 if p is None else p
+
+    @property
+    def active(self) -> bool:
+        return self.training and self.p > 0.0
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return drop_connect(weight, self.p) if self.active else weight
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class RecurrentLayer(nn.Module):
+    """One LSTM or GRU layer on (B, T, F) → (B, T, H), zero initial state, with
+    `hidden_drop` (a LockedDropout: one mask per sequence on h_{t−1} where it enters the
+    recurrence, shared by all steps) and `weight_drop` (a WeightDrop on weight_hh, one mask per
+    forward). Parameters are those of a one-layer nn.LSTM / nn.GRU (`self.rnn`), so a state dict
+    loads into torch's module. Recurrence with the (possibly masked) input h̃ = h_{t−1}⊙m:
+      LSTM  i,f,g,o = σ,σ,tanh,σ(W_ih x_t + b_ih + W_hh h̃ + b_hh);  c_t = f c_{t−1} + i g;
+            h_t = o tanh(c_t)
+      GRU   r,z = σ(W_i{r,z} x_t + b + W_h{r,z} h̃ + b);  n = tanh(W_in x_t + b_in + r(W_hn h̃ + b_hn));
+            h_t = (1−z) n + z h_{t−1}
+    """
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int,
+                 p_hidden: float | None = None, weight_drop: float | None = None):
+        super().__init__()
+        if mode not in ("lstm", "gru"):
+            raise ValueError(f"RecurrentLayer: mode must be lstm or gru, not {mode!r}")
+        self.mode, self.hidden_size = mode, hidden_size
+        self.rnn = (nn.LSTM if mode == "lstm" else nn.GRU)(input_size, hidden_size, batch_first=True)
+        self.hidden_drop = LockedDropout(p_hidden)
+        self.weight_drop = WeightDrop(weight_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w_hh = self.weight_drop(self.rnn.weight_hh_l0)
+        if self.hidden_drop.active:
+            mask = self.hidden_drop.sample_mask(x.shape[0], self.hidden_size, x)
+            return self.unrolled(x, w_hh, mask)
+        if w_hh is self.rnn.weight_hh_l0:
+            return self.rnn(x)[0]
+        params = dict(self.rnn.named_parameters())
+        params["weight_hh_l0"] = w_hh
+        with warnings.catch_warnings():  # functional_call's weights are not flattened for cuDNN
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.func.functional_call(self.rnn, params, (x,))[0]
+
+    def unrolled(self, x: torch.Tensor, w_hh: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The recurrence step by step (the docstring's maths), h_{t−1} ⊙ `mask` into W_hh."""
+        r = self.rnn
+        xp = F.linear(x, r.weight_ih_l0, r.bias_ih_l0)  # all steps' input projections at once
+        h = x.new_zeros(x.shape[0], self.hidden_size)
+        c = h
+        out = []
+        for t in range(x.shape[1]):
+            hh = F.linear(h if mask is None else h * mask, w_hh, r.bias_hh_l0)
+            if self.mode == "lstm":
+                i, f, g, o = (xp[:, t] + hh).chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            else:
+                xr, xz, xn = xp[:, t].chunk(3, 1)
+                hr, hz, hn = hh.chunk(3, 1)
+                rg, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                h = (1 - z) * torch.tanh(xn + rg * hn) + z * h
+            out.append(h)
+        return torch.stack(out, 1)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, hidden_size={self.hidden_size}"
+
+
+def configure_recurrent(model: nn.Module, spec: ModelSpec, asked: list[str] | tuple[str, ...],
+                        what: str) -> nn.Module:
+    """`configure` for the recurrent regularisers of a custom model: reg.variational_dropout sets
+    every configurable LockedDropout (p_in on the first, p_out on the others) and RecurrentLayer
+    hidden mask (p_hidden); reg.weight_drop every configurable WeightDrop. Refused without them."""
+    if "variational_dropout" in asked:
+        v = spec.extra["variational_dropout"]
+        layers = [m for m in model.modules() if isinstance(m, RecurrentLayer)]
+        locked = [m for m in _configurable(model, LockedDropout)
+                  if not any(m is lay.hidden_drop for lay in layers)]
+        hidden = [lay.hidden_drop for lay in layers if lay.hidden_drop.configurable]
+        if not locked and not hidden:
+            _refuse("reg.variational_dropout", v, what, "LockedDropout",
+                    "regablate.nn.LockedDropout() on (B, T, F) sequences and/or "
+                    "regablate.nn.RecurrentLayer for the hidden state")
+        for k, m in enumerate(locked):
+            m.p = float(v["p_in"] if k == 0 else v["p_out"])
+        for m in hidden:
+            m.p = float(v["p_hidden"])
+    if "weight_drop" in asked:
+        blocks, p = _configurable(model, WeightDrop), spec.extra["weight_drop"]
+        if not blocks:
+            _refuse("reg.weight_drop", p, what, "RecurrentLayer",
+                    "regablate.nn.RecurrentLayer (its WeightDrop masks weight_hh)")
+        for m in blocks:
+            m.p = float(p)
+    return model
+
+
+__all__ += ["LockedDropout", "RecurrentLayer", "WeightDrop", "configure_recurrent", "drop_connect",
+            "variational_mask"]

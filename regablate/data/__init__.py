@@ -5,6 +5,7 @@ from __future__ import annotations
 from regablate.data.base import Data, Split
 from regablate.data.cifar10 import Cifar10Settings, make_cifar10
 from regablate.data.image_folder import ImageFolderSettings, make_image_folder
+from regablate.data.sequence import SineSequenceSettings, make_sine_sequence
 from regablate.data.synthetic import (
     SineSettings,
     SparseSyntheticSettings,
@@ -19,6 +20,7 @@ DATASETS = {
     "cifar10": (Cifar10Settings, make_cifar10),
     "image_folder": (ImageFolderSettings, make_image_folder),
     "tabular": (TabularSettings, make_tabular),
+    "sine_sequence": (SineSequenceSettings, make_sine_sequence),
 }
 
 __all__ = ["DATASETS", "Data", "Split"]

@@ -8,12 +8,15 @@ from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.custom import CustomSettings, build_custom
 from regablate.models.mlp import MLPSettings, build_mlp
 from regablate.models.resnet import ResNetSettings, build_resnet
+from regablate.models.rnn import RECURRENT_REGS, GRUSettings, LSTMSettings, build_rnn
 
 MODELS = {
     "mlp": (MLPSettings, build_mlp),
     "convnet": (ConvNetSettings, build_convnet),
     "resnet": (ResNetSettings, build_resnet),
     "custom": (CustomSettings, build_custom),
+    "lstm": (LSTMSettings, build_rnn),
+    "gru": (GRUSettings, build_rnn),
 }
 
 
@@ -28,10 +31,16 @@ def build_model(settings, in_shape: tuple[int, ...], out_dim: int, stack) -> nn.
     from regablate.regularisers import ModelSpec
 
     spec = stack.model_spec(ModelSpec(out_dim=out_dim, norm=getattr(settings, "norm", "none")))
+    recurrent = [k for k in RECURRENT_REGS if k in spec.extra]
+    if recurrent and settings.name not in ("lstm", "gru", "custom"):
+        from regablate.errors import ConfigError
+
+        raise ConfigError(f"reg.{recurrent[0]}", "on", "needs a recurrent model: model=lstm or model=gru")
     with rnn.building(spec):
         model = MODELS[settings.name][1](settings, tuple(in_shape), out_dim, spec)
     if settings.name == "custom":
         rnn.configure(model, spec, stack.names, f"model {settings.target}")
+        rnn.configure_recurrent(model, spec, stack.names, f"model {settings.target}")
     return model
 
 

@@ -13,6 +13,7 @@ from regablate.regularisers import (  # noqa: F401  (each module registers its c
     mixing,
     norms,
     penalties,
+    recurrent,
     spatial,
 )
 from regablate.regularisers.base import REGISTRY, LossSpec, ModelSpec, Regulariser, Stack
