@@ -54,9 +54,13 @@ def held_out_args(b5: dict, b1: dict) -> list[str]:
             f"hydra.sweep.dir={REL}/heldout"]
 
 
-def report(args: list[str], out: str) -> None:
-    subprocess.run([*EXE, "report", *args, "--format", "markdown", "--out", str(HERE / f"{out}.md")],
+def report(args: list[str], out: str, plots: str | None = None) -> None:
+    more = ["--plot", str(HERE / plots)] if plots else []
+    subprocess.run([*EXE, "report", *args, "--format", "markdown", "--out", str(HERE / f"{out}.md"), *more],
                    cwd=REPO, check=True)
+    for png in (HERE / plots).glob("*.png") if plots else ():  # keep the study's figures only
+        if not png.name.startswith(("objective_vs_", "val_curves", "gap")):
+            png.unlink()
     subprocess.run([*EXE, "report", *args, "--format", "json", "--out", str(HERE / f"{out}.json")],
                    cwd=REPO, check=True)
 
@@ -68,10 +72,11 @@ def main(argv: list[str]) -> None:
         sh(SEARCH, log)
         sh(SEARCH1, log)
         sh(held_out_args(best("seeds5"), best("seeds1")), log)
-    report([str(RUNS / "seeds5"), "--plot", str(HERE / "plots")], "report_seeds5")
-    report([str(RUNS / "seeds1"), "--plot", str(HERE / "plots_seeds1")], "report_seeds1")
+    report([str(RUNS / "seeds5")], "report_seeds5", "plots")
+    report([str(RUNS / "seeds1")], "report_seeds1", "plots_seeds1")
     report([str(RUNS / "heldout"), "--metric", "test"], "report_heldout_test")
     report([str(RUNS / "heldout")], "report_heldout_val")
+    report([str(RUNS / "heldout"), "--metric", "test", "--baseline", "dropout"], "report_heldout_test_vs_dropout")
     facts = {"best_seeds5": best("seeds5"), "best_seeds1": best("seeds1"),
              "commands": log or json.loads((HERE / "facts.json").read_text())["commands"]}
     (HERE / "facts.json").write_text(json.dumps(facts, indent=1) + "\n")
