@@ -372,21 +372,22 @@ class RecurrentLayer(nn.Module):
     def unrolled(self, x: torch.Tensor, w_hh: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The recurrence step by step (the docstring's maths), h_{t−1} ⊙ `mask` into W_hh."""
         r = self.rnn
-        xp = F.linear(x, r.weight_ih_l0, r.bias_ih_l0)  # all steps' input projections at once
         h = x.new_zeros(x.shape[0], self.hidden_size)
         c = h
         out = []
+        if self.mode == "lstm":  # torch's fused cell: the gate maths above, in one kernel
+            for t in range(x.shape[1]):
+                h, c = torch.lstm_cell(x[:, t], (h if mask is None else h * mask, c),
+                                       r.weight_ih_l0, w_hh, r.bias_ih_l0, r.bias_hh_l0)
+                out.append(h)
+            return torch.stack(out, 1)
+        xp = F.linear(x, r.weight_ih_l0, r.bias_ih_l0)  # all steps' input projections at once
         for t in range(x.shape[1]):
             hh = F.linear(h if mask is None else h * mask, w_hh, r.bias_hh_l0)
-            if self.mode == "lstm":
-                i, f, g, o = (xp[:, t] + hh).chunk(4, 1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-            else:
-                xr, xz, xn = xp[:, t].chunk(3, 1)
-                hr, hz, hn = hh.chunk(3, 1)
-                rg, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-                h = (1 - z) * torch.tanh(xn + rg * hn) + z * h
+            xr, xz, xn = xp[:, t].chunk(3, 1)  # GRU: z·h_{t−1} takes the unmasked state,
+            hr, hz, hn = hh.chunk(3, 1)  # so torch.gru_cell (one h for both) does not fit
+            rg, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            h = (1 - z) * torch.tanh(xn + rg * hn) + z * h
             out.append(h)
         return torch.stack(out, 1)
 
