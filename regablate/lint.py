@@ -24,6 +24,12 @@ RA007  the same regularisation twice: two or more of optim.weight_decay, reg.l2 
        reg.weight_decay shrink the weights at once.
 RA008  trainer.objective=gap alone: a model that learns nothing has no train-val gap, so a
        search that minimises the gap rewards underfitting.
+RA009  dropout on attention probabilities above 0.2 (reg.dropout.attn): transformers use about
+       0.1 (ViT, BERT, GPT); more drops most of each token's context and slows training.
+RA010  decay on position embeddings or a class token (a model's `no_weight_decay()` names):
+       shrinking them toward 0 erases where each token is, not an over-confident weight.
+RA002 exempts a transformer's dropout sites and DropPath (modules with a `site`) ahead of a
+LayerNorm: they act on the residual stream, which a pre-norm block normalises per sample.
 """
 
 from __future__ import annotations
@@ -120,6 +126,8 @@ def _dropout_vs_norm(model: nn.Module, in_shape: tuple[int, ...] | None) -> list
         if not is_dropout(m) or not _active(m):
             continue
         nxt = next(((n, o) for n, o in order[i + 1:] if isinstance(o, NORMS) or _weight_layer(o)), None)
+        if nxt is not None and isinstance(nxt[1], nn.LayerNorm) and getattr(m, "site", None):
+            continue  # RA002 exemption: a transformer's residual stream into a pre-norm block
         if nxt is not None and isinstance(nxt[1], NORMS):
             direct.append(f"{_describe(name, m)} -> {type(nxt[1]).__name__} at {nxt[0]}")
             continue
@@ -171,6 +179,43 @@ def _decay_on_1d(model: nn.Module, optimizer: torch.optim.Optimizer, s: Settings
         "set optim.weight_decay=0 and use +reg=weight_decay (decay on weight matrices only)")]
 
 
+def _transformer(model: nn.Module, optimizer: torch.optim.Optimizer, s: Settings) -> list[Finding]:
+    """RA009 (attention dropout above 0.2) and RA010 (decay on position embeddings / class token)."""
+    from regablate.optim import no_decay_names
+
+    out = []
+    attn = [_describe(n, m) for n, m in model.named_modules()
+            if getattr(m, "site", None) == "attn" and (drop_rate(m) or 0.0) > 0.2]
+    if attn:
+        out.append(Finding(
+            "RA009", f"dropout on attention probabilities above 0.2: {_where(attn)}; transformers "
+            "use about 0.1 (ViT, BERT, GPT), more drops most of each token's context",
+            "set reg.dropout.attn to 0.1 or less (and regularise with +reg=droppath instead)"))
+    skip = no_decay_names(model)
+    params = {id(p): n for n, p in model.named_parameters() if n in skip}
+    if not params:
+        return out
+    sources, hit = [], []
+    for g in optimizer.param_groups:
+        wd, dd = g.get("weight_decay") or 0.0, g.get("decoupled_decay") or 0.0
+        found = [params[id(p)] for p in g["params"] if id(p) in params]
+        if found and (wd > 0 or dd > 0):
+            sources.append(f"optim.weight_decay={_g(wd)}" if wd > 0 else f"decoupled_decay={_g(dd)}")
+            hit += found
+    stack = s.stack
+    for key in ("l1", "l2"):
+        if stack[key] is not None and stack[key].s.lam > 0 and any(p.ndim >= 2 for n, p in
+                                                                  model.named_parameters() if n in skip):
+            sources.append(f"reg.{key} (lam={_g(stack[key].s.lam)})")
+            hit += sorted(skip)
+    if sources:
+        out.append(Finding(
+            "RA010", f"{' and '.join(dict.fromkeys(sources))} decays the position embeddings or class "
+            f"token ({_where(list(dict.fromkeys(hit)))}); shrinking them erases where each token is",
+            "set optim.weight_decay=0 and use +reg=weight_decay (it skips them, with norms and biases)"))
+    return out
+
+
 def lint(settings: Settings, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
          in_shape: tuple[int, ...] | None = None) -> list[Finding]:
     """The findings for a run's settings, its built model and its optimiser (built from the
@@ -192,6 +237,7 @@ def lint(settings: Settings, model: nn.Module, optimizer: torch.optim.Optimizer 
             "or +reg=l2 if you mean coupled L2"))
     out += _dropout_vs_norm(model, in_shape)
     out += _decay_on_1d(model, optimizer, s)
+    out += _transformer(model, optimizer, s)
     high = [_describe(n, m) for n, m in model.named_modules()
             if is_dropout(m) and (drop_rate(m) or 0.0) >= 0.8]
     if high:

@@ -27,7 +27,7 @@ def test_every_registered_regulariser_has_a_config():
 
 def test_stacked_selection_and_override():
     cfg = compose_cfg("+reg=[dropout,l1]", "reg.dropout.p=0.3")
-    assert cfg["reg"] == {"dropout": {"p": 0.3}, "l1": {"lam": 1e-4}}
+    assert cfg["reg"] == {"dropout": {"p": 0.3, "attn": 0.0, "proj": 0.0, "embed": 0.0}, "l1": {"lam": 1e-4}}
     assert load_settings(cfg).stack.names == ["dropout", "l1"]
 
 

@@ -9,6 +9,7 @@ from regablate.models.custom import CustomSettings, build_custom
 from regablate.models.mlp import MLPSettings, build_mlp
 from regablate.models.resnet import ResNetSettings, build_resnet
 from regablate.models.rnn import RECURRENT_REGS, GRUSettings, LSTMSettings, build_rnn
+from regablate.models.vit import ViTSettings, build_vit
 
 MODELS = {
     "mlp": (MLPSettings, build_mlp),
@@ -17,7 +18,9 @@ MODELS = {
     "custom": (CustomSettings, build_custom),
     "lstm": (LSTMSettings, build_rnn),
     "gru": (GRUSettings, build_rnn),
+    "vit": (ViTSettings, build_vit),
 }
+TRANSFORMERS = ("vit",)  # models with the reg.dropout.attn/proj/embed sites
 
 
 def build_model(settings, in_shape: tuple[int, ...], out_dim: int, stack) -> nn.Module:
@@ -31,6 +34,12 @@ def build_model(settings, in_shape: tuple[int, ...], out_dim: int, stack) -> nn.
     from regablate.regularisers import ModelSpec
 
     spec = stack.model_spec(ModelSpec(out_dim=out_dim, norm=getattr(settings, "norm", "none")))
+    if settings.name not in TRANSFORMERS and spec.extra.get("dropout_sites"):
+        from regablate.errors import ConfigError
+
+        key, p = next((k, v) for k, v in spec.extra["dropout_sites"].items() if v)
+        raise ConfigError(f"reg.dropout.{key}", p, f"is a transformer dropout site; model "
+                          f"{settings.name} has none (model=vit has; reg.dropout.p is the rate here)")
     recurrent = [k for k in RECURRENT_REGS if k in spec.extra]
     if recurrent and settings.name not in ("lstm", "gru", "custom"):
         from regablate.errors import ConfigError

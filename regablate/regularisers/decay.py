@@ -19,14 +19,15 @@ class DecaySettings:
 class WeightDecay(Regulariser):
     """Decoupled decay w ← w(1 − η λ) applied beside the optimiser's update (exactly AdamW's
     rule, for any optimiser). Two parameter groups: parameters with ndim >= 2 decay; biases,
-    norm scales/shifts and every other 1-D parameter do not. The trainer applies each group's
-    `decoupled_decay` before `optimizer.step()`."""
+    norm scales/shifts, every other 1-D parameter and what the model names in
+    `no_weight_decay()` (a ViT's position embeddings and class token) do not. The trainer applies
+    each group's `decoupled_decay` before `optimizer.step()`."""
 
     key, Settings = "weight_decay", DecaySettings
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        keep = [p for p in params if p.ndim < 2]
+        from regablate.optim import decay_split
+
+        decay, keep = decay_split(model)
         return [{"params": decay, "decoupled_decay": self.s.lam},
                 {"params": keep, "decoupled_decay": 0.0}]

@@ -14,18 +14,26 @@ from regablate.schema import prob
 
 @dataclass
 class DropoutSettings:
-    p: float | list[float] = prob(0.5)  # drop rate, or one per hidden layer
+    p: float | list[float] = prob(0.5)  # drop rate, or one per hidden layer (a ViT's MLP head)
+    attn: float = prob(0.0)  # transformers (model=vit): on the attention probabilities
+    proj: float = prob(0.0)  # transformers: after the attention and MLP projections
+    embed: float = prob(0.0)  # transformers: after patch + position embedding
 
 
 @register
 class Dropout(Regulariser):
     """Inverted dropout after each hidden activation (never on the output layer):
-    h ← h·m/(1−p), m ~ Bernoulli(1−p), so E[h] is unchanged; identity in eval mode."""
+    h ← h·m/(1−p), m ~ Bernoulli(1−p), so E[h] is unchanged; identity in eval mode.
+    In a transformer (model=vit) `p` stays the MLP head's rate and `attn`, `proj`, `embed` set
+    the transformer's own sites (about 0.1 in ViT, BERT, GPT); other models refuse them > 0."""
 
     key, Settings = "dropout", DropoutSettings
 
     def shape_model(self, spec: ModelSpec) -> None:
         spec.dropout = self.s.p
+        sites = {k: getattr(self.s, k) for k in ("attn", "proj", "embed")}
+        if any(sites.values()):
+            spec.extra["dropout_sites"] = sites
 
 
 @dataclass
