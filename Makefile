@@ -30,6 +30,7 @@ bench: $(STAMP)    ## speed against plain hand-written PyTorch, as ratios
 	$(BIN)/python benchmarks/bench_report.py
 	$(BIN)/python benchmarks/bench_cifar.py
 	$(BIN)/python benchmarks/bench_vectorized.py
+	$(BIN)/python benchmarks/bench_vit.py
 	$(BIN)/python benchmarks/bench_rnn.py
 
 sanity: $(STAMP)   ## real CIFAR-10 images (../shared/data): resnet20 must learn on the CPU
