@@ -45,7 +45,10 @@ def place_job(cfg: dict, hc) -> None:
         elif launcher.get("cpus_per_task"):
             threads = launcher["cpus_per_task"]
         elif str(launcher.get("_target_", "")).endswith("submitit_launcher.LocalLauncher"):
-            threads = max(1, cores // batch_size(Path(hc.sweep.dir)))
+            try:
+                threads = max(1, cores // batch_size(Path(hc.sweep.dir)))
+            except Exception:  # another sweeper's grammar (interval(...)): assume a job per core
+                threads = 1
     if threads:
         torch.set_num_threads(threads)
     n_gpus = torch.cuda.device_count()

@@ -284,8 +284,11 @@ class VectorizedLauncher(Launcher):
             log.info(f"  chunk {c}/{n}: K={k}, {stats.steps} steps in {stats.seconds:.1f} s: "
                      f"{stats.per_member_step_s * 1e3:.3f} ms per member-step, "
                      f"{k * stats.steps / max(stats.seconds, 1e-9):,.0f} member-steps/s")
-            for ret, summary, m in zip(rets, summaries, members):
-                ret.status, ret.return_value = JobStatus.COMPLETED, summary.get("gap")
+            from regablate.objective import value as objective_value
+
+            for ret, summary, m in zip(rets, summaries, members):  # what hydra_main returns
+                ret.status = JobStatus.COMPLETED
+                ret.return_value = objective_value(summary, m.s.trainer.objective)
                 if m.s.trainer.progress != "none":
                     print(describe(summary, m.run_dir), flush=True)
         for ret, job in zip(rets, jobs):
