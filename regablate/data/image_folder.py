@@ -34,6 +34,7 @@ import torch
 
 from regablate.data.base import Data, Split
 from regablate.errors import ConfigError, UsageError
+from regablate.memory import available_memory
 from regablate.schema import check, fraction, positive
 
 SPLITS = ("train", "val", "test")
@@ -192,18 +193,6 @@ def check_layout(src: Source) -> list[str]:
                              f"train/: {', '.join(only_train) or '-'}; only in {split}/: "
                              f"{', '.join(only_here) or '-'})")
     return classes
-
-
-def available_memory() -> int:
-    """Bytes of memory available (MemAvailable on Linux, else free pages)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_memory(src: Source, s: ImageFolderSettings) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from regablate.memory import available_memory
 from regablate.vectorized.grouping import Member
 
 FLOAT = 4
@@ -27,17 +28,10 @@ def bytes_per_member(m: Member) -> int:
 
 
 def free_bytes(device: torch.device) -> int:
-    """Free memory on the device: CUDA's free memory, or MemAvailable of /proc/meminfo."""
+    """Free memory on the device: CUDA's free memory, or the host's available memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30  # no meminfo: assume 4 GiB
+    return available_memory()
 
 
 def default_max_members(m: Member, fraction: float) -> int:
