@@ -60,6 +60,12 @@ def resume_command(argv: list[str], dirs: dict[str, str]) -> str | None:
     return shlex.join(["regablate", "run", *keep, f"{key}={where}", "trainer.resume=auto"])
 
 
+def _custom_kwarg(arg: str) -> str:
+    """`model.kwargs.width=64` -> `++model.kwargs.width=64`: a custom model's keyword arguments
+    are the user's own keys, which Hydra would otherwise refuse as new ones without a `+`."""
+    return f"++{arg}" if arg.startswith("model.kwargs.") and "=" in arg else arg
+
+
 def run(argv: list[str]) -> int:
     """Hydra owns argv; its exceptions reach us raw so user errors become one line."""
     from hydra.errors import HydraException
@@ -69,7 +75,7 @@ def run(argv: list[str]) -> int:
     from regablate.streams import tolerate_closed_pipes
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    sys.argv = ["regablate", *argv]
+    sys.argv = ["regablate", *map(_custom_kwarg, argv)]
     tolerate_closed_pipes()
     signal.signal(signal.SIGTERM, _on_sigterm)
     from regablate.run import LAUNCH_DIRS, hydra_main

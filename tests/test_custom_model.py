@@ -137,7 +137,7 @@ def _cli(tmp_path: Path, *args: str):
 
 
 def test_cli_custom_model_with_blocks(tmp_path):
-    r = _cli(tmp_path, *custom("BlockMLP", "+reg=dropout", "reg.dropout.p=0.3", "+model.kwargs.width=16",
+    r = _cli(tmp_path, *custom("BlockMLP", "+reg=dropout", "reg.dropout.p=0.3", "model.kwargs.width=16",
                                "eval.mc_samples=2"))
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -12,7 +12,8 @@ from regablate.group import OPERATIONAL, flatten, group_id
 # key -> a value other than the default (dataset.root only exists for cifar10)
 CHANGED = {"trainer.device": "cpu", "trainer.threads": 3, "trainer.eval_batch_size": 100,
            "trainer.progress": "none", "trainer.tensorboard": False, "trainer.checkpoint": False,
-           "trainer.resume": "auto", "eval.histogram_every": 0, "eval.mc_samples": 30}
+           "trainer.resume": "auto", "eval.histogram_every": 0, "eval.mc_samples": 30,
+           "trainer.objective": "gap"}
 
 
 def test_operational_keys_are_exactly_these_and_exist_in_conf():
