@@ -7,7 +7,7 @@ from the real config (`dataset=sine_sequence model=lstm +reg=...`, built by the 
 `build_experiment`); the hand-written counterparts are what one would write without regablate:
 
   none                 nn.LSTM(num_layers=2) + Linear (torch's fused kernel)
-  dropout (naive)      the same with F.dropout on each layer's input and the top output
+  dropout (naive)      the same with nn.LSTM(dropout=p) between the layers, F.dropout on input and output
   weight_drop          two one-layer nn.LSTMs, weight_hh dropped per forward via torch.func.functional_call
   variational_dropout  two nn.LSTMCell loops, one mask per sequence on inputs, h and outputs
 
@@ -38,7 +38,8 @@ class PlainLSTM(nn.Module):
         super().__init__()
         self.kind, self.hidden = kind, hidden
         if kind in ("none", "dropout"):
-            self.lstm = nn.LSTM(1, hidden, num_layers=layers, batch_first=True)
+            self.lstm = nn.LSTM(1, hidden, num_layers=layers, batch_first=True,
+                                dropout=P if kind == "dropout" else 0.0)
         elif kind == "weight_drop":
             self.lstms = nn.ModuleList(nn.LSTM(1 if k == 0 else hidden, hidden, batch_first=True)
                                        for k in range(layers))
@@ -49,13 +50,8 @@ class PlainLSTM(nn.Module):
     def forward(self, x):
         if self.kind == "none":
             return self.head(self.lstm(x)[0][:, -1])
-        if self.kind == "dropout":  # per-layer to place dropout on each layer's input, as regablate
-            out = x
-            for k in range(self.lstm.num_layers):
-                w = [getattr(self.lstm, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                h0 = out.new_zeros(1, out.shape[0], self.hidden)
-                out = torch._VF.lstm(F.dropout(out, P, self.training), (h0, h0), w, True, 1, 0.0,
-                                     self.training, False, True)[0]
+        if self.kind == "dropout":  # nn.LSTM's own dropout between layers, F.dropout on input and output
+            out = self.lstm(F.dropout(x, P, self.training))[0]
             return self.head(F.dropout(out[:, -1], P, self.training))
         if self.kind == "weight_drop":
             out = x

@@ -182,3 +182,27 @@ def test_one_epoch_of_every_regulariser_through_the_real_configs(mode, tmp_path)
         assert s["status"] == "completed", (reg, s["error"])
         assert s["reg"] == ([] if reg == "none" else [reg]) and s["model"] == mode
         assert s["mc"]["val_mean_std"] is not None
+
+
+def test_custom_models_take_the_recurrent_blocks_and_are_refused_without_them():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.out = rnn.LockedDropout(), rnn.LockedDropout()
+            self.rec = rnn.RecurrentLayer("gru", 1, 4)  # configurable hidden mask and weight drop
+
+    stack = build_stack({**REGS["variational_dropout"], **REGS["weight_drop"]})
+    net = rnn.configure_recurrent(Net(), stack.model_spec(ModelSpec()), stack.names, "model Net")
+    assert (net.inp.p, net.out.p, net.rec.hidden_drop.p, net.rec.weight_drop.p) == (0.2, 0.3, 0.3, 0.5)
+    plain = nn.Sequential(nn.LSTM(1, 4))
+    for name, block in (("variational_dropout", "LockedDropout"), ("weight_drop", "RecurrentLayer")):
+        stack = build_stack({name: REGS[name][name]})
+        with pytest.raises(ConfigError, match=f"reg.{name}.*regablate.nn.{block}"):
+            rnn.configure_recurrent(plain, stack.model_spec(ModelSpec()), stack.names, "model Plain")
+
+
+def test_the_vectorized_launcher_runs_recurrent_models_the_ordinary_way():
+    from regablate.vectorized.grouping import not_stackable
+
+    s = load_settings(compose_cfg("dataset=sine_sequence", "model=lstm", "+reg=variational_dropout"))
+    assert not_stackable(s) == "model lstm has no stacked form (MLPs only)"

@@ -68,7 +68,7 @@ def test_adam_vs_adamw_method_overrides_compose():
 
 
 @pytest.mark.parametrize("name", ["classic_table", "tiny_overfit", "sine_sparsity", "adam_vs_adamw",
-                                  "dropout_batchnorm", "mc_dropout", "penguins"])
+                                  "dropout_batchnorm", "mc_dropout", "penguins", "rnn_dropout"])
 def test_cpu_study_smoke(name, tmp_path):
     studies = _make_studies()
     assert studies.main(["--smoke", "--root", str(tmp_path), name]) == 0
