@@ -4,7 +4,8 @@ projection and embedding dropout 0.1) against a plain hand-written PyTorch loop 
 Both train the same architecture (patch embedding, class token, learned position embeddings,
 pre-norm blocks with written-out attention, DropPath rising linearly with depth) on the same
 CIFAR-shaped random uint8 images (a generated cache, so no data set is needed), AdamW, batch 64,
-one torch thread, and per epoch evaluate the validation split; at the end train/val/test. Figures,
+one torch thread, and per epoch evaluate the train and validation splits in eval mode (as the
+trainer does, for the gap curve); at the end train/val/test. Figures,
 each the median of alternating repeats: ms per training step (whole run time / training steps,
 evaluation and regablate's files included) and the ratio;  target <= 1.15x.
 
@@ -104,7 +105,7 @@ def ours(root: Path, epochs: int, n_train: int, out: Path) -> float:
 
 
 def plain(root: Path, epochs: int, n_train: int) -> float:
-    """The same work by hand: normalise, train, evaluate val each epoch, train/val/test at the end."""
+    """The same work by hand: normalise, train, evaluate train and val each epoch, all three at the end."""
     data = torch.load(root / "cifar10.pt")
     x, y = data["train_x"], data["train_y"]
     xtr, ytr, xval, yval = x[:n_train], y[:n_train], x[n_train:n_train + len(x) // 10], y[n_train:n_train + len(x) // 10]
@@ -130,6 +131,7 @@ def plain(root: Path, epochs: int, n_train: int) -> float:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        evaluate(xtr, ytr)
         evaluate(xval, yval)
     for xs, ys in ((xtr, ytr), (xval, yval), (data["test_x"], data["test_y"])):
         evaluate(xs, ys)
