@@ -20,7 +20,7 @@ def test_single_run_writes_the_run_dir(tmp_path):
     assert summary["status"] == "completed" and summary["reg"] == ["dropout", "l2"]
     assert (run_dir / "metrics.csv").exists() and (run_dir / "checkpoints").is_dir()
     assert yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())[0] == "+reg=dropout_l2"
-    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["reg"]["dropout"] == {"p": 0.5}
+    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["reg"]["dropout"] == {"p": 0.5, "attn": 0.0, "proj": 0.0, "embed": 0.0}
 
 
 def test_multirun_2x2_shares_groups_across_seeds(tmp_path):
