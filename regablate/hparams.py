@@ -47,16 +47,19 @@ def fill(sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = list(dict.fromkeys(k for s in sessions for k in s))
     numeric = {k for k in keys if any(isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)
                                       for s in sessions)}
-    return [{k: s[k] if k in s else (0 if k.startswith("reg.") and k in numeric else ABSENT) for k in keys}
+    return [{k: s[k] if k in s else (0.0 if k.startswith("reg.") and k in numeric else ABSENT) for k in keys}
             for s in sessions]
 
 
 def shown(sessions: list[dict[str, Any]]) -> list[str]:
-    """The hparams worth a column: `reg`, every regulariser setting, and the other settings
-    whose value differs among the sessions (constants are noise)."""
+    """The hparams worth a column: `reg`, every regulariser setting some run uses (non-zero),
+    and every setting whose value differs among the sessions (constants are noise)."""
     keys = list(dict.fromkeys(k for s in sessions for k in s))
-    return [k for k in keys if k == "reg" or k.startswith("reg.")
-            or len({repr(s.get(k)) for s in sessions}) > 1]
+
+    def used(k: str) -> bool:
+        return k.startswith("reg.") and any(s.get(k) not in (0, None, ABSENT, False) for s in sessions)
+
+    return [k for k in keys if k == "reg" or used(k) or len({s.get(k) for s in sessions}) > 1]
 
 
 def metric_names(metrics: Iterable[str]) -> list[tuple[str, str]]:
