@@ -20,6 +20,7 @@ from regablate.settings import load_settings
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 STUDIES_PY = REPO / "experiments" / "make_studies.py"
+SEARCHES = ("tune_l2_dropout",)  # Optuna studies, run by their own driver
 
 
 def _make_studies():
@@ -37,13 +38,27 @@ def _compose(*overrides: str):
 
 def test_every_study_has_a_config_and_a_folder():
     studies = _make_studies()
-    assert set(studies.CPU_STUDIES) | {"cifar10_small_data"} == set(EXPERIMENTS)
+    assert set(studies.CPU_STUDIES) | {"cifar10_small_data", *SEARCHES} == set(EXPERIMENTS)
     for name in EXPERIMENTS:
         assert (REPO / "experiments" / name / "README.template.md").exists() or \
             (REPO / "experiments" / name / "README.md").exists()
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", SEARCHES)
+def test_search_study_composes_under_the_optuna_sweeper(name):
+    """A search study runs through its own driver (experiments/<name>/run_study.py)."""
+    assert (REPO / "experiments" / name / "run_study.py").exists()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/sweeper=optuna", f"+experiment={name}"],
+                      return_hydra_config=True)
+        assert str(cfg.hydra.sweep.dir).startswith(f"experiments/{name}/runs")
+        assert cfg.hydra.sweeper.seeds_per_trial >= 5  # each trial judged over at least 5 seeds
+        assert cfg.hydra.sweeper.params  # something is searched
+        task = compose("config", overrides=["hydra/sweeper=optuna", f"+experiment={name}"])
+        load_settings(OmegaConf.to_container(task, resolve=True))  # the check every run passes
+
+
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e not in SEARCHES])
 def test_experiment_composes_with_every_sweep_value(name):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
