@@ -42,3 +42,18 @@ def small_cfg():
         size = () if other_data else ("dataset.n=400", "dataset.n_test=200")
         return compose_cfg(*size, *FAST, *overrides)
     return make
+
+
+def write_fake_cifar10(root: Path) -> Path:
+    """A prepared CIFAR-10 cache as `regablate data cifar10` writes it, of random images:
+    200 training and 60 test images; returns `root`."""
+    from regablate.data.cifar10 import CLASSES
+
+    root.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    torch.save({"train_x": torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=g),
+                "train_y": torch.arange(200) % 10,
+                "test_x": torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=g),
+                "test_y": torch.arange(60) % 10, "classes": CLASSES, "source": "test",
+                "kind": "test", "verified": False}, root / "cifar10.pt")
+    return root

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import write_fake_cifar10
 from regablate.compose import compose_config
-from regablate.data.cifar10 import CLASSES
 from regablate.errors import ConfigError
 from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.resnet import ResNetSettings, build_resnet
@@ -35,14 +35,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """A prepared cache: 200 training images, 60 test images (as `regablate data` writes it)."""
-    root = tmp_path_factory.mktemp("cifar10")
-    g = torch.Generator().manual_seed(0)
-    torch.save({"train_x": torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=g),
-                "train_y": torch.arange(200) % 10,
-                "test_x": torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=g),
-                "test_y": torch.arange(60) % 10, "classes": CLASSES, "source": "test",
-                "kind": "test", "verified": False}, root / "cifar10.pt")
-    return root
+    return write_fake_cifar10(tmp_path_factory.mktemp("cifar10"))
 
 
 def config(root, model: str, *overrides: str) -> dict:

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from conftest import REPO, write_fake_cifar10
 from regablate.paths import CONF_DIR
 from regablate.settings import load_settings
 
@@ -82,26 +82,11 @@ def test_adam_vs_adamw_method_overrides_compose():
         load_settings(OmegaConf.to_container(_compose("+experiment=adam_vs_adamw", *fixed), resolve=True))
 
 
-def _fake_cifar10(root):
-    """A prepared cache as `regablate data cifar10` writes it: 200 training, 60 test images."""
-    import torch
-
-    from regablate.data.cifar10 import CLASSES
-
-    root.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    torch.save({"train_x": torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=g),
-                "train_y": torch.arange(200) % 10,
-                "test_x": torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=g),
-                "test_y": torch.arange(60) % 10, "classes": CLASSES, "source": "test",
-                "kind": "test", "verified": False}, root / "cifar10.pt")
-
-
 @pytest.mark.parametrize("name", ["classic_table", "tiny_overfit", "sine_sparsity", "adam_vs_adamw",
                                   "dropout_batchnorm", "mc_dropout", "penguins", "rnn_dropout", "vit_dropout_sites"])
 def test_cpu_study_smoke(name, tmp_path, monkeypatch):
     if name == "vit_dropout_sites":  # a tiny generated CIFAR-10 cache, found through $REGABLATE_DATA
-        _fake_cifar10(tmp_path / "data" / "cifar10")
+        write_fake_cifar10(tmp_path / "data" / "cifar10")
         monkeypatch.setenv("REGABLATE_DATA", str(tmp_path / "data"))
     studies = _make_studies()
     assert studies.main(["--smoke", "--root", str(tmp_path), name]) == 0

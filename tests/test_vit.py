@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import regablate.nn as rnn
+from conftest import write_fake_cifar10
 from regablate.compose import compose_config
-from regablate.data.cifar10 import CLASSES
 from regablate.errors import ConfigError
 from regablate.lint import build_model as lint_build
 from regablate.lint import lint
@@ -179,14 +179,8 @@ def test_vectorized_launcher_runs_vit_the_ordinary_way():
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar10")
-    g = torch.Generator().manual_seed(0)
-    torch.save({"train_x": torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=g),
-                "train_y": torch.arange(200) % 10,
-                "test_x": torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=g),
-                "test_y": torch.arange(60) % 10, "classes": CLASSES, "source": "test",
-                "kind": "test", "verified": False}, root / "cifar10.pt")
-    return root
+    """A prepared CIFAR-10 cache of random images."""
+    return write_fake_cifar10(tmp_path_factory.mktemp("cifar10"))
 
 
 def run(tmp_path, *overrides: str) -> dict:
