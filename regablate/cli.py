@@ -6,6 +6,7 @@ import os
 import shlex
 import signal
 import sys
+from pathlib import Path
 
 USAGE = """usage: regablate <command> [args]
 
@@ -49,6 +50,16 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+def _finished(run_dir: str | None) -> bool:
+    """Whether a single run's summary.json says it completed (or diverged): it ended."""
+    import json
+
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())["status"] in ("completed", "diverged")
+    except (TypeError, OSError, ValueError, KeyError):
+        return False
+
+
 def resume_command(argv: list[str], dirs: dict[str, str]) -> str | None:
     """The exact command that continues this run or sweep: its dir and trainer.resume=auto."""
     sweep = any(a in ("-m", "--multirun") for a in argv)
@@ -72,17 +83,17 @@ def run(argv: list[str]) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from regablate.errors import ConfigError, Terminated, UsageError
-    from regablate.streams import tolerate_closed_pipes
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = ["regablate", *map(_custom_kwarg, argv)]
-    tolerate_closed_pipes()
     signal.signal(signal.SIGTERM, _on_sigterm)
     from regablate.run import LAUNCH_DIRS, hydra_main
 
     try:
         hydra_main()
     except KeyboardInterrupt as e:  # the run's summary.json already says "interrupted"
+        if _finished("run" in LAUNCH_DIRS and LAUNCH_DIRS["run"]):
+            return 0  # the signal came after the run had completed: it is complete
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         print(f"regablate: {how}", file=sys.stderr)
         again = resume_command(argv, LAUNCH_DIRS)
@@ -113,10 +124,18 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from regablate.streams import tolerate_closed_pipes
+
     argv = sys.argv[1:] if argv is None else argv
+    tolerate_closed_pipes()  # `regablate … | head`: the command finishes as if read to the end
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         sys.exit(0 if argv else 2)
+    if argv[0] in ("--version", "version"):
+        from importlib.metadata import version
+
+        print(f"regablate {version('regablate')}")
+        sys.exit(0)
     command, rest = argv[0], argv[1:]
     if command == "run":
         sys.exit(run(rest))

@@ -26,10 +26,11 @@ BIG = ("dataset.n=300", "dataset.n_test=100", "model.hidden=[256,256]", "trainer
 
 
 def fingerprint(root: Path) -> dict[str, str]:
-    """Every file under `root` (Hydra's job logs and multirun.yaml aside) -> its sha1."""
+    """Every file under `root` (Hydra's job logs and submitit's own folder aside) -> its sha1;
+    multirun.yaml included: a refused launch does not relabel the sweep either."""
     return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()
-            and not p.name.endswith(".log") and p.name != "multirun.yaml" and ".submitit" not in p.parts}
+            and not p.name.endswith(".log") and ".submitit" not in p.parts}
 
 
 def comparable(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -63,6 +64,10 @@ def test_a_second_sweep_into_a_finished_dir_touches_nothing_and_says_so(tmp_path
     assert fingerprint(tmp_path / "sweep") == before
     report = run_cli("report", "sweep", cwd=tmp_path)
     assert report.returncode == 0 and "2 completed" in report.stdout and " 0 failed" in report.stdout
+    head = popen("report", "sweep", cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head.stdout.readline()  # `regablate report … | head -1`
+    head.stdout.close()
+    assert head.wait(timeout=60) == 0 and "Traceback" not in head.stderr.read()
 
 
 def test_a_refused_single_run_touches_nothing(tmp_path):

@@ -5,7 +5,8 @@ A job is refused when its run dir already holds a run or another process is writ
 first failed job's error and say nothing of the others: this one counts the refusals in every
 batch (from the JobReturns, so it works under any launcher: basic, joblib, submitit,
 vectorized) and raises one UsageError after the batch, which `regablate run` prints as one
-line with exit code 2. A sweep that ran writes its TensorBoard HParams experiment at its root
+line with exit code 2. `multirun.yaml` stays as the launch that made the sweep dir wrote it
+(a refused or resuming launch does not relabel the sweep). A sweep that ran writes its TensorBoard HParams experiment at its root
 (`regablate.tb_view.describe_sweep`); a refused one writes nothing.
 
 Hydra executes this module without an entry in sys.modules: no `from __future__ import
@@ -57,6 +58,7 @@ def refused_message(refused: list, n_jobs: int) -> str:
 
 class RefusingSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> object:
+        from regablate.atomic import write_atomic
         from regablate.errors import UsageError
         from regablate.tb_view import describe_sweep
 
@@ -71,9 +73,13 @@ class RefusingSweeper(BasicSweeper):
             return results
 
         self.launcher.launch = launch_and_count
+        sweep_file = Path(str(self.config.hydra.sweep.dir)) / "multirun.yaml"
+        first = sweep_file.read_bytes() if sweep_file.exists() else None
         try:
             return super().sweep(arguments)
         finally:
+            if first is not None:  # the launch that made the sweep dir wrote it; later ones leave it
+                write_atomic(sweep_file, lambda f: f.write(first), mode="wb")
             if not refused_any:  # best effort: the sweep's outcome is already decided
                 try:
                     describe_sweep(Path(str(self.config.hydra.sweep.dir)))

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--runs the regablate.load_runs frame")
     p.add_argument("--out", metavar="FILE", help="write the output to FILE instead of stdout")
     p.add_argument("--sort", metavar="COLUMN",
-                   help="sort by a column, best first (e.g. gap, val, p, n, name, optim.lr)")
+                   help="sort by a column, best first (e.g. gap, val, p, n, name, or a setting that differs "
+                        "between the groups shown, such as optim.lr)")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=V[,V...]",
                    help="keep runs whose KEY is one of the values; repeat to combine (AND). "
                         "KEY: reg (e.g. dropout+l2, none), status, seed, dataset, model, or a "

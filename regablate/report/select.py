@@ -119,12 +119,19 @@ def differing(configs: list[dict]) -> list[str]:
     return [k for k in keys if len({repr(c.get(k, _MISSING)) for c in configs}) > 1]
 
 
+def _unused(key: str, configs: list[dict]) -> bool:
+    """A regulariser setting that is off (0) wherever it is present: only present or absent,
+    it tells nothing (the ViT-only reg.dropout.attn=0 of an MLP's dropout, say)."""
+    return key.startswith("reg.") and all(c[key] in (0, None, False) for c in configs if key in c)
+
+
 def config_columns(groups: list[Group], per_run: bool) -> list[str]:
     """Settings that differ between the runs (or groups) shown, stable within each group."""
+    configs = [r.config for g in groups for r in g.runs]
     if per_run:
-        return differing([r.config for g in groups for r in g.runs])
+        return [k for k in differing(configs) if not _unused(k, configs)]
     inside = {k for g in groups for k in differing([r.config for r in g.runs])}
-    return [k for k in differing([g.config for g in groups]) if k not in inside]
+    return [k for k in differing([g.config for g in groups]) if k not in inside and not _unused(k, configs)]
 
 
 def short_keys(keys: list[str]) -> dict:
