@@ -139,6 +139,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Exception as e:
         if sweep and _not_recorded(run_dir):
             _failed_summary(run_dir, container, f"{type(e).__name__}: {e}")
+        if not sweep and isinstance(e, OSError) and e.filename:  # recorded as failed by train()
+            refuse(f"cannot write {e.filename}: {e.strerror}")
         raise
     if cfg.trainer.progress != "none":
         print(describe(summary, run_dir), flush=True)

@@ -178,8 +178,8 @@ def test_a_full_disk_stops_the_run_with_one_line_and_no_half_written_file(tmp_pa
     # 64 kB per file: summary.json and metrics.csv fit, the first checkpoint does not
     r = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True,
                        preexec_fn=_limit_file_size(64_000))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("regablate: error: cannot write ")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("regablate: error: cannot write ")
     assert "checkpoints/" in r.stderr and "File too large" in r.stderr
     run_dir = tmp_path / "full_disk"
     summary = json.loads((run_dir / "summary.json").read_text())  # a complete file

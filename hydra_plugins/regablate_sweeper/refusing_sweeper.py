@@ -70,6 +70,9 @@ class RefusingSweeper(BasicSweeper):
             refused_any.extend(refused)
             if refused:
                 raise UsageError(refused_message(refused, len(results)))
+            failed = [r for r in results if r.status == JobStatus.FAILED]
+            if failed:  # recorded in their summary.json; the first error, as one line (Hydra's
+                raise failed[0]._return_value  # own access would print its job-list line first)
             return results
 
         self.launcher.launch = launch_and_count
