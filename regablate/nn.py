@@ -283,10 +283,9 @@ def drop_connect(weight: torch.Tensor, p: float) -> torch.Tensor:
     return weight * torch.empty_like(weight).bernoulli_(keep) / keep
 
 
-class LockedDropout(nn.Module):
-    """Variational ("locked") dropout on a (B, T, F) sequence: x[b, t] ← x[b, t]·m_b/(1−p), one
-    mask m_b per sequence and feature, the same at every step t; the identity in eval mode.
-    `LockedDropout()` takes p from reg.variational_dropout (p_in / p_out); 0 without it."""
+class _RecurrentDrop(nn.Module):
+    """A recurrent block with a drop rate `p`: given, or (constructed without it) set by the
+    config, 0 until then; acting only in training."""
 
     dropout_family = True
 
@@ -298,6 +297,15 @@ class LockedDropout(nn.Module):
     @property
     def active(self) -> bool:
         return self.training and self.p > 0.0
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class LockedDropout(_RecurrentDrop):
+    """Variational ("locked") dropout on a (B, T, F) sequence: x[b, t] ← x[b, t]·m_b/(1−p), one
+    mask m_b per sequence and feature, the same at every step t; the identity in eval mode.
+    `LockedDropout()` takes p from reg.variational_dropout (p_in / p_out); 0 without it."""
 
     def sample_mask(self, batch: int, features: int, like: torch.Tensor) -> torch.Tensor:
         """The (B, F) mask of one forward pass (also drawn for the hidden state by RecurrentLayer)."""
@@ -308,30 +316,13 @@ class LockedDropout(nn.Module):
             return x
         return x * self.sample_mask(x.shape[0], x.shape[-1], x).unsqueeze(1)
 
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
-
-class WeightDrop(nn.Module):
+class WeightDrop(_RecurrentDrop):
     """`drop_connect` on the weight it is given (a hidden-to-hidden matrix) in training, the
     weight itself in eval mode. `WeightDrop()` takes p from reg.weight_drop.p; 0 without it."""
 
-    dropout_family = True
-
-    def __init__(self, p: float | None = None):
-        super().__init__()
-        self.configurable = p is None
-        self.p = 0.0 if p is None else p
-
-    @property
-    def active(self) -> bool:
-        return self.training and self.p > 0.0
-
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return drop_connect(weight, self.p) if self.active else weight
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class RecurrentLayer(nn.Module):

@@ -107,3 +107,12 @@ def write_failed_early(path: Path, *, reg=(), seed=0) -> Path:
     failed = {**{k: summary[k] for k in keep}, "status": "failed", "error": "ConfigError: p=2"}
     (path / "summary.json").write_text(json.dumps(failed))
     return path
+
+
+# (train, val, test) accuracies of five seeds of three stacks: the ablation most tests report on
+NONE = [(0.99, 0.80, 0.79), (0.99, 0.81, 0.80), (0.98, 0.79, 0.78), (0.99, 0.80, 0.80),
+        (0.99, 0.82, 0.81)]
+DROPOUT = [(0.95, 0.84, 0.83), (0.95, 0.85, 0.84), (0.94, 0.83, 0.83), (0.96, 0.86, 0.85),
+           (0.95, 0.84, 0.84)]
+L2 = [(0.97, 0.81, 0.80), (0.98, 0.83, 0.81), (0.97, 0.80, 0.80), (0.97, 0.82, 0.82),
+      (0.98, 0.81, 0.80)]

@@ -23,13 +23,7 @@ SMALL = {"convnet": ["model.widths=[4,8,8]", "model.hidden=[16]"],
          "resnet": ["model.depth=8", "model.width=4"]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core box they spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

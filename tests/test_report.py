@@ -10,18 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from report_fixtures import ablation, write_failed_early, write_run
+from report_fixtures import DROPOUT, L2, NONE, ablation, write_failed_early, write_run
 from rich.console import Console
 from scipy import stats
 
 from regablate.report.cli import main
-
-NONE = [(0.99, 0.80, 0.79), (0.99, 0.81, 0.80), (0.98, 0.79, 0.78), (0.99, 0.80, 0.80),
-        (0.99, 0.82, 0.81)]
-DROPOUT = [(0.95, 0.84, 0.83), (0.95, 0.85, 0.84), (0.94, 0.83, 0.83), (0.96, 0.86, 0.85),
-           (0.95, 0.84, 0.84)]
-L2 = [(0.97, 0.81, 0.80), (0.98, 0.83, 0.81), (0.97, 0.80, 0.80), (0.97, 0.82, 0.82),
-      (0.98, 0.81, 0.80)]
 
 
 @pytest.fixture(scope="module")

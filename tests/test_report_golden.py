@@ -8,17 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
-from report_fixtures import ablation, write_failed_early, write_run
+from report_fixtures import DROPOUT, L2, NONE, ablation, write_failed_early, write_run
 
 from regablate.report.cli import main
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
-NONE = [(0.99, 0.80, 0.79), (0.99, 0.81, 0.80), (0.98, 0.79, 0.78), (0.99, 0.80, 0.80),
-        (0.99, 0.82, 0.81)]
-DROPOUT = [(0.95, 0.84, 0.83), (0.95, 0.85, 0.84), (0.94, 0.83, 0.83), (0.96, 0.86, 0.85),
-           (0.95, 0.84, 0.84)]
-L2 = [(0.97, 0.81, 0.80), (0.98, 0.83, 0.81), (0.97, 0.80, 0.80), (0.97, 0.82, 0.82),
-      (0.98, 0.81, 0.80)]
 CASES = {
     "sweep": ["multirun"],
     "runs": ["multirun", "--runs"],

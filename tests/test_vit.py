@@ -28,12 +28,7 @@ from regablate.vectorized.grouping import not_stackable
 SMALL = ("model.patch_size=8", "model.width=16", "model.depth=2", "model.heads=2")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vit(reg: dict | None = None, **kw) -> ViT:
