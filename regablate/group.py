@@ -27,6 +27,7 @@ OPERATIONAL = {
     "trainer.progress": "how progress is shown",
     "trainer.tensorboard": "whether event files are written",
     "trainer.checkpoint": "whether last.pt is written every epoch (it consumes no randomness)",
+    "trainer.checkpoint_every_s": "how often last.pt is written (it consumes no randomness)",
     "trainer.resume": "whether a run continues from last.pt, RNG states restored: the same run",
     "trainer.objective": "the number a tuning sweeper is told; the run computes the same",
     "eval.histogram_every": "TensorBoard weight histograms only",
