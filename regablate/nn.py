@@ -67,16 +67,26 @@ def drop_block(x: torch.Tensor, p: float, block_size: int, per_channel: bool = T
     """
     if p <= 0.0:
         return x
-    B, C, H, W = x.shape
+    return x * drop_block_mask(x.shape, p, block_size, per_channel, x.device).to(x.dtype)
+
+
+def drop_block_mask(shape: torch.Size | tuple[int, ...], p: float, block_size: int,
+                    per_channel: bool = True, device: torch.device | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """`drop_block`'s float32 mask M·count(M)/count_ones(M) for a (B, C, H, W) map, shaped
+    (B, C, H, W), or (B, 1, H, W) with `per_channel=False`; the seeds come from `generator`
+    (default: the global RNG of `device`). p > 0."""
+    B, C, H, W = shape
     b = min(block_size, H, W)
     gamma = p / b**2 * (H * W) / ((H - b + 1) * (W - b + 1))
-    seeds = torch.rand(B, C if per_channel else 1, H - b + 1, W - b + 1, device=x.device) < gamma
+    seeds = torch.rand(B, C if per_channel else 1, H - b + 1, W - b + 1, device=device,
+                       generator=generator) < gamma
     # pad by b-1 on every side, then a b×b max-pool: pixel (r, c) is hit by seeds in
     # rows r-b+1..r and columns c-b+1..c, i.e. the blocks that cover it; output is H×W.
     blocks = F.max_pool2d(F.pad(seeds.float(), (b - 1,) * 4), kernel_size=b, stride=1)
     keep = 1.0 - blocks
     scale = keep.numel() / keep.sum().clamp_min(1.0)
-    return x * (keep * scale).to(x.dtype)
+    return keep * scale
 
 
 def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -249,7 +259,7 @@ def configure(model: nn.Module, spec: ModelSpec, asked: list[str] | tuple[str, .
 
 
 __all__ = ["DropBlock2d", "DropPath", "Dropout", "Dropout2d", "Norm", "building", "configure",
-           "depth_rates", "drop_block", "drop_path"]
+           "depth_rates", "drop_block", "drop_block_mask", "drop_path"]
 
 
 # ---------------------------------------------------------------- recurrent blocks

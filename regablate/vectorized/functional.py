@@ -1,0 +1,418 @@
+"""K members of one conv architecture (convnet, resnet) as one stacked model, via torch.func.
+
+Member k's parameters are row k of one flat buffer θ (K, P), weight matrices and conv kernels
+(every parameter with ndim >= 2, as `regablate.optim.decay_split` / `weight_stats` count them)
+first, so penalties and decoupled decay act on the prefix θ[:, :P_w]; the leaves are (K, *shape)
+views into θ. The forward is one call
+
+    out = vmap(functional_call(template, (θ_k views, BatchNorm stats_k), x_k))   (K, B, out)
+
+over a *template*: a copy of the members' common architecture. Under vmap a conv with batched
+input and batched kernels becomes one grouped convolution (groups = K), a Linear one batched
+matmul. BatchNorm's running mean/var are passed as batched (K, C) buffers, so the in-place
+update r ← (1−m)·r + m·μ_B acts on member k's own row with member k's own batch statistics.
+
+Structural regularisers: members may differ in which blocks they have (a member without the
+regulariser is the same model at rate 0) and in their rates. Each place where some member has a
+block (Dropout, Dropout2d, DropBlock2d, DropPath) is a *site* of the template; before a training
+forward, every site's multiplicative mask is drawn outside vmap, member by member from member
+k's own generator, in the order the ordinary forward would draw them, with the ordinary
+module's own ops:
+
+    dropout     m = Bernoulli(1−p)/(1−p) per unit            (F.dropout on the CPU)
+    dropout2d   m = Bernoulli(1−p)/(1−p) per sample, channel (F.dropout2d)
+    dropblock   m = M·count(M)/count_ones(M)                 (regablate.nn.drop_block_mask)
+    droppath    m = Bernoulli(1−p)/(1−p) per sample          (regablate.nn.drop_path)
+
+and the site computes h ← h·m_k (members at rate 0 get m = 1; a site no member drops at is the
+identity). So member k's masks depend only on its own generator and rates, never on the group,
+and a group of one reproduces the ordinary module drawing from the same RNG state (to float
+rounding: DropPath's (h·m)/(1−p) becomes h·(m/(1−p))). Rates are read from the members' own
+blocks at every training forward, so a schedule that sets them (DropBlock's ramp by `on_epoch`
+on each member's module) takes effect.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+import regablate.nn as rnn
+from regablate.vectorized.stacked import StackState
+
+# Layers whose forward vmap handles as it is (exact types: a subclass may change the forward).
+LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm,
+          nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+          nn.Flatten, nn.Identity)
+
+
+def _containers() -> tuple[type, ...]:
+    """Modules with their own forward known to be vmap-safe (no in-place ops on the input, no
+    data-dependent Python control flow): nn.Sequential and the built-in ResNet's."""
+    from regablate.models.resnet import BasicBlock, ResNet
+
+    return nn.Sequential, ResNet, BasicBlock
+
+
+def _site_kind(m: nn.Module) -> str | None:
+    """The kind of structural-regulariser block `m` is, or None."""
+    if type(m) in (nn.Dropout, rnn.Dropout):
+        return "dropout"
+    if type(m) in (nn.Dropout2d, rnn.Dropout2d):
+        return "dropout2d"
+    if type(m) is rnn.DropBlock2d:
+        return "dropblock"
+    if type(m) is rnn.DropPath:
+        return "droppath"
+    return None
+
+
+def stack_reason(model: nn.Module) -> str | None:
+    """Why `model` cannot train as a member of a StackedModule, or None if it can: every module
+    must be a known layer, a structural-regulariser block or a known container; BatchNorm must
+    keep running statistics with a fixed momentum."""
+    containers = _containers()
+    if not any(True for _ in model.parameters()):
+        return "the model has no parameters"
+    for name, m in model.named_modules():
+        where = f"{type(m).__name__} at '{name or '(root)'}'"
+        if isinstance(m, nn.RNNBase):
+            return f"{where}: recurrent layers have no stacked form (conv models and MLPs only)"
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                not m.track_running_stats or m.momentum is None):
+            return f"{where}: BatchNorm without running statistics or with a cumulative average"
+        if type(m) in containers:
+            continue
+        if _site_kind(m) is None and type(m) not in LEAVES:
+            return (f"{where} has no stacked form (stackable: conv/linear/norm/activation/pool "
+                    f"layers, regablate.nn Dropout/Dropout2d/DropBlock2d/DropPath, "
+                    f"nn.Sequential and the built-in ResNet)")
+    return None
+
+
+def skeleton(model: nn.Module) -> tuple:
+    """What members of one stack must share: the module tree without its structural-regulariser
+    blocks (an empty resnet slot counts as no block), with every layer's settings and shapes.
+    Members with equal skeletons stack; rates and which blocks are present may differ."""
+    if _site_kind(model) is not None:
+        return ("site",)
+    if isinstance(model, nn.Sequential):
+        return ("seq", tuple(skeleton(c) for c in model if _site_kind(c) is None))
+    own = tuple((n, tuple(t.shape)) for n, t in [*model._parameters.items(), *model._buffers.items()]
+                if t is not None)
+    if not model._modules:
+        return (type(model), repr(model), own)
+    attrs = tuple(sorted((k, v) for k, v in vars(model).items() if not k.startswith("_")
+                         and k != "training" and isinstance(v, (bool, int, float, str, tuple))))
+    kids = tuple((n, ("site",) if _site_kind(c) is not None or type(c) is nn.Identity else skeleton(c))
+                 for n, c in model._modules.items())
+    return (type(model), attrs, own, kids)
+
+
+class _Site(nn.Module):
+    """A place where some members have a structural-regulariser block: h ← h·mask (the mask of
+    the forward being run, set from outside), or records its input's shape while tracing."""
+
+    def __init__(self, kind: str, sources: list[nn.Module | None]):
+        super().__init__()
+        self.kind = kind
+        self.__dict__["sources"] = sources  # members' blocks (None: rate 0), not submodules
+        self.mask: torch.Tensor | None = None
+        self.trace: list | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trace is not None:
+            self.trace.append((self, tuple(x.shape[1:])))
+            return x
+        return x if self.mask is None else x * self.mask
+
+    def rate(self, k: int) -> float:
+        src = self.sources[k]
+        if src is None:
+            return 0.0
+        return float(src.p if self.kind in ("dropout", "dropout2d") else src.drop_prob)
+
+    def extra_repr(self) -> str:
+        return self.kind
+
+
+def _split(seq: nn.Sequential) -> tuple[list[nn.Module], list[list[nn.Module]]]:
+    """(core layers, gaps): gaps[i] = the blocks right before core[i] (the last: after all)."""
+    core: list[nn.Module] = []
+    gaps: list[list[nn.Module]] = [[]]
+    for c in seq:
+        if _site_kind(c) is None:
+            core.append(c)
+            gaps.append([])
+        else:
+            gaps[-1].append(c)
+    return core, gaps
+
+
+def _union(gaps: list[list[nn.Module]]) -> list[_Site]:
+    """One site per block kind present in any member's gap, in the members' common order."""
+    kinds: list[str] = []
+    for gap in gaps:
+        mine = [_site_kind(c) for c in gap]
+        if len(set(mine)) < len(mine):
+            raise ValueError(f"two {mine[0]} blocks in a row have no stacked form")
+        for kind in mine:
+            if kind not in kinds:
+                kinds.append(kind)
+        if [k for k in kinds if k in mine] != mine:
+            raise ValueError(f"members place their blocks in different orders: {mine} vs {kinds}")
+    return [_Site(kind, [next((c for c in gap if _site_kind(c) == kind), None) for gap in gaps])
+            for kind in kinds]
+
+
+def _merge(mods: list[nn.Module]) -> nn.Module:
+    """The template for members `mods` (equal skeletons): member 0's layers (copies), a _Site
+    wherever any member has a block."""
+    m0 = mods[0]
+    if isinstance(m0, nn.Sequential):
+        splits = [_split(m) for m in mods]
+        out: list[nn.Module] = []
+        for i in range(len(splits[0][1])):
+            out += _union([gaps[i] for _, gaps in splits])
+            if i < len(splits[0][0]):
+                out.append(_merge([core[i] for core, _ in splits]))
+        return nn.Sequential(*out)
+    if not m0._modules:
+        return copy.deepcopy(m0)
+    t = copy.copy(m0)  # a container: its own attributes, new children
+    t._parameters = {n: copy.deepcopy(p) for n, p in m0._parameters.items()}
+    t._buffers = {n: copy.deepcopy(b) for n, b in m0._buffers.items()}
+    t._modules = {}
+    for name in m0._modules:
+        kids = [m._modules[name] for m in mods]
+        kinds = {_site_kind(c) for c in kids} - {None}
+        if kinds:
+            if len(kinds) > 1:
+                raise ValueError(f"members have different blocks at '{name}': {sorted(kinds)}")
+            t._modules[name] = _Site(kinds.pop(), [c if _site_kind(c) else None for c in kids])
+        else:
+            t._modules[name] = _merge(kids)
+    return t
+
+
+def _mask(site: _Site, k: int, shape: tuple[int, ...], device: torch.device,
+          gen: torch.Generator | None) -> torch.Tensor:
+    """Member k's mask at `site` for an input of `shape` (B, ...), drawn as the ordinary block
+    draws it (see the module docstring); broadcastable against the input."""
+    src, p = site.sources[k], site.rate(k)
+    keep = 1.0 - p
+    if site.kind == "dropout":
+        return torch.empty(shape, device=device).bernoulli_(keep, generator=gen).div_(keep)
+    if site.kind == "dropout2d":
+        noise = (shape[0], shape[1]) + (1,) * (len(shape) - 2)
+        return torch.empty(noise, device=device).bernoulli_(keep, generator=gen).div_(keep)
+    if site.kind == "droppath":
+        noise = (shape[0],) + (1,) * (len(shape) - 1)
+        return torch.empty(noise, device=device).bernoulli_(keep, generator=gen).div_(keep)
+    return rnn.drop_block_mask(shape, p, src.block_size, src.per_channel, device, gen)
+
+
+@dataclass
+class _Param:
+    name: str  # in the template
+    shape: tuple[int, ...]
+    offset: int = 0
+
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+
+class StackedModule:
+    """K members of one conv architecture as stacked tensors; `forward(x)` maps (K, B, C, H, W)
+    -> (K, B, out), or a batch shared by all members (B, C, H, W) -> (K, B, out) (`shared=True`:
+    the convs then take one input against K kernels, cheaper than K copies of it).
+
+    `models` are the members' ordinary modules (equal `skeleton`s; `stack_reason` None for
+    each); their weights and BatchNorm statistics are loaded, and their structural blocks stay
+    the source of each member's rates.
+    """
+
+    def __init__(self, models: list[nn.Module], device: torch.device):
+        for m in models:
+            reason = stack_reason(m)
+            if reason:
+                raise ValueError(reason)
+        if any(skeleton(m) != skeleton(models[0]) for m in models):
+            raise ValueError("members differ in architecture (beyond their regulariser blocks)")
+        self.k, self.device = len(models), torch.device(device)
+        self.template = _merge(models).to(self.device)
+        self.sites = [m for m in self.template.modules() if isinstance(m, _Site)]
+        named = list(self.template.named_parameters())
+        self.params = [_Param(n, tuple(p.shape)) for n, p in named]
+        self.params.sort(key=lambda p: len(p.shape) < 2)  # weight matrices first (stable)
+        offset = 0
+        for p in self.params:
+            p.offset, offset = offset, offset + p.numel
+        self.n_matrix = sum(p.numel for p in self.params if len(p.shape) >= 2)  # P_w
+        self.theta = torch.zeros(self.k, offset, device=self.device)  # θ (K, P)
+        self.views = {p.name: self.theta[:, p.offset : p.offset + p.numel].view(self.k, *p.shape)
+                      .requires_grad_() for p in self.params}
+        names = [n for n, _ in named]
+        self._index = [names.index(p.name) for p in self.params]  # θ order -> parameter order
+        self.norms = [m for m in self.template.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        prefix = {m: n for n, m in self.template.named_modules()}
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.running: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, m in enumerate(self.norms):
+            mean = torch.zeros(self.k, m.num_features, device=self.device)
+            var = torch.ones(self.k, m.num_features, device=self.device)
+            self.buffers[f"{prefix[m]}.running_mean"], self.buffers[f"{prefix[m]}.running_var"] = mean, var
+            self.running[i] = (mean, var)
+        self.num_batches_tracked = 0  # training steps seen by BatchNorm (the same for every member)
+        # unit j's incoming weights are wm[:, :, j] (as StackedMLP's (K, in, out) matrices)
+        self.matrices = [self.views[p.name].view(self.k, p.shape[0], -1).transpose(1, 2)
+                         for p in self.params if len(p.shape) >= 2]
+        self._shapes: dict[tuple[int, ...], list[tuple[_Site, tuple[int, ...]]]] = {}
+        self._batched = vmap(self._call, in_dims=(0, 0, 0, 0))
+        self._shared = vmap(self._call, in_dims=(0, 0, None, 0))
+        for k, m in enumerate(models):
+            self.load_member(k, m)
+
+    @property
+    def leaves(self) -> list[torch.Tensor]:
+        """The parameter views (K, *shape), in θ's order (for autograd.grad)."""
+        return [self.views[p.name] for p in self.params]
+
+    def flat_grad(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """Gradients of `leaves` as one (K, P) tensor laid out like θ."""
+        return torch.cat([g.reshape(self.k, -1) for g in grads], 1)
+
+    def _member_params(self, model: nn.Module) -> list[nn.Parameter]:
+        """Member's parameters in θ's order (its own parameter order is the template's)."""
+        own = list(model.parameters())
+        if [tuple(p.shape) for p in own] != [tuple(p.shape) for p in self.template.parameters()]:
+            raise ValueError("the module's parameters are not the stack's")
+        return [own[i] for i in self._index]
+
+    def unflatten(self, row: torch.Tensor, model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
+        """One member's θ-shaped row (P,) as tensors shaped like its module's parameters."""
+        return {param: row[p.offset : p.offset + p.numel].view(p.shape)
+                for param, p in zip(self._member_params(model), self.params, strict=True)}
+
+    # -- moving weights between the stack and the members' own modules ------------------
+    def _member_norms(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    @torch.no_grad()
+    def load_member(self, k: int, model: nn.Module) -> None:
+        """Copy member k's parameters and BatchNorm running statistics from its module."""
+        for param, p in zip(self._member_params(model), self.params, strict=True):
+            self.views[p.name][k].copy_(param)
+        for i, m in enumerate(self._member_norms(model)):
+            self.running[i][0][k].copy_(m.running_mean)
+            self.running[i][1][k].copy_(m.running_var)
+
+    @torch.no_grad()
+    def export_member(self, k: int, model: nn.Module, state: StackState | None = None) -> None:
+        """Write member k's weights and BatchNorm statistics (from `state`, default the live
+        ones) into its module."""
+        state = state or self.state()
+        for param, t in self.unflatten(state.theta[k].detach(), model).items():
+            param.copy_(t)
+        for i, m in enumerate(self._member_norms(model)):
+            m.running_mean.copy_(state.running[i][0][k])
+            m.running_var.copy_(state.running[i][1][k])
+            m.num_batches_tracked.fill_(int(state.batches[k]))
+
+    # -- snapshots (best epoch, stopping point) --------------------------------------------
+    def state(self) -> StackState:
+        """The live state (shared tensors, not copies); `running` is keyed by BatchNorm layer."""
+        return StackState(self.theta, dict(self.running),
+                          torch.full((self.k,), self.num_batches_tracked, dtype=torch.long))
+
+    @torch.no_grad()
+    def load_state(self, state: StackState) -> None:
+        """Make `state` the live state."""
+        self.theta.copy_(state.theta)
+        for i, (m, v) in state.running.items():
+            self.running[i][0].copy_(m)
+            self.running[i][1].copy_(v)
+
+    # -- forward ---------------------------------------------------------------------------
+    def _call(self, params: dict, buffers: dict, x: torch.Tensor, masks: list) -> torch.Tensor:
+        """One member's forward (under vmap): the template with its parameters, statistics and
+        this forward's site masks."""
+        active = self._active
+        for site, mask in zip(active, masks, strict=True):
+            site.mask = mask
+        try:
+            return functional_call(self.template, (params, buffers), (x,))
+        finally:
+            for site in active:
+                site.mask = None
+
+    def _trace(self, sample: tuple[int, ...]) -> list[tuple[_Site, tuple[int, ...]]]:
+        """(site, its input's shape per sample) in the order the forward reaches them."""
+        if sample not in self._shapes:
+            order: list = []
+            for s in self.sites:
+                s.trace = order
+            meta = {n: torch.empty(t.shape[1:], device="meta")
+                    for n, t in [*self.views.items(), *self.buffers.items()]}
+            try:
+                with torch.no_grad():
+                    functional_call(self.template.eval(), meta, (torch.empty(1, *sample, device="meta"),))
+            finally:
+                for s in self.sites:
+                    s.trace = None
+            if len({id(s) for s, _ in order}) < len(order):
+                raise ValueError("a regulariser block is used twice in one forward")
+            for s, shape in order:
+                if s.kind in ("dropout2d", "dropblock") and len(shape) != 3:
+                    raise ValueError(f"{s.kind} on a {len(shape) + 1}-D input (needs (B, C, H, W))")
+            self._shapes[sample] = order
+        return self._shapes[sample]
+
+    def masks(self, batch: int, sample: tuple[int, ...],
+              gens: list[torch.Generator] | None) -> tuple[list[_Site], list[torch.Tensor]]:
+        """The active sites and their (K, B, ...) masks for one training forward: at each site
+        in forward order, each member with a positive rate draws from its own generator
+        (`gens[k]`; None: the device's global RNG); members at rate 0 get ones."""
+        active, masks = [], []
+        for site, shape in self._trace(sample):
+            rates = [site.rate(k) for k in range(self.k)]
+            if not any(rates):
+                continue
+            full = (batch, *shape)
+            drawn = {k: _mask(site, k, full, self.device, gens[k] if gens else None)
+                     for k in range(self.k) if rates[k] > 0}
+            mshape = torch.broadcast_shapes(*(m.shape for m in drawn.values()))
+            if len(drawn) == self.k:
+                stacked = torch.stack([m.expand(mshape) for m in drawn.values()])
+            else:
+                stacked = torch.ones(self.k, *mshape, device=self.device)
+                for k, m in drawn.items():
+                    stacked[k] = m
+            active.append(site)
+            masks.append(stacked)
+        return active, masks
+
+    def forward(self, x: torch.Tensor, train: bool, gens: list[torch.Generator] | None = None,
+                shared: bool = False) -> torch.Tensor:
+        """(K, B, ...) -> (K, B, out), or (B, ...) -> (K, B, out) with `shared`. Training: batch
+        statistics (running ones updated per member) and member k's masks from `gens[k]`."""
+        sample = tuple(x.shape[1:] if shared else x.shape[2:])
+        batch = x.shape[0 if shared else 1]
+        self._active, masks = self.masks(batch, sample, gens) if train else ([], [])
+        self.template.train(train)  # after `masks`: tracing runs the template in eval mode
+        params = {name: v for name, v in self.views.items()}
+        return (self._shared if shared else self._batched)(params, self.buffers, x, masks)
+
+    def step_done(self) -> None:
+        """One training step happened (BatchNorm's num_batches_tracked)."""
+        if self.norms:
+            self.num_batches_tracked += 1
+
+
+__all__ = ["StackedModule", "skeleton", "stack_reason"]
