@@ -78,6 +78,7 @@ def stack_reason(model: nn.Module) -> str | None:
     containers = _containers()
     if not any(True for _ in model.parameters()):
         return "the model has no parameters"
+    unknown = []  # (has children, where): a layer is named before the container holding it
     for name, m in model.named_modules():
         where = f"{type(m).__name__} at '{name or '(root)'}'"
         if isinstance(m, nn.RNNBase):
@@ -85,12 +86,13 @@ def stack_reason(model: nn.Module) -> str | None:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
                 not m.track_running_stats or m.momentum is None):
             return f"{where}: BatchNorm without running statistics or with a cumulative average"
-        if type(m) in containers:
-            continue
-        if _site_kind(m) is None and type(m) not in LEAVES:
-            return (f"{where} has no stacked form (stackable: conv/linear/norm/activation/pool "
-                    f"layers, regablate.nn Dropout/Dropout2d/DropBlock2d/DropPath, "
-                    f"nn.Sequential and the built-in ResNet)")
+        if type(m) not in containers and _site_kind(m) is None and type(m) not in LEAVES:
+            unknown.append((bool(m._modules), where))
+    if unknown:
+        first = next((where for container, where in unknown if not container), unknown[0][1])
+        return (f"{first} has no stacked form (stackable: conv/linear/norm/activation/"
+                f"pool layers, regablate.nn Dropout/Dropout2d/DropBlock2d/DropPath, nn.Sequential "
+                f"and the built-in ResNet)")
     return None
 
 

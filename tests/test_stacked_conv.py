@@ -1,0 +1,261 @@
+"""StackedModule: K conv members (convnet, resnet) as one vmapped model, against the ordinary
+modules: forward, gradients, BatchNorm statistics, weight round trips, per-member drop rates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regablate.models.convnet import ConvNetSettings, build_convnet
+from regablate.models.resnet import ResNetSettings, build_resnet
+from regablate.regularisers.base import ModelSpec
+from regablate.vectorized.functional import StackedModule, skeleton, stack_reason
+
+CPU = torch.device("cpu")
+SHAPE = (3, 8, 8)
+DB = {"p": 0.3, "block_size": 3, "per_channel": True}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+def convnet(seed: int, norm: str = "batch", dropout: float = 0.0, **extra) -> nn.Module:
+    torch.manual_seed(seed)
+    spec = ModelSpec(out_dim=5, norm=norm, dropout=dropout, extra=extra)
+    return build_convnet(ConvNetSettings(widths=[4, 6], hidden=[8], norm=norm), SHAPE, 5, spec)
+
+
+def resnet(seed: int, norm: str = "batch", dropout: float = 0.0, **extra) -> nn.Module:
+    torch.manual_seed(seed)
+    spec = ModelSpec(out_dim=5, norm=norm, dropout=dropout, extra=extra)
+    return build_resnet(ResNetSettings(depth=8, width=4, norm=norm), SHAPE, 5, spec)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def ordinary(model: nn.Module, x: torch.Tensor, train: bool, g: torch.Generator) -> torch.Tensor:
+    """The module's own forward, drawing from the global RNG set to `g`'s state (as the ordinary
+    CPU runner draws dropout right after init)."""
+    torch.set_rng_state(g.get_state())
+    return model.train(train)(x)
+
+
+CASES = {
+    "convnet": lambda: convnet(0),
+    "convnet-dropout": lambda: convnet(0, dropout=0.4),
+    "convnet-spatial-dropblock": lambda: convnet(0, spatial_dropout=0.2, dropblock=DB),
+    "convnet-layernorm-dropout": lambda: convnet(0, norm="layer", dropout=0.3, spatial_dropout=0.2),
+    "resnet": lambda: resnet(0),
+    "resnet-droppath": lambda: resnet(0, droppath=0.5),
+    "resnet-all": lambda: resnet(0, dropout=0.3, droppath=0.4, spatial_dropout=0.2,
+                                 dropblock={"p": 0.2, "block_size": 2, "per_channel": False}),
+    "resnet-nonorm": lambda: resnet(0, norm="none", droppath=0.3),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("train", [True, False])
+def test_group_of_one_is_the_ordinary_module(case, train):
+    model = CASES[case]()
+    stack = StackedModule([model], CPU)
+    x = torch.randn(6, *SHAPE)
+    g = gen(7)
+    want = ordinary(model, x, train, gen(7))
+    got = stack.forward(x[None], train, [g])
+    assert got.shape == (1, 6, 5)
+    torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-6)
+    # the member's generator consumed exactly what the module drew from the global RNG
+    assert torch.equal(g.get_state(), torch.get_rng_state())
+    if train:  # and the regularisers did act: another stream gives another output
+        other = stack.forward(x[None], True, [gen(8)])
+        active = any(r > 0 for s in stack.sites for r in [s.rate(0)])
+        assert active == (not torch.allclose(other, got))
+
+
+def _three(kind: str) -> list[nn.Module]:
+    """Three members: different inits, and rate 0 (no block) / different blocks and rates."""
+    if kind == "convnet":
+        return [convnet(1), convnet(2, dropout=0.5, spatial_dropout=0.1),
+                convnet(3, dropout=0.2, dropblock=DB)]
+    return [resnet(1), resnet(2, droppath=0.5, spatial_dropout=0.2),
+            resnet(3, dropout=0.3, dropblock=DB)]
+
+
+def _step(stack: StackedModule, models: list[nn.Module], seeds: list[int]):
+    """One training forward/backward both ways on per-member batches; (stacked grads as
+    module-shaped tensors per member, the ordinary modules' grads)."""
+    k = len(models)
+    torch.manual_seed(11)
+    x, y = torch.randn(k, 6, *SHAPE), torch.randint(0, 5, (k, 6))
+    out = stack.forward(x, True, [gen(s) for s in seeds])
+    loss = F.cross_entropy(out.reshape(k * 6, -1), y.reshape(-1), reduction="none").view(k, 6).mean(1)
+    g = stack.flat_grad(torch.autograd.grad(loss.sum(), stack.leaves))
+    stack.step_done()
+    stacked, plain = [], []
+    for i, m in enumerate(models):
+        m.zero_grad()
+        F.cross_entropy(ordinary(m, x[i], True, gen(seeds[i])), y[i]).backward()
+        stacked.append(list(stack.unflatten(g[i], m).values()))
+        plain.append([p.grad for p in stack.unflatten(g[i], m)])
+    return stacked, plain
+
+
+@pytest.mark.parametrize("kind", ["convnet", "resnet"])
+def test_gradients_and_batchnorm_statistics_are_each_members_own(kind):
+    models = _three(kind)
+    stack = StackedModule(models, CPU)
+    stacked, plain = _step(stack, models, [5, 6, 7])
+    for k in range(3):
+        for a, b in zip(stacked[k], plain[k], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # per-member BatchNorm: member k's running statistics are its module's after the same step
+    for k, m in enumerate(models):
+        norms = [n for n in m.modules() if isinstance(n, nn.BatchNorm2d | nn.BatchNorm1d)]
+        assert len(norms) == len(stack.running) > 0
+        for i, n in enumerate(norms):
+            torch.testing.assert_close(stack.running[i][0][k], n.running_mean, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(stack.running[i][1][k], n.running_var, rtol=1e-5, atol=1e-7)
+    assert stack.state().batches.tolist() == [1, 1, 1]
+
+
+def test_without_dropping_the_step_is_deterministic():
+    models = [resnet(1), resnet(2), resnet(3)]
+    grads = []
+    for _ in range(2):
+        stack = StackedModule(models, CPU)
+        stacked, plain = _step(stack, models, [5, 6, 7])
+        grads.append(stacked)
+        for k in range(3):
+            for a, b in zip(stacked[k], plain[k], strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(sum(grads[0], []), sum(grads[1], []), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_theta_layout_weights_first_and_views():
+    models = _three("resnet")
+    stack = StackedModule(models, CPU)
+    m = models[1]
+    weights = [p for p in m.parameters() if p.ndim >= 2]
+    assert stack.n_matrix == sum(p.numel() for p in weights)
+    assert stack.theta.shape == (3, sum(p.numel() for p in m.parameters()))
+    # the prefix θ[:, :P_w] is exactly the member's conv kernels and Linear weights
+    row = stack.theta[1, : stack.n_matrix]
+    torch.testing.assert_close(row, torch.cat([p.detach().flatten() for p in weights]))
+    for leaf in stack.leaves:  # views of θ: an update of θ is an update of the leaves
+        assert leaf.requires_grad and leaf.untyped_storage().data_ptr() == stack.theta.untyped_storage().data_ptr()
+    # matrices: unit j's incoming weights are wm[:, :, j], so the trainer's max-norm is renorm
+    c = 0.05
+    with torch.no_grad():
+        for wm in stack.matrices:
+            norm = torch.linalg.vector_norm(wm, dim=1, keepdim=True)
+            wm.mul_(torch.where(norm > c, c / (norm + 1e-7), torch.ones_like(norm)))
+    stack.export_member(1, m)
+    for w, w0 in zip([p for p in m.parameters() if p.ndim >= 2], weights, strict=True):
+        torch.testing.assert_close(w, torch.renorm(w0, 2, 0, c), rtol=1e-5, atol=1e-7)
+
+
+def test_load_export_round_trip_keeps_state_dict_keys():
+    models = _three("convnet")
+    before = [{n: t.clone() for n, t in m.state_dict().items()} for m in models]
+    stack = StackedModule(models, CPU)
+    _step(stack, models, [1, 2, 3])  # moves the statistics of both
+    snapshot = stack.state().clone()
+    fresh = _three("convnet")
+    for k, m in enumerate(fresh):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.normal_()
+        stack.export_member(k, m, snapshot)
+        sd = m.state_dict()
+        assert list(sd) == list(before[k])  # the member's own keys, in order
+        for name, t in models[k].state_dict().items():  # the ordinary module after the same step
+            tol = {} if t.dtype == torch.long else {"rtol": 1e-5, "atol": 1e-7}
+            torch.testing.assert_close(sd[name], t, **tol)
+        assert int(sd[next(n for n in sd if n.endswith("num_batches_tracked"))]) == 1
+    # back: a new stack loaded from the exported modules holds the same state
+    again = StackedModule(fresh, CPU)
+    assert torch.equal(again.theta, snapshot.theta)
+    for i, (mean, var) in snapshot.running.items():
+        assert torch.equal(again.running[i][0], mean) and torch.equal(again.running[i][1], var)
+    # load_state / copy_rows move whole members
+    with torch.no_grad():
+        stack.theta.zero_()
+    stack.load_state(snapshot)
+    assert torch.equal(stack.theta, snapshot.theta)
+
+
+def _rates(masks: torch.Tensor) -> list[float]:
+    return [(row == 0).double().mean().item() for row in masks]
+
+
+def test_members_drop_at_their_own_rates():
+    members = [resnet(0), resnet(1, droppath=0.2, spatial_dropout=0.1),
+               resnet(2, droppath=0.6, spatial_dropout=0.4, dropblock=DB)]
+    stack = StackedModule(members, CPU)
+    active, masks = stack.masks(2000, SHAPE, [gen(1), gen(2), gen(3)])
+    by_kind: dict[str, list] = {}
+    for site, m in zip(active, masks, strict=True):
+        by_kind.setdefault(site.kind, []).append(m)
+    # dropout2d: one Bernoulli per sample and channel; 2,000 × 4..16 draws per member
+    for m in by_kind["dropout2d"]:
+        assert _rates(m) == pytest.approx([0.0, 0.1, 0.4], abs=0.03)
+    # DropPath: block l of L = 3 drops with p·l/L
+    for level, m in enumerate(by_kind["droppath"], 1):
+        assert _rates(m) == pytest.approx([0.0, 0.2 * level / 3, 0.6 * level / 3], abs=0.04)
+        assert m.shape[2:] == (1, 1, 1)
+    # DropBlock (member 2 only): about p of each map, kept units rescaled to keep the mean
+    for m in by_kind["dropblock"]:
+        rates = _rates(m)
+        assert rates[:2] == [0.0, 0.0] and rates[2] == pytest.approx(DB["p"], abs=0.1)
+        assert m[2].mean().item() == pytest.approx(1.0, rel=1e-5)
+    # a member's masks are its own: the same alone as in the group
+    alone = StackedModule([members[2]], CPU)
+    _, solo = alone.masks(2000, SHAPE, [gen(3)])
+    for a, b in zip(solo, masks, strict=True):
+        assert torch.equal(a[0], b[2])
+    # rates are read from the members' blocks at each forward (DropBlock's ramp sets them there)
+    for blk in members[2].modules():
+        if type(blk).__name__ == "DropBlock2d":
+            blk.drop_prob = 0.0
+    active, _ = stack.masks(8, SHAPE, [gen(1), gen(2), gen(3)])
+    assert "dropblock" not in {s.kind for s in active}
+
+
+def test_shared_batch_is_the_same_batch_for_every_member():
+    stack = StackedModule(_three("resnet"), CPU)
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():
+        shared = stack.forward(x, False, shared=True)
+        copies = stack.forward(x.expand(3, *x.shape), False)
+    assert shared.shape == (3, 4, 5)
+    torch.testing.assert_close(shared, copies, rtol=1e-5, atol=1e-6)
+
+
+def test_stack_reason_says_what_cannot_stack():
+    assert stack_reason(convnet(0)) is None and stack_reason(resnet(0, droppath=0.1)) is None
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(4, 8, batch_first=True)
+            self.out = nn.Linear(8, 2)
+
+    reason = stack_reason(Recurrent())
+    assert "LSTM at 'rnn'" in reason and "recurrent" in reason
+    spec = ModelSpec(out_dim=5, norm="batch", dropconnect=0.3)
+    dropconnect = build_convnet(ConvNetSettings(widths=[4], hidden=[8]), SHAPE, 5, spec)
+    assert "DropConnectLinear" in stack_reason(dropconnect)
+    with pytest.raises(ValueError, match="LSTM"):
+        StackedModule([Recurrent()], CPU)
+    # members must share the architecture; their regulariser blocks may differ
+    assert skeleton(convnet(0)) == skeleton(convnet(1, dropout=0.3, spatial_dropout=0.2, dropblock=DB))
+    narrow = build_convnet(ConvNetSettings(widths=[4, 4], hidden=[8]), SHAPE, 5, ModelSpec(out_dim=5, norm="batch"))
+    with pytest.raises(ValueError, match="architecture"):
+        StackedModule([convnet(0), narrow], CPU)
