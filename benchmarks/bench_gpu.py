@@ -203,6 +203,7 @@ def section_resnet(device: torch.device, sizes: Sizes, smoke: bool) -> None:
     mean, std = pixels.mean((0, 2, 3), keepdim=True), pixels.std((0, 2, 3), keepdim=True)
     torch.manual_seed(0)
     model = resnet(sizes, device)
+    assert sum(p.numel() for p in model.parameters()) == x.n_params, "not the same model"
     o = x.s.optim
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
 

@@ -21,7 +21,7 @@ def test_smoke_prints_every_section():
                rf"resnet\d+ images/s \(fp32\)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x",
                rf"augment share of a step\s+{NUMBER}%\s+{NUMBER}%",
                *(rf"mlp sweep K={k} members/s\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x" for k in (1, 2, 4)),
-               rf"resnet\d+ stacked (K=2 members/s\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x"
-               r"|skipped: regablate.vectorized.functional not available)"]
+               rf"resnet\d+ stacked( K=2 members/s\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x"
+               r"|\s+skipped: regablate\.vectorized\.functional not available)"]
     for figure in figures:
         assert re.search(figure, out), f"{figure!r} not in:\n{out}"
