@@ -288,8 +288,12 @@ def test_norm_members_match_their_ordinary_runs_and_checkpoints_resume(small_cfg
             train(tight[j + i], tmp_path / f"t{j}" / f"o{i}")
             assert_same_run(tmp_path / f"t{j}" / f"v{i}", tmp_path / f"t{j}" / f"o{i}",
                             tol=2e-5, acc_tol=2e-5, state_tol=1e-5)
-    # last.pt is the ordinary trainer's format: its model, optimiser and schedule load it
-    state = checkpoint.load(tmp_path / "v0" / "checkpoints" / "last.pt")
+    # one last.pt file for the chunk (a hard link in each run dir), each member's state in it in
+    # the ordinary trainer's format: its model, optimiser and schedule load it
+    files = [tmp_path / f"v{i}" / "checkpoints" / "last.pt" for i in (0, 1)]
+    assert files[0].stat().st_ino == files[1].stat().st_ino
+    assert checkpoint.load_last(tmp_path / "v1")["model"].keys() == checkpoint.load_last(tmp_path / "v0")["model"].keys()
+    state = checkpoint.load_last(tmp_path / "v0")
     x = build_experiment(load_settings(cfgs[0]))
     x.model.load_state_dict(state["model"])
     x.optimizer.load_state_dict(state["optimizer"])

@@ -8,7 +8,7 @@ Each member's row follows torch.optim's update, with its own lr_k and wd_k:
   SGD     g ← g + wd_k θ;  b ← μb + g (b = g at the first step);  d = g + μb (Nesterov) or b;
           θ ← θ − lr_k d
 
-`state_rows(k)` gives member k's optimiser state as θ-shaped rows under torch's names, from
+`moments()` gives the optimiser state as (K, P) tensors under torch's names, from
 which the trainer writes checkpoints in torch's own per-parameter form.
 """
 
@@ -65,9 +65,9 @@ class StackedAdam:
                         [], [self.step_t], lr=lr, beta1=beta1, beta2=beta2, weight_decay=wd,
                         eps=self.eps, amsgrad=False, maximize=False)
 
-    def state_rows(self, k: int) -> dict[str, torch.Tensor]:
-        """Member k's moments as θ-shaped rows (torch's names; the step is `step_t`)."""
-        return {"exp_avg": self.exp_avg[k], "exp_avg_sq": self.exp_avg_sq[k]}
+    def moments(self) -> dict[str, torch.Tensor]:
+        """The moments, (K, P) each, under torch's names (the step is `step_t`)."""
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
 
 class StackedSGD:
@@ -97,9 +97,9 @@ class StackedSGD:
             grad = grad.add(self.buf, alpha=self.momentum) if self.nesterov else self.buf
         self.theta.addcmul_(grad, self._neg_lr)
 
-    def state_rows(self, k: int) -> dict[str, torch.Tensor]:
-        """Member k's momentum buffer as a θ-shaped row (none before the first step)."""
-        return {} if self.buf is None else {"momentum_buffer": self.buf[k]}
+    def moments(self) -> dict[str, torch.Tensor]:
+        """The momentum buffer (K, P) under torch's name (none before the first step)."""
+        return {} if self.buf is None else {"momentum_buffer": self.buf}
 
 
 def build(name: str, theta: torch.Tensor, lr: list[float], weight_decay: list[float], settings):

@@ -251,6 +251,18 @@ class StackedMLP:
             self.num_batches_tracked += 1
 
 
+def stack_model(members: list) -> StackedMLP:
+    """The stacked model of a group's members (`grouping.Member`s), each member's own weights
+    loaded: dropout slots are the union of the members' (a member without one drops at rate 0)."""
+    m0 = members[0]
+    slots = sorted(set().union(*(m.drops for m in members)))
+    rates = [[m.drops.get(j, 0.0) for j in slots] for m in members]
+    model = StackedMLP(m0.layers, rates, slots, len(members), m0.x.device)
+    for i, m in enumerate(members):
+        model.load_member(i, m.x.model)
+    return model
+
+
 @dataclass
 class StackState:
     """θ, BatchNorm running statistics and step counts, per member (leading axis K)."""

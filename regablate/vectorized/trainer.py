@@ -14,6 +14,14 @@ Each member's own LR schedule and optimiser object are the ordinary trainer's (b
 `build_experiment`): the schedule steps on the member's val loss, the stacked optimiser reads
 the lr from it. At the end each member's final state (best epoch, or where it stopped) is
 written into its own module and evaluated exactly as the ordinary trainer evaluates its model.
+
+Members with the same data share one copy of their split tensors (U distinct data sets, member
+k reads data set u_k); batches are gathered as x[u_k, perm_k] and put through `data.prepare`.
+Checkpoints go by time (`trainer.checkpoint_every_s`): after each epoch the chunk's state is
+copied in memory (θ, BatchNorm statistics, best rows, optimiser moments and every member's
+small state), and written when that many seconds have passed since the last write, at the end
+and on an interrupt — always as of the last completed epoch. All members' last.pt states go in
+one file (`checkpoint.save_shared`); best.pt stays a plain state_dict per member.
 """
 
 from __future__ import annotations
@@ -22,10 +30,10 @@ import copy
 import math
 import pickle
 import random
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,12 +41,14 @@ import torch.nn.functional as F
 
 from regablate import checkpoint
 from regablate.evaluate import gap
+from regablate.experiment import group_id
+from regablate.lint import format_findings, lint
 from regablate.recorder import Recorder
 from regablate.selfcheck import check_eval_determinism
 from regablate.train import EarlyStopper, closing_fields, open_run
 from regablate.vectorized import optim
 from regablate.vectorized.grouping import Member
-from regablate.vectorized.stacked import StackedMLP, StackState
+from regablate.vectorized.stacked import StackState, stack_model
 from regablate.weight_stats import named_weight_matrices
 
 
@@ -116,17 +126,88 @@ def _train_loss(out: torch.Tensor, y: torch.Tensor, task: str, eps: torch.Tensor
     return (1 - eps[:, 0]) * nll + eps[:, 0] * smooth
 
 
+def data_key(m: Member) -> tuple:
+    """Members with equal keys train on identical data (built from the same settings and seed)."""
+    return (repr(m.s.dataset), m.s.data_seed, str(m.x.device))
+
+
+class _SharedData:
+    """The members' splits, one copy per distinct data set: `train_x` (U, N, ...) etc., and
+    `index` (K,), member k's data set u_k. `rows(t)` gives each member its data set's rows of a
+    (U, B, ...) tensor as (K, B, ...) (a view when all members share one data set)."""
+
+    def __init__(self, members: list[Member]):
+        keys: dict[tuple, int] = {}
+        firsts = []
+        for m in members:
+            if data_key(m) not in keys:
+                keys[data_key(m)] = len(firsts)
+                firsts.append(m.x.data)
+            m.x.data = firsts[keys[data_key(m)]]  # members keep one copy, not K
+        self.index = torch.tensor([keys[data_key(m)] for m in members], device=members[0].x.device)
+        self.k, self.u = len(members), len(firsts)
+        self.prepare_one = firsts[0].prepare
+        self.train_x = torch.stack([d.train.x for d in firsts])
+        self.train_y = torch.stack([d.train.y for d in firsts])
+        # train and val side by side: each epoch's evaluation is one pass over both
+        self.eval_x = torch.stack([torch.cat([d.train.x, d.val.x]) for d in firsts])
+        self.eval_y = torch.stack([torch.cat([d.train.y, d.val.y]) for d in firsts])
+        self.sizes = [len(firsts[0].train), len(firsts[0].val)]
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        if self.u == 1:
+            return t.expand(self.k, *t.shape[1:])
+        return t.index_select(0, self.index)
+
+    def batch(self, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Member k's training rows perm[k] of its data set: (K, B, ...) inputs and targets."""
+        u = self.index.view(-1, 1)
+        return self.train_x[u, perm], self.train_y[u, perm]
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """`data.prepare` on (K, B, ...) stored inputs (identity for features, uint8 -> float
+        for images), sample by sample."""
+        k, b = x.shape[:2]
+        out = self.prepare_one(x.reshape(k * b, *x.shape[2:]))
+        return out.reshape(k, b, *out.shape[1:])
+
+
+@dataclass
+class _Snapshot:
+    """The chunk at the end of one epoch, as copies: live state, best rows, optimiser moments."""
+
+    state: StackState
+    best: StackState
+    moments: dict[str, torch.Tensor]  # (K, P) each, under torch's names
+    step: torch.Tensor | None  # Adam's step count
+
+
+@dataclass
+class _Entry:
+    """One member's resume state as of its last completed epoch (row k of `snap`)."""
+
+    snap: _Snapshot
+    epoch: int
+    lrs: list[float]
+    schedule: dict
+    stopper: dict
+    order: torch.Tensor  # batch-order generator state
+    drop: torch.Tensor  # dropout generator state
+    rows: int  # history rows
+    wall_time_s: float
+
+
 @torch.no_grad()
-def evaluate(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, sizes: list[int], task: str,
-             chunk: int) -> list[list[dict[str, float]]]:
+def evaluate(model, data: _SharedData, sizes: list[int], task: str, chunk: int) -> list[list[dict[str, float]]]:
     """Per split, per member {"loss", "acc"} or {"loss", "mse"}, in eval mode: the plain objective
-    (no smoothing, no penalty), as `regablate.evaluate.evaluate`. `x`, `y` hold the splits one
-    after another along dim 1 (`sizes` samples each), so they share forward passes."""
-    k, n = y.shape[:2]
+    (no smoothing, no penalty), as `regablate.evaluate.evaluate`. `data.eval_x`, `data.eval_y`
+    hold the splits one after another along dim 1 (`sizes` samples each), so they share passes."""
+    k = len(data.index)
+    n = data.eval_y.shape[1]
     losses, hits = [], []
     for i in range(0, n, chunk):
-        out = model.forward(x[:, i : i + chunk], train=False)
-        yb = y[:, i : i + chunk]
+        xb, yb = data.rows(data.eval_x[:, i : i + chunk]), data.rows(data.eval_y[:, i : i + chunk])
+        out = model.forward(data.prepare(xb), train=False)
         if task == "classification":
             losses.append(F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1),
                                           reduction="none").view(k, -1))
@@ -168,20 +249,11 @@ class VectorizedTrainer:
     def __init__(self, members: list[Member]):
         self.members = members
         m0 = members[0]
-        self.device, self.t, self.data = m0.x.device, m0.s.trainer, m0.x.data
-        self.task, self.metric = self.data.task, self.data.metric
-        k = len(members)
-        slots = sorted(set().union(*(m.drops for m in members)))
-        rates = [[m.drops.get(j, 0.0) for j in slots] for m in members]
-        self.model = StackedMLP(m0.layers, rates, slots, k, self.device)
-        for i, m in enumerate(members):
-            self.model.load_member(i, m.x.model)
-        self.splits = {name: (torch.stack([getattr(m.x.data, name).x for m in members]),
-                              torch.stack([getattr(m.x.data, name).y for m in members]))
-                       for name in ("train", "val")}
-        self.sizes = [self.splits[name][1].shape[1] for name in ("train", "val")]
-        # train and val side by side: each epoch's evaluation is one pass over both
-        self.eval_xy = [torch.cat([self.splits[name][i] for name in ("train", "val")], 1) for i in (0, 1)]
+        self.device, self.t = m0.x.device, m0.s.trainer
+        self.task, self.metric = m0.x.data.task, m0.x.data.metric
+        self.model = stack_model(members)
+        self.data = _SharedData(members)
+        self.sizes = self.data.sizes
         self.regs = _Regs(members, self.device)
         lr = [self._lr(m) for m in members]
         self.opt = optim.build(m0.s.optim.name, self.model.theta, lr,
@@ -190,6 +262,12 @@ class VectorizedTrainer:
         self.segments = [(p.offset, p.numel) for p in self.model.params]
         self.steps = 0
         self._writes: list[Future] = []
+        # checkpoints: each member's latest resume state, members whose best.pt is not written
+        self._entries: dict[int, _Entry] = {}
+        self._best_dirty: frozenset[int] = frozenset()
+        every = [m.s.trainer.checkpoint_every_s for m in members if m.s.trainer.checkpoint]
+        self._every_s = min(every) if every else None
+        self._written = time.monotonic()
 
     @staticmethod
     def _lr(m: Member) -> float:
@@ -198,7 +276,7 @@ class VectorizedTrainer:
     # -- one step, one epoch ---------------------------------------------------------------
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, drop_gens: list[torch.Generator]) -> torch.Tensor:
         model, regs = self.model, self.regs
-        loss = _train_loss(model.forward(xb, True, drop_gens), yb, self.task, regs.smoothing)
+        loss = _train_loss(model.forward(self.data.prepare(xb), True, drop_gens), yb, self.task, regs.smoothing)
         g = model.flat_grad(torch.autograd.grad(loss.sum(), model.leaves))
         with torch.no_grad():
             objective = loss.detach()
@@ -219,28 +297,38 @@ class VectorizedTrainer:
             if regs.decay_factor is not None:
                 w.mul_(regs.decay_factor)
             self.opt.step(g)
-            if regs.max_norm is not None:  # as torch.renorm(w, 2, 0, c): rows to norm <= c
-                c = regs.max_norm.view(-1, 1, 1).double()
-                for wm in model.matrices:  # (K, in, out): unit j's incoming weights are wm[:, :, j]
-                    norm = torch.linalg.vector_norm(wm, dim=1, keepdim=True, dtype=torch.float64)
-                    wm.mul_(torch.where(norm > c, c / (norm + 1e-7), torch.ones_like(norm)).float())
+            if regs.max_norm is not None:
+                self._max_norm(regs.max_norm)
         model.step_done()
         return objective
 
+    def _max_norm(self, c: torch.Tensor) -> None:
+        """As torch.renorm(w, 2, 0, c) on every weight matrix: each unit's incoming weights to
+        norm <= c_k. A matrix stored transposed, (K, in, out), has unit j in column j; one in
+        torch's layout, (K, out, ...), in row j."""
+        c = c.view(-1, 1, 1).double()
+        theta = self.model.theta
+        for p in self.model.params:
+            if len(p.shape) < 2:
+                continue
+            w = theta[:, p.offset : p.offset + p.numel]
+            w = w.view(self.model.k, *p.shape) if getattr(p, "transposed", False) \
+                else w.view(self.model.k, p.shape[0], -1).transpose(1, 2)
+            norm = torch.linalg.vector_norm(w, dim=1, keepdim=True, dtype=torch.float64)
+            w.mul_(torch.where(norm > c, c / (norm + 1e-7), torch.ones_like(norm)).float())
+
     def _epoch(self, runs: list[_Run]) -> list[float]:
         """One pass over every member's training split; the mean training objectives."""
-        x, y = self.splits["train"]
-        n = y.shape[1]
+        n = self.sizes[0]
         bs = min(self.t.batch_size, n)
         perm = torch.stack([torch.randperm(n, generator=r.gen) for r in runs]).to(self.device)
         if n % bs == 1 and n > 1:  # a batch of one breaks BatchNorm: leave that sample out
             perm, n = perm[:, :-1], n - 1
-        rows = torch.arange(len(runs), device=self.device).view(-1, 1)
-        xp, yp = x[rows, perm], y[rows, perm]
         drop_gens = [r.drop_gen for r in runs]
         total = torch.zeros(len(runs), device=self.device)
         for i in range(0, n, bs):
-            total += self._step(xp[:, i : i + bs], yp[:, i : i + bs], drop_gens) * min(bs, n - i)
+            xb, yb = self.data.batch(perm[:, i : i + bs])
+            total += self._step(xb, yb, drop_gens) * min(bs, n - i)
             self.steps += 1
         return [v / n for v in total.tolist()]
 
@@ -248,11 +336,12 @@ class VectorizedTrainer:
     def fit(self) -> tuple[list[dict], GroupStats]:
         """Train every member into its run dir; per-member summaries and the group's figures."""
         t0 = time.perf_counter()
-        runs = [self._open(m) for m in self.members]
+        runs = self._open_all()
         try:
-            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="regablate-ckpt") as self._io:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="regablate-ckpt") as self._io:
                 summaries = self._fit(runs)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as regablate.errors.Terminated
+            self._checkpoint(runs, final=True)  # as of the last completed epoch
             for r in runs:
                 if r.rec.summary["status"] == "running":
                     r.rec.finish("interrupted",
@@ -265,13 +354,24 @@ class VectorizedTrainer:
             raise
         return summaries, GroupStats(len(runs), self.steps, time.perf_counter() - t0)
 
-    def _open(self, m: Member) -> _Run:
-        t = m.s.trainer
-        es = t.early_stopping
-        monitor_metric = es.monitor == "metric"
-        rec = open_run(m.cfg, m.x, m.run_dir)
-        check_eval_determinism(m.x.model, m.x.data)
-        stopper = EarlyStopper(es.patience, es.min_delta, self.data.higher_is_better and monitor_metric)
+    def _open_all(self) -> list[_Run]:
+        """Each member's files; the lint and the eval-determinism check once per configuration
+        (members that differ only in seeds share them)."""
+        findings: dict[str, list] = {}
+        runs = []
+        for m in self.members:
+            key = group_id(m.cfg)
+            if key not in findings:
+                findings[key] = lint(m.s, m.x.model, m.x.optimizer, m.x.data.in_shape)
+                if findings[key] and m.s.trainer.progress != "none":
+                    print(format_findings(findings[key]), file=sys.stderr, flush=True)
+                check_eval_determinism(m.x.model, m.x.data)
+            runs.append(self._open(m, open_run(m.cfg, m.x, m.run_dir, findings=findings[key])))
+        return runs
+
+    def _open(self, m: Member, rec: Recorder) -> _Run:
+        es = m.s.trainer.early_stopping
+        stopper = EarlyStopper(es.patience, es.min_delta, m.x.data.higher_is_better and es.monitor == "metric")
         if self.device.type == "cuda":  # ordinary runs draw dropout from the freshly seeded CUDA RNG
             drop_gen = torch.Generator(self.device).manual_seed(m.s.seed)
         else:
@@ -291,7 +391,7 @@ class VectorizedTrainer:
             self.opt.set_lr(lrs)
             self.regs.set_lr(lrs, self.device)
             objective = self._epoch(runs)
-            tr, va = evaluate(model, *self.eval_xy, self.sizes, self.task, self.t.eval_batch_size)
+            tr, va = evaluate(model, self.data, self.sizes, self.task, self.t.eval_batch_size)
             elapsed = round(time.perf_counter() - t0, 4)
             stats = stacked_weight_stats(model.theta[:, : model.n_matrix].detach())
             improved, stopped = [], []
@@ -325,14 +425,13 @@ class VectorizedTrainer:
                 best.copy_rows(improved, model.state())
             if stopped:
                 frozen.copy_rows(stopped, model.state())
-            self._wait_for_writes()  # the previous epoch's files are down before these replace them
-            for k in improved:
-                if runs[k].m.s.trainer.checkpoint:
-                    self._write(runs[k].rec.dir / "checkpoints" / "best.pt", self._best_state(k, runs[k], best))
-            for k, r in enumerate(runs):
-                if r.m.s.trainer.checkpoint and r.epochs_run == epoch:
-                    self._save_last(k, r, epoch)
+            self._keep(runs, epoch, best, improved)
+            if self._every_s is not None and time.monotonic() - self._written >= self._every_s:
+                self._checkpoint(runs, final=False)
         self._wait_for_writes()
+        for r in runs:
+            r.rec.flush()
+        self._checkpoint(runs, final=True)
         return self._finish(runs, best, frozen)
 
     def _finish(self, runs: list[_Run], best: StackState, frozen: StackState) -> list[dict]:
@@ -354,8 +453,6 @@ class VectorizedTrainer:
                                               stopped_early=False, train=None, val=None, test=None,
                                               gap=None, error=error))
                 continue
-            if not r.m.s.trainer.checkpoint:  # written once, at the end
-                checkpoint.save(r.rec.dir / "checkpoints" / "best.pt", self._best_state(k, r, best))
             self.model.export_member(k, r.m.x.model, final)
             fields = closing_fields(r.m.x, k in restore)
             summaries.append(r.rec.finish(
@@ -365,12 +462,50 @@ class VectorizedTrainer:
                 stopped_early=r.stopper.stop and r.epochs_run < max_epochs, error=error, **fields))
         return summaries
 
-    # -- checkpoints in the ordinary trainer's format ----------------------------------------
-    # Each file's contents are copied when it is queued, then written (with its fsync) by a
-    # thread pool while training goes on; one epoch's files are down before the next epoch's
-    # replace them, and all of them before the summaries are written.
-    def _write(self, path: Path, obj: dict) -> None:
-        self._writes.append(self._io.submit(checkpoint.save, path, obj))
+    # -- checkpoints by time -----------------------------------------------------------------
+    def _keep(self, runs: list[_Run], epoch: int, best: StackState, improved: list[int]) -> None:
+        """After a completed epoch: copy what a checkpoint written now would hold. Members that
+        are done keep the entry of their last epoch. One assignment each at the end, so an
+        interrupt in between leaves the previous epoch's copy whole."""
+        now = [k for k, r in enumerate(runs) if r.epochs_run == epoch]
+        if not now and not improved:
+            return
+        snap = _Snapshot(self.model.state().clone(), best.clone(),
+                         {name: t.clone() for name, t in self.opt.moments().items()},
+                         None if getattr(self.opt, "step_t", None) is None else self.opt.step_t.clone())
+        entries = dict(self._entries)
+        for k in now:
+            r = runs[k]
+            entries[k] = _Entry(snap, epoch, [g["lr"] for g in r.m.x.optimizer.param_groups],
+                                copy.deepcopy(r.m.x.schedule.state_dict()), dict(r.stopper.__dict__),
+                                r.gen.get_state(), r.drop_gen.get_state(), len(r.history), r.rec.elapsed())
+        dirty = self._best_dirty | frozenset(improved)
+        self._entries, self._best_dirty = entries, dirty
+
+    def _checkpoint(self, runs: list[_Run], final: bool) -> None:
+        """Write what `_keep` holds: best.pt of each member whose best changed, then one last.pt
+        file for every member that keeps checkpoints. Timed writes go to a background thread
+        (the previous one done first); the final one (end of the run, or an interrupt) writes
+        every member's best.pt and is waited for."""
+        self._wait_for_writes()
+        entries, dirty = self._entries, self._best_dirty
+        resumable = {k for k, r in enumerate(runs) if r.m.s.trainer.checkpoint and k in entries}
+        best_files = {runs[k].rec.dir / "checkpoints" / "best.pt": self._best_state(k, runs[k], entries[k].snap.best)
+                      for k in sorted(dirty) if k in entries and (final or k in resumable)}
+        last = {runs[k].rec.dir: self._last_state(k, runs[k], entries[k]) for k in sorted(resumable)}
+        self._best_dirty = frozenset(k for k in dirty if k not in entries or not (final or k in resumable))
+        self._written = time.monotonic()
+
+        def write() -> None:  # best.pt first: a last.pt never points past the best.pt on disk
+            for path, state in best_files.items():
+                checkpoint.save(path, state)
+            if last:
+                checkpoint.save_shared(last)
+
+        if final:
+            write()
+        else:
+            self._writes.append(self._io.submit(write))
 
     def _wait_for_writes(self) -> None:
         writes, self._writes = self._writes, []
@@ -382,30 +517,33 @@ class VectorizedTrainer:
         self.model.export_member(k, r.m.x.model, best)
         return {name: t.clone() for name, t in r.m.x.model.state_dict().items()}
 
-    def _save_last(self, k: int, r: _Run, epoch: int) -> None:
-        """last.pt as the ordinary trainer writes it, so `trainer.resume=auto` continues it."""
+    def _last_state(self, k: int, r: _Run, e: _Entry) -> dict:
+        """Member k's last.pt as the ordinary trainer writes it, so `trainer.resume=auto` continues
+        it: its module's and optimiser's state dicts from row k of the snapshot."""
         m = r.m
-        self.model.export_member(k, m.x.model)
+        self.model.export_member(k, m.x.model, e.snap.state)
         opt = m.x.optimizer
         opt.state.clear()
-        rows = self.opt.state_rows(k)
-        shaped = {name: self.model.unflatten(row, m.x.model) for name, row in rows.items()}
-        for group in opt.param_groups:
+        shaped = {name: self.model.unflatten(t[k], m.x.model) for name, t in e.snap.moments.items()}
+        live = [group["lr"] for group in opt.param_groups]
+        for group, lr in zip(opt.param_groups, e.lrs):  # the lr as of the entry's epoch
+            group["lr"] = lr
             for p in group["params"]:
                 opt.state[p] = {name: t[p].clone() for name, t in shaped.items()}
-                if hasattr(self.opt, "step_t"):
-                    opt.state[p]["step"] = self.opt.step_t.detach().cpu().clone()
+                if e.snap.step is not None:
+                    opt.state[p]["step"] = e.snap.step.detach().cpu().clone()
         # python's and numpy's states packed as `checkpoint.rng_state` packs them
         rng = {"python": pickle.dumps(random.Random(m.s.seed).getstate()),
                "numpy": pickle.dumps(np.random.RandomState(m.s.seed % 2**32).get_state()),
-               "torch": r.drop_gen.get_state() if self.device.type == "cpu" else m.cpu_rng,
-               "order": r.gen.get_state()}
+               "torch": e.drop if self.device.type == "cpu" else m.cpu_rng, "order": e.order}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
             if self.device.type == "cuda":
-                rng["cuda"][self.device.index or 0] = r.drop_gen.get_state()
-        self._write(r.rec.dir / "checkpoints" / "last.pt", {
-            "epoch": epoch, "model": {n: t.clone() for n, t in m.x.model.state_dict().items()},
-            "optimizer": copy.deepcopy(opt.state_dict()),
-            "schedule": copy.deepcopy(m.x.schedule.state_dict()), "stopper": dict(r.stopper.__dict__),
-            "rng": rng, "history": list(r.history), "wall_time_s": r.rec.elapsed()})
+                rng["cuda"][self.device.index or 0] = e.drop
+        state = {"epoch": e.epoch, "model": {n: t.clone() for n, t in m.x.model.state_dict().items()},
+                 "optimizer": copy.deepcopy(opt.state_dict()), "schedule": e.schedule,
+                 "stopper": e.stopper, "rng": rng, "history": checkpoint.pack_history(r.history[: e.rows]),
+                 "wall_time_s": e.wall_time_s}
+        for group, lr in zip(opt.param_groups, live):  # training goes on with the live lr
+            group["lr"] = lr
+        return state
