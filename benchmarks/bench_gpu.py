@@ -280,6 +280,18 @@ def plain_mlp_member(data, epochs: int, seed: int, device: torch.device) -> None
     evaluate(xte, yte)
 
 
+def allow_open_files(n: int) -> None:
+    """Each member of a fit keeps its metrics.csv open: lift the soft limit on open files to `n`
+    (within the hard limit) where it is lower."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY else min(n, hard), hard))
+
+
 def section_mlp(device: torch.device, sizes: Sizes, smoke: bool) -> None:
     from regablate.compose import compose_config
     from regablate.settings import load_settings
@@ -291,6 +303,8 @@ def section_mlp(device: torch.device, sizes: Sizes, smoke: bool) -> None:
                           "trainer.progress=none", "trainer.tensorboard=false",
                           "trainer.checkpoint=false", "eval.histogram_every=0",
                           f"trainer.device={device}"])
+
+    allow_open_files(2 * max(sizes.mlp_ks) + 256)
 
     def members(k: int, where: Path) -> list:
         out = []
