@@ -18,7 +18,7 @@ from regablate import checkpoint
 from regablate.errors import Terminated
 from regablate.experiment import build_experiment
 from regablate.settings import load_settings
-from regablate.train import train
+from regablate.train import EarlyStopper, train
 from regablate.vectorized import optim
 from regablate.vectorized.budget import bytes_per_member, default_max_members
 from regablate.vectorized.grouping import chunks, group, make_member, not_stackable
@@ -378,3 +378,65 @@ def test_an_interrupted_group_records_every_member_as_the_ordinary_trainer_does(
         s = json.loads((tmp_path / f"v{i}" / "summary.json").read_text())
         assert s["status"] == "interrupted" and s["error"] == f"interrupted by {how}"
         assert len(rows(tmp_path / f"v{i}")) == 1
+
+
+def test_checkpoints_go_by_time_as_one_file_per_chunk(small_cfg, tmp_path, monkeypatch):
+    """checkpoint_every_s=0: one shared last.pt write per epoch (never one per member); a period
+    longer than the run: one write, at the end. best.pt only when it changed."""
+    shared, best = [], []
+    real_shared, real_save = checkpoint.save_shared, checkpoint.save
+    monkeypatch.setattr(checkpoint, "save_shared", lambda states: (
+        shared.append(sorted(s["epoch"] for s in states.values())), real_shared(states)))
+    monkeypatch.setattr(checkpoint, "save", lambda path, obj: (best.append(path.parent.parent.name),
+                                                               real_save(path, obj)))
+    opts = ("trainer.max_epochs=4", "sched=none", "trainer.early_stopping.patience=0")
+    fit([small_cfg(*opts, "trainer.checkpoint_every_s=0"), small_cfg(*opts, "seed=1")], tmp_path / "a")
+    assert shared == [[1, 1], [2, 2], [3, 3], [4, 4]]
+    es = small_cfg()["trainer"]["early_stopping"]
+    column = "val_acc" if es["monitor"] == "metric" else "val_loss"
+    for i in (0, 1):  # the chunk writes at its shortest period: both members' best.pt when it changed
+        stopper = EarlyStopper(0, es["min_delta"], column == "val_acc")
+        improved = sum(stopper.update(float(r[column]), e) for e, r in enumerate(rows(tmp_path / "a" / f"v{i}"), 1))
+        assert best.count(f"v{i}") == improved
+    shared.clear(), best.clear()
+    fit([small_cfg(*opts, "trainer.checkpoint_every_s=3600"), small_cfg(*opts, "seed=1")], tmp_path / "b")
+    assert shared == [[4, 4]] and sorted(best) == ["v0", "v1"]
+    for i in (0, 1):
+        assert checkpoint.load_last(tmp_path / "b" / f"v{i}")["epoch"] == 4
+        assert (tmp_path / "b" / f"v{i}" / "checkpoints" / "best.pt").exists()
+    shared.clear()
+    fit([small_cfg(*opts, "trainer.checkpoint=false"), small_cfg(*opts, "seed=1", "trainer.checkpoint=false")],
+        tmp_path / "c")
+    assert shared == []
+    assert sorted(p.name for p in (tmp_path / "c" / "v0" / "checkpoints").iterdir()) == ["best.pt"]
+
+
+@pytest.mark.parametrize("signal", [KeyboardInterrupt, Terminated])
+def test_an_interrupted_chunk_checkpoints_its_last_completed_epoch_and_each_member_resumes(
+        signal, small_cfg, tmp_path, monkeypatch):
+    """Interrupted in epoch 3 with no timed checkpoint yet: the shared last.pt holds epoch 2 for
+    every member, and `trainer.resume=auto` (the ordinary trainer, job by job) recomputes the
+    rest and ends with the uninterrupted run's numbers."""
+    opts = ("trainer.max_epochs=4", "trainer.checkpoint_every_s=3600")
+    cfgs = [small_cfg(*opts), small_cfg(*opts, "seed=1", "+reg=l2")]
+    calls = []
+
+    def stop_in_epoch_3(self, runs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise signal()
+        return real(self, runs)
+
+    real = VectorizedTrainer._epoch
+    monkeypatch.setattr(VectorizedTrainer, "_epoch", stop_in_epoch_3)
+    with pytest.raises(signal):
+        fit(cfgs, tmp_path)
+    monkeypatch.undo()
+    for i, cfg in enumerate(cfgs):
+        run = tmp_path / f"v{i}"
+        assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+        assert checkpoint.load_last(run)["epoch"] == 2 and len(rows(run)) == 2
+        resumed = train({**cfg, "trainer": {**cfg["trainer"], "resume": "auto"}}, run)
+        assert resumed["status"] == "completed" and resumed["epochs_run"] == 4
+        train(cfg, tmp_path / f"o{i}")
+        assert_same_run(run, tmp_path / f"o{i}", tol=2e-5, acc_tol=2e-5, state_tol=2e-4)

@@ -265,6 +265,7 @@ class VectorizedTrainer:
         # checkpoints: each member's latest resume state, members whose best.pt is not written
         self._entries: dict[int, _Entry] = {}
         self._best_dirty: frozenset[int] = frozenset()
+        self._unwritten = False  # entries newer than the last.pt on disk
         every = [m.s.trainer.checkpoint_every_s for m in members if m.s.trainer.checkpoint]
         self._every_s = min(every) if every else None
         self._written = time.monotonic()
@@ -480,7 +481,7 @@ class VectorizedTrainer:
                                 copy.deepcopy(r.m.x.schedule.state_dict()), dict(r.stopper.__dict__),
                                 r.gen.get_state(), r.drop_gen.get_state(), len(r.history), r.rec.elapsed())
         dirty = self._best_dirty | frozenset(improved)
-        self._entries, self._best_dirty = entries, dirty
+        self._entries, self._best_dirty, self._unwritten = entries, dirty, self._unwritten or bool(now)
 
     def _checkpoint(self, runs: list[_Run], final: bool) -> None:
         """Write what `_keep` holds: best.pt of each member whose best changed, then one last.pt
@@ -492,7 +493,9 @@ class VectorizedTrainer:
         resumable = {k for k, r in enumerate(runs) if r.m.s.trainer.checkpoint and k in entries}
         best_files = {runs[k].rec.dir / "checkpoints" / "best.pt": self._best_state(k, runs[k], entries[k].snap.best)
                       for k in sorted(dirty) if k in entries and (final or k in resumable)}
-        last = {runs[k].rec.dir: self._last_state(k, runs[k], entries[k]) for k in sorted(resumable)}
+        last = {runs[k].rec.dir: self._last_state(k, runs[k], entries[k])
+                for k in sorted(resumable)} if self._unwritten else {}
+        self._unwritten = False
         self._best_dirty = frozenset(k for k in dirty if k not in entries or not (final or k in resumable))
         self._written = time.monotonic()
 
