@@ -180,6 +180,20 @@ def test_dropout_masks_are_per_member_independent_and_their_own():
     with torch.no_grad():
         solo = alone._dropout(0, h[:1].clone(), [torch.Generator().manual_seed(10)])
     torch.testing.assert_close(solo[0], dropped[0])
+    # ... over many steps too (masks are drawn in blocks of rows): step by step the same masks,
+    # and each step's mask a new one
+    pair = _stack(model, [[0.0], [0.5]], 2)
+    gens_pair, gen_solo = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(10)], \
+        torch.Generator().manual_seed(10)
+    alone = _stack(model, [[0.5]], 1)
+    previous = None
+    with torch.no_grad():
+        for _ in range(40):  # 40 x 64 rows: three blocks
+            a = pair._dropout(0, h[:2].clone(), gens_pair)[1]
+            b = alone._dropout(0, h[:1].clone(), [gen_solo])[0]
+            torch.testing.assert_close(a, b)
+            assert previous is None or not torch.equal(a, previous)
+            previous = a
 
 
 def test_batchnorm_normalises_each_member_over_its_own_batch():

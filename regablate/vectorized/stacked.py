@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {"ReLU": F.relu, "Tanh": torch.tanh, "SiLU": F.silu}
+BLOCK_ROWS = 1024  # dropout uniforms are drawn this many rows (samples) at a time per member
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class StackedMLP:
             for i, layer in enumerate(layers) if layer.kind == "batchnorm"}
         self.num_batches_tracked = 0  # training steps seen by BatchNorm (the same for every member)
         self.matrices = [self.views[p.layer, p.name] for p in self.params if len(p.shape) >= 2]
+        self._blocks: dict[int, tuple[torch.Tensor | None, int]] = {}  # slot -> (uniforms, next row)
 
     @property
     def leaves(self) -> list[torch.Tensor]:
@@ -238,12 +240,26 @@ class StackedMLP:
         members with p=0 keep u = 0, so they pass unchanged."""
         if not self.dropping[slot]:
             return h
-        k, n, width = h.shape
-        u = (torch.empty if len(self.dropping[slot]) == k else torch.zeros)(k, n, width, device=h.device)
-        for member, _ in self.dropping[slot]:
-            torch.rand((n, width), generator=gens[member], device=h.device, out=u[member])
+        u = self._uniforms(slot, *h.shape[1:], gens)
         keep = self.keep[slot]
         return h * u.lt_(keep).div_(keep)  # u becomes the float mask [u < 1-p]/(1-p) in place
+
+    def _uniforms(self, slot: int, n: int, width: int, gens: list[torch.Generator]) -> torch.Tensor:
+        """The next n rows (K, n, width) of each member's stream of uniforms at `slot`. Member k
+        draws blocks of max(n, BLOCK_ROWS) rows from its own generator (one call per member per
+        block, not per step), so its masks depend on its own seed, rate and batch size only,
+        never on which members share its group."""
+        block, pos = self._blocks.get(slot, (None, 0))
+        if block is None or pos + n > block.shape[1]:
+            rows = max(n, BLOCK_ROWS)
+            dropping = self.dropping[slot]
+            block = (torch.empty if len(dropping) == self.k else torch.zeros)(
+                self.k, rows, width, device=self.device)
+            for member, _ in dropping:
+                torch.rand((rows, width), generator=gens[member], device=self.device, out=block[member])
+            pos = 0
+        self._blocks[slot] = (block, pos + n)
+        return block[:, pos : pos + n]
 
     def step_done(self) -> None:
         """One training step happened (BatchNorm's num_batches_tracked)."""
