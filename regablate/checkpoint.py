@@ -1,5 +1,7 @@
-"""Training state on disk: `last.pt` every epoch, `best.pt` when validation improves.
+"""Training state on disk: `last.pt` (resume state) and `best.pt` (the best epoch's weights).
 
+The trainers write them when `trainer.checkpoint_every_s` seconds have passed since the last
+write, at the end and on an interrupt, each time as of the last completed epoch.
 A checkpoint holds everything the next epoch depends on — model, optimiser, LR schedule,
 early-stopping state, every RNG (python, numpy, torch CPU and CUDA, the batch-order generator),
 the epoch and the metric history — so a resumed run continues bit-for-bit on the CPU.
@@ -50,6 +52,54 @@ def save(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_atomic(path, lambda f: f.write(buffer.getbuffer()), mode="wb")
+
+
+def save_shared(states: dict[Path, dict]) -> None:
+    """Several runs' `last.pt` states as one file: serialised once, written once (one fsync)
+    and hard-linked as each run's `checkpoints/last.pt` (atomically: temp link, rename).
+
+    Entries are keyed by the run dir's path relative to the runs' common parent, so a moved
+    sweep dir still finds them; `load_last` picks a run's own entry."""
+    import io
+    import os
+
+    dirs = [Path(d).resolve() for d in states]
+    common = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0]
+    entries = {str(d.relative_to(common)): state for d, state in zip(dirs, states.values())}
+    buffer = io.BytesIO()
+    torch.save({"shared": entries}, buffer)
+    first = dirs[0] / "checkpoints" / "last.pt"
+    write_atomic(first, lambda f: f.write(buffer.getbuffer()), mode="wb")
+    for d in dirs[1:]:
+        target = d / "checkpoints" / "last.pt"
+        tmp = target.with_name(f".last.pt.{os.getpid()}.link")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(first, tmp)
+        except OSError:  # another file system: a copy of its own
+            write_atomic(target, lambda f: f.write(buffer.getbuffer()), mode="wb")
+            continue
+        os.replace(tmp, target)
+
+
+def load_last(run_dir: Path) -> dict | None:
+    """`run_dir`'s resume state from its `checkpoints/last.pt`, its own or shared with the other
+    members of a stacked chunk; None if there is none. Damaged files raise."""
+    path = Path(run_dir) / "checkpoints" / "last.pt"
+    if not path.exists():
+        return None
+    state = load(path)
+    if not (isinstance(state, dict) and "shared" in state):
+        return state
+    entries = state["shared"]
+    if len(entries) == 1:
+        return next(iter(entries.values()))
+    here = Path(run_dir).resolve().parts
+    for rel, entry in entries.items():
+        parts = Path(rel).parts
+        if here[len(here) - len(parts):] == parts:
+            return entry
+    raise KeyError(f"{path} holds no state of {run_dir}")
 
 
 def pack_history(rows: list[dict]) -> str:

@@ -2,7 +2,8 @@
 
 summary.json is written at the start with status "running" and rewritten at the end, both
 atomically; metrics.csv gets one complete line per epoch or nothing (a failed append is cut
-back off, so a full disk never leaves half a line); TensorBoard gets the layout of DESIGN.md:
+back off, so a full disk never leaves half a line; lines are written in batches, every
+`FLUSH_EVERY_S` and at the end); TensorBoard gets the layout of DESIGN.md:
 `train/` and `val/` sub-runs under identical tags, run-level gap, lr and weights, and the
 HParams session start and end in the run's own file (see `regablate.hparams`).
 """
@@ -20,6 +21,7 @@ from typing import Any
 from regablate.atomic import write_atomic, write_json
 
 SCHEMA = 1
+FLUSH_EVERY_S = 2.0  # metrics.csv lines are written at most this often (and at the end)
 
 
 def _finite(x: Any) -> Any:
@@ -61,6 +63,7 @@ class Recorder:
         if history:
             self._csv = csv.DictWriter(self._line, fieldnames=list(history[0]), extrasaction="ignore")
         self._open = True
+        self._flushed = time.monotonic()
         tb_dir = self.dir / "tb"
         # a resumed run drops the events after its checkpoint; one restarted from scratch, all
         purge = history[-1]["epoch"] + 1 if history else (0 if tb_dir.exists() else None)
@@ -79,16 +82,25 @@ class Recorder:
 
     def epoch(self, row: dict, best: dict | None = None) -> None:
         """One epoch's metrics: a csv line (columns from the first row) and tb scalars;
-        `best` is the row of the best epoch so far (for the `best/*` curves)."""
+        `best` is the row of the best epoch so far (for the `best/*` curves). Lines go to
+        metrics.csv in batches, every `FLUSH_EVERY_S` seconds and at `flush`/`finish`."""
         if self._csv is None:
             self._csv = csv.DictWriter(self._line, fieldnames=list(row), extrasaction="ignore")
             self._csv.writeheader()
         self._csv.writerow(row)
-        self._append(self._line.getvalue())
-        self._line.seek(0)
-        self._line.truncate()
+        if time.monotonic() - self._flushed >= FLUSH_EVERY_S:
+            self.flush()
         if self._tb is not None:
             self._tb.epoch(row, best)
+
+    def flush(self) -> None:
+        """The buffered metrics.csv lines onto the file (whole lines or nothing)."""
+        text = self._line.getvalue()
+        if text:
+            self._append(text)
+            self._line.seek(0)
+            self._line.truncate()
+        self._flushed = time.monotonic()
 
     def _append(self, text: str) -> None:
         """Whole lines onto metrics.csv, or nothing: a failed write is cut back off."""
@@ -112,13 +124,14 @@ class Recorder:
         `final_weights` [(name, tensor)] of the model as it ends (the best epoch's when
         restored) go to TensorBoard as `weights/final/<name>` histograms.
 
-        If TensorBoard cannot write its last events, a run that would have completed is
-        recorded as failed with that error; a run that is failing keeps its own error."""
+        If the last metrics.csv lines or TensorBoard events cannot be written, a run that would
+        have completed is recorded as failed with that error; a run that is failing keeps its
+        own error."""
         self.summary.update(_finite(fields), status=status, wall_time_s=round(self.elapsed(), 3))
         if self._open:
             self._open = False
-            os.close(self._fd)
             try:
+                self.flush()
                 if self._tb is not None:
                     step = self.summary.get("metrics_epoch") or self.summary.get("epochs_run") or 0
                     self.histograms(final_weights or [], step, tag="weights/final")
@@ -129,6 +142,8 @@ class Recorder:
                                                                f"{e.strerror or e}")
                     write_json(self.dir / "summary.json", self.summary)
                     raise
+            finally:
+                os.close(self._fd)
         write_json(self.dir / "summary.json", self.summary)
         return self.summary
 

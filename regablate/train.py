@@ -13,7 +13,7 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -99,11 +99,15 @@ def _summary_head(cfg: dict, x: Experiment) -> dict:
     }
 
 
-def open_run(cfg: dict, x: Experiment, run_dir: Path, resume: dict | None = None) -> Recorder:
+def open_run(cfg: dict, x: Experiment, run_dir: Path, resume: dict | None = None,
+             findings: list | None = None) -> Recorder:
     """Lint the experiment (findings printed and kept as the summary's warnings) and start its
-    run files: summary.json says "running" from here on."""
-    findings = lint(x.s, x.model, x.optimizer, x.data.in_shape)
-    if findings and x.s.trainer.progress != "none":
+    run files: summary.json says "running" from here on. `findings`: the lint of an identical
+    configuration, given by a caller that starts many (it is then neither redone nor printed)."""
+    talk = findings is None
+    if findings is None:
+        findings = lint(x.s, x.model, x.optimizer, x.data.in_shape)
+    if findings and talk and x.s.trainer.progress != "none":
         print(format_findings(findings), file=sys.stderr, flush=True)
     head = {**_summary_head(cfg, x), "warnings": [f.as_dict() for f in findings]}
     return Recorder(run_dir, head, x.data.metric, identity(cfg), x.s.trainer.tensorboard, resume=resume)
@@ -199,13 +203,49 @@ def _last_checkpoint(run_dir: Path) -> dict | None:
     if not last.exists():
         return None
     try:
-        state = checkpoint.load(last)
+        state = checkpoint.load_last(run_dir)
         state["epoch"], state["model"]  # noqa: B018  a complete checkpoint has both
     except Exception as e:
         raise RunRefused(run_dir, f"cannot be resumed: {last} is damaged ({type(e).__name__}: {e})",
                          "move it away to train the run again from epoch 1, or choose another "
                          "hydra.run.dir / hydra.sweep.dir") from None
     return state
+
+
+class Checkpointer:
+    """`best.pt` and `last.pt` by time: each epoch's resume state is kept in memory and written
+    when `every_s` seconds have passed since the last write (0: every epoch), at the end and on
+    an interrupt, so a checkpoint is always as of a completed epoch. best.pt goes first: a
+    crash between the two leaves a last.pt older than best.pt, whose epochs the resumed run
+    recomputes bit for bit."""
+
+    def __init__(self, rec: Recorder, every_s: float, resumable: bool):
+        self.rec, self.dir, self.every_s, self.resumable = rec, rec.dir / "checkpoints", every_s, resumable
+        self.last: dict | None = None  # the last completed epoch's resume state, not yet written
+        self.best: dict | None = None  # best weights not yet written
+        self.written = time.monotonic()
+
+    def epoch(self, state: Callable[[], dict], best: dict | None) -> None:
+        """After a completed epoch: `state()` builds its resume state (copies), `best` the best
+        weights if this epoch improved them."""
+        if best is not None:
+            self.best = best
+        if self.resumable:
+            self.last = state()
+            if time.monotonic() - self.written >= self.every_s:
+                self.write()
+
+    def write(self) -> None:
+        """Whatever is pending, best.pt first; metrics.csv is flushed first, so it holds every
+        epoch that last.pt holds."""
+        self.rec.flush()
+        if self.best is not None:
+            checkpoint.save(self.dir / "best.pt", self.best)
+            self.best = None
+        if self.last is not None:
+            checkpoint.save(self.dir / "last.pt", self.last)
+            self.last = None
+        self.written = time.monotonic()
 
 
 def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
@@ -217,6 +257,7 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
     gen = torch.Generator().manual_seed(x.s.seed)
     decay = decay_groups(opt)
     ckpt = rec.dir / "checkpoints"
+    saver = Checkpointer(rec, t.checkpoint_every_s, t.checkpoint)
     best_state, status, epoch, history = None, "completed", 0, []
     if state is not None:  # resume: every piece of state the next epoch depends on
         model.load_state_dict(state["model"])
@@ -227,38 +268,45 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
         epoch, history = state["epoch"], checkpoint.unpack_history(state["history"])
         if (ckpt / "best.pt").exists():
             best_state = checkpoint.load(ckpt / "best.pt")
-    with make_progress(t.progress, t.max_epochs, metric) as progress:
-        while epoch < t.max_epochs and not stopper.stop:
-            epoch += 1
-            t0 = time.perf_counter()
-            lr = opt.param_groups[0]["lr"]
-            x.s.stack.on_epoch(model, epoch, t.max_epochs)
-            objective = train_epoch(x, gen, decay)
-            tr = evaluate(model, data, data.train, t.eval_batch_size, t.amp)
-            va = evaluate(model, data, data.val, t.eval_batch_size, t.amp)
-            if not all(math.isfinite(v) for v in (objective, tr["loss"], va["loss"])):
-                status = "diverged"
-                break
-            row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], f"train_{metric}": tr[metric],
-                   "val_loss": va["loss"], f"val_{metric}": va[metric], "gap": gap(tr, va, metric),
-                   "objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4),
-                   **{f"weights/{k}": v for k, v in weight_stats(model).items()}}
-            every = x.s.eval.histogram_every
-            if every and (epoch % every == 0 or epoch == 1):
-                rec.histograms(named_weight_matrices(model), epoch)
-            history.append(row)
-            if stopper.update(va[metric] if monitor_metric else va["loss"], epoch):
-                best_state = copy.deepcopy(model.state_dict())
-                checkpoint.save(ckpt / "best.pt", best_state)
-            rec.epoch(row, best=history[stopper.best_epoch - 1])
-            progress.epoch(row)
-            x.schedule.step(va["loss"])
-            if t.checkpoint:
-                checkpoint.save(ckpt / "last.pt", {
-                    "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "schedule": x.schedule.state_dict(), "stopper": dict(stopper.__dict__),
-                    "rng": checkpoint.rng_state(gen), "history": checkpoint.pack_history(history),
-                    "wall_time_s": rec.elapsed()})
+
+    def resume_state() -> dict:
+        return {"epoch": epoch, "model": copy.deepcopy(model.state_dict()),
+                "optimizer": copy.deepcopy(opt.state_dict()), "schedule": x.schedule.state_dict(),
+                "stopper": dict(stopper.__dict__), "rng": checkpoint.rng_state(gen),
+                "history": checkpoint.pack_history(history), "wall_time_s": rec.elapsed()}
+
+    try:
+        with make_progress(t.progress, t.max_epochs, metric) as progress:
+            while epoch < t.max_epochs and not stopper.stop:
+                epoch += 1
+                t0 = time.perf_counter()
+                lr = opt.param_groups[0]["lr"]
+                x.s.stack.on_epoch(model, epoch, t.max_epochs)
+                objective = train_epoch(x, gen, decay)
+                tr = evaluate(model, data, data.train, t.eval_batch_size, t.amp)
+                va = evaluate(model, data, data.val, t.eval_batch_size, t.amp)
+                if not all(math.isfinite(v) for v in (objective, tr["loss"], va["loss"])):
+                    status = "diverged"
+                    break
+                row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], f"train_{metric}": tr[metric],
+                       "val_loss": va["loss"], f"val_{metric}": va[metric], "gap": gap(tr, va, metric),
+                       "objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4),
+                       **{f"weights/{k}": v for k, v in weight_stats(model).items()}}
+                every = x.s.eval.histogram_every
+                if every and (epoch % every == 0 or epoch == 1):
+                    rec.histograms(named_weight_matrices(model), epoch)
+                history.append(row)
+                improved = stopper.update(va[metric] if monitor_metric else va["loss"], epoch)
+                if improved:
+                    best_state = copy.deepcopy(model.state_dict())
+                rec.epoch(row, best=history[stopper.best_epoch - 1])
+                x.schedule.step(va["loss"])
+                saver.epoch(resume_state, best_state if improved else None)
+                progress.epoch(row)  # shown once its checkpoint, if due, is down
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the last completed epoch
+        saver.write()
+        raise
+    saver.write()
     epochs_run = epoch - 1 if status == "diverged" else epoch
     error = f"non-finite loss at epoch {epoch}" if status == "diverged" else None
     if best_state is None:  # diverged before any finite epoch

@@ -17,7 +17,7 @@ from regablate.train import train
 
 RESUMABLE = ("dataset.n=1000", "dataset.n_test=200", "model.hidden=[256,256]", "sched=cosine",
              "trainer.max_epochs=8", "trainer.early_stopping.patience=0", "trainer.progress=plain",
-             "trainer.tensorboard=true", "+reg=dropout")
+             "trainer.tensorboard=true", "+reg=dropout", "trainer.checkpoint_every_s=0")
 
 
 def rows(path):
