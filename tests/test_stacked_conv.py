@@ -59,11 +59,15 @@ CASES = {
 }
 
 
+MODES = ["grouped", "vmap"]
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("train", [True, False])
-def test_group_of_one_is_the_ordinary_module(case, train):
+def test_group_of_one_is_the_ordinary_module(case, train, mode):
     model = CASES[case]()
-    stack = StackedModule([model], CPU)
+    stack = StackedModule([model], CPU, mode)
     x = torch.randn(6, *SHAPE)
     g = gen(7)
     want = ordinary(model, x, train, gen(7))
@@ -106,10 +110,11 @@ def _step(stack: StackedModule, models: list[nn.Module], seeds: list[int]):
     return stacked, plain
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["convnet", "resnet"])
-def test_gradients_and_batchnorm_statistics_are_each_members_own(kind):
+def test_gradients_and_batchnorm_statistics_are_each_members_own(kind, mode):
     models = _three(kind)
-    stack = StackedModule(models, CPU)
+    stack = StackedModule(models, CPU, mode)
     stacked, plain = _step(stack, models, [5, 6, 7])
     for k in range(3):
         for a, b in zip(stacked[k], plain[k], strict=True):
@@ -124,11 +129,12 @@ def test_gradients_and_batchnorm_statistics_are_each_members_own(kind):
     assert stack.state().batches.tolist() == [1, 1, 1]
 
 
-def test_without_dropping_the_step_is_deterministic():
+@pytest.mark.parametrize("mode", MODES)
+def test_without_dropping_the_step_is_deterministic(mode):
     models = [resnet(1), resnet(2), resnet(3)]
     grads = []
     for _ in range(2):
-        stack = StackedModule(models, CPU)
+        stack = StackedModule(models, CPU, mode)
         stacked, plain = _step(stack, models, [5, 6, 7])
         grads.append(stacked)
         for k in range(3):
@@ -228,14 +234,32 @@ def test_members_drop_at_their_own_rates():
     assert "dropblock" not in {s.kind for s in active}
 
 
-def test_shared_batch_is_the_same_batch_for_every_member():
-    stack = StackedModule(_three("resnet"), CPU)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["convnet", "resnet"])
+def test_shared_batch_is_the_same_batch_for_every_member(kind, mode):
+    stack = StackedModule(_three(kind), CPU, mode)
     x = torch.randn(4, *SHAPE)
-    with torch.no_grad():
-        shared = stack.forward(x, False, shared=True)
-        copies = stack.forward(x.expand(3, *x.shape), False)
-    assert shared.shape == (3, 4, 5)
-    torch.testing.assert_close(shared, copies, rtol=1e-5, atol=1e-6)
+    for train in (False, True):
+        shared = stack.forward(x, train, [gen(1), gen(2), gen(3)], shared=True)
+        copies = stack.forward(x.expand(3, *x.shape), train, [gen(1), gen(2), gen(3)])
+        assert shared.shape == (3, 4, 5)
+        torch.testing.assert_close(shared, copies, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["convnet", "resnet"])
+def test_grouped_and_vmap_layouts_agree(kind):
+    """The grouped layout (members side by side in the channels) computes what vmap does."""
+    models = _three(kind)
+    a, b = StackedModule(models, CPU, "grouped"), StackedModule(models, CPU, "vmap")
+    x = torch.randn(3, 4, *SHAPE)
+    for train in (True, False):
+        out = [s.forward(x, train, [gen(1), gen(2), gen(3)]) for s in (a, b)]
+        torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-6)
+        ga, gb = (s.flat_grad(torch.autograd.grad(o.square().sum(), s.leaves)) for s, o in zip((a, b), out))
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+    for i in a.running:
+        torch.testing.assert_close(a.running[i][0], b.running[i][0])
+        torch.testing.assert_close(a.running[i][1], b.running[i][1])
 
 
 def test_stack_reason_says_what_cannot_stack():

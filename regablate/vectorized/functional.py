@@ -35,9 +35,11 @@ on each member's module) takes effect.
 from __future__ import annotations
 
 import copy
+import types
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -86,6 +88,12 @@ def stack_reason(model: nn.Module) -> str | None:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
                 not m.track_running_stats or m.momentum is None):
             return f"{where}: BatchNorm without running statistics or with a cumulative average"
+        if type(m) is nn.Conv2d and (m.groups != 1 or m.padding_mode != "zeros"):
+            return f"{where}: only ungrouped, zero-padded convolutions stack"
+        if type(m) is nn.Flatten and (m.start_dim, m.end_dim) != (1, -1):
+            return f"{where}: only Flatten() of everything but the batch stacks"
+        if type(m) is nn.LayerNorm and len(m.normalized_shape) != 1:
+            return f"{where}: only a LayerNorm over the last dimension stacks"
         if type(m) not in containers and _site_kind(m) is None and type(m) not in LEAVES:
             unknown.append((bool(m._modules), where))
     if unknown:
@@ -218,6 +226,102 @@ def _mask(site: _Site, k: int, shape: tuple[int, ...], device: torch.device,
     return rnn.drop_block_mask(shape, p, src.block_size, src.per_channel, device, gen)
 
 
+# -- the grouped layout: K members side by side in the channels, no vmap --------------------
+#
+# Activations are (B, K·C, ...) with member k's channels at [k·C, (k+1)·C) ("member-major"), so
+# the per-channel layers act per member as they are: a conv is one conv with groups = K and the
+# members' kernels stacked (K·O, C, kh, kw); BatchNorm is one F.batch_norm over K·C channels
+# (member k's statistics over its own B samples, running stats updated in place in its rows);
+# GroupNorm(G, C) is GroupNorm(K·G, K·C); pools, activations and Flatten(1) keep the layout.
+# Only the dense layers see the member axis: x (B, K·F) → (K, B, F) → bmm with W_kᵀ (+ b_k).
+
+
+class _Grouped(nn.Module):
+    """One layer of the template in the grouped layout; `w`, `b`, `stats` are the stack's
+    leaves (K, *shape) and running statistics (K, C)."""
+
+    def __init__(self, layer: nn.Module, k: int, w: torch.Tensor | None, b: torch.Tensor | None,
+                 stats: tuple[torch.Tensor, torch.Tensor] | None = None):
+        super().__init__()
+        self.layer, self.k = layer, k
+        self.__dict__.update(w=w, b=b, stats=stats)  # tensors of the stack, not parameters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, k, w, b = self.layer, self.k, self.w, self.b
+        if isinstance(m, nn.Conv2d):  # a batch shared by all members enters with C channels
+            groups = 1 if x.shape[1] == m.in_channels and k > 1 else k
+            return F.conv2d(x, w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
+                            m.stride, m.padding, m.dilation, groups)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            mean, var = self.stats
+            return F.batch_norm(x, mean.view(-1), var.view(-1), None if w is None else w.reshape(-1),
+                                None if b is None else b.reshape(-1), self.training, m.momentum, m.eps)
+        if isinstance(m, nn.GroupNorm):
+            return F.group_norm(x, k * m.num_groups, None if w is None else w.reshape(-1),
+                                None if b is None else b.reshape(-1), m.eps)
+        n = x.shape[0]
+        h = x.view(n, k, -1)
+        if isinstance(m, nn.LayerNorm):
+            h = F.layer_norm(h, m.normalized_shape, eps=m.eps)
+            if w is not None:
+                h = h * w if b is None else torch.addcmul(b, h, w)
+            return h.view(n, -1)
+        # Linear: (K, B, F) @ (K, F, O) (+ b_k) -> (B, K·O)
+        h = h.transpose(0, 1)
+        out = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        return out.transpose(0, 1).reshape(n, -1)
+
+
+class _GroupedSite(nn.Module):
+    """A site in the grouped layout: x viewed (B, K, per-member shape) times the site's mask
+    (K, B, ...) moved to (B, K, ...)."""
+
+    def __init__(self, site: _Site, k: int):
+        super().__init__()
+        self.__dict__["site"] = site
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.site.mask
+        if mask is None:
+            return x
+        n = x.shape[0]
+        return (x.view(n, self.k, x.shape[1] // self.k, *x.shape[2:]) * mask.transpose(0, 1)).view(x.shape)
+
+
+def _grouped_shortcut(self, x: torch.Tensor) -> torch.Tensor:
+    """BasicBlock.shortcut (option A) in the grouped layout: each member's channels padded."""
+    if self.stride == 1 and self.pad == 0:
+        return x
+    x = x[:, :, :: self.stride, :: self.stride]
+    n, kc, h, w = x.shape
+    x = F.pad(x.reshape(n, self.stack_k, kc // self.stack_k, h, w),
+              (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+    return x.view(n, -1, h, w)
+
+
+def _grouped(t: nn.Module, k: int, views: dict, stats: dict, path: str = "") -> nn.Module:
+    """The grouped-layout twin of template `t`: its containers (own forward; a BasicBlock with
+    `_grouped_shortcut`) over `_Grouped` layers and `_GroupedSite`s."""
+    from regablate.models.resnet import BasicBlock
+
+    def name(leaf: str) -> str:
+        return f"{path}.{leaf}" if path else leaf
+
+    if isinstance(t, _Site):
+        return _GroupedSite(t, k)
+    if type(t) in (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm):
+        return _Grouped(t, k, views.get(name("weight")), views.get(name("bias")), stats.get(path))
+    if not t._modules:
+        return t  # parameter-free and per channel or elementwise: the layer itself
+    g = copy.copy(t)
+    g._modules = {n: _grouped(c, k, views, stats, name(n)) for n, c in t._modules.items()}
+    if isinstance(t, BasicBlock):
+        g.stack_k = k
+        g.shortcut = types.MethodType(_grouped_shortcut, g)
+    return g
+
+
 @dataclass
 class _Param:
     name: str  # in the template
@@ -236,10 +340,14 @@ class StackedModule:
 
     `models` are the members' ordinary modules (equal `skeleton`s; `stack_reason` None for
     each); their weights and BatchNorm statistics are loaded, and their structural blocks stay
-    the source of each member's rates.
+    the source of each member's rates. `mode`: "grouped" (the channels layout above; faster)
+    or "vmap" (vmap over functional_call of the template; the reference). Both compute the same.
     """
 
-    def __init__(self, models: list[nn.Module], device: torch.device):
+    def __init__(self, models: list[nn.Module], device: torch.device, mode: str = "grouped"):
+        if mode not in ("grouped", "vmap"):
+            raise ValueError(f"mode must be grouped or vmap, not {mode!r}")
+        self.mode = mode
         for m in models:
             reason = stack_reason(m)
             if reason:
@@ -271,6 +379,8 @@ class StackedModule:
             var = torch.ones(self.k, m.num_features, device=self.device)
             self.buffers[f"{prefix[m]}.running_mean"], self.buffers[f"{prefix[m]}.running_var"] = mean, var
             self.running[i] = (mean, var)
+        self.grouped = _grouped(self.template, self.k, self.views,
+                                {prefix[m]: self.running[i] for i, m in enumerate(self.norms)})
         self.num_batches_tracked = 0  # training steps seen by BatchNorm (the same for every member)
         # unit j's incoming weights are wm[:, :, j] (as StackedMLP's (K, in, out) matrices)
         self.matrices = [self.views[p.name].view(self.k, p.shape[0], -1).transpose(1, 2)
@@ -408,8 +518,18 @@ class StackedModule:
         batch = x.shape[0 if shared else 1]
         self._active, masks = self.masks(batch, sample, gens) if train else ([], [])
         self.template.train(train)  # after `masks`: tracing runs the template in eval mode
-        params = {name: v for name, v in self.views.items()}
-        return (self._shared if shared else self._batched)(params, self.buffers, x, masks)
+        if self.mode == "vmap":
+            return (self._shared if shared else self._batched)(dict(self.views), self.buffers, x, masks)
+        self.grouped.train(train)
+        h = x if shared else x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])  # (B, K·C, H, W)
+        for site, mask in zip(self._active, masks, strict=True):
+            site.mask = mask
+        try:
+            out = self.grouped(h)
+        finally:
+            for site in self._active:
+                site.mask = None
+        return out.view(batch, self.k, -1).transpose(0, 1)
 
     def step_done(self) -> None:
         """One training step happened (BatchNorm's num_batches_tracked)."""
