@@ -358,7 +358,8 @@ def section_stacked(device: torch.device, sizes: Sizes, smoke: bool) -> None:
             out.append((pool[idx], labels[idx]))
         return out
 
-    def stacked_run(k: int) -> float:
+    def stacked_run(k: int) -> tuple[float, str]:
+        """Median time of `steps` stacked steps of K members, and the stack's layout."""
         models = []
         for i in range(k):
             torch.manual_seed(i)
@@ -378,7 +379,7 @@ def section_stacked(device: torch.device, sizes: Sizes, smoke: bool) -> None:
                     sm.step_done()
 
         run()  # warm-up
-        return statistics.median(timed(run, device) for _ in range(sizes.repeats))
+        return statistics.median(timed(run, device) for _ in range(sizes.repeats)), getattr(sm, "mode", "")
 
     torch.manual_seed(0)
     model = resnet(sizes, device)
@@ -398,13 +399,14 @@ def section_stacked(device: torch.device, sizes: Sizes, smoke: bool) -> None:
     rates = {}
     for k in sizes.stack_ks:
         try:
-            rates[k] = k / stacked_run(k)
+            t, mode = stacked_run(k)
+            rates[k] = k / t
         except torch.cuda.OutOfMemoryError:
             row(f"resnet{sizes.depth} stacked K={k} members/s", "out of memory")
             torch.cuda.empty_cache()
             continue
         row(f"resnet{sizes.depth} stacked K={k} members/s", f"{rates[k]:.2f}", f"{plain_rate:.2f}",
-            f"{rates[k] / plain_rate:.2f}x", f"(member = {steps} steps of {bs}, fp32)")
+            f"{rates[k] / plain_rate:.2f}x", f"(member = {steps} steps of {bs}, fp32{', ' + mode if mode else ''})")
     k1, k8 = min(sizes.stack_ks), sorted(sizes.stack_ks)[1]
     if k1 in rates and k8 in rates:
         r = rates[k8] / rates[k1]
