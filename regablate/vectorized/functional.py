@@ -276,8 +276,8 @@ class _Grouped(nn.Module):
 
 
 class _GroupedSite(nn.Module):
-    """A site in the grouped layout: x viewed (B, K, per-member shape) times the site's mask
-    (K, B, ...) moved to (B, K, ...)."""
+    """A site in the grouped layout: x (B, K·C, ...) times the site's mask (K, B, C|1, ...)
+    laid out the same way."""
 
     def __init__(self, site: _Site, k: int):
         super().__init__()
@@ -288,8 +288,8 @@ class _GroupedSite(nn.Module):
         mask = self.site.mask
         if mask is None:
             return x
-        n = x.shape[0]
-        return (x.view(n, self.k, x.shape[1] // self.k, *x.shape[2:]) * mask.transpose(0, 1)).view(x.shape)
+        k, n, c, rest = self.k, x.shape[0], x.shape[1] // self.k, mask.shape[3:]
+        return x * mask.expand(k, n, c, *rest).transpose(0, 1).reshape(n, k * c, *rest)
 
 
 def _grouped_shortcut(self, x: torch.Tensor) -> torch.Tensor:
@@ -300,7 +300,7 @@ def _grouped_shortcut(self, x: torch.Tensor) -> torch.Tensor:
     n, kc, h, w = x.shape
     x = F.pad(x.reshape(n, self.stack_k, kc // self.stack_k, h, w),
               (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-    return x.view(n, -1, h, w)
+    return x.view(n, -1, h, w).contiguous(memory_format=torch.channels_last)
 
 
 def _grouped(t: nn.Module, k: int, views: dict, stats: dict, path: str = "") -> nn.Module:
@@ -530,6 +530,8 @@ class StackedModule:
             return (self._shared if shared else self._batched)(dict(self.views), self.buffers, x, masks)
         self.grouped.train(train)
         h = x if shared else x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])  # (B, K·C, H, W)
+        if h.dim() == 4:  # mkldnn's grouped convs are faster on NHWC (about 1.5× fwd+bwd at K=8)
+            h = h.contiguous(memory_format=torch.channels_last)
         for site, mask in zip(self._active, masks, strict=True):
             site.mask = mask
         try:
