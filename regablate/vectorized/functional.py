@@ -300,7 +300,8 @@ def _grouped_shortcut(self, x: torch.Tensor) -> torch.Tensor:
     n, kc, h, w = x.shape
     x = F.pad(x.reshape(n, self.stack_k, kc // self.stack_k, h, w),
               (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-    return x.view(n, -1, h, w).contiguous(memory_format=torch.channels_last)
+    x = x.view(n, -1, h, w)
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
 
 
 def _grouped(t: nn.Module, k: int, views: dict, stats: dict, path: str = "") -> nn.Module:
@@ -530,8 +531,8 @@ class StackedModule:
             return (self._shared if shared else self._batched)(dict(self.views), self.buffers, x, masks)
         self.grouped.train(train)
         h = x if shared else x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])  # (B, K·C, H, W)
-        if h.dim() == 4:  # mkldnn's grouped convs are faster on NHWC (about 1.5× fwd+bwd at K=8)
-            h = h.contiguous(memory_format=torch.channels_last)
+        if h.dim() == 4 and h.device.type == "cpu":  # mkldnn's grouped convs are faster on NHWC
+            h = h.contiguous(memory_format=torch.channels_last)  # (about 1.5× fwd+bwd at K=8)
         for site, mask in zip(self._active, masks, strict=True):
             site.mask = mask
         try:
