@@ -291,3 +291,48 @@ def test_stack_reason_says_what_cannot_stack():
     narrow = build_convnet(ConvNetSettings(widths=[4, 4], hidden=[8]), SHAPE, 5, ModelSpec(out_dim=5, norm="batch"))
     with pytest.raises(ValueError, match="architecture"):
         StackedModule([convnet(0), narrow], CPU)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_few_sgd_steps_follow_each_members_ordinary_trajectory(mode):
+    """Three steps of plain SGD, stacked and member by member: weights, BatchNorm statistics
+    and the members' generators (dropout streams) stay together."""
+    models = [resnet(1, droppath=0.5, spatial_dropout=0.2), resnet(2)]
+    stack = StackedModule(models, CPU, mode)
+    gens, streams = [gen(3), gen(4)], [gen(3), gen(4)]
+    lr = 0.1
+    for step in range(3):
+        torch.manual_seed(100 + step)
+        x, y = torch.randn(2, 6, *SHAPE), torch.randint(0, 5, (2, 6))
+        out = stack.forward(x, True, gens)
+        loss = F.cross_entropy(out.reshape(12, -1), y.reshape(-1), reduction="none").view(2, 6).mean(1)
+        g = stack.flat_grad(torch.autograd.grad(loss.sum(), stack.leaves))
+        with torch.no_grad():
+            stack.theta.sub_(lr * g)
+        stack.step_done()
+        for k, m in enumerate(models):  # the ordinary module, its draws from the global RNG
+            torch.set_rng_state(streams[k].get_state())
+            m.zero_grad()
+            F.cross_entropy(m.train()(x[k]), y[k]).backward()
+            streams[k].set_state(torch.get_rng_state())
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.sub_(lr * p.grad)
+    for k, m in enumerate(models):
+        assert torch.equal(gens[k].get_state(), streams[k].get_state())
+        mine = resnet(9)
+        stack.export_member(k, mine)
+        assert_near(list(mine.parameters()), list(m.parameters()))
+        assert_near([b for b in mine.buffers() if b.is_floating_point()],
+                    [b for b in m.buffers() if b.is_floating_point()])
+        assert [int(b) for b in mine.buffers() if not b.is_floating_point()] == \
+            [int(b) for b in m.buffers() if not b.is_floating_point()]
+
+
+def test_without_generators_members_draw_from_the_global_rng():
+    model = resnet(0, droppath=0.5, spatial_dropout=0.3)
+    stack = StackedModule([model], CPU)
+    x = torch.randn(6, *SHAPE)
+    want = ordinary(model, x, True, gen(5))
+    torch.manual_seed(5)
+    assert_near(stack.forward(x[None], True)[0], want, 5e-6)
