@@ -5,7 +5,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench sanity studies clean
+.PHONY: install run test lint bench bench-gpu sanity studies clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: $(STAMP)    ## speed against plain hand-written PyTorch, as ratios
 	$(BIN)/python benchmarks/bench_vectorized.py
 	$(BIN)/python benchmarks/bench_vit.py
 	$(BIN)/python benchmarks/bench_rnn.py
+
+bench-gpu: $(STAMP) ## on a CUDA machine (< 8 min): resnet20 and stacked sweeps against plain loops; --smoke checks it on the CPU
+	$(BIN)/python benchmarks/bench_gpu.py
 
 sanity: $(STAMP)   ## real CIFAR-10 images (../shared/data): resnet20 must learn on the CPU
 	$(BIN)/python benchmarks/sanity_cifar.py
