@@ -7,9 +7,10 @@
 
 The sweep: +reg=none,weight_decay,dropout,dropout_l2,batchnorm,batchnorm_l2 × seed=0..4 on
 sparse-synthetic (1400/600/2000), MLP 50-128-64-4, AdamW lr 1e-3, batch 64, 60 epochs, constant
-lr, no early stopping; regablate writes its usual run dirs (summary, metrics.csv, TensorBoard,
-best.pt) but not the per-epoch resume checkpoint last.pt, which the plain script has no
-counterpart for. Target: vectorised <= 0.1x the plain script's wall time.
+lr, no early stopping; regablate writes its usual run dirs with the default settings (summary,
+metrics.csv, TensorBoard, best.pt, and last.pt by time: `trainer.checkpoint_every_s`).
+Target: vectorised <= 0.25x the plain script's wall time (the floor is near 0.1x: process
+start-up plus the arithmetic).
 
 Also: the time per member-step inside the stacked loop (the launcher's own figures) against the
 arithmetic limit, FLOPs per member-step / the peak matmul rate measured here, where a
@@ -43,7 +44,7 @@ N_TRAIN, N_VAL, BATCH = 1400, 600, 64
 def sweep_args(epochs: int) -> list[str]:
     return ["+reg=" + ",".join(CONFIGS), "seed=" + ",".join(map(str, SEEDS)), "sched=none",
             f"trainer.max_epochs={epochs}", "trainer.early_stopping.patience=0",
-            "trainer.restore_best=false", "trainer.progress=none", "trainer.checkpoint=false"]
+            "trainer.restore_best=false", "trainer.progress=none"]
 
 
 # -- the hand-written script: nothing but torch ---------------------------------------------------
@@ -166,7 +167,7 @@ def main() -> None:
     print(f"plain script (30 runs, one process)   {t_plain:7.1f} s")
     print(f"ordinary launcher                     {t_ord:7.1f} s   {t_ord / t_plain:5.2f}x plain")
     print(f"vectorized launcher                   {t_vec:7.1f} s   {t_vec / t_plain:5.2f}x plain"
-          "   (target <= 0.10x)")
+          "   (target <= 0.25x)")
     member_steps = sum(k * n for k, n, _ in chunks)
     loop = sum(s for _, _, s in chunks)
     peak = peak_matmul_flops(args.threads)

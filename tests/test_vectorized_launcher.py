@@ -188,3 +188,31 @@ def test_a_member_whose_run_dir_is_taken_is_refused_untouched_and_the_others_tra
     assert "Stacked group 1: K=2 members in 2 chunk(s)" in r.stdout + r.stderr
     assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "completed"
     assert list((sweep / "1").iterdir()) == []
+
+
+def test_jobs_that_differ_in_plain_values_are_derived_as_hydra_composes_them():
+    """A job whose overrides differ from an already composed job's only in plain values is that
+    composition with the values applied: the same config, task overrides and override_dirname
+    as Hydra's own composition; group overrides (`+reg`, `sched`) make another shape."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.regablate_vectorized.vectorized_launcher import _derive, _shape
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="regablate"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["hydra.sweep.dir=x"], RunMode.MULTIRUN)
+        base = ["+reg=dropout", "seed=0", "sched=none", "optim.lr=0.01", "reg.dropout.p=0.1"]
+        for other in (["+reg=dropout", "seed=3", "sched=none", "optim.lr=0.003", "reg.dropout.p=0.5"],
+                      ["+reg=dropout", "seed=0", "sched=none", "optim.lr=1", "reg.dropout.p=0.1"]):
+            assert _shape(loader, other) == _shape(loader, base)
+            derived = _derive(base, loader.load_sweep_config(master, base), other)
+            real = loader.load_sweep_config(master, other)
+            assert OmegaConf.to_yaml(derived) == OmegaConf.to_yaml(real)
+            assert derived.data_seed == int(other[1][5:])
+        assert _shape(loader, ["+reg=none", *base[1:]]) != _shape(loader, base)
+        assert _shape(loader, [*base[:2], "sched=plateau", *base[3:]]) != _shape(loader, base)
+    GlobalHydra.instance().clear()

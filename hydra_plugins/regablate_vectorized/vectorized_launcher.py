@@ -70,12 +70,58 @@ class _Job:
     config: DictConfig  # the job's full config, hydra.runtime.output_dir set
     run_dir: Path
     resolved: Optional[DictConfig] = None  # noqa: UP045  the task's config, resolved once
+    task: Optional[DictConfig] = None  # noqa: UP045  the task's config without `hydra`, unresolved
 
 
 def _resolved_config(container: dict) -> Optional[DictConfig]:  # noqa: UP045
     """The resolved task config as a DictConfig that resolves nothing again; None if a value
     still reads as an interpolation (a literal "${" from an escaped `\\${`)."""
     return None if "${" in repr(container) else OmegaConf.create(container, flags={"struct": True})
+
+
+_PRIMITIVE = (int, float, str, bool, type(None))
+
+
+def _plain_value(o: Any, loader: Any) -> bool:
+    """A `key=value` override of a config value (not a group, no +/++/~ prefix, not hydra's,
+    not a sweep) whose value is a scalar."""
+    return (not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_hydra_override()
+                 or o.is_sweep_override()) and o.package is None
+            and not loader.repository.group_exists(o.key_or_group)
+            and isinstance(o.value(), _PRIMITIVE))
+
+
+def _shape(loader: Any, overrides: list[str]) -> Optional[tuple]:  # noqa: UP045
+    """The overrides with plain values blanked out: jobs of one shape compose the same config
+    up to those values. None if they cannot be parsed here (Hydra reports that itself)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
+    except Exception:
+        return None
+    return tuple((o.key_or_group, None) if _plain_value(o, loader) else o.input_line for o in parsed)
+
+
+def _derive(base_overrides: list[str], base: DictConfig, overrides: list[str]) -> Optional[DictConfig]:  # noqa: UP045
+    """The composition of `overrides` from the composition `base` of `base_overrides` (of the
+    same shape): the differing plain values applied by Hydra's own override step, and
+    hydra.overrides.task and hydra.job.override_dirname as Hydra sets them."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    old, new = parser.parse_overrides(list(base_overrides)), parser.parse_overrides(list(overrides))
+    changed = [n for o, n in zip(old, new) if o.input_line != n.input_line]
+    cfg = copy.deepcopy(base)
+    with read_write(cfg), open_dict(cfg):
+        ConfigLoaderImpl._apply_overrides_to_config(changed, cfg)
+        app = [o for o in new if not o.is_hydra_override()]
+        cfg.hydra.overrides.task = [o.input_line for o in app]
+        dirname = cfg.hydra.job.config.override_dirname
+        cfg.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+    return cfg
 
 
 def _refusal(run_dir: Path, cfg: dict) -> Any:
@@ -114,14 +160,24 @@ class VectorizedLauncher(Launcher):
         """Hydra's sweeper composes every job of a batch to validate it ("this repeats work the
         launcher will do"), then drops the result; composing is most of a small job's set-up.
         The launcher keeps those compositions (keyed by master config and overrides, handed
-        out as deep copies) so each job is composed once per process, not twice."""
+        out as deep copies) so each job is composed once per process, not twice; and a job
+        whose overrides differ from a composed one's only in plain values (`seed=3` against
+        `seed=0`) is that composition with Hydra's own override step applied (`_derive`)."""
         compose = loader.load_sweep_config
         kept: dict[tuple, DictConfig] = {}
+        bases: dict[tuple, tuple[list[str], DictConfig]] = {}
 
         def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
             key = (id(master_config), tuple(sweep_overrides))
             if key not in kept:
-                kept[key] = compose(master_config=master_config, sweep_overrides=sweep_overrides)
+                shape = _shape(loader, sweep_overrides)
+                base = bases.get((id(master_config), shape)) if shape is not None else None
+                cfg = _derive(*base, sweep_overrides) if base is not None else None
+                if cfg is None:
+                    cfg = compose(master_config=master_config, sweep_overrides=sweep_overrides)
+                    if shape is not None:
+                        bases[id(master_config), shape] = (list(sweep_overrides), cfg)
+                kept[key] = cfg
             return copy.deepcopy(kept[key])
 
         loader.load_sweep_config = load_sweep_config
@@ -188,6 +244,7 @@ class VectorizedLauncher(Launcher):
             task = copy.deepcopy(job.config)
             with read_write(task), open_dict(task):
                 del task["hydra"]
+            job.task = task
             return OmegaConf.to_container(task, resolve=True)
         finally:
             HydraConfig.instance().cfg = previous
@@ -303,9 +360,11 @@ class VectorizedLauncher(Launcher):
         HydraConfig.instance().set_config(config)
         try:
             ret = JobReturn()
-            task_cfg = copy.deepcopy(config)
-            with read_write(task_cfg), open_dict(task_cfg):
-                del task_cfg["hydra"]
+            task_cfg = job.task
+            if task_cfg is None:
+                task_cfg = copy.deepcopy(config)
+                with read_write(task_cfg), open_dict(task_cfg):
+                    del task_cfg["hydra"]
             ret.cfg = task_cfg
             hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
             ret.hydra_cfg = hydra_cfg

@@ -242,20 +242,20 @@ class StackedMLP:
             return h
         u = self._uniforms(slot, *h.shape[1:], gens)
         keep = self.keep[slot]
-        return h * u.lt_(keep).div_(keep)  # u becomes the float mask [u < 1-p]/(1-p) in place
+        return h * (u < keep).float().div_(keep)  # the float mask [u < 1-p]/(1-p)
 
     def _uniforms(self, slot: int, n: int, width: int, gens: list[torch.Generator]) -> torch.Tensor:
         """The next n rows (K, n, width) of each member's stream of uniforms at `slot`. Member k
         draws blocks of max(n, BLOCK_ROWS) rows from its own generator (one call per member per
         block, not per step), so its masks depend on its own seed, rate and batch size only,
-        never on which members share its group."""
+        never on which members share its group. The block is allocated once and refilled in
+        place; the rows of members that do not drop there stay 0."""
         block, pos = self._blocks.get(slot, (None, 0))
-        if block is None or pos + n > block.shape[1]:
-            rows = max(n, BLOCK_ROWS)
-            dropping = self.dropping[slot]
-            block = (torch.empty if len(dropping) == self.k else torch.zeros)(
-                self.k, rows, width, device=self.device)
-            for member, _ in dropping:
+        rows = max(n, BLOCK_ROWS)
+        if block is None or block.shape[1:] != (rows, width):
+            block, pos = torch.zeros(self.k, rows, width, device=self.device), rows
+        if pos + n > rows:
+            for member, _ in self.dropping[slot]:
                 torch.rand((rows, width), generator=gens[member], device=self.device, out=block[member])
             pos = 0
         self._blocks[slot] = (block, pos + n)

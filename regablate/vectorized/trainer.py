@@ -51,6 +51,8 @@ from regablate.vectorized.grouping import Member
 from regablate.vectorized.stacked import StackState, stack_model
 from regablate.weight_stats import named_weight_matrices
 
+EVAL_ROWS = 8192
+
 
 @dataclass
 class _Run:
@@ -260,6 +262,9 @@ class VectorizedTrainer:
                                [m.s.optim.weight_decay for m in members], m0.s.optim)
         self.regs.set_lr(lr, self.device)
         self.segments = [(p.offset, p.numel) for p in self.model.params]
+        # evaluation chunks of at most EVAL_ROWS rows over all members: K·B rows of activations
+        # stay in cache (per-sample results do not depend on the chunk)
+        self.eval_chunk = min(self.t.eval_batch_size, max(256, EVAL_ROWS // len(members)))
         self.steps = 0
         self._writes: list[Future] = []
         # checkpoints: each member's latest resume state, members whose best.pt is not written
@@ -284,10 +289,10 @@ class VectorizedTrainer:
             w = model.theta[:, : model.n_matrix]  # the weight matrices of every member
             gw = g[:, : model.n_matrix]
             if regs.l1 is not None:  # λ1 Σ|w|, gradient λ1 sign(w)
-                objective = objective + regs.l1[:, 0] * w.abs().sum(1)
+                objective = objective + regs.l1[:, 0] * torch.linalg.vector_norm(w, 1, dim=1)
                 gw.addcmul_(w.sign(), regs.l1)
             if regs.l2 is not None:  # (λ2/2) Σw², gradient λ2 w
-                objective = objective + 0.5 * regs.l2[:, 0] * (w * w).sum(1)
+                objective = objective + 0.5 * regs.l2[:, 0] * torch.linalg.vecdot(w, w)
                 gw.addcmul_(w, regs.l2)
             if regs.clip is not None:  # as clip_grad_norm_: norm of the per-parameter norms
                 norms = torch.stack([torch.linalg.vector_norm(g[:, o : o + n], dim=1)
@@ -392,7 +397,7 @@ class VectorizedTrainer:
             self.opt.set_lr(lrs)
             self.regs.set_lr(lrs, self.device)
             objective = self._epoch(runs)
-            tr, va = evaluate(model, self.data, self.sizes, self.task, self.t.eval_batch_size)
+            tr, va = evaluate(model, self.data, self.sizes, self.task, self.eval_chunk)
             elapsed = round(time.perf_counter() - t0, 4)
             stats = stacked_weight_stats(model.theta[:, : model.n_matrix].detach())
             improved, stopped = [], []
