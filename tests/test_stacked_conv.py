@@ -92,13 +92,13 @@ def test_group_of_one_is_the_ordinary_module(case, train, mode):
         assert active == (not torch.allclose(other, got))
 
 
-def _three(kind: str) -> list[nn.Module]:
+def _three(kind: str, norm: str = "batch") -> list[nn.Module]:
     """Three members: different inits, and rate 0 (no block) / different blocks and rates."""
     if kind == "convnet":
-        return [convnet(1), convnet(2, dropout=0.5, spatial_dropout=0.1),
-                convnet(3, dropout=0.2, dropblock=DB)]
-    return [resnet(1), resnet(2, droppath=0.5, spatial_dropout=0.2),
-            resnet(3, dropout=0.3, dropblock=DB)]
+        return [convnet(1, norm), convnet(2, norm, dropout=0.5, spatial_dropout=0.1),
+                convnet(3, norm, dropout=0.2, dropblock=DB)]
+    return [resnet(1, norm), resnet(2, norm, droppath=0.5, spatial_dropout=0.2),
+            resnet(3, norm, dropout=0.3, dropblock=DB)]
 
 
 def _step(stack: StackedModule, models: list[nn.Module], seeds: list[int]):
@@ -136,6 +136,21 @@ def test_gradients_and_batchnorm_statistics_are_each_members_own(kind, mode):
             torch.testing.assert_close(stack.running[i][0][k], n.running_mean, rtol=1e-5, atol=1e-7)
             torch.testing.assert_close(stack.running[i][1][k], n.running_var, rtol=1e-5, atol=1e-7)
     assert stack.state().batches.tolist() == [1, 1, 1]
+    # and evaluation uses each member's own running statistics
+    x = torch.randn(3, 4, *SHAPE)
+    with torch.no_grad():
+        assert_near(stack.forward(x, False), torch.stack([m.eval()(x[k]) for k, m in enumerate(models)]), 5e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind,norm", [("convnet", "layer"), ("resnet", "layer"), ("resnet", "none")])
+def test_gradients_with_layer_norm_or_none(kind, norm, mode):
+    models = _three(kind, norm)
+    stack = StackedModule(models, CPU, mode)
+    assert not stack.running
+    stacked, plain = _step(stack, models, [5, 6, 7])
+    for k in range(3):
+        assert_near(stacked[k], plain[k])
 
 
 @pytest.mark.parametrize("mode", MODES)
