@@ -12,8 +12,8 @@ wherever any member has a regulariser block), run in one of two equivalent ways:
   updated in place in its rows of (K, C) buffers), and only the dense head sees a member axis.
 - "vmap": out_k = vmap(functional_call(template, (θ_k views, running stats_k), x_k)), the
   running stats passed as batched buffers (torch.func's batch-norm recipe). The same arithmetic
-  (vmap lowers the conv to the same grouped conv), but its batch-norm rule applies the affine
-  and the statistics update as separate ops: 1.2–1.7× the grouped step time on the CPU.
+  (vmap lowers the conv to the same grouped conv), but its batch-norm rule adds a second
+  batch-norm pass and the affine as separate ops: 1.2–1.7× the grouped step time on the CPU.
 
 Structural regularisers: members may differ in which blocks they have (a member without the
 regulariser is the same model at rate 0) and in their rates. Each place where some member has a
@@ -49,15 +49,16 @@ from torch.func import functional_call, vmap
 import regablate.nn as rnn
 from regablate.vectorized.stacked import StackState
 
-# Layers whose forward vmap handles as it is (exact types: a subclass may change the forward).
+# Layers with a stacked form in both layouts (exact types: a subclass may change the forward).
 LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm,
           nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
           nn.Flatten, nn.Identity)
 
 
 def _containers() -> tuple[type, ...]:
-    """Modules with their own forward known to be vmap-safe (no in-place ops on the input, no
-    data-dependent Python control flow): nn.Sequential and the built-in ResNet's."""
+    """Modules whose own forward is known to be safe in both layouts (no in-place ops on the
+    input, no data-dependent control flow, channels touched only through their layers or, for
+    BasicBlock's shortcut, `_grouped_shortcut`): nn.Sequential and the built-in ResNet's."""
     from regablate.models.resnet import BasicBlock, ResNet
 
     return nn.Sequential, ResNet, BasicBlock
