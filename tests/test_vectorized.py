@@ -221,8 +221,13 @@ def test_grouping_decisions(small_cfg, tmp_path):
     groups = [[m.job for m in g] for g in group(members_of(cfgs, tmp_path))]
     assert groups == [[0, 1, 2], [3, 4], [5], [6], [7], [8]]
     assert not_stackable(load_settings(small_cfg("+reg=mixup"))) == "reg mixup has no stacked form"
-    assert "model convnet" in not_stackable(load_settings(small_cfg("model=convnet")))
+    assert "model vit" in not_stackable(load_settings(small_cfg("model=vit")))
     assert "dataset cifar10" in not_stackable(load_settings(small_cfg("dataset=cifar10")))
+    assert "dataset tabular" in not_stackable(load_settings(small_cfg("model=convnet", "dataset=tabular")))
+    conv = ("model=resnet", "dataset=cifar10")
+    assert not_stackable(load_settings(small_cfg(*conv, "+reg=[dropblock,droppath,spatial_dropout,l2]"))) is None
+    assert not_stackable(load_settings(small_cfg(*conv, "+reg=cutout"))) == "reg cutout has no stacked form"
+    assert not_stackable(load_settings(small_cfg("+reg=dropblock"))) == "reg dropblock has no stacked form"
     assert not_stackable(load_settings(small_cfg("+reg=[dropout,l1,max_norm,grad_clip]"))) is None
 
 

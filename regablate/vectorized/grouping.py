@@ -1,11 +1,15 @@
 """Which jobs of a sweep can train as one stacked model, and in which groups.
 
-A job is vectorisable when it is an MLP on generated data with only stackable regularisers.
-Members of one group share everything that fixes tensor shapes or the shared loop: the device,
-the split shapes and task, the layer plan (dropout positions aside), the optimiser family with
+A job is vectorisable when it is a built-in MLP on generated data, or a built-in convnet/resnet
+on generated or CIFAR-10 data, with only stackable regularisers (no batch transforms: augment,
+cutout, mixup and cutmix act per batch and stay ordinary). MLPs stack as `StackedMLP`, conv
+models as `functional.StackedModule`. Members of one group share everything that fixes tensor
+shapes or the shared loop: the device, the split shapes and task, the architecture (the MLP's
+layer plan, or the conv model's `skeleton`, regulariser blocks aside), the optimiser family with
 its fixed settings (betas, eps / momentum, nesterov), batch size, epochs and eval chunk. Seeds,
-data seeds, drop rates, penalty and decay strengths, label smoothing, max-norm and clipping
-bounds, lr, optim.weight_decay, schedule and early-stopping settings may differ per member.
+data seeds, drop rates (a member without a structural regulariser is the same model at rate 0),
+penalty and decay strengths, label smoothing, max-norm and clipping bounds, lr,
+optim.weight_decay, schedule and early-stopping settings may differ per member.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ import torch
 
 from regablate.experiment import Experiment, build_experiment
 from regablate.settings import Settings
-from regablate.vectorized.stacked import Layer, plan
+from regablate.vectorized.stacked import plan
 
-# Regularisers with a stacked form (per-member strengths).
+# Regularisers with a stacked form (per-member strengths), per model kind.
 STACKABLE = frozenset({"dropout", "l1", "l2", "weight_decay", "batchnorm", "layernorm",
                        "label_smoothing", "max_norm", "grad_clip"})
+CONV_STACKABLE = frozenset({"dropout", "spatial_dropout", "dropblock", "droppath", "l1", "l2",
+                            "weight_decay", "batchnorm", "label_smoothing", "max_norm", "grad_clip"})
+CONV_MODELS = frozenset({"convnet", "resnet"})
 # Data sets generated from data_seed on the fly (cheap to build once per member).
 GENERATED = frozenset({"sine", "sparse_synthetic"})
+IMAGES = frozenset({"cifar10"})
 
 
 @dataclass
@@ -36,8 +44,8 @@ class Member:
     run_dir: Path
     s: Settings
     x: Experiment  # built exactly as the ordinary trainer builds it (data, init)
-    layers: tuple[Layer, ...]
-    drops: dict[int, float]  # dropout slot -> rate
+    layers: tuple  # an MLP's layer plan (tuple of Layer), or a conv model's skeleton
+    drops: dict[int, float]  # an MLP's dropout slot -> rate (conv models: their blocks hold them)
     cpu_rng: torch.Tensor  # the global torch RNG state right after init (dropout on the CPU)
 
     @property
@@ -54,15 +62,22 @@ class Member:
                 t.batch_size, t.max_epochs, t.eval_batch_size)
 
 
+    @property
+    def conv(self) -> bool:
+        return self.s.model.name in CONV_MODELS
+
+
 def not_stackable(s: Settings) -> str | None:
     """Why these settings must train the ordinary way, or None (before anything is built)."""
     if s.model.name == "custom":
-        return f"model=custom ({s.model.target}) has no stacked form (built-in MLPs only)"
-    if s.model.name != "mlp":
-        return f"model {s.model.name} has no stacked form (MLPs only)"
-    if s.dataset.name not in GENERATED:
-        return f"dataset {s.dataset.name} is not generated per member (only {', '.join(sorted(GENERATED))})"
-    other = [n for n in s.stack.names if n not in STACKABLE]
+        return f"model=custom ({s.model.target}) has no stacked form (built-in MLPs and conv models only)"
+    conv = s.model.name in CONV_MODELS
+    if s.model.name != "mlp" and not conv:
+        return f"model {s.model.name} has no stacked form (mlp, convnet and resnet only)"
+    data = GENERATED | IMAGES if conv else GENERATED
+    if s.dataset.name not in data:
+        return f"dataset {s.dataset.name} has no stacked form here (only {', '.join(sorted(data))})"
+    other = [n for n in s.stack.names if n not in (CONV_STACKABLE if conv else STACKABLE)]
     if other:
         return "reg " + ", ".join(other) + " has no stacked form"
     if s.trainer.amp:
@@ -77,6 +92,13 @@ def make_member(job: int, cfg: dict, run_dir: Path, s: Settings) -> Member | str
     """
     x = build_experiment(s)
     cpu_rng = torch.get_rng_state()  # what F.dropout would draw from next in the ordinary run
+    if s.model.name in CONV_MODELS:
+        from regablate.vectorized.functional import skeleton, stack_reason
+
+        reason = stack_reason(x.model)
+        if reason:
+            return f"model: {reason}"
+        return Member(job, cfg, Path(run_dir), s, x, ("conv", skeleton(x.model)), {}, cpu_rng)
     try:
         layers, drops = plan(x.model)
     except ValueError as e:

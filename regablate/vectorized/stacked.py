@@ -267,10 +267,15 @@ class StackedMLP:
             self.num_batches_tracked += 1
 
 
-def stack_model(members: list) -> StackedMLP:
+def stack_model(members: list):
     """The stacked model of a group's members (`grouping.Member`s), each member's own weights
-    loaded: dropout slots are the union of the members' (a member without one drops at rate 0)."""
+    loaded: a `functional.StackedModule` for conv models, else a StackedMLP whose dropout slots
+    are the union of the members' (a member without one drops at rate 0)."""
     m0 = members[0]
+    if m0.conv:
+        from regablate.vectorized.functional import StackedModule
+
+        return StackedModule([m.x.model for m in members], m0.x.device)
     slots = sorted(set().union(*(m.drops for m in members)))
     rates = [[m.drops.get(j, 0.0) for j in slots] for m in members]
     model = StackedMLP(m0.layers, rates, slots, len(members), m0.x.device)

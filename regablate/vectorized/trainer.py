@@ -394,6 +394,8 @@ class VectorizedTrainer:
             epoch += 1
             t0 = time.perf_counter()
             lrs = [self._lr(r.m) for r in runs]
+            for r in runs:  # schedules of structural rates (DropBlock's ramp) on each member's
+                r.m.s.stack.on_epoch(r.m.x.model, epoch, r.m.s.trainer.max_epochs)  # own blocks
             self.opt.set_lr(lrs)
             self.regs.set_lr(lrs, self.device)
             objective = self._epoch(runs)
