@@ -351,3 +351,17 @@ def test_without_generators_members_draw_from_the_global_rng():
     want = ordinary(model, x, True, gen(5))
     torch.manual_seed(5)
     assert_near(stack.forward(x[None], True)[0], want, 5e-6)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_evaluation_in_slices_is_evaluation_of_the_whole_batch(monkeypatch, shared):
+    import regablate.vectorized.functional as functional
+
+    stack = StackedModule(_three("resnet"), CPU)
+    x = torch.randn(7, *SHAPE) if shared else torch.randn(3, 7, *SHAPE)
+    with torch.no_grad():
+        whole = stack.forward(x, False, shared=shared)
+        monkeypatch.setattr(functional, "CPU_EVAL_SAMPLES", 6)  # slices of 2 samples per member
+        sliced = stack.forward(x, False, shared=shared)
+    assert sliced.shape == whole.shape == (3, 7, 5)
+    assert_near(sliced, whole, 5e-6)
