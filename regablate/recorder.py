@@ -161,8 +161,9 @@ class _TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir, self.metric = Path(logdir), metric
-        self.w = SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
-        self.splits = {s: SummaryWriter(log_dir=str(self.dir / s), purge_step=purge_step)
+        # a deep queue: the writer thread drains it, training never waits on it
+        self.w = SummaryWriter(log_dir=str(logdir), purge_step=purge_step, max_queue=1000)
+        self.splits = {s: SummaryWriter(log_dir=str(self.dir / s), purge_step=purge_step, max_queue=1000)
                        for s in ("train", "val")}
         self.hparams, self.group, self.start = hparams, group, time.time()
         if hparams is not None and purge_step is None:  # a resumed run has its session start

@@ -9,7 +9,6 @@ train/val/test are evaluated once more for the summary.
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
@@ -270,8 +269,9 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
             best_state = checkpoint.load(ckpt / "best.pt")
 
     def resume_state() -> dict:
-        return {"epoch": epoch, "model": copy.deepcopy(model.state_dict()),
-                "optimizer": copy.deepcopy(opt.state_dict()), "schedule": x.schedule.state_dict(),
+        return {"epoch": epoch, "model": checkpoint.copy_state(model.state_dict()),
+                "optimizer": checkpoint.copy_state(opt.state_dict()),
+                "schedule": checkpoint.copy_state(x.schedule.state_dict()),
                 "stopper": dict(stopper.__dict__), "rng": checkpoint.rng_state(gen),
                 "history": checkpoint.pack_history(history), "wall_time_s": rec.elapsed()}
 
@@ -298,7 +298,7 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
                 history.append(row)
                 improved = stopper.update(va[metric] if monitor_metric else va["loss"], epoch)
                 if improved:
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state = checkpoint.copy_state(model.state_dict())
                 rec.epoch(row, best=history[stopper.best_epoch - 1])
                 x.schedule.step(va["loss"])
                 saver.epoch(resume_state, best_state if improved else None)
