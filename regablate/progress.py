@@ -64,6 +64,9 @@ class _Silent:
         return _NULL_TASK
 
 
+SILENT = _Silent()  # shows nothing: a default for functions that take a progress
+
+
 class _Task:
     """Counts what is done; calls `_due(now)` at the first `advance` at or after `self.due`
     (`first` seconds after entering), which shows the task and sets the next due time."""

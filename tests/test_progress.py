@@ -12,7 +12,7 @@ from rich.console import Console
 from regablate.data.synthetic import SparseSyntheticSettings, make_sparse_synthetic
 from regablate.evaluate import evaluate
 from regablate.models.mlp import MLPSettings, build_mlp
-from regablate.progress import make_progress
+from regablate.progress import SILENT, make_progress
 from regablate.regularisers import ModelSpec
 
 
@@ -62,13 +62,16 @@ def test_a_task_after_it_ended_prints_nothing_more(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_none_is_silent_whatever_the_duration(capsys):
+@pytest.mark.parametrize("progress", [make_progress("none", 1, "acc"), SILENT])
+def test_none_is_silent_whatever_the_duration(progress, capsys, monkeypatch):
     clock = Clock()
-    with make_progress("none", 1, "acc", clock=clock) as progress:
+    monkeypatch.setattr("time.monotonic", clock)
+    with progress:
         with progress.task("train epoch 1", total=10, unit="batches") as task:
             for _ in range(10):
                 clock.now += 10
                 task.advance()
+        progress.epoch({})
     assert capsys.readouterr().out == ""
 
 
@@ -129,3 +132,34 @@ def test_evaluate_advances_the_task_by_the_images_of_each_chunk(capsys):
     counts = [line.split(": ")[1].split(" ")[0] for line in capsys.readouterr().out.splitlines()]
     assert counts == [f"{min(i, n)}/{n}" for i in range(64, n + 64, 64)]
 
+
+
+def test_images_on_the_cpu_are_evaluated_in_cache_sized_chunks_with_the_same_numbers(capsys):
+    from regablate.data import Data, Split
+    from regablate.evaluate import chunk_size
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (600, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(600) % 10
+    assert chunk_size(images, 4096) == 256 and chunk_size(images, 100) == 100
+    assert chunk_size(torch.zeros(600, 20), 4096) == 4096  # features: the configured size
+    assert chunk_size(torch.zeros(0, 3, 224, 224), 4096) == 8
+    split = Split(images, labels)
+    data = Data("classification", split, split, split, (3, 32, 32), 10,
+                prepare=lambda x: (x.float() - 128) / 64)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    model.train()
+    progress = make_progress("plain", 1, "acc", every=0.0, clock=Clock())
+    with progress.task("closing evaluation test", total=600, unit="images") as task:
+        result = evaluate(model, data, split, 4096, calibration_bins=15, progress=task)
+    assert model.training  # its mode is given back
+    assert [line.split(": ")[1].split(" ")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "256/600", "512/600", "600/600"]
+    model.eval()
+    with torch.no_grad():
+        out = model(data.prepare(images))
+    assert result["acc"] == (out.argmax(1) == labels).sum().item() / 600
+    assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(out, labels).item(), rel=1e-6)
+    assert sum(result["reliability"]["count"]) == 600
