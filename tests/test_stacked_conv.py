@@ -10,6 +10,7 @@ from torch import nn
 
 from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.resnet import ResNetSettings, build_resnet
+from regablate.models.vit import ViTSettings, build_vit
 from regablate.regularisers.base import ModelSpec
 from regablate.vectorized.functional import StackedModule, skeleton, stack_reason
 
@@ -301,6 +302,10 @@ def test_stack_reason_says_what_cannot_stack():
     assert "DropConnectLinear" in stack_reason(dropconnect)
     with pytest.raises(ValueError, match="LSTM"):
         StackedModule([Recurrent()], CPU)
+    vit = build_vit(ViTSettings(width=8, depth=1, heads=2), SHAPE, 5, ModelSpec(out_dim=5))
+    assert "Attention at 'blocks.0.attn' has no stacked form" in stack_reason(vit)
+    grouped_conv = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))
+    assert "ungrouped" in stack_reason(grouped_conv)
     # members must share the architecture; their regulariser blocks may differ
     assert skeleton(convnet(0)) == skeleton(convnet(1, dropout=0.3, spatial_dropout=0.2, dropblock=DB))
     narrow = build_convnet(ConvNetSettings(widths=[4, 4], hidden=[8]), SHAPE, 5, ModelSpec(out_dim=5, norm="batch"))

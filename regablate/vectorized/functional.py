@@ -84,7 +84,7 @@ def stack_reason(model: nn.Module) -> str | None:
     containers = _containers()
     if not any(True for _ in model.parameters()):
         return "the model has no parameters"
-    unknown = []  # (has children, where): a layer is named before the container holding it
+    unknown = []  # (has children, -depth, order, where): a layer, or the innermost container, first
     for name, m in model.named_modules():
         where = f"{type(m).__name__} at '{name or '(root)'}'"
         if isinstance(m, nn.RNNBase):
@@ -99,9 +99,9 @@ def stack_reason(model: nn.Module) -> str | None:
         if type(m) is nn.LayerNorm and len(m.normalized_shape) != 1:
             return f"{where}: only a LayerNorm over the last dimension stacks"
         if type(m) not in containers and _site_kind(m) is None and type(m) not in LEAVES:
-            unknown.append((bool(m._modules), where))
+            unknown.append((bool(m._modules), -name.count(".") - bool(name), len(unknown), where))
     if unknown:
-        first = next((where for container, where in unknown if not container), unknown[0][1])
+        first = min(unknown)[3]
         return (f"{first} has no stacked form (stackable: conv/linear/norm/activation/"
                 f"pool layers, regablate.nn Dropout/Dropout2d/DropBlock2d/DropPath, nn.Sequential "
                 f"and the built-in ResNet)")
