@@ -240,23 +240,23 @@ class StackedMLP:
         members with p=0 keep u = 0, so they pass unchanged."""
         if not self.dropping[slot]:
             return h
-        u = self._uniforms(slot, *h.shape[1:], gens)
-        keep = self.keep[slot]
-        return h * (u < keep).float().div_(keep)  # the float mask [u < 1-p]/(1-p)
+        return h * self._masks(slot, *h.shape[1:], gens)
 
-    def _uniforms(self, slot: int, n: int, width: int, gens: list[torch.Generator]) -> torch.Tensor:
-        """The next n rows (K, n, width) of each member's stream of uniforms at `slot`. Member k
-        draws blocks of max(n, BLOCK_ROWS) rows from its own generator (one call per member per
-        block, not per step), so its masks depend on its own seed, rate and batch size only,
-        never on which members share its group. The block is allocated once and refilled in
-        place; the rows of members that do not drop there stay 0."""
+    def _masks(self, slot: int, n: int, width: int, gens: list[torch.Generator]) -> torch.Tensor:
+        """The next n rows (K, n, width) of each member's stream of masks [u < 1−p_k]/(1−p_k) at
+        `slot`. Member k draws blocks of max(n, BLOCK_ROWS) rows of u from its own generator (one
+        call per member per block, not per step), so its masks depend on its own seed, rate and
+        batch size only, never on which members share its group. The block is allocated once and
+        refilled in place (a step's mask is used before the next refill: forward and backward);
+        the rows of members that do not drop there stay 1."""
         block, pos = self._blocks.get(slot, (None, 0))
         rows = max(n, BLOCK_ROWS)
         if block is None or block.shape[1:] != (rows, width):
-            block, pos = torch.zeros(self.k, rows, width, device=self.device), rows
+            block, pos = torch.ones(self.k, rows, width, device=self.device), rows
         if pos + n > rows:
             for member, _ in self.dropping[slot]:
-                torch.rand((rows, width), generator=gens[member], device=self.device, out=block[member])
+                u = torch.rand((rows, width), generator=gens[member], device=self.device, out=block[member])
+                u.lt_(self.keep[slot][member]).div_(self.keep[slot][member])  # float32 1−p, as before
             pos = 0
         self._blocks[slot] = (block, pos + n)
         return block[:, pos : pos + n]
