@@ -347,11 +347,14 @@ class VectorizedTrainer:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="regablate-ckpt") as self._io:
                 summaries = self._fit(runs)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as regablate.errors.Terminated
-            self._checkpoint(runs, final=True)  # as of the last completed epoch
+            error = f"interrupted by {getattr(e, 'signal_name', 'the user (Ctrl-C)')}"
+            try:
+                self._checkpoint(runs, final=True)  # as of the last completed epoch
+            except OSError as w:  # the interrupt is still what is reported
+                error += f"; the last checkpoint could not be written ({w})"
             for r in runs:
                 if r.rec.summary["status"] == "running":
-                    r.rec.finish("interrupted",
-                                 error=f"interrupted by {getattr(e, 'signal_name', 'the user (Ctrl-C)')}")
+                    r.rec.finish("interrupted", error=error)
             raise
         except Exception as e:
             for r in runs:
