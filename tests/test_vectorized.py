@@ -459,3 +459,21 @@ def test_an_interrupted_chunk_checkpoints_its_last_completed_epoch_and_each_memb
         assert resumed["status"] == "completed" and resumed["epochs_run"] == 4
         train(cfg, tmp_path / f"o{i}")
         assert_same_run(run, tmp_path / f"o{i}", tol=2e-5, acc_tol=2e-5, state_tol=2e-4)
+
+
+def test_members_with_the_same_data_share_one_copy_of_it(small_cfg, tmp_path):
+    """Data sets are stacked once per distinct (dataset, data_seed): members 0 and 2 train on one
+    copy, and each member's batches are rows of its own data set."""
+    cfgs = [small_cfg("seed=0"), small_cfg("seed=1"), small_cfg("seed=2", "data_seed=0"),
+            small_cfg("seed=3", "+reg=l2", "data_seed=0")]
+    (grp,) = group(members_of(cfgs, tmp_path))
+    trainer = VectorizedTrainer(grp)
+    data = trainer.data
+    assert data.u == 2 and data.index.tolist() == [0, 1, 0, 0]
+    assert grp[0].x.data is grp[2].x.data is grp[3].x.data and grp[1].x.data is not grp[0].x.data
+    assert data.train_x.shape[0] == 2
+    perm = torch.stack([torch.randperm(len(grp[0].x.data.train)) for _ in grp])[:, :16]
+    xb, yb = data.batch(perm)
+    for k, m in enumerate(grp):
+        assert torch.equal(xb[k], m.x.data.train.x[perm[k]]) and torch.equal(yb[k], m.x.data.train.y[perm[k]])
+    assert torch.equal(data.rows(data.eval_y)[3], torch.cat([grp[3].x.data.train.y, grp[3].x.data.val.y]))
