@@ -440,8 +440,6 @@ class VectorizedTrainer:
             if self._every_s is not None and time.monotonic() - self._written >= self._every_s:
                 self._checkpoint(runs, final=False)
         self._wait_for_writes()
-        for r in runs:
-            r.rec.flush()
         self._checkpoint(runs, final=True)
         return self._finish(runs, best, frozen)
 
@@ -488,17 +486,19 @@ class VectorizedTrainer:
         for k in now:
             r = runs[k]
             entries[k] = _Entry(snap, epoch, [g["lr"] for g in r.m.x.optimizer.param_groups],
-                                copy.deepcopy(r.m.x.schedule.state_dict()), dict(r.stopper.__dict__),
+                                checkpoint.copy_state(r.m.x.schedule.state_dict()), dict(r.stopper.__dict__),
                                 r.gen.get_state(), r.drop_gen.get_state(), len(r.history), r.rec.elapsed())
         dirty = self._best_dirty | frozenset(improved)
         self._entries, self._best_dirty, self._unwritten = entries, dirty, self._unwritten or bool(now)
 
     def _checkpoint(self, runs: list[_Run], final: bool) -> None:
-        """Write what `_keep` holds: best.pt of each member whose best changed, then one last.pt
-        file for every member that keeps checkpoints. Timed writes go to a background thread
+        """Write what `_keep` holds: metrics.csv lines, best.pt of each member whose best changed,
+        then one last.pt file for every member that keeps checkpoints. Timed writes go to a background thread
         (the previous one done first); the final one (end of the run, or an interrupt) writes
         every member's best.pt and is waited for."""
         self._wait_for_writes()
+        for r in runs:  # metrics.csv holds every epoch a checkpoint holds
+            r.rec.flush()
         entries, dirty = self._entries, self._best_dirty
         resumable = {k for k, r in enumerate(runs) if r.m.s.trainer.checkpoint and k in entries}
         best_files = {runs[k].rec.dir / "checkpoints" / "best.pt": self._best_state(k, runs[k], entries[k].snap.best)
