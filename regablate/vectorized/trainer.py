@@ -2,7 +2,8 @@
 
 Per epoch: each member's batch order from its own generator (torch.Generator().manual_seed(seed),
 one randperm per epoch, as the ordinary trainer) -> for each batch slice: stacked forward
-(per-member dropout and BatchNorm) -> per-member loss ℓ_k (label smoothing ε_k) -> gradients of
+(`stacked.StackedMLP`, or `functional.StackedModule` for conv models; per-member structural
+regularisers and BatchNorm) -> per-member loss ℓ_k (label smoothing ε_k) -> gradients of
 Σ_k ℓ_k (member k's gradient is ∂ℓ_k/∂θ_k: the members share no parameter) -> penalties'
 gradients (λ1_k sign w, λ2_k w) -> per-member clipping g_k ← g_k min(1, c_k/‖g_k‖) ->
 decoupled decay w ← w(1 − lr_k λ_k) -> optimiser step -> max-norm. Then train and val are
@@ -20,8 +21,9 @@ k reads data set u_k); batches are gathered as x[u_k, perm_k] and put through `d
 Checkpoints go by time (`trainer.checkpoint_every_s`): after each epoch the chunk's state is
 copied in memory (θ, BatchNorm statistics, best rows, optimiser moments and every member's
 small state), and written when that many seconds have passed since the last write, at the end
-and on an interrupt — always as of the last completed epoch. All members' last.pt states go in
-one file (`checkpoint.save_shared`); best.pt stays a plain state_dict per member.
+and on an interrupt — always as of the last completed epoch. A chunk writes at the shortest
+period among its members. All members' last.pt states go in one file (`checkpoint.save_shared`);
+best.pt stays a plain state_dict per member, written when it changed.
 """
 
 from __future__ import annotations
