@@ -23,7 +23,7 @@ from regablate.experiment import Experiment, build_experiment, group_id
 from regablate.hparams import identity
 from regablate.lint import format_findings, lint
 from regablate.optim import decay_groups, decoupled_decay_
-from regablate.progress import make_progress
+from regablate.progress import SILENT, make_progress
 from regablate.recorder import Recorder
 from regablate.selfcheck import check_eval_determinism
 from regablate.settings import load_settings
@@ -52,8 +52,9 @@ class EarlyStopper:
         return self.patience > 0 and self.bad_epochs >= self.patience
 
 
-def train_epoch(x: Experiment, gen: torch.Generator, decay: list[dict]) -> float:
-    """One pass over the training split; returns the mean training objective."""
+def train_epoch(x: Experiment, gen: torch.Generator, decay: list[dict], task=None) -> float:
+    """One pass over the training split; returns the mean training objective. `task`: a
+    `regablate.progress` task advanced once per batch."""
     data, model, opt, stack = x.data, x.model, x.optimizer, x.s.stack
     n = len(data.train)
     bs = min(x.s.trainer.batch_size, n)
@@ -83,6 +84,8 @@ def train_epoch(x: Experiment, gen: torch.Generator, decay: list[dict]) -> float
         opt.step()
         stack.after_step(model)
         losses.append(loss.detach())
+        if task is not None:
+            task.advance()
     sizes = torch.full((len(losses),), float(bs), device=x.device)
     sizes[-1] = n - bs * (len(losses) - 1)
     return (torch.stack(losses) * sizes).sum().item() / n
@@ -112,16 +115,20 @@ def open_run(cfg: dict, x: Experiment, run_dir: Path, resume: dict | None = None
     return Recorder(run_dir, head, x.data.metric, identity(cfg), x.s.trainer.tensorboard, resume=resume)
 
 
-def closing_fields(x: Experiment, restored: bool) -> dict:
+def closing_fields(x: Experiment, restored: bool, progress=SILENT) -> dict:
     """The closing evaluation of `x.model` as it stands (the best epoch's weights when
     `restored`): train/val/test on the full splits with calibration on val and test, the gap,
-    reliability tables, weight statistics and MC dropout when asked for."""
+    reliability tables, weight statistics and MC dropout when asked for. `progress` shows
+    each split's evaluation when it takes long."""
     t, data = x.s.trainer, x.data
     if restored:
         check_eval_determinism(x.model, data)
     bins = x.s.eval.calibration_bins
-    final = {name: evaluate(x.model, data, split, t.eval_batch_size, t.amp, bins if name != "train" else 0)
-             for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
+    final = {}
+    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+        with progress.task(f"closing evaluation {name}", total=len(split), unit="inputs") as task:
+            final[name] = evaluate(x.model, data, split, t.eval_batch_size, t.amp,
+                                   bins if name != "train" else 0, progress=task)
     extras = {"reliability": {name: final[name].pop("reliability") for name in ("val", "test")
                               if "reliability" in final[name]} or None,
               "weights": weight_stats(x.model)}
@@ -275,16 +282,20 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
                 "stopper": dict(stopper.__dict__), "rng": checkpoint.rng_state(gen),
                 "history": checkpoint.pack_history(history), "wall_time_s": rec.elapsed()}
 
-    try:
-        with make_progress(t.progress, t.max_epochs, metric) as progress:
+    with make_progress(t.progress, t.max_epochs, metric) as progress:
+        try:
             while epoch < t.max_epochs and not stopper.stop:
                 epoch += 1
                 t0 = time.perf_counter()
                 lr = opt.param_groups[0]["lr"]
                 x.s.stack.on_epoch(model, epoch, t.max_epochs)
-                objective = train_epoch(x, gen, decay)
-                tr = evaluate(model, data, data.train, t.eval_batch_size, t.amp)
-                va = evaluate(model, data, data.val, t.eval_batch_size, t.amp)
+                n = len(data.train)
+                with progress.task(f"train epoch {epoch}", total=math.ceil(n / min(t.batch_size, n)),
+                                   unit="batches") as task:
+                    objective = train_epoch(x, gen, decay, task)
+                with progress.task(f"evaluate epoch {epoch}", total=n + len(data.val), unit="inputs") as task:
+                    tr = evaluate(model, data, data.train, t.eval_batch_size, t.amp, progress=task)
+                    va = evaluate(model, data, data.val, t.eval_batch_size, t.amp, progress=task)
                 if not all(math.isfinite(v) for v in (objective, tr["loss"], va["loss"])):
                     status = "diverged"
                     break
@@ -303,21 +314,21 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
                 x.schedule.step(va["loss"])
                 saver.epoch(resume_state, best_state if improved else None)
                 progress.epoch(row)  # shown once its checkpoint, if due, is down
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the last completed epoch
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the last completed epoch
+            saver.write()
+            raise
         saver.write()
-        raise
-    saver.write()
-    epochs_run = epoch - 1 if status == "diverged" else epoch
-    error = f"non-finite loss at epoch {epoch}" if status == "diverged" else None
-    if best_state is None:  # diverged before any finite epoch
-        return rec.finish(status, best_epoch=None, epochs_run=epochs_run, stopped_early=False,
-                          train=None, val=None, test=None, gap=None, error=error)
-    restore = t.restore_best or status == "diverged"
-    if restore:
-        model.load_state_dict(best_state)
-    return rec.finish(
-        status, final_weights=named_weight_matrices(model), best_epoch=stopper.best_epoch, epochs_run=epochs_run,
-        metrics_epoch=stopper.best_epoch if restore else epochs_run,
-        stopped_early=stopper.stop and epochs_run < t.max_epochs,
-        **closing_fields(x, restore), error=error,
-    )
+        epochs_run = epoch - 1 if status == "diverged" else epoch
+        error = f"non-finite loss at epoch {epoch}" if status == "diverged" else None
+        if best_state is None:  # diverged before any finite epoch
+            return rec.finish(status, best_epoch=None, epochs_run=epochs_run, stopped_early=False,
+                              train=None, val=None, test=None, gap=None, error=error)
+        restore = t.restore_best or status == "diverged"
+        if restore:
+            model.load_state_dict(best_state)
+        return rec.finish(
+            status, final_weights=named_weight_matrices(model), best_epoch=stopper.best_epoch, epochs_run=epochs_run,
+            metrics_epoch=stopper.best_epoch if restore else epochs_run,
+            stopped_early=stopper.stop and epochs_run < t.max_epochs,
+            **closing_fields(x, restore, progress), error=error,
+        )

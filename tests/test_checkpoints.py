@@ -58,11 +58,11 @@ def test_an_interrupt_writes_the_last_completed_epoch_and_resume_is_exact(small_
     epoch = train_module.train_epoch
     calls = []
 
-    def interrupted_in_epoch_3(x, gen, decay):
+    def interrupted_in_epoch_3(x, gen, decay, task=None):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return epoch(x, gen, decay)
+        return epoch(x, gen, decay, task)
 
     monkeypatch.setattr(train_module, "train_epoch", interrupted_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):

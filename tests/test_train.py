@@ -154,3 +154,20 @@ def test_tensorboard_scalars_and_hparams_session_group(small_cfg, tmp_path):
     assert start.hparams["reg"].string_value == "dropout"
     assert not {"seed", "data_seed", "trainer.progress", "trainer.threads"} & set(start.hparams)
     assert "_hparams_/experiment" not in run.PluginTagToContent("hparams")  # the sweep's root says it
+
+
+def test_long_work_shows_its_progress_within_epochs_and_the_closing_evaluation(small_cfg, tmp_path, monkeypatch,
+                                                                                 capsys):
+    from regablate import progress
+    from regablate import train as train_module
+
+    # every task "takes long": nothing is shown before `delay`, then a line every `every` s
+    monkeypatch.setattr(train_module, "make_progress",
+                        lambda mode, n, metric: progress.make_progress(mode, n, metric, delay=0.0, every=0.0))
+    train(small_cfg("trainer.progress=plain", "trainer.max_epochs=2"), tmp_path)
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("train epoch 2: ") and "/5 batches" in line for line in out)  # 280 / 64
+    assert any(line.startswith("evaluate epoch 1: ") and "inputs" in line for line in out)
+    for split in ("train", "val", "test"):
+        assert any(line.startswith(f"closing evaluation {split}: ") for line in out), split
+    assert [line for line in out if line.startswith("epoch ")][-1].startswith("epoch    2/2")
