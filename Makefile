@@ -29,6 +29,7 @@ bench: $(STAMP)    ## speed against plain hand-written PyTorch, as ratios
 	$(BIN)/python benchmarks/bench_runner.py
 	$(BIN)/python benchmarks/bench_report.py
 	$(BIN)/python benchmarks/bench_cifar.py
+	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_vectorized.py
 	$(BIN)/python benchmarks/bench_vit.py
 	$(BIN)/python benchmarks/bench_rnn.py
