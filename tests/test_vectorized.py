@@ -477,3 +477,7 @@ def test_members_with_the_same_data_share_one_copy_of_it(small_cfg, tmp_path):
     for k, m in enumerate(grp):
         assert torch.equal(xb[k], m.x.data.train.x[perm[k]]) and torch.equal(yb[k], m.x.data.train.y[perm[k]])
     assert torch.equal(data.rows(data.eval_y)[3], torch.cat([grp[3].x.data.train.y, grp[3].x.data.val.y]))
+    # as the launcher builds them: one copy per data set from the start
+    shared: dict = {}
+    built = [make_member(i, c, tmp_path / f"s{i}", load_settings(c), shared) for i, c in enumerate(cfgs)]
+    assert len(shared) == 2 and built[0].x.data is built[2].x.data is built[3].x.data

@@ -208,8 +208,9 @@ class VectorizedLauncher(Launcher):
         log.info(f"Launching {len(job_overrides)} jobs, stacked where they can share a model")
         jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         members, ordinary, results = [], [], {}
+        shared: dict = {}  # the members' data sets, one per distinct dataset and data_seed
         for job in jobs:
-            kind = self._classify(job)
+            kind = self._classify(job, shared)
             if isinstance(kind, str):
                 ordinary.append((job, kind))
             elif isinstance(kind, RunRefused):
@@ -249,9 +250,10 @@ class VectorizedLauncher(Launcher):
         finally:
             HydraConfig.instance().cfg = previous
 
-    def _classify(self, job: _Job) -> Any:
+    def _classify(self, job: _Job, shared: dict) -> Any:
         """A grouping.Member, the RunRefused that refuses the job, or the reason the job runs
-        the ordinary way. Resolves the job's config (once: an ordinary job's task gets it)."""
+        the ordinary way. Resolves the job's config (once: an ordinary job's task gets it).
+        `shared`: data sets by `grouping.data_key`, so members of one data set hold one copy."""
         from regablate.errors import ConfigError
         from regablate.settings import load_settings
         from regablate.vectorized.grouping import make_member, not_stackable
@@ -277,7 +279,7 @@ class VectorizedLauncher(Launcher):
         if reason:
             return reason
         try:
-            return make_member(job.idx, cfg, job.run_dir, s)
+            return make_member(job.idx, cfg, job.run_dir, s, shared)
         except ConfigError:
             return "invalid config (recorded in its run dir)"
         except Exception as e:  # the ordinary run meets it again and records it

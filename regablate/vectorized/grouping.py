@@ -85,13 +85,22 @@ def not_stackable(s: Settings) -> str | None:
     return None
 
 
-def make_member(job: int, cfg: dict, run_dir: Path, s: Settings) -> Member | str:
+def data_key(s: Settings, device: torch.device) -> tuple:
+    """Members with equal keys train on identical data (built from the same settings and seed)."""
+    return (repr(s.dataset), s.data_seed, str(device))
+
+
+def make_member(job: int, cfg: dict, run_dir: Path, s: Settings, shared: dict | None = None) -> Member | str:
     """Build the member's experiment (as `train.train` does); a reason string if it cannot stack.
+    `shared`: data sets by `data_key`, kept across calls, so members of one data set hold one
+    copy (a CIFAR-10-sized split is not held K times).
 
     ConfigError propagates: the caller sends such a job the ordinary way, which records it.
     """
     x = build_experiment(s)
     cpu_rng = torch.get_rng_state()  # what F.dropout would draw from next in the ordinary run
+    if shared is not None:
+        x.data = shared.setdefault(data_key(s, x.device), x.data)
     if s.model.name in CONV_MODELS:
         from regablate.vectorized.functional import skeleton, stack_reason
 

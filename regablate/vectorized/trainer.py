@@ -49,7 +49,7 @@ from regablate.recorder import Recorder
 from regablate.selfcheck import check_eval_determinism
 from regablate.train import EarlyStopper, closing_fields, open_run
 from regablate.vectorized import optim
-from regablate.vectorized.grouping import Member
+from regablate.vectorized.grouping import Member, data_key
 from regablate.vectorized.stacked import StackState, stack_model
 from regablate.weight_stats import named_weight_matrices
 
@@ -130,11 +130,6 @@ def _train_loss(out: torch.Tensor, y: torch.Tensor, task: str, eps: torch.Tensor
     return (1 - eps[:, 0]) * nll + eps[:, 0] * smooth
 
 
-def data_key(m: Member) -> tuple:
-    """Members with equal keys train on identical data (built from the same settings and seed)."""
-    return (repr(m.s.dataset), m.s.data_seed, str(m.x.device))
-
-
 class _SharedData:
     """The members' splits, one copy per distinct data set: `train_x` (U, N, ...) etc., and
     `index` (K,), member k's data set u_k. `rows(t)` gives each member its data set's rows of a
@@ -144,11 +139,12 @@ class _SharedData:
         keys: dict[tuple, int] = {}
         firsts = []
         for m in members:
-            if data_key(m) not in keys:
-                keys[data_key(m)] = len(firsts)
+            key = data_key(m.s, m.x.device)
+            if key not in keys:
+                keys[key] = len(firsts)
                 firsts.append(m.x.data)
-            m.x.data = firsts[keys[data_key(m)]]  # members keep one copy, not K
-        self.index = torch.tensor([keys[data_key(m)] for m in members], device=members[0].x.device)
+            m.x.data = firsts[keys[key]]  # members keep one copy, not K
+        self.index = torch.tensor([keys[data_key(m.s, m.x.device)] for m in members], device=members[0].x.device)
         self.k, self.u = len(members), len(firsts)
         self.prepare_one = firsts[0].prepare
         self.train_x = torch.stack([d.train.x for d in firsts])
