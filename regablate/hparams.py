@@ -139,6 +139,9 @@ def write(path, summaries: list, step: int = 0) -> None:
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     from regablate.atomic import write_atomic
+    from regablate.tb_records import use_fast_checksums
+
+    use_fast_checksums()
 
     def records(f) -> None:
         w = RecordWriter(f)

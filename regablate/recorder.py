@@ -160,6 +160,9 @@ class _TensorBoard:
                  purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
+        from regablate.tb_records import use_fast_checksums
+
+        use_fast_checksums()
         self.dir, self.metric = Path(logdir), metric
         # a deep queue: the writer thread drains it, training never waits on it
         self.w = SummaryWriter(log_dir=str(logdir), purge_step=purge_step, max_queue=1000)
