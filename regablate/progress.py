@@ -138,11 +138,12 @@ class _RichTask(_Task):
             if self.bar is None:
                 self.bar, self.own_bar = self.owner.new_bar(transient=True), True
                 self.bar.start()
-            self.id = self.bar.add_task(self.description, total=self.total, completed=self.done,
-                                        info=self.unit)
-            for t in self.bar.tasks:  # the elapsed column counts from the task's own start
+            self.id = self.bar.add_task(self.description, start=False, total=self.total,
+                                        completed=self.done, info=self.unit)
+            for t in self.bar.tasks:  # started at the task's own start, not when first shown
                 if t.id == self.id:
                     t.start_time = self.start
+            self.bar.refresh()  # add_task drew the row unstarted: draw it again at once
         else:
             self.bar.update(self.id, completed=self.done)
         self.due = now  # shown: every advance updates the bar (it redraws on its own clock)
