@@ -214,19 +214,20 @@ def _merge(mods: list[nn.Module]) -> nn.Module:
 
 
 def _mask(site: _Site, k: int, shape: tuple[int, ...], device: torch.device,
-          gen: torch.Generator | None) -> torch.Tensor:
-    """Member k's mask at `site` for an input of `shape` (B, ...), drawn as the ordinary block
-    draws it (see the module docstring); broadcastable against the input."""
+          gen: torch.Generator | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Member k's mask at `site` for an input of `shape` (B, ...) and `dtype`, drawn as the
+    ordinary block draws it (see the module docstring; DropBlock's mask is float32 in any
+    dtype, as `drop_block_mask` makes it); broadcastable against the input."""
     src, p = site.sources[k], site.rate(k)
     keep = 1.0 - p
     if site.kind == "dropout":
-        return torch.empty(shape, device=device).bernoulli_(keep, generator=gen).div_(keep)
+        return torch.empty(shape, device=device, dtype=dtype).bernoulli_(keep, generator=gen).div_(keep)
     if site.kind == "dropout2d":
         noise = (shape[0], shape[1]) + (1,) * (len(shape) - 2)
-        return torch.empty(noise, device=device).bernoulli_(keep, generator=gen).div_(keep)
+        return torch.empty(noise, device=device, dtype=dtype).bernoulli_(keep, generator=gen).div_(keep)
     if site.kind == "droppath":
         noise = (shape[0],) + (1,) * (len(shape) - 1)
-        return torch.empty(noise, device=device).bernoulli_(keep, generator=gen).div_(keep)
+        return torch.empty(noise, device=device, dtype=dtype).bernoulli_(keep, generator=gen).div_(keep)
     return rnn.drop_block_mask(shape, p, src.block_size, src.per_channel, device, gen)
 
 
@@ -379,7 +380,10 @@ class StackedModule:
         for p in self.params:
             p.offset, offset = offset, offset + p.numel
         self.n_matrix = sum(p.numel for p in self.params if len(p.shape) >= 2)  # P_w
-        self.theta = torch.zeros(self.k, offset, device=self.device)  # θ (K, P)
+        # the members' floating dtype (float32 as built; float64 where rounding must not blur
+        # a comparison): θ, running statistics and the dropout masks are kept in it
+        self.dtype = next(models[0].parameters()).dtype
+        self.theta = torch.zeros(self.k, offset, device=self.device, dtype=self.dtype)  # θ (K, P)
         self.views = {p.name: self.theta[:, p.offset : p.offset + p.numel].view(self.k, *p.shape)
                       .requires_grad_() for p in self.params}
         names = [n for n, _ in named]
@@ -390,8 +394,8 @@ class StackedModule:
         self.buffers: dict[str, torch.Tensor] = {}
         self.running: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for i, m in enumerate(self.norms):
-            mean = torch.zeros(self.k, m.num_features, device=self.device)
-            var = torch.ones(self.k, m.num_features, device=self.device)
+            mean = torch.zeros(self.k, m.num_features, device=self.device, dtype=self.dtype)
+            var = torch.ones(self.k, m.num_features, device=self.device, dtype=self.dtype)
             self.buffers[f"{prefix[m]}.running_mean"], self.buffers[f"{prefix[m]}.running_var"] = mean, var
             self.running[i] = (mean, var)
         self.grouped = _grouped(self.template, self.k, self.views,
@@ -512,13 +516,14 @@ class StackedModule:
             if not any(rates):
                 continue
             full = (batch, *shape)
-            drawn = {k: _mask(site, k, full, self.device, gens[k] if gens else None)
+            drawn = {k: _mask(site, k, full, self.device, gens[k] if gens else None, self.dtype)
                      for k in range(self.k) if rates[k] > 0}
             mshape = torch.broadcast_shapes(*(m.shape for m in drawn.values()))
             if len(drawn) == self.k:
                 stacked = torch.stack([m.expand(mshape) for m in drawn.values()])
             else:
-                stacked = torch.ones(self.k, *mshape, device=self.device)
+                stacked = torch.ones(self.k, *mshape, device=self.device,
+                                     dtype=next(iter(drawn.values())).dtype)
                 for k, m in drawn.items():
                     stacked[k] = m
             active.append(site)
