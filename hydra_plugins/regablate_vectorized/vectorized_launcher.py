@@ -71,6 +71,7 @@ class _Job:
     run_dir: Path
     resolved: Optional[DictConfig] = None  # noqa: UP045  the task's config, resolved once
     task: Optional[DictConfig] = None  # noqa: UP045  the task's config without `hydra`, unresolved
+    hydra: Optional[DictConfig] = None  # noqa: UP045  HydraConfig's copy of the job's `hydra` node
 
 
 def _resolved_config(container: dict) -> Optional[DictConfig]:  # noqa: UP045
@@ -162,7 +163,8 @@ class VectorizedLauncher(Launcher):
         The launcher keeps those compositions (keyed by master config and overrides, handed
         out as deep copies) so each job is composed once per process, not twice; and a job
         whose overrides differ from a composed one's only in plain values (`seed=3` against
-        `seed=0`) is that composition with Hydra's own override step applied (`_derive`)."""
+        `seed=0`) is that composition with Hydra's own override step applied (`_derive`), done
+        again at each request: one deep copy each time, where keeping it would cost two."""
         compose = loader.load_sweep_config
         kept: dict[tuple, DictConfig] = {}
         bases: dict[tuple, tuple[list[str], DictConfig]] = {}
@@ -173,10 +175,11 @@ class VectorizedLauncher(Launcher):
                 shape = _shape(loader, sweep_overrides)
                 base = bases.get((id(master_config), shape)) if shape is not None else None
                 cfg = _derive(*base, sweep_overrides) if base is not None else None
-                if cfg is None:
-                    cfg = compose(master_config=master_config, sweep_overrides=sweep_overrides)
-                    if shape is not None:
-                        bases[id(master_config), shape] = (list(sweep_overrides), cfg)
+                if cfg is not None:
+                    return cfg  # a fresh copy of the base, handed out as it is
+                cfg = compose(master_config=master_config, sweep_overrides=sweep_overrides)
+                if shape is not None:
+                    bases[id(master_config), shape] = (list(sweep_overrides), cfg)
                 kept[key] = cfg
             return copy.deepcopy(kept[key])
 
@@ -239,12 +242,15 @@ class VectorizedLauncher(Launcher):
         return _Job(idx, overrides, config, Path(config.hydra.runtime.output_dir))
 
     def _task_container(self, job: _Job) -> dict[str, Any]:
+        """The task's config resolved (HydraConfig set as for the job). Keeps the task's config
+        (a copy of every key but `hydra`: copying `hydra` too and deleting it costs 3x) and
+        HydraConfig's node for `_open_job`."""
         previous = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(job.config)
+        job.hydra = HydraConfig.instance().cfg
         try:
-            task = copy.deepcopy(job.config)
-            with read_write(task), open_dict(task):
-                del task["hydra"]
+            task = OmegaConf.masked_copy(job.config, [k for k in job.config if k != "hydra"])
+            OmegaConf.set_struct(task, OmegaConf.is_struct(job.config))
             job.task = task
             return OmegaConf.to_container(task, resolve=True)
         finally:
@@ -355,11 +361,16 @@ class VectorizedLauncher(Launcher):
         return {job.idx: ret for job, ret in zip(jobs, rets)}
 
     def _open_job(self, job: _Job) -> JobReturn:
-        """What run_job does before calling the task: Hydra's files, the job log, callbacks."""
+        """What run_job does before calling the task: Hydra's files, the job log, callbacks.
+        HydraConfig's node is the one `_task_container` made for this job (set_config copies
+        it); it is this job's alone, so it is the return's hydra_cfg without another copy."""
         assert self.hydra_context is not None
         config = job.config
         previous = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(config)
+        if job.hydra is None:
+            HydraConfig.instance().set_config(config)
+        else:
+            HydraConfig.instance().cfg = job.hydra
         try:
             ret = JobReturn()
             task_cfg = job.task
@@ -368,7 +379,7 @@ class VectorizedLauncher(Launcher):
                 with read_write(task_cfg), open_dict(task_cfg):
                     del task_cfg["hydra"]
             ret.cfg = task_cfg
-            hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+            hydra_cfg = HydraConfig.instance().cfg
             ret.hydra_cfg = hydra_cfg
             ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
             job.run_dir.mkdir(parents=True, exist_ok=True)
