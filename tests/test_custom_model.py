@@ -127,7 +127,7 @@ def test_builtin_conv_models_take_any_input_size_and_channels():
 def test_lint_and_vectorized_on_a_custom_model(small_cfg):
     s = load_settings(small_cfg(*custom("BlockMLP", "+reg=dropout", "reg.dropout.p=0.8")))
     assert [f.id for f in lint(s, *lint_build(s))] == ["RA005"]
-    assert not_stackable(s) == "model=custom (custom_models:BlockMLP) has no stacked form (built-in MLPs only)"
+    assert not_stackable(s) == "model=custom (custom_models:BlockMLP) has no stacked form (built-in MLPs and conv models only)"
 
 
 def _cli(tmp_path: Path, *args: str):

@@ -13,7 +13,7 @@ from regablate.group import OPERATIONAL, flatten, group_id
 CHANGED = {"trainer.device": "cpu", "trainer.threads": 3, "trainer.eval_batch_size": 100,
            "trainer.progress": "none", "trainer.tensorboard": False, "trainer.checkpoint": False,
            "trainer.resume": "auto", "eval.histogram_every": 0, "eval.mc_samples": 30,
-           "trainer.objective": "gap"}
+           "trainer.objective": "gap", "trainer.checkpoint_every_s": 0}
 
 
 def test_operational_keys_are_exactly_these_and_exist_in_conf():

@@ -205,4 +205,4 @@ def test_the_vectorized_launcher_runs_recurrent_models_the_ordinary_way():
     from regablate.vectorized.grouping import not_stackable
 
     s = load_settings(compose_cfg("dataset=sine_sequence", "model=lstm", "+reg=variational_dropout"))
-    assert not_stackable(s) == "model lstm has no stacked form (MLPs only)"
+    assert not_stackable(s) == "model lstm has no stacked form (mlp, convnet and resnet only)"

@@ -166,7 +166,7 @@ def test_lint_transformer_rules():
 
 
 def test_vectorized_launcher_runs_vit_the_ordinary_way():
-    assert not_stackable(settings("+reg=droppath")) == "model vit has no stacked form (MLPs only)"
+    assert not_stackable(settings("+reg=droppath")) == "model vit has no stacked form (mlp, convnet and resnet only)"
 
 
 # ---------------------------------------------------------------- one-epoch runs
