@@ -21,16 +21,25 @@ import torch
 from regablate.atomic import write_atomic
 
 
-def rng_state(gen: torch.Generator) -> dict[str, Any]:
+def rng_snapshot(gen: torch.Generator) -> dict[str, Any]:
+    """Every RNG's state as it is now, unpacked (cheap enough to take every epoch)."""
     import numpy as np
 
-    # python's and numpy's states as one bytes object each: pickled element by element they
-    # are hundreds of objects, and this runs every epoch
-    state = {"python": pickle.dumps(random.getstate()), "numpy": pickle.dumps(np.random.get_state()),
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
              "torch": torch.get_rng_state(), "order": gen.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def pack_rng(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot as a checkpoint stores it: python's and numpy's states as one bytes object
+    each (pickled element by element they are hundreds of objects)."""
+    return {**snapshot, "python": pickle.dumps(snapshot["python"]), "numpy": pickle.dumps(snapshot["numpy"])}
+
+
+def rng_state(gen: torch.Generator) -> dict[str, Any]:
+    return pack_rng(rng_snapshot(gen))
 
 
 def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:

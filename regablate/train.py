@@ -227,13 +227,13 @@ class Checkpointer:
 
     def __init__(self, rec: Recorder, every_s: float, resumable: bool):
         self.rec, self.dir, self.every_s, self.resumable = rec, rec.dir / "checkpoints", every_s, resumable
-        self.last: dict | None = None  # the last completed epoch's resume state, not yet written
+        self.last: Callable[[], dict] | None = None  # the last completed epoch's state, not yet written
         self.best: dict | None = None  # best weights not yet written
         self.written = time.monotonic()
 
-    def epoch(self, state: Callable[[], dict], best: dict | None) -> None:
-        """After a completed epoch: `state()` builds its resume state (copies), `best` the best
-        weights if this epoch improved them."""
+    def epoch(self, state: Callable[[], Callable[[], dict]], best: dict | None) -> None:
+        """After a completed epoch: `state()` takes its resume state (copies) and returns what
+        packs it, `best` is the best weights if this epoch improved them."""
         if best is not None:
             self.best = best
         if self.resumable:
@@ -249,7 +249,7 @@ class Checkpointer:
             checkpoint.save(self.dir / "best.pt", self.best)
             self.best = None
         if self.last is not None:
-            checkpoint.save(self.dir / "last.pt", self.last)
+            checkpoint.save(self.dir / "last.pt", self.last())
             self.last = None
         self.written = time.monotonic()
 
@@ -275,12 +275,15 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
         if (ckpt / "best.pt").exists():
             best_state = checkpoint.load(ckpt / "best.pt")
 
-    def resume_state() -> dict:
-        return {"epoch": epoch, "model": checkpoint.copy_state(model.state_dict()),
-                "optimizer": checkpoint.copy_state(opt.state_dict()),
-                "schedule": checkpoint.copy_state(x.schedule.state_dict()),
-                "stopper": dict(stopper.__dict__), "rng": checkpoint.rng_state(gen),
-                "history": checkpoint.pack_history(history), "wall_time_s": rec.elapsed()}
+    def resume_state() -> Callable[[], dict]:
+        """This epoch's resume state: copies taken now, packed only if it is written."""
+        state = {"epoch": epoch, "model": checkpoint.copy_state(model.state_dict()),
+                 "optimizer": checkpoint.copy_state(opt.state_dict()),
+                 "schedule": checkpoint.copy_state(x.schedule.state_dict()),
+                 "stopper": dict(stopper.__dict__), "wall_time_s": rec.elapsed()}
+        rng, rows = checkpoint.rng_snapshot(gen), len(history)  # rows are appended, never changed
+        return lambda: {**state, "rng": checkpoint.pack_rng(rng),
+                        "history": checkpoint.pack_history(history[:rows])}
 
     with make_progress(t.progress, t.max_epochs, metric) as progress:
         try:
