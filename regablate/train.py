@@ -293,8 +293,8 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
                 lr = opt.param_groups[0]["lr"]
                 x.s.stack.on_epoch(model, epoch, t.max_epochs)
                 n = len(data.train)
-                with progress.task(f"train epoch {epoch}", total=math.ceil(n / min(t.batch_size, n)),
-                                   unit="batches") as task:
+                batches = math.ceil(n / min(t.batch_size, n)) - (n % t.batch_size == 1 and n > t.batch_size)
+                with progress.task(f"train epoch {epoch}", total=batches, unit="batches") as task:
                     objective = train_epoch(x, gen, decay, task)
                 with progress.task(f"evaluate epoch {epoch}", total=n + len(data.val), unit="inputs") as task:
                     tr = evaluate(model, data, data.train, t.eval_batch_size, t.amp, progress=task)
