@@ -60,10 +60,13 @@ class Experiment:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build_experiment(s: Settings) -> Experiment:
-    """Everything a run needs, checked and built before any file is written."""
+def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
+    """Everything a run needs, checked and built before any file is written. `data`: the data
+    set these settings make, already built (by a caller that starts many runs on it); building
+    it draws on no global RNG, so the model's initialisation is the same either way."""
     device = resolve_device(s.trainer.device)
-    data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed).to(device)
+    if data is None:
+        data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed).to(device)
     seed_everything(s.seed)
     for key in ("label_smoothing", "mixup", "cutmix"):
         if data.task != "classification" and s.stack[key] is not None:
