@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from regablate.experiment import Experiment, build_experiment
+from regablate.experiment import Experiment, build_experiment, resolve_device
 from regablate.settings import Settings
 from regablate.vectorized.stacked import plan
 
@@ -92,15 +92,16 @@ def data_key(s: Settings, device: torch.device) -> tuple:
 
 def make_member(job: int, cfg: dict, run_dir: Path, s: Settings, shared: dict | None = None) -> Member | str:
     """Build the member's experiment (as `train.train` does); a reason string if it cannot stack.
-    `shared`: data sets by `data_key`, kept across calls, so members of one data set hold one
-    copy (a CIFAR-10-sized split is not held K times).
+    `shared`: data sets by `data_key`, kept across calls, so each data set is built (or loaded)
+    once and members of one data set hold one copy (a CIFAR-10-sized split is not held K times).
 
     ConfigError propagates: the caller sends such a job the ordinary way, which records it.
     """
-    x = build_experiment(s)
+    key = data_key(s, resolve_device(s.trainer.device))
+    x = build_experiment(s, data=(shared or {}).get(key))  # each data set is built once
     cpu_rng = torch.get_rng_state()  # what F.dropout would draw from next in the ordinary run
     if shared is not None:
-        x.data = shared.setdefault(data_key(s, x.device), x.data)
+        shared.setdefault(key, x.data)
     if s.model.name in CONV_MODELS:
         from regablate.vectorized.functional import skeleton, stack_reason
 
