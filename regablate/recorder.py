@@ -3,7 +3,7 @@
 summary.json is written at the start with status "running" and rewritten at the end, both
 atomically; metrics.csv gets one complete line per epoch or nothing (a failed append is cut
 back off, so a full disk never leaves half a line; lines are written in batches, every
-`FLUSH_EVERY_S` and at the end); TensorBoard gets the layout of DESIGN.md:
+`FLUSH_EVERY_S` and at the end, with the TensorBoard events); TensorBoard gets the layout of DESIGN.md:
 `train/` and `val/` sub-runs under identical tags, run-level gap, lr and weights, and the
 HParams session start and end in the run's own file (see `regablate.hparams`).
 """
@@ -94,7 +94,10 @@ class Recorder:
             self._tb.epoch(row, best)
 
     def flush(self) -> None:
-        """The buffered metrics.csv lines onto the file (whole lines or nothing)."""
+        """The buffered metrics.csv lines onto the file (whole lines or nothing), and the
+        buffered TensorBoard events to its writers."""
+        if self._tb is not None:
+            self._tb.flush()
         text = self._line.getvalue()
         if text:
             self._append(text)
@@ -117,7 +120,7 @@ class Recorder:
         """TensorBoard histograms of weight tensors: [(name, tensor)] -> <tag>/<name>."""
         if self._tb is not None:
             for name, w in named:
-                self._tb.w.add_histogram(f"{tag}/{name}", w.detach().float().cpu(), epoch)
+                self._tb.histogram(f"{tag}/{name}", w, epoch)
 
     def finish(self, status: str, final_weights: list | None = None, **fields: Any) -> dict:
         """Rewrite summary.json with the final status and results; close the files.
@@ -169,6 +172,7 @@ class _TensorBoard:
         self.splits = {s: SummaryWriter(log_dir=str(self.dir / s), purge_step=purge_step, max_queue=1000)
                        for s in ("train", "val")}
         self.hparams, self.group, self.start = hparams, group, time.time()
+        self.pending: list = []  # events not yet handed to the writers (see `flush`)
         if hparams is not None and purge_step is None:  # a resumed run has its session start
             self._write_session()
 
@@ -180,6 +184,18 @@ class _TensorBoard:
         if status is not None:
             events.append(hp.session_end(status, time.time()))
         hp.write(self.dir / hp.SESSION_FILE, events)
+
+    def flush(self) -> None:
+        """The buffered events to the writers (whose thread writes them): in bursts, so
+        training is not interrupted by the writer thread at every event."""
+        pending, self.pending = self.pending, []
+        for event in pending:
+            event()
+
+    def histogram(self, tag: str, w, step: int) -> None:
+        """A histogram of a copy of `w` as it is now, written at the next flush."""
+        values = w.detach().float().cpu().clone()
+        self.pending.append(lambda: self.w.add_histogram(tag, values, step))
 
     @staticmethod
     def _add(writer, step: int, pairs: list[tuple[str, Any]]) -> None:
@@ -197,14 +213,15 @@ class _TensorBoard:
             pairs = [("loss", row.get(f"{split}_loss")), (m, row.get(f"{split}_{m}"))]
             if best is not None:
                 pairs += [("best/loss", best.get(f"{split}_loss")), (f"best/{m}", best.get(f"{split}_{m}"))]
-            self._add(w, step, pairs)
+            self.pending.append(lambda w=w, pairs=pairs: self._add(w, step, pairs))
         pairs = [("gap", row.get("gap")), ("lr", row.get("lr"))]
         pairs += [(key, row[key]) for key in row if key.startswith("weights/")]
         if best is not None:
             pairs.append(("best/gap", best.get("gap")))
-        self._add(self.w, step, pairs)
+        self.pending.append(lambda: self._add(self.w, step, pairs))
 
     def close(self, summary: dict) -> None:
+        self.flush()
         test = summary.get("test") or {}
         if summary.get("best_epoch") and test:
             from torch.utils.tensorboard import SummaryWriter
