@@ -345,6 +345,17 @@ def stratified(labels: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tens
     return torch.cat(picks).sort().values
 
 
+def keep_n_train(train: torch.Tensor, labels: torch.Tensor, n_train: int | None, gen: torch.Generator,
+                 left: str) -> torch.Tensor:
+    """`dataset.n_train` of the training indices `train` (stratified by `labels`), all if null;
+    `left` says what `train` is, for the error when there are fewer."""
+    if n_train is None:
+        return train
+    if n_train > len(train):
+        raise ConfigError("dataset.n_train", n_train, f"must be <= {len(train)} ({left}) or null")
+    return train[stratified(labels[train], n_train, gen)]
+
+
 class Normalize:
     """uint8 (B, 3, H, W) pixels -> float32 (x − mean) / std per channel, on x's device;
     channels_last on CUDA. Already-float inputs are taken as pixel values (0..255) too."""
@@ -397,11 +408,7 @@ def make_cifar10(s: Cifar10Settings, data_seed: int) -> Data:
     rest = torch.ones(len(y), dtype=torch.bool)
     rest[val] = False
     train = rest.nonzero().squeeze(1)
-    if s.n_train is not None:
-        if s.n_train > len(train):
-            raise ConfigError("dataset.n_train", s.n_train, f"must be <= {len(train)} (the "
-                              "training split left after validation) or null")
-        train = train[stratified(y[train], s.n_train, g)]
+    train = keep_n_train(train, y, s.n_train, g, "the training split left after validation")
     mean, std = channel_stats(x[train])
     # OOD: Gaussian noise with the training split's per-channel mean and std (pixel units)
     noise = mean.float().view(1, 3, 1, 1) + std.float().view(1, 3, 1, 1) * torch.randn(

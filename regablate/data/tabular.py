@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from regablate.data.base import Data, Split
-from regablate.data.cifar10 import stratified
+from regablate.data.cifar10 import keep_n_train, stratified
 from regablate.errors import ConfigError, UsageError
 from regablate.schema import check, fraction, positive
 
@@ -139,12 +139,7 @@ def split_rows(y: torch.Tensor | None, n: int, s: TabularSettings, data_seed: in
     test = rest_idx[stratified(labels[rest_idx], n_test, g)]
     rest[test] = False
     train = rest.nonzero().squeeze(1)
-    if s.n_train is not None:
-        if s.n_train > len(train):
-            raise ConfigError("dataset.n_train", s.n_train, f"must be <= {len(train)} (the rows "
-                              "left after validation and test) or null")
-        train = train[stratified(labels[train], s.n_train, g)]
-    return train, val, test
+    return keep_n_train(train, labels, s.n_train, g, "the rows left after validation and test"), val, test
 
 
 def encode(df, features: list[str], train_rows, s: TabularSettings, path: str):
