@@ -210,6 +210,16 @@ def _refuse(key: str, value: Any, what: str, block: str, where: str) -> None:
     raise ConfigError(key, value, f"{what} has no regablate.nn.{block} block; place {where}")
 
 
+def _required(model: nn.Module, cls: type, key: str, value: Any, what: str, where: str,
+              block: str | None = None) -> list:
+    """The configurable `cls` blocks of `model`; refused (naming `block`, default the class) if
+    there is none."""
+    blocks = _configurable(model, cls)
+    if not blocks:
+        _refuse(key, value, what, block or cls.__name__, where)
+    return blocks
+
+
 def configure(model: nn.Module, spec: ModelSpec, asked: list[str] | tuple[str, ...], what: str,
               norm_key: str = "model.norm") -> nn.Module:
     """Set `model`'s configurable blocks from `spec`; refuse each structural regulariser in
@@ -220,34 +230,27 @@ def configure(model: nn.Module, spec: ModelSpec, asked: list[str] | tuple[str, .
         raise ConfigError("reg.dropconnect", "on", f"{what}: regablate.nn has no DropConnect block; "
                           "use a built-in model (mlp, convnet, resnet)")
     if "dropout" in asked:
-        blocks, p = _configurable(model, Dropout), spec.dropout
-        if not blocks:
-            _refuse("reg.dropout", p, what, "Dropout",
-                    "regablate.nn.Dropout() where dropout should act")
+        p = spec.dropout
+        blocks = _required(model, Dropout, "reg.dropout", p, what, "regablate.nn.Dropout() where dropout should act")
         if isinstance(p, list) and len(p) != len(blocks):
             raise ConfigError("reg.dropout.p", p, f"must have one rate per regablate.nn.Dropout() "
                               f"block of {what} ({len(blocks)})")
         for m, rate in zip(blocks, p if isinstance(p, list) else [p] * len(blocks), strict=True):
             m.p = float(rate)
     if "spatial_dropout" in asked:
-        blocks, p = _configurable(model, Dropout2d), spec.extra["spatial_dropout"]
-        if not blocks:
-            _refuse("reg.spatial_dropout", p, what, "Dropout2d",
-                    "regablate.nn.Dropout2d() where whole channels should be dropped")
-        for m in blocks:
+        p = spec.extra["spatial_dropout"]
+        for m in _required(model, Dropout2d, "reg.spatial_dropout", p, what,
+                           "regablate.nn.Dropout2d() where whole channels should be dropped"):
             m.p = float(p)
     if "dropblock" in asked:
-        blocks, db = _configurable(model, DropBlock2d), spec.extra["dropblock"]
-        if not blocks:
-            _refuse("reg.dropblock", db["p"], what, "DropBlock2d",
-                    "regablate.nn.DropBlock2d() where blocks of a feature map should be dropped")
-        for m in blocks:
+        db = spec.extra["dropblock"]
+        for m in _required(model, DropBlock2d, "reg.dropblock", db["p"], what,
+                           "regablate.nn.DropBlock2d() where blocks of a feature map should be dropped"):
             m.drop_prob, m.block_size, m.per_channel = db["p"], db["block_size"], db["per_channel"]
     if "droppath" in asked:
-        blocks, p = _configurable(model, DropPath), spec.extra["droppath"]
-        if not blocks:
-            _refuse("reg.droppath", p, what, "DropPath",
-                    "regablate.nn.DropPath() on each residual branch: x + drop_path(f(x))")
+        p = spec.extra["droppath"]
+        blocks = _required(model, DropPath, "reg.droppath", p, what,
+                           "regablate.nn.DropPath() on each residual branch: x + drop_path(f(x))")
         for m, rate in zip(blocks, depth_rates(p, len(blocks)), strict=True):
             m.drop_prob = rate
     if spec.norm != "none" and not any(getattr(m, "regablate_norm", False) for m in model.modules()):
@@ -416,11 +419,9 @@ def configure_recurrent(model: nn.Module, spec: ModelSpec, asked: list[str] | tu
         for m in hidden:
             m.p = float(v["p_hidden"])
     if "weight_drop" in asked:
-        blocks, p = _configurable(model, WeightDrop), spec.extra["weight_drop"]
-        if not blocks:
-            _refuse("reg.weight_drop", p, what, "RecurrentLayer",
-                    "regablate.nn.RecurrentLayer (its WeightDrop masks weight_hh)")
-        for m in blocks:
+        p = spec.extra["weight_drop"]
+        for m in _required(model, WeightDrop, "reg.weight_drop", p, what,
+                           "regablate.nn.RecurrentLayer (its WeightDrop masks weight_hh)", block="RecurrentLayer"):
             m.p = float(p)
     return model
 
