@@ -196,6 +196,67 @@ def test_dropout_masks_are_per_member_independent_and_their_own():
             previous = a
 
 
+@pytest.mark.parametrize("rates", [[0.5, 0.0, 0.3], [0.0, 0.4, 0.4]])  # dropping rows apart / one run
+def test_hand_written_backward_matches_autograd_through_each_members_module(rates):
+    """StackedMLP's gradients by hand equal autograd's through each member's own module (with
+    the masks its forward drew), for every layer kind, dropout after each kind of layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(16, 16, bias=False), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 16),
+                          nn.LayerNorm(16), nn.SiLU(), nn.Dropout(0.5), nn.Linear(16, 16),
+                          nn.GELU(approximate="tanh"), nn.Linear(16, 3), nn.Dropout(0.5))
+    layers, drops = plan(model)
+    k = len(rates)
+    s = StackedMLP(layers, [[r] * len(drops) for r in rates], sorted(drops), k, torch.device("cpu"))
+    members = []
+    for i in range(k):
+        members.append(copy.deepcopy(model))
+        for p in members[i].parameters():
+            p.data.normal_(0, 0.5)
+        s.load_member(i, members[i])
+    x = torch.randn(k, 24, 3, 4)
+    grad_out = torch.randn(k, 24, 3)
+    out = s.forward(x, True, [torch.Generator().manual_seed(i) for i in range(k)])
+    masks = [s._tape[j][-1] for j in sorted(drops)]  # each dropout slot's mask, last on its layer's entry
+    g = s.backward(grad_out.clone())
+    for i, ref in enumerate(members):
+        h, slot = x[i], 0
+        for m in ref.train():
+            if isinstance(m, nn.Dropout):
+                h = h * masks[slot][i]
+                slot += 1
+            else:
+                h = m(h)
+        torch.testing.assert_close(out[i], h, rtol=1e-5, atol=1e-5)
+        want = torch.autograd.grad(h, list(ref.parameters()), grad_out[i])
+        got = s.unflatten(g[i], ref)
+        for p, w in zip(ref.parameters(), want):
+            torch.testing.assert_close(got[p], w, rtol=1e-4, atol=1e-5)
+    for i, r in enumerate(rates):  # members at rate 0 were not masked; the others were
+        assert all(torch.equal(mk[i], torch.ones_like(mk[i])) == (r == 0) for mk in masks)
+
+
+@pytest.mark.parametrize("smoothing", [None, [0.0, 0.1, 0.3]])
+def test_loss_and_its_gradient_by_hand_match_torch(smoothing):
+    from regablate.vectorized.trainer import _loss_and_grad
+
+    torch.manual_seed(0)
+    out = torch.randn(3, 16, 5, requires_grad=True)
+    y = torch.randint(0, 5, (3, 16))
+    eps = None if smoothing is None else torch.tensor(smoothing).view(-1, 1)
+    loss, grad = _loss_and_grad(out.detach(), y, "classification", eps)
+    want = torch.stack([nn.functional.cross_entropy(out[i], y[i], label_smoothing=0.0 if eps is None
+                                                    else smoothing[i]) for i in range(3)])
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(grad, torch.autograd.grad(want.sum(), out)[0])
+    target = torch.randn(3, 16, 2)
+    pred = torch.randn(3, 16, 2, requires_grad=True)
+    loss, grad = _loss_and_grad(pred.detach(), target, "regression", None)
+    want = torch.stack([nn.functional.mse_loss(pred[i], target[i]) for i in range(3)])
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(grad, torch.autograd.grad(want.sum(), pred)[0])
+
+
 def test_batchnorm_normalises_each_member_over_its_own_batch():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
@@ -473,7 +534,7 @@ def test_members_with_the_same_data_share_one_copy_of_it(small_cfg, tmp_path):
     assert grp[0].x.data is grp[2].x.data is grp[3].x.data and grp[1].x.data is not grp[0].x.data
     assert data.train_x.shape[0] == 2
     perm = torch.stack([torch.randperm(len(grp[0].x.data.train)) for _ in grp])[:, :16]
-    xb, yb = data.batch(perm)
+    xb, yb = data.batch(data.rows_of(perm))
     for k, m in enumerate(grp):
         assert torch.equal(xb[k], m.x.data.train.x[perm[k]]) and torch.equal(yb[k], m.x.data.train.y[perm[k]])
     assert torch.equal(data.rows(data.eval_y)[3], torch.cat([grp[3].x.data.train.y, grp[3].x.data.val.y]))

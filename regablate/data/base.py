@@ -22,7 +22,7 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
+def identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
@@ -41,7 +41,7 @@ class Data:
     test: Split
     in_shape: tuple[int, ...]
     out_dim: int  # number of classes, or regression outputs
-    prepare: Callable[[torch.Tensor], torch.Tensor] = field(default=_identity)
+    prepare: Callable[[torch.Tensor], torch.Tensor] = field(default=identity)
     ood: torch.Tensor | None = None
 
     @property

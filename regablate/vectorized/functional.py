@@ -405,6 +405,7 @@ class StackedModule:
         self.matrices = [self.views[p.name].view(self.k, p.shape[0], -1).transpose(1, 2)
                          for p in self.params if len(p.shape) >= 2]
         self._shapes: dict[tuple[int, ...], list[tuple[_Site, tuple[int, ...]]]] = {}
+        self._out: torch.Tensor | None = None  # the last training forward's output, for `backward`
         self._batched = vmap(self._call, in_dims=(0, 0, 0, 0))
         self._shared = vmap(self._call, in_dims=(0, 0, None, 0))
         for k, m in enumerate(models):
@@ -545,7 +546,9 @@ class StackedModule:
         self._active, masks = self.masks(batch, sample, gens) if train else ([], [])
         self.template.train(train)  # after `masks`: tracing runs the template in eval mode
         if self.mode == "vmap":
-            return (self._shared if shared else self._batched)(dict(self.views), self.buffers, x, masks)
+            out = (self._shared if shared else self._batched)(dict(self.views), self.buffers, x, masks)
+            self._out = out if train else None
+            return out
         self.grouped.train(train)
         h = x if shared else x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])  # (B, K·C, H, W)
         if h.dim() == 4 and h.device.type == "cpu":  # mkldnn's grouped convs are faster on NHWC
@@ -557,7 +560,14 @@ class StackedModule:
         finally:
             for site in self._active:
                 site.mask = None
-        return out.view(batch, self.k, -1).transpose(0, 1)
+        out = out.view(batch, self.k, -1).transpose(0, 1)
+        self._out = out if train else None
+        return out
+
+    def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
+        """∂L/∂θ (K, P) from ∂L/∂out of the last training forward, through autograd."""
+        out, self._out = self._out, None
+        return self.flat_grad(torch.autograd.grad(out, self.leaves, grad_out))
 
     def step_done(self) -> None:
         """One training step happened (BatchNorm's num_batches_tracked)."""

@@ -10,6 +10,19 @@ running mean/var are per member. LayerNorm is per sample (no mixing), with per-m
 and shift. Dropout draws member k's mask from member k's own generator (so a member's masks do
 not depend on which members share its group): m = [u < 1−p_k], u ~ U[0, 1), h ← h·m/(1−p_k).
 
+Training takes its gradients by hand, not through autograd: a training `forward` keeps what
+each layer's backward needs (a tape), and `backward(∂L/∂out)` walks it in reverse, writing every
+parameter's gradient straight into its slice of one (K, P) buffer laid out like θ:
+
+  linear      a = b + hW          ∂W = hᵀg,  ∂b = Σ_B g,  ∂h = gWᵀ (not for the input)
+  activation  y = f(a)            ∂a = f'(a)·g  (aten's own backward kernels)
+  batchnorm   aten's native_batch_norm and its backward, on the K·H-channel view
+  layernorm   x̂ = norm(h), y = x̂w + b   ∂w = Σ_B g x̂,  ∂b = Σ_B g, ∂h by aten's backward of norm
+  dropout     y = h·m             ∂h = g·m  (in place, on the rows of the members that drop)
+
+The same arithmetic as autograd over the same ops, without its graph: a test checks the
+gradients against autograd through each member's own module.
+
 The layer plan is read from each member's ordinary `nn.Sequential` (as `build_mlp` made it),
 so `load_member`/`export_member` move weights between the stacked tensors and the member's
 own module (its initialisation, its `state_dict` for checkpoints).
@@ -134,6 +147,12 @@ class StackedMLP:
         self.num_batches_tracked = 0  # training steps seen by BatchNorm (the same for every member)
         self.matrices = [self.views[p.layer, p.name] for p in self.params if len(p.shape) >= 2]
         self._blocks: dict[int, tuple[torch.Tensor | None, int]] = {}  # slot -> (uniforms, next row)
+        self.grad = torch.zeros_like(self.theta)  # ∂L/∂θ (K, P), rewritten by every `backward`
+        self.grads = {(p.layer, p.name): self.grad[:, p.offset : p.offset + p.numel].view(k, *p.shape)
+                      for p in self.params}
+        self._tape: list[tuple] = []  # what the last training forward kept for `backward`
+        # dropping members as one run of rows [a, b) per slot (masks touch only those), or None
+        self._drop_rows = [_run_of([k for k, _ in d]) for d in self.dropping]
 
     @property
     def leaves(self) -> list[torch.Tensor]:
@@ -197,7 +216,11 @@ class StackedMLP:
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, train: bool, gens: list[torch.Generator] | None = None
                 ) -> torch.Tensor:
-        """(K, B, ...) -> (K, B, out). Training: batch statistics, dropout from `gens`."""
+        """(K, B, ...) -> (K, B, out). Training: batch statistics, dropout from `gens`, and the
+        tape for `backward` (no autograd graph)."""
+        if train:
+            with torch.no_grad():
+                return self._forward_train(x, gens)
         h = x
         for i, layer in enumerate(self.layers):
             kind = layer.kind
@@ -223,6 +246,119 @@ class StackedMLP:
             if train and i in self.slots:
                 h = self._dropout(self.slots.index(i), h, gens)
         return h
+
+    def _forward_train(self, x: torch.Tensor, gens: list[torch.Generator] | None) -> torch.Tensor:
+        """The training forward, keeping per layer what its backward needs. `fresh`: h is a
+        tensor of this forward that no backward reads, so it may be changed in place."""
+        tape: list[tuple] = []
+        h, fresh = x, False
+        for i, layer in enumerate(self.layers):
+            kind = layer.kind
+            if kind == "linear":
+                w, b = self.views[i, "weight"], self.views.get((i, "bias"))
+                tape.append((h,))
+                h, fresh = (torch.bmm(h, w) if b is None else torch.baddbmm(b.unsqueeze(1), h, w)), True
+            elif kind == "batchnorm":
+                k, n, width = h.shape
+                _, eps, momentum = layer.args
+                buf = self.buffers[i]
+                flat = h.transpose(0, 1).reshape(n, k * width)
+                weight = self.views[i, "weight"].reshape(-1)
+                out, mean, invstd = torch.native_batch_norm(
+                    flat, weight, self.views[i, "bias"].reshape(-1), buf.running_mean.view(-1),
+                    buf.running_var.view(-1), True, momentum, eps)
+                tape.append((flat, weight, mean, invstd))
+                h, fresh = out.view(n, k, width).transpose(0, 1), True
+            elif kind == "layernorm":
+                width, eps = layer.args
+                normed, mean, rstd = torch.native_layer_norm(h, (width,), None, None, eps)
+                tape.append((h, normed, mean, rstd))
+                h = torch.addcmul(self.views[i, "bias"].unsqueeze(1), normed, self.views[i, "weight"].unsqueeze(1))
+                fresh = True
+            elif kind == "act":
+                name = layer.args[0]
+                if name in ("ReLU", "Tanh"):  # their backward reads the output
+                    h = h.relu_() if name == "ReLU" and fresh else ACTIVATIONS[name](h)
+                    tape.append((h,))
+                    # a dropout may scale a ReLU's output in place: [y·m > 0] = [y > 0] where m > 0,
+                    # and where m = 0 the gradient is 0 either way
+                    fresh = name == "ReLU"
+                else:  # SiLU, GELU: their backward reads the input
+                    tape.append((h,))
+                    h, fresh = F.gelu(h, approximate=layer.args[1]) if name == "GELU" else F.silu(h), True
+            else:  # flatten (a view: as fresh as its input)
+                tape.append((h.shape,))
+                h = h.flatten(2)
+            if i in self.slots and self.dropping[self.slots.index(i)]:
+                slot = self.slots.index(i)
+                mask = self._masks(slot, *h.shape[1:], gens)
+                h, fresh = self._scale(slot, h if fresh else h.clone(), mask), True
+                tape[-1] = (*tape[-1], mask)
+        self._tape = tape
+        return h
+
+    def _scale(self, slot: int, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """t ← t·m in place, on the rows of the members that drop at `slot` where they are one run."""
+        rows = self._drop_rows[slot]
+        if rows is None:
+            return t.mul_(mask)
+        t[rows[0] : rows[1]].mul_(mask[rows[0] : rows[1]])
+        return t
+
+    @torch.no_grad()
+    def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
+        """∂L/∂θ (K, P) from ∂L/∂out of the last training forward. `grad_out` is used up (scaled
+        in place); the returned buffer is rewritten by the next call."""
+        g = grad_out
+        first = min(p.layer for p in self.params)  # nothing before it needs a gradient
+        for i in reversed(range(first, len(self.layers))):
+            layer, saved = self.layers[i], self._tape[i]
+            if i in self.slots and self.dropping[self.slots.index(i)]:
+                *saved, mask = saved
+                g = self._scale(self.slots.index(i), g, mask)
+            kind = layer.kind
+            if kind == "linear":
+                (h,) = saved
+                self.grads[i, "weight"].copy_(torch.bmm(h.transpose(1, 2), g))  # (bmm's out= into a
+                # strided view goes member by member: slower than this copy)
+                if (i, "bias") in self.grads:
+                    torch.sum(g, 1, out=self.grads[i, "bias"])
+                if i > first:
+                    g = torch.bmm(g, self.views[i, "weight"].transpose(1, 2))
+            elif kind == "batchnorm":
+                flat, weight, mean, invstd = saved
+                k, n, width = g.shape
+                _, eps, _ = layer.args
+                buf = self.buffers[i]
+                gin, gw, gb = torch.ops.aten.native_batch_norm_backward(
+                    g.transpose(0, 1).reshape(n, k * width), flat, weight, buf.running_mean.view(-1),
+                    buf.running_var.view(-1), mean, invstd, True, eps, [True, True, True])
+                self.grads[i, "weight"].copy_(gw.view(k, width))
+                self.grads[i, "bias"].copy_(gb.view(k, width))
+                g = gin.view(n, k, width).transpose(0, 1)
+            elif kind == "layernorm":
+                h, normed, mean, rstd = saved
+                torch.sum(g * normed, 1, out=self.grads[i, "weight"])
+                torch.sum(g, 1, out=self.grads[i, "bias"])
+                g = torch.ops.aten.native_layer_norm_backward(
+                    g * self.views[i, "weight"].unsqueeze(1), h, (layer.args[0],), mean, rstd,
+                    None, None, [True, False, False])[0]
+            elif kind == "act":
+                (t,) = saved
+                name = layer.args[0]
+                if name == "ReLU":
+                    g = torch.ops.aten.threshold_backward(g, t, 0)
+                elif name == "Tanh":
+                    g = torch.ops.aten.tanh_backward(g, t)
+                elif name == "GELU":
+                    g = torch.ops.aten.gelu_backward(g, t, approximate=layer.args[1])
+                else:
+                    g = torch.ops.aten.silu_backward(g, t)
+            else:
+                (shape,) = saved
+                g = g.reshape(shape)
+        self._tape = []
+        return self.grad
 
     def _batchnorm(self, i: int, h: torch.Tensor, train: bool) -> torch.Tensor:
         """Per-member BatchNorm: (K, B, H) as B samples of K·H channels."""
@@ -265,6 +401,13 @@ class StackedMLP:
         """One training step happened (BatchNorm's num_batches_tracked)."""
         if self.buffers:
             self.num_batches_tracked += 1
+
+
+def _run_of(rows: list[int]) -> tuple[int, int] | None:
+    """(a, b) if `rows` are a, a+1, ..., b-1; else None."""
+    if rows and rows == list(range(rows[0], rows[-1] + 1)):
+        return rows[0], rows[-1] + 1
+    return None
 
 
 def stack_model(members: list):

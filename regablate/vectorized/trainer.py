@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from regablate import checkpoint
+from regablate.data.base import identity
 from regablate.evaluate import gap
 from regablate.experiment import group_id
 from regablate.lint import format_findings, lint
@@ -87,6 +88,12 @@ def _column(values: list[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1)
 
 
+def _span(values: list[float]) -> tuple[int, int]:
+    """(a, b): the rows from the first non-zero value to the last (0, 0 if none)."""
+    rows = [k for k, v in enumerate(values) if v != 0]
+    return (rows[0], rows[-1] + 1) if rows else (0, 0)
+
+
 class _Regs:
     """Per-member regulariser strengths as columns; None where no member uses one."""
 
@@ -101,6 +108,9 @@ class _Regs:
         self.l1 = col(strength("l1", "lam", 0.0), 0.0)
         self.l2 = col(strength("l2", "lam", 0.0), 0.0)
         self.decay = strength("weight_decay", "lam", 0.0)  # decoupled, weight matrices only
+        # the rows [a, b) from the first member with the penalty to the last (the others are 0)
+        self.l1_rows, self.l2_rows, self.decay_rows = (_span(strength(name, "lam", 0.0))
+                                                       for name in ("l1", "l2", "weight_decay"))
         eps = [m.s.stack.loss_spec().label_smoothing if m.x.data.task == "classification" else 0.0
                for m in members]
         self.smoothing = col(eps, 0.0)
@@ -116,18 +126,35 @@ class _Regs:
                                              dtype=torch.float64).to(torch.float32).view(-1, 1).to(device)
 
 
-def _train_loss(out: torch.Tensor, y: torch.Tensor, task: str, eps: torch.Tensor | None) -> torch.Tensor:
-    """Per-member mean loss (K,): cross-entropy with smoothing ε_k, i.e.
-    (1−ε_k)·NLL + ε_k·mean_b(−Σ_c log p)/C, or the mean squared error."""
+@torch.no_grad()
+def _loss_and_grad(out: torch.Tensor, y: torch.Tensor, task: str, eps: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-member mean loss ℓ (K,) and ∂(Σ_k ℓ_k)/∂out, by hand (F.cross_entropy's and
+    F.mse_loss's values; their gradients without autograd's graph). Cross-entropy with smoothing
+    ε_k over C classes, lse = log Σ_c exp(o_c):
+
+        ℓ_k = mean_b[lse − (1−ε_k)·o_y − ε_k·mean_c o],  ∂ℓ_k/∂o = (softmax(o) − (1−ε_k)·[c=y] − ε_k/C) / B
+
+    or the mean squared error ℓ_k = mean (o − y)², ∂ℓ_k/∂o = 2(o − y) / (B·D)."""
     k, b = out.shape[:2]
     if task != "classification":
-        return F.mse_loss(out, y, reduction="none").reshape(k, -1).mean(1)
+        diff = out - y
+        return diff.square().reshape(k, -1).mean(1), diff.mul_(2 / diff[0].numel())
+    top = out.amax(-1, keepdim=True)
+    p = (out - top).exp_()
+    total = p.sum(-1, keepdim=True)
+    lse = total.log().add_(top).squeeze(-1)  # (K, B)
+    target = y.unsqueeze(-1)
+    picked = out.gather(-1, target).squeeze(-1)
+    p.div_(total)  # softmax
     if eps is None:
-        return F.cross_entropy(out.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
-    logp = F.log_softmax(out, -1)
-    nll = F.nll_loss(logp.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
-    smooth = -logp.sum(-1).mean(1) / out.shape[-1]
-    return (1 - eps[:, 0]) * nll + eps[:, 0] * smooth
+        loss = (lse - picked).mean(1)
+        p.scatter_add_(-1, target, torch.full_like(picked, -1.0).unsqueeze(-1))
+    else:
+        e = eps.view(k, 1)
+        loss = (lse - (1 - e) * picked - e * out.mean(-1)).mean(1)
+        p.scatter_add_(-1, target, (e - 1).expand(k, b).unsqueeze(-1)).sub_(e.unsqueeze(-1) / out.shape[-1])
+    return loss, p.div_(b)
 
 
 class _SharedData:
@@ -159,17 +186,32 @@ class _SharedData:
             return t.expand(self.k, *t.shape[1:])
         return t.index_select(0, self.index)
 
-    def batch(self, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Member k's training rows perm[k] of its data set: (K, B, ...) inputs and targets."""
-        u = self.index.view(-1, 1)
-        return self.train_x[u, perm], self.train_y[u, perm]
+    def rows_of(self, perm: torch.Tensor) -> torch.Tensor:
+        """Member k's rows perm[k] of its data set as rows of the data sets laid end to end."""
+        return perm + self.index.view(-1, 1) * self.train_x.shape[1]
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training rows (K, B) from `rows_of`: (K, B, ...) inputs and targets (one index_select
+        each over the flattened splits: a third of advanced indexing's time)."""
+        idx = rows.reshape(-1)
+        x = self.train_x.flatten(0, 1).index_select(0, idx)
+        y = self.train_y.flatten(0, 1).index_select(0, idx)
+        return x.view(*rows.shape, *x.shape[1:]), y.view(*rows.shape, *y.shape[1:])
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """`data.prepare` on (K, B, ...) stored inputs (identity for features, uint8 -> float
         for images), sample by sample."""
+        if self.prepare_one is identity:
+            return x
         k, b = x.shape[:2]
         out = self.prepare_one(x.reshape(k * b, *x.shape[2:]))
         return out.reshape(k, b, *out.shape[1:])
+
+    def eval_rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [start, stop) of the evaluation splits, prepared, as (K, B, ...) inputs and
+        targets: each data set prepared once, then spread to its members."""
+        x = self.prepare(self.eval_x[:, start:stop])
+        return self.rows(x), self.rows(self.eval_y[:, start:stop])
 
 
 @dataclass
@@ -215,8 +257,8 @@ def evaluate(model, data: _SharedData, sizes: list[int], task: str, chunk: int) 
     n = data.eval_y.shape[1]
     losses, hits = [], []
     for i in range(0, n, chunk):
-        xb, yb = data.rows(data.eval_x[:, i : i + chunk]), data.rows(data.eval_y[:, i : i + chunk])
-        out = model.forward(data.prepare(xb), train=False)
+        xb, yb = data.eval_rows(i, i + chunk)
+        out = model.forward(xb, train=False)
         if task == "classification":
             losses.append(_cross_entropy(out, yb))
             hits.append(out.argmax(-1) == yb)
@@ -288,18 +330,20 @@ class VectorizedTrainer:
     # -- one step, one epoch ---------------------------------------------------------------
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, drop_gens: list[torch.Generator]) -> torch.Tensor:
         model, regs = self.model, self.regs
-        loss = _train_loss(model.forward(self.data.prepare(xb), True, drop_gens), yb, self.task, regs.smoothing)
-        g = model.flat_grad(torch.autograd.grad(loss.sum(), model.leaves))
+        out = model.forward(self.data.prepare(xb), True, drop_gens)
+        objective, grad_out = _loss_and_grad(out, yb, self.task, regs.smoothing)
+        g = model.backward(grad_out)
         with torch.no_grad():
-            objective = loss.detach()
             w = model.theta[:, : model.n_matrix]  # the weight matrices of every member
             gw = g[:, : model.n_matrix]
-            if regs.l1 is not None:  # λ1 Σ|w|, gradient λ1 sign(w)
-                objective = objective + regs.l1[:, 0] * torch.linalg.vector_norm(w, 1, dim=1)
-                gw.addcmul_(w.sign(), regs.l1)
+            if regs.l1 is not None:  # λ1 Σ|w|, gradient λ1 sign(w) (on the rows from the first
+                a, b = regs.l1_rows  # member with λ1 > 0 to the last)
+                objective[a:b] += regs.l1[a:b, 0] * torch.linalg.vector_norm(w[a:b], 1, dim=1)
+                gw[a:b].addcmul_(w[a:b].sign(), regs.l1[a:b])
             if regs.l2 is not None:  # (λ2/2) Σw², gradient λ2 w
-                objective = objective + 0.5 * regs.l2[:, 0] * torch.linalg.vecdot(w, w)
-                gw.addcmul_(w, regs.l2)
+                a, b = regs.l2_rows
+                objective[a:b] += 0.5 * regs.l2[a:b, 0] * torch.linalg.vecdot(w[a:b], w[a:b])
+                gw[a:b].addcmul_(w[a:b], regs.l2[a:b])
             if regs.clip is not None:  # as clip_grad_norm_: norm of the per-parameter norms
                 norms = torch.stack([torch.linalg.vector_norm(g[:, o : o + n], dim=1)
                                      for o, n in self.segments], 1)
@@ -307,7 +351,8 @@ class VectorizedTrainer:
                 coef = torch.clamp(regs.clip / (total + 1e-6), max=1.0)
                 g.mul_(torch.where(torch.isinf(regs.clip), torch.ones_like(coef), coef).view(-1, 1))
             if regs.decay_factor is not None:
-                w.mul_(regs.decay_factor)
+                a, b = regs.decay_rows
+                w[a:b].mul_(regs.decay_factor[a:b])
             self.opt.step(g)
             if regs.max_norm is not None:
                 self._max_norm(regs.max_norm)
@@ -336,6 +381,7 @@ class VectorizedTrainer:
         perm = torch.stack([torch.randperm(n, generator=r.gen) for r in runs]).to(self.device)
         if n % bs == 1 and n > 1:  # a batch of one breaks BatchNorm: leave that sample out
             perm, n = perm[:, :-1], n - 1
+        perm = self.data.rows_of(perm)
         drop_gens = [r.drop_gen for r in runs]
         total = torch.zeros(len(runs), device=self.device)
         for i in range(0, n, bs):
