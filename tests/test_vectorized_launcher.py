@@ -194,6 +194,21 @@ def test_a_member_whose_run_dir_is_taken_is_refused_untouched_and_the_others_tra
     assert list((sweep / "1").iterdir()) == []
 
 
+def test_a_job_that_does_not_compose_stops_the_sweep_before_any_job_runs(tmp_path):
+    """The vectorized launcher composes every job before it runs any (the sweeper does not
+    compose the batch again to check it): a job that does not compose is the same one-line
+    error and exit code 2 as under the basic launcher, and no job's run dir is written."""
+    args = ("-m", *TINY, "+reg=none,nope", "hydra.sweep.dir=sweep")
+    (tmp_path / "basic").mkdir()
+    (tmp_path / "vec").mkdir()
+    basic = run_cli("run", *args, cwd=tmp_path / "basic")
+    vec = run_cli("run", *args, "hydra/launcher=vectorized", cwd=tmp_path / "vec")
+    assert basic.returncode == vec.returncode == 2
+    assert vec.stderr == basic.stderr and vec.stderr.startswith("regablate: error: In 'config': Could not find 'reg/nope'")
+    assert len(vec.stderr.splitlines()) == 1 and "Launching" not in vec.stdout + vec.stderr
+    assert [p.name for p in (tmp_path / "vec" / "sweep").iterdir()] == ["multirun.yaml"]
+
+
 def test_jobs_that_differ_in_plain_values_are_derived_as_hydra_composes_them():
     """A job whose overrides differ from an already composed job's only in plain values is that
     composition with the values applied: the same config, task overrides and override_dirname

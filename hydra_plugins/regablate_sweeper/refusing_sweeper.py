@@ -57,6 +57,14 @@ def refused_message(refused: list, n_jobs: int) -> str:
 
 
 class RefusingSweeper(BasicSweeper):
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Hydra composes every job of a batch here to report a composition error before any
+        job runs; a launcher whose `composes_every_job_first(batch)` is true does that itself
+        (the vectorized one, for regablate's own jobs), so the batch is not composed twice."""
+        composes_first = getattr(self.launcher, "composes_every_job_first", None)
+        if composes_first is None or not composes_first(batch):
+            super().validate_batch_is_legal(batch)
+
     def sweep(self, arguments: list[str]) -> object:
         from regablate.atomic import write_atomic
         from regablate.errors import UsageError

@@ -158,8 +158,9 @@ class VectorizedLauncher(Launcher):
         self._remember_compositions(hydra_context.config_loader)
 
     def _remember_compositions(self, loader: Any) -> None:
-        """Hydra's sweeper composes every job of a batch to validate it ("this repeats work the
-        launcher will do"), then drops the result; composing is most of a small job's set-up.
+        """Hydra's basic sweeper composes every job of a batch to validate it ("this repeats work
+        the launcher will do"), then drops the result (regablate's sweeper leaves that to this
+        launcher: `composes_every_job_first`); composing is most of a small job's set-up.
         The launcher keeps those compositions (keyed by master config and overrides, handed
         out as deep copies) so each job is composed once per process, not twice; and a job
         whose overrides differ from a composed one's only in plain values (`seed=3` against
@@ -192,6 +193,12 @@ class VectorizedLauncher(Launcher):
 
         return self.task_function is getattr(hydra_main, "__wrapped__", None)
 
+    def composes_every_job_first(self, batch: Sequence[Sequence[str]]) -> bool:
+        """Whether `launch` composes every job of the batch before it runs any (regablate's own
+        jobs; another task's go through BasicLauncher, which composes each as it runs it), so
+        the sweeper's validation of the batch would only compose it twice."""
+        return self._runs_regablate()
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 
@@ -204,12 +211,14 @@ class VectorizedLauncher(Launcher):
             basic = BasicLauncher()
             basic.setup(hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
             return basic.launch(job_overrides, initial_job_idx)
+        # every job composed before anything else: a composition error stops the batch here,
+        # as Hydra's validation of the batch would (the sweeper skips it: composes_every_job_first)
+        jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs, stacked where they can share a model")
-        jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         members, ordinary, results = [], [], {}
         shared: dict = {}  # the members' data sets, one per distinct dataset and data_seed
         for job in jobs:
