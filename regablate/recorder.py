@@ -94,15 +94,15 @@ class Recorder:
             self._tb.epoch(row, best)
 
     def flush(self) -> None:
-        """The buffered metrics.csv lines onto the file (whole lines or nothing), and the
-        buffered TensorBoard events to its writers."""
-        if self._tb is not None:
-            self._tb.flush()
+        """The buffered metrics.csv lines onto the file (whole lines or nothing), then the
+        TensorBoard events held since the last flush onto their files (whole records or none)."""
         text = self._line.getvalue()
         if text:
             self._append(text)
             self._line.seek(0)
             self._line.truncate()
+        if self._tb is not None:
+            self._tb.flush()
         self._flushed = time.monotonic()
 
     def _append(self, text: str) -> None:
@@ -157,22 +157,25 @@ class _TensorBoard:
     val; run-level `gap`, `best/gap`, `lr`, `weights/*`; at the end `test/` gets the best
     epoch's `best/*` point. The HParams session start and end go in their own file
     (`hparams.SESSION_FILE`), which `regablate tb` replaces by one that names the session by
-    its label."""
+    its label.
+
+    The events files are those torch's SummaryWriter writes for the same calls (one event per
+    epoch and sub-run holding its scalars, one per histogram), but each event is framed when
+    it happens and the files are appended to at `flush` (every `FLUSH_EVERY_S`, before a
+    checkpoint, at the end): no writer threads."""
 
     def __init__(self, logdir: Path, metric: str, hparams: dict | None, group: str,
                  purge_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
-        from regablate.tb_records import use_fast_checksums
+        from regablate.tb_records import EventsFile
 
-        use_fast_checksums()
+        self.Event, self.Summary = Event, Summary
         self.dir, self.metric = Path(logdir), metric
-        # a deep queue: the writer thread drains it, training never waits on it
-        self.w = SummaryWriter(log_dir=str(logdir), purge_step=purge_step, max_queue=1000)
-        self.splits = {s: SummaryWriter(log_dir=str(self.dir / s), purge_step=purge_step, max_queue=1000)
-                       for s in ("train", "val")}
+        self.files = {"": EventsFile(self.dir, purge_step)}
+        self.files.update({s: EventsFile(self.dir / s, purge_step) for s in ("train", "val")})
         self.hparams, self.group, self.start = hparams, group, time.time()
-        self.pending: list = []  # events not yet handed to the writers (see `flush`)
         if hparams is not None and purge_step is None:  # a resumed run has its session start
             self._write_session()
 
@@ -186,50 +189,51 @@ class _TensorBoard:
         hp.write(self.dir / hp.SESSION_FILE, events)
 
     def flush(self) -> None:
-        """The buffered events to the writers (whose thread writes them): in bursts, so
-        training is not interrupted by the writer thread at every event."""
-        pending, self.pending = self.pending, []
-        for event in pending:
-            event()
+        """The events so far onto their files."""
+        for f in self.files.values():
+            f.flush()
 
     def histogram(self, tag: str, w, step: int) -> None:
-        """A histogram of a copy of `w` as it is now, written at the next flush."""
-        values = w.detach().float().cpu().clone()
-        self.pending.append(lambda: self.w.add_histogram(tag, values, step))
+        """A histogram of `w` as it is now (SummaryWriter.add_histogram's, of its float32 values)."""
+        from regablate.tb_histogram import histogram
 
-    @staticmethod
-    def _add(writer, step: int, pairs: list[tuple[str, Any]]) -> None:
-        """All of an epoch's scalars of one (sub-)run in one event."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from torch.utils.tensorboard.summary import scalar
+        histo = histogram(w.detach().float().cpu().numpy())
+        self._add(self.files[""], step, [self.Summary.Value(tag=tag, histo=histo)], time.time())
 
-        values = [v for tag, x in pairs if x is not None for v in scalar(tag, x).value]
+    def _add(self, file, step: int, values: list, wall_time: float) -> None:
+        file.add(self.Event(wall_time=wall_time, step=step, summary=self.Summary(value=values)))
+
+    def _scalars(self, file, step: int, pairs: list[tuple[str, Any]], wall_time: float) -> None:
+        """All of an epoch's scalars of one (sub-)run in one event (SummaryWriter's `scalar`:
+        a float32 `simple_value` each); none for a value that is None."""
+        value = self.Summary.Value
+        values = [value(tag=tag, simple_value=float(x)) for tag, x in pairs if x is not None]
         if values:
-            writer.file_writer.add_summary(Summary(value=values), step)
+            self._add(file, step, values, wall_time)
 
     def epoch(self, row: dict, best: dict | None) -> None:
-        m, step = self.metric, row["epoch"]
-        for split, w in self.splits.items():
+        m, step, now = self.metric, row["epoch"], time.time()
+        for split in ("train", "val"):
             pairs = [("loss", row.get(f"{split}_loss")), (m, row.get(f"{split}_{m}"))]
             if best is not None:
                 pairs += [("best/loss", best.get(f"{split}_loss")), (f"best/{m}", best.get(f"{split}_{m}"))]
-            self.pending.append(lambda w=w, pairs=pairs: self._add(w, step, pairs))
+            self._scalars(self.files[split], step, pairs, now)
         pairs = [("gap", row.get("gap")), ("lr", row.get("lr"))]
         pairs += [(key, row[key]) for key in row if key.startswith("weights/")]
         if best is not None:
             pairs.append(("best/gap", best.get("gap")))
-        self.pending.append(lambda: self._add(self.w, step, pairs))
+        self._scalars(self.files[""], step, pairs, now)
 
     def close(self, summary: dict) -> None:
         self.flush()
         test = summary.get("test") or {}
         if summary.get("best_epoch") and test:
-            from torch.utils.tensorboard import SummaryWriter
+            from regablate.tb_records import EventsFile
 
-            with SummaryWriter(log_dir=str(self.dir / "test")) as w:
-                self._add(w, summary["best_epoch"], [("best/loss", test.get("loss")),
-                                                     (f"best/{self.metric}", test.get(self.metric))])
-        for w in (self.w, *self.splits.values()):
-            w.close()
+            f = EventsFile(self.dir / "test")
+            self._scalars(f, summary["best_epoch"], [("best/loss", test.get("loss")),
+                                                     (f"best/{self.metric}", test.get(self.metric))],
+                          time.time())
+            f.flush()
         if self.hparams is not None:
             self._write_session(summary["status"])
