@@ -1,11 +1,19 @@
-"""Atomic file writes: readers see the old file or the new one, never a partial one."""
+"""Atomic file writes: readers see the old file or the new one, never a partial one.
+
+Each file is written to a temp file, made durable, then renamed over its path. Inside
+`one_sync()` (a loop that writes one file for each of many runs) the temp files are made
+durable together by one sync of their file system instead of one fsync each, then renamed:
+on this kind of VM an fsync costs ~3 ms and the one sync about as much as two.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,8 +27,16 @@ def _umask() -> int:
 UMASK = _umask()  # read once: os.umask can only be read by setting it
 
 
+_local = threading.local()  # .pending inside one_sync(): [(temp file, path)] this thread renames
+
+
+def _pending() -> list[tuple[str, Path]] | None:
+    return getattr(_local, "pending", None)
+
+
 def write_atomic(path: Path, write: Callable[[IO], Any], mode: str = "w") -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`.
+    """Write to a temp file in the same directory, fsync, then rename over `path` (inside
+    `one_sync()`: the sync and rename happen when it ends).
 
     A failed write (disk full, file-size limit) removes the temp file and raises an OSError
     that names `path`; the file at `path` is the previous complete version, or absent.
@@ -32,13 +48,37 @@ def write_atomic(path: Path, write: Callable[[IO], Any], mode: str = "w") -> Non
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if _pending() is None:
+                os.fsync(f.fileno())
+        if _pending() is None:
+            os.replace(tmp, path)
+        else:
+            _pending().append((tmp, path))
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and e.filename is None:
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+@contextlib.contextmanager
+def one_sync() -> Iterator[None]:
+    """This thread's atomic writes inside are made durable by one `os.sync()` at the end and
+    only then renamed over their paths, in order (nested: the outermost one does it). If the
+    block raises, its files are still synced and renamed (each one is complete), then it
+    re-raises."""
+    if _pending() is not None:
+        yield
+        return
+    _local.pending = []
+    try:
+        yield
+    finally:
+        pending, _local.pending = _local.pending, None
+        if pending:
+            os.sync()
+            for tmp, path in pending:
+                os.replace(tmp, path)
 
 
 def write_json(path: Path, obj: Any) -> None:

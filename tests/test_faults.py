@@ -83,6 +83,31 @@ def test_atomic_write_failure_leaves_the_old_file_and_no_temp(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
+def test_one_sync_makes_a_batch_of_atomic_writes_durable_with_one_sync(tmp_path, monkeypatch):
+    """Inside one_sync: no fsync per file, the old files stay until one os.sync at the end, then
+    every file is renamed into place; a failed write inside still leaves the others complete."""
+    calls = []
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: calls.append("fsync"))
+    real_sync = atomic.os.sync
+    monkeypatch.setattr(atomic.os, "sync", lambda: (calls.append("sync"), real_sync()))
+    paths = [tmp_path / f"r{i}" / "summary.json" for i in range(3)]
+    for p in paths:
+        p.parent.mkdir()
+        atomic.write_json(p, {"status": "old"})
+    assert calls == ["fsync"] * 3
+    calls.clear()
+    with pytest.raises(OSError):
+        with atomic.one_sync():
+            atomic.write_json(paths[0], {"status": "new"})
+            with atomic.one_sync():  # nested: the outer one syncs
+                atomic.write_json(paths[1], {"status": "new"})
+            assert json.loads(paths[0].read_text()) == {"status": "old"} and calls == []
+            atomic.write_atomic(paths[2], lambda f: (f.write("{"), (_ for _ in ()).throw(OSError(28, "full"))))
+    assert calls == ["sync"]
+    assert [json.loads(p.read_text())["status"] for p in paths] == ["new", "new", "old"]
+    assert sorted(q.name for q in tmp_path.rglob("*") if q.is_file()) == ["summary.json"] * 3
+
+
 def test_a_crash_during_training_is_recorded_as_failed(tmp_path, monkeypatch):
     import regablate.train as trainer
 

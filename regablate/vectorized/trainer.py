@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from regablate import checkpoint
+from regablate.atomic import one_sync
 from regablate.data.base import identity
 from regablate.evaluate import gap
 from regablate.experiment import group_id
@@ -420,17 +421,20 @@ class VectorizedTrainer:
         (members that differ only in seeds share them)."""
         findings: dict[str, list] = {}
         runs = []
-        for m in self.members:
-            key = group_id(m.cfg)
-            if key not in findings:
-                findings[key] = lint(m.s, m.x.model, m.x.optimizer, m.x.data.in_shape)
-                if findings[key] and m.s.trainer.progress != "none":
-                    print(format_findings(findings[key]), file=sys.stderr, flush=True)
-                check_eval_determinism(m.x.model, m.x.data)
-            runs.append(self._open(m, open_run(m.cfg, m.x, m.run_dir, findings=findings[key])))
+        with one_sync():  # every member's "running" summary.json made durable at once
+            for m in self.members:
+                runs.append(self._open(m, findings))
         return runs
 
-    def _open(self, m: Member, rec: Recorder) -> _Run:
+    def _open(self, m: Member, findings: dict[str, list]) -> _Run:
+        """Member m's files and bookkeeping (lint and self-check once per `group_id`)."""
+        key = group_id(m.cfg)
+        if key not in findings:
+            findings[key] = lint(m.s, m.x.model, m.x.optimizer, m.x.data.in_shape)
+            if findings[key] and m.s.trainer.progress != "none":
+                print(format_findings(findings[key]), file=sys.stderr, flush=True)
+            check_eval_determinism(m.x.model, m.x.data)
+        rec = open_run(m.cfg, m.x, m.run_dir, findings=findings[key])
         es = m.s.trainer.early_stopping
         stopper = EarlyStopper(es.patience, es.min_delta, m.x.data.higher_is_better and es.monitor == "metric")
         if self.device.type == "cuda":  # ordinary runs draw dropout from the freshly seeded CUDA RNG
@@ -505,23 +509,23 @@ class VectorizedTrainer:
             final.copy_rows(restore, best)
         if early:
             final.copy_rows(early, frozen)
-        summaries = []
-        for k, r in enumerate(runs):
-            max_epochs = r.m.s.trainer.max_epochs
-            error = f"non-finite loss at epoch {r.epochs_run + 1}" if r.status == "diverged" else None
-            if not r.has_best:  # diverged before any finite epoch
-                summaries.append(r.rec.finish(r.status, best_epoch=None, epochs_run=r.epochs_run,
-                                              stopped_early=False, train=None, val=None, test=None,
-                                              gap=None, error=error))
-                continue
-            self.model.export_member(k, r.m.x.model, final)
-            fields = closing_fields(r.m.x, k in restore)
-            summaries.append(r.rec.finish(
-                r.status, final_weights=named_weight_matrices(r.m.x.model),
-                best_epoch=r.stopper.best_epoch, epochs_run=r.epochs_run,
-                metrics_epoch=r.stopper.best_epoch if k in restore else r.epochs_run,
-                stopped_early=r.stopper.stop and r.epochs_run < max_epochs, error=error, **fields))
-        return summaries
+        with one_sync():  # every member's summary.json (and TensorBoard session end) at once
+            return [self._finish_member(k, r, final, restore) for k, r in enumerate(runs)]
+
+    def _finish_member(self, k: int, r: _Run, final: StackState, restore: list[int]) -> dict:
+        """Member k's closing evaluation and its summary."""
+        max_epochs = r.m.s.trainer.max_epochs
+        error = f"non-finite loss at epoch {r.epochs_run + 1}" if r.status == "diverged" else None
+        if not r.has_best:  # diverged before any finite epoch
+            return r.rec.finish(r.status, best_epoch=None, epochs_run=r.epochs_run, stopped_early=False,
+                                train=None, val=None, test=None, gap=None, error=error)
+        self.model.export_member(k, r.m.x.model, final)
+        fields = closing_fields(r.m.x, k in restore)
+        return r.rec.finish(
+            r.status, final_weights=named_weight_matrices(r.m.x.model),
+            best_epoch=r.stopper.best_epoch, epochs_run=r.epochs_run,
+            metrics_epoch=r.stopper.best_epoch if k in restore else r.epochs_run,
+            stopped_early=r.stopper.stop and r.epochs_run < max_epochs, error=error, **fields)
 
     # -- checkpoints by time -----------------------------------------------------------------
     def _keep(self, runs: list[_Run], epoch: int, best: StackState, improved: list[int]) -> None:
@@ -562,8 +566,9 @@ class VectorizedTrainer:
         self._written = time.monotonic()
 
         def write() -> None:  # best.pt first: a last.pt never points past the best.pt on disk
-            for path, state in best_files.items():
-                checkpoint.save(path, state)
+            with one_sync():
+                for path, state in best_files.items():
+                    checkpoint.save(path, state)
             if last:
                 checkpoint.save_shared(last)
 
