@@ -209,6 +209,37 @@ def test_a_job_that_does_not_compose_stops_the_sweep_before_any_job_runs(tmp_pat
     assert [p.name for p in (tmp_path / "vec" / "sweep").iterdir()] == ["multirun.yaml"]
 
 
+def state_differences(a: object, b: object, path: str = "") -> list[str]:
+    """Where two configs' nodes differ in any attribute (value, flags, type, metadata), each
+    node's parent being the node that holds it; not the flags cache."""
+    from omegaconf import Node
+
+    if type(a) is not type(b):
+        return [f"{path}: {type(a).__name__} != {type(b).__name__}"]
+    if isinstance(a, Node) or (hasattr(a, "__dict__") and not isinstance(a, type)):
+        da, db = dict(vars(a)), dict(vars(b))
+        if set(da) != set(db):
+            return [f"{path}: attributes {sorted(set(da) ^ set(db))}"]
+        out = []
+        for k in sorted(set(da) - {"_parent", "_flags_cache"}):
+            out += state_differences(da[k], db[k], f"{path}.{k}")
+        if isinstance(da.get("_content"), (dict, list)):
+            kids_a = da["_content"].values() if isinstance(da["_content"], dict) else da["_content"]
+            kids_b = db["_content"].values() if isinstance(db["_content"], dict) else db["_content"]
+            out += [f"{path}: parent" for x, y in zip(kids_a, kids_b)
+                    if isinstance(x, Node) and (x._get_parent() is not a or y._get_parent() is not b)]
+        return out
+    if isinstance(a, dict):
+        if list(a) != list(b):
+            return [f"{path}: keys {list(a)} != {list(b)}"]
+        return [d for k in a for d in state_differences(a[k], b[k], f"{path}[{k!r}]")]
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} != {len(b)} items"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in state_differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
 def test_jobs_that_differ_in_plain_values_are_derived_as_hydra_composes_them():
     """A job whose overrides differ from an already composed job's only in plain values is that
     composition with the values applied: the same config, task overrides and override_dirname
@@ -218,7 +249,7 @@ def test_jobs_that_differ_in_plain_values_are_derived_as_hydra_composes_them():
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from hydra_plugins.regablate_vectorized.vectorized_launcher import _derive, _shape
+    from hydra_plugins.regablate_vectorized.vectorized_launcher import _copy, _derive, _shape
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="regablate"):
@@ -231,7 +262,10 @@ def test_jobs_that_differ_in_plain_values_are_derived_as_hydra_composes_them():
             derived = _derive(base, loader.load_sweep_config(master, base), other)
             real = loader.load_sweep_config(master, other)
             assert OmegaConf.to_yaml(derived) == OmegaConf.to_yaml(real)
+            assert state_differences(derived, real) == []  # flags, types, metadata too
             assert derived.data_seed == int(other[1][5:])
+        composed = loader.load_sweep_config(master, base)
+        assert state_differences(_copy(composed), composed) == []
         assert _shape(loader, ["+reg=none", *base[1:]]) != _shape(loader, base)
         assert _shape(loader, [*base[:2], "sched=plateau", *base[3:]]) != _shape(loader, base)
     GlobalHydra.instance().clear()
