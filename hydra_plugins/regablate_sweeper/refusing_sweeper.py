@@ -13,8 +13,6 @@ Hydra executes this module without an entry in sys.modules: no `from __future__ 
 annotations` here (dataclasses would fail).
 """
 
-import atexit
-import gc
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,9 +97,3 @@ class RefusingSweeper(BasicSweeper):
                 except Exception as e:
                     print(f"regablate: warning: no TensorBoard experiment written for the sweep: {e}",
                           file=sys.stderr)
-            # At exit the interpreter's last garbage collections walk every object torch and
-            # Hydra made (0.5 s of a sweep's exit) only for the OS to free them: frozen, they
-            # are left to it. At exit only, so a process that sweeps in-process and goes on
-            # collects as before; every file is written and closed by then.
-            atexit.unregister(gc.freeze)
-            atexit.register(gc.freeze)
