@@ -229,7 +229,7 @@ class StackedMLP:
                 b = self.views.get((i, "bias"))
                 h = torch.bmm(h, w) if b is None else torch.baddbmm(b.unsqueeze(1), h, w)
             elif kind == "batchnorm":
-                h = self._batchnorm(i, h, train)
+                h = self._batchnorm_eval(i, h)
             elif kind == "layernorm":
                 h = torch.addcmul(self.views[i, "bias"].unsqueeze(1),
                                   F.layer_norm(h, (layer.args[0],), eps=layer.args[1]),
@@ -360,16 +360,15 @@ class StackedMLP:
         self._tape = []
         return self.grad
 
-    def _batchnorm(self, i: int, h: torch.Tensor, train: bool) -> torch.Tensor:
-        """Per-member BatchNorm: (K, B, H) as B samples of K·H channels."""
-        k, n, width = h.shape
-        _, eps, momentum = self.layers[i].args
+    def _batchnorm_eval(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Per-member BatchNorm in eval mode on (K, B, H), as torch's CPU inference kernel
+        computes it: h·α + β with α = w/√(running var + ε), β = b − running mean·α (one pass,
+        no transposes to the K·H-channel layout)."""
+        _, eps, _ = self.layers[i].args
         buf = self.buffers[i]
-        flat = h.transpose(0, 1).reshape(n, k * width)
-        out = F.batch_norm(flat, buf.running_mean.view(-1), buf.running_var.view(-1),
-                           self.views[i, "weight"].reshape(-1), self.views[i, "bias"].reshape(-1),
-                           training=train, momentum=momentum, eps=eps)
-        return out.view(n, k, width).transpose(0, 1)
+        alpha = self.views[i, "weight"] * (buf.running_var + eps).sqrt().reciprocal()
+        beta = self.views[i, "bias"] - buf.running_mean * alpha
+        return torch.addcmul(beta.unsqueeze(1), h, alpha.unsqueeze(1))
 
     def _dropout(self, slot: int, h: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
         """Inverted dropout h ← h·[u < 1−p_k]/(1−p_k), u ~ U[0, 1) from member k's generator;
