@@ -2,8 +2,9 @@
 
 Each file is written to a temp file, made durable, then renamed over its path. Inside
 `one_sync()` (a loop that writes one file for each of many runs) the temp files are made
-durable together by one sync of their file system instead of one fsync each, then renamed:
-on this kind of VM an fsync costs ~3 ms and the one sync about as much as two.
+durable together by one syncfs of their file system (Linux; elsewhere an fsync each) instead
+of one fsync each, then renamed: on this kind of VM an fsync costs ~3 ms, and 20 files synced
+at once ~7 ms instead of ~66 ms.
 """
 
 from __future__ import annotations
@@ -61,9 +62,37 @@ def write_atomic(path: Path, write: Callable[[IO], Any], mode: str = "w") -> Non
         raise
 
 
+def _syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(fd) (flush the file system holding fd), or None where libc has none."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+def _sync(files: list[str]) -> None:
+    """Make `files` durable: one syncfs per file system they are on, or one fsync each."""
+    syncfs = _syncfs()
+    done: set[int] = set()
+    for name in files:
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            dev = os.fstat(fd).st_dev
+            if dev in done:
+                continue
+            if syncfs is not None and syncfs(fd) == 0:
+                done.add(dev)
+            else:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def one_sync() -> Iterator[None]:
-    """This thread's atomic writes inside are made durable by one `os.sync()` at the end and
+    """This thread's atomic writes inside are made durable together at the end (`_sync`) and
     only then renamed over their paths, in order (nested: the outermost one does it). If the
     block raises, its files are still synced and renamed (each one is complete), then it
     re-raises."""
@@ -76,7 +105,7 @@ def one_sync() -> Iterator[None]:
     finally:
         pending, _local.pending = _local.pending, None
         if pending:
-            os.sync()
+            _sync([tmp for tmp, _ in pending])
             for tmp, path in pending:
                 os.replace(tmp, path)
 

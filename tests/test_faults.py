@@ -84,12 +84,13 @@ def test_atomic_write_failure_leaves_the_old_file_and_no_temp(tmp_path, monkeypa
 
 
 def test_one_sync_makes_a_batch_of_atomic_writes_durable_with_one_sync(tmp_path, monkeypatch):
-    """Inside one_sync: no fsync per file, the old files stay until one os.sync at the end, then
+    """Inside one_sync: no fsync per file, the old files stay until one syncfs at the end, then
     every file is renamed into place; a failed write inside still leaves the others complete."""
     calls = []
     monkeypatch.setattr(atomic.os, "fsync", lambda fd: calls.append("fsync"))
-    real_sync = atomic.os.sync
-    monkeypatch.setattr(atomic.os, "sync", lambda: (calls.append("sync"), real_sync()))
+    real_syncfs = atomic._syncfs()
+    assert real_syncfs is not None  # Linux
+    monkeypatch.setattr(atomic, "_syncfs", lambda: lambda fd: (calls.append("sync"), real_syncfs(fd))[1])
     paths = [tmp_path / f"r{i}" / "summary.json" for i in range(3)]
     for p in paths:
         p.parent.mkdir()
