@@ -288,9 +288,10 @@ def evaluate(model, data: _SharedData, sizes: list[int], task: str, chunk: int) 
 def stacked_weight_stats(w: torch.Tensor, threshold: float = 1e-3) -> dict[str, list[float]]:
     """`regablate.weight_stats.weight_stats` for every member at once: w is (K, P_w), all weight
     matrices of each member; sparsity = share of |w| < threshold, l1 = Σ|w|, l2 = √Σw²."""
-    small = (w.abs() < threshold).sum(1, dtype=torch.float64) / w.shape[1]
-    l1 = w.abs().sum(1, dtype=torch.float64)
-    l2 = w.double().pow(2).sum(1).sqrt()
+    a = w.abs()
+    small = (a < threshold).sum(1).double() / w.shape[1]
+    l1 = a.sum(1, dtype=torch.float64)
+    l2 = torch.linalg.vector_norm(w, dim=1, dtype=torch.float64)  # summed in double, as weight_stats
     return dict(zip(("sparsity", "l1", "l2"), torch.stack([small, l1, l2]).tolist()))
 
 
