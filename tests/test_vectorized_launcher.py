@@ -324,3 +324,23 @@ def test_conv_members_of_one_group_train_as_one_stacked_model(tmp_path):
 
 def rows_of(run_dir: Path) -> list[dict]:
     return list(csv.DictReader(open(run_dir / "metrics.csv")))
+
+
+def test_job_files_are_emitted_as_omegaconf_emits_them():
+    """The .hydra files go through libyaml's emitter: the same text as OmegaConf.to_yaml, awkward
+    strings, a whole composed config with its hydra node, and a list included."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.regablate_vectorized.vectorized_launcher import _to_yaml
+
+    awkward = OmegaConf.create({
+        "long": "x" * 200, "words": "a " * 60, "colon": "key: value", "unicode": "ünïcödé ✓", "lines": "a\nb",
+        "lead": "  lead", "yes": "yes", "num": "123", "empty": "", "interp": "${x.y}", "esc": "\\${esc}",
+        "tab": "t\tx", "dash": "- item", "hash": "#c", "null": "null", "sci": "1e-3", "tilde": "~", "at": "@a",
+        "tick": "`b`", "sep": "a\u2028b", "bell": "\x07", "float": 1e-10, "inf": float("inf"), "none": None,
+        "list": ["x y", "z:", "long " * 30], "nested": {"q": "'q'", "dq": '"dq"', "trail": "t "}})
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        cfg = compose("config", overrides=["+reg=dropout_l2", "seed=3"], return_hydra_config=True)
+    for node in (awkward, cfg, cfg.hydra, cfg.hydra.overrides.task):
+        assert _to_yaml(node) == OmegaConf.to_yaml(node)
