@@ -196,8 +196,10 @@ def test_dropout_masks_are_per_member_independent_and_their_own():
             previous = a
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
 @pytest.mark.parametrize("rates", [[0.5, 0.0, 0.3], [0.0, 0.4, 0.4]])  # dropping rows apart / one run
-def test_hand_written_backward_matches_autograd_through_each_members_module(rates):
+def test_hand_written_backward_matches_autograd_through_each_members_module(rates, device):
     """StackedMLP's gradients by hand equal autograd's through each member's own module (with
     the masks its forward drew), for every layer kind, dropout after each kind of layer."""
     torch.manual_seed(0)
@@ -207,16 +209,16 @@ def test_hand_written_backward_matches_autograd_through_each_members_module(rate
                           nn.GELU(approximate="tanh"), nn.Linear(16, 3), nn.Dropout(0.5))
     layers, drops = plan(model)
     k = len(rates)
-    s = StackedMLP(layers, [[r] * len(drops) for r in rates], sorted(drops), k, torch.device("cpu"))
+    s = StackedMLP(layers, [[r] * len(drops) for r in rates], sorted(drops), k, torch.device(device))
     members = []
     for i in range(k):
-        members.append(copy.deepcopy(model))
+        members.append(copy.deepcopy(model).to(device))
         for p in members[i].parameters():
             p.data.normal_(0, 0.5)
         s.load_member(i, members[i])
-    x = torch.randn(k, 24, 3, 4)
-    grad_out = torch.randn(k, 24, 3)
-    out = s.forward(x, True, [torch.Generator().manual_seed(i) for i in range(k)])
+    x = torch.randn(k, 24, 3, 4, device=device)
+    grad_out = torch.randn(k, 24, 3, device=device)
+    out = s.forward(x, True, [torch.Generator(device).manual_seed(i) for i in range(k)])
     masks = [s._tape[j][-1] for j in sorted(drops)]  # each dropout slot's mask, last on its layer's entry
     g = s.backward(grad_out.clone())
     for i, ref in enumerate(members):
