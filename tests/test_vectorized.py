@@ -332,6 +332,20 @@ def test_members_of_a_group_match_their_ordinary_runs(small_cfg, tmp_path):
     assert [float(r["lr"]) for r in rows(tmp_path / "v5")] == [1e-3, 1e-3, 5e-4]  # its own plateau
 
 
+def test_regression_members_match_their_ordinary_runs(small_cfg, tmp_path):
+    """A regression group (sine, MSE; tanh MLPs, one with an L2 penalty): each member's files
+    are its ordinary run's, to float tolerance."""
+    extra = ("dataset=sine", "trainer.max_epochs=3", "trainer.checkpoint=false")
+    cfgs = [small_cfg(*extra, "model.activation=tanh"), small_cfg(*extra, "model.activation=tanh", "seed=1",
+                                                                 "+reg=l2", "reg.l2.lam=0.01")]
+    fit(cfgs, tmp_path)
+    for i, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"o{i}")
+        assert_same_run(tmp_path / f"v{i}", tmp_path / f"o{i}", tol=2e-5, acc_tol=2e-5, state_tol=2e-4)
+    summary = json.loads((tmp_path / "v0" / "summary.json").read_text())
+    assert summary["task"] == "regression" and summary["metric"] == "mse"
+
+
 def _fed_to_batchnorm(model: nn.Sequential) -> list[str]:
     """best.pt keys of each Linear bias that feeds a BatchNorm, and of that BatchNorm's running mean."""
     mods = list(model)
