@@ -85,7 +85,11 @@ class _Welford:
 
 def _passes(model: nn.Module, data: Data, x: torch.Tensor, samples: int, batch_size: int,
             classification: bool, y: torch.Tensor | None) -> tuple[float, float | None]:
-    """(mean spread over inputs, accuracy or MSE of the mean prediction if `y` is given)."""
+    """(mean spread over inputs, accuracy or MSE of the mean prediction if `y` is given). Inputs
+    go in chunks of `evaluate.chunk_size` (cache-sized for images on the CPU, as evaluation)."""
+    from regablate.evaluate import chunk_size
+
+    batch_size = chunk_size(x, batch_size)
     spread = torch.zeros((), dtype=torch.float64, device=x.device)
     score = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):

@@ -163,3 +163,23 @@ def test_images_on_the_cpu_are_evaluated_in_cache_sized_chunks_with_the_same_num
     assert result["acc"] == (out.argmax(1) == labels).sum().item() / 600
     assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(out, labels).item(), rel=1e-6)
     assert sum(result["reliability"]["count"]) == 600
+
+
+def test_mc_dropout_on_images_on_the_cpu_goes_in_cache_sized_chunks(monkeypatch):
+    from regablate.data import Data, Split
+    from regablate.uncertainty import mc_dropout
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (600, 3, 8, 8), dtype=torch.uint8, generator=g)
+    split = Split(images, torch.arange(600) % 10)
+    data = Data("classification", split, split, split, (3, 8, 8), 10, prepare=lambda x: x.float() / 255)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 16), torch.nn.ReLU(),
+                                torch.nn.Dropout(0.5), torch.nn.Linear(16, 10))
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+    monkeypatch.setattr("regablate.evaluate.CPU_IMAGE_CHUNK_VALUES", 192 * 256)
+    mc = mc_dropout(model, data, samples=3, batch_size=4096)
+    assert seen == [256] * 3 + [256] * 3 + [88] * 3  # each chunk's three passes
+    assert 0 < mc["val_mean_std"] and 0 <= mc["val_acc"] <= 1
+
