@@ -157,6 +157,11 @@ def _stack(model: nn.Sequential, rates: list[list[float]], k: int) -> StackedMLP
     return s
 
 
+def _dropout(s: StackedMLP, h: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+    """Inverted dropout at slot 0 as a training forward applies it: h·[u < 1−p_k]/(1−p_k)."""
+    return h * s._masks(0, *h.shape[1:], gens)
+
+
 def test_dropout_masks_are_per_member_independent_and_their_own():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 2))
@@ -166,7 +171,7 @@ def test_dropout_masks_are_per_member_independent_and_their_own():
     masks = []
     h = torch.relu(torch.baddbmm(s.views[0, "bias"].unsqueeze(1), x, s.views[0, "weight"]))
     with torch.no_grad():
-        dropped = s._dropout(0, h, gens)
+        dropped = _dropout(s, h, gens)
     for k in range(3):
         masks.append((dropped[k] != 0) | (h[k] == 0))
     kept0, kept1 = masks[0][h[0] > 0].float(), masks[1][h[1] > 0].float()
@@ -178,7 +183,7 @@ def test_dropout_masks_are_per_member_independent_and_their_own():
     # member 0's mask depends only on its own generator, not on the group around it
     alone = _stack(model, [[0.5]], 1)
     with torch.no_grad():
-        solo = alone._dropout(0, h[:1].clone(), [torch.Generator().manual_seed(10)])
+        solo = _dropout(alone, h[:1].clone(), [torch.Generator().manual_seed(10)])
     torch.testing.assert_close(solo[0], dropped[0])
     # ... over many steps too (masks are drawn in blocks of rows): step by step the same masks,
     # and each step's mask a new one
@@ -189,8 +194,8 @@ def test_dropout_masks_are_per_member_independent_and_their_own():
     previous = None
     with torch.no_grad():
         for _ in range(40):  # 40 x 64 rows: three blocks
-            a = pair._dropout(0, h[:2].clone(), gens_pair)[1]
-            b = alone._dropout(0, h[:1].clone(), [gen_solo])[0]
+            a = _dropout(pair, h[:2].clone(), gens_pair)[1]
+            b = _dropout(alone, h[:1].clone(), [gen_solo])[0]
             torch.testing.assert_close(a, b)
             assert previous is None or not torch.equal(a, previous)
             previous = a
@@ -454,19 +459,23 @@ def test_a_diverging_member_is_recorded_and_the_others_are_untouched(small_cfg, 
         sorted(p.name for p in (tmp_path / "o1").rglob("*"))
 
 
-@pytest.mark.parametrize("signal", [KeyboardInterrupt, Terminated])
-def test_an_interrupted_group_records_every_member_as_the_ordinary_trainer_does(signal, small_cfg, tmp_path,
-                                                                                monkeypatch):
-    calls = []
+def _stop_in_epoch(epoch: int, signal: type, monkeypatch) -> None:
+    """The stacked trainer's `epoch`-th epoch raises `signal` (Ctrl-C or SIGTERM) as it starts."""
+    real, calls = VectorizedTrainer._epoch, []
 
-    def stop_in_epoch_2(self, runs):
+    def stopping(self, runs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == epoch:
             raise signal()
         return real(self, runs)
 
-    real = VectorizedTrainer._epoch
-    monkeypatch.setattr(VectorizedTrainer, "_epoch", stop_in_epoch_2)
+    monkeypatch.setattr(VectorizedTrainer, "_epoch", stopping)
+
+
+@pytest.mark.parametrize("signal", [KeyboardInterrupt, Terminated])
+def test_an_interrupted_group_records_every_member_as_the_ordinary_trainer_does(signal, small_cfg, tmp_path,
+                                                                                monkeypatch):
+    _stop_in_epoch(2, signal, monkeypatch)
     with pytest.raises(signal):
         fit([small_cfg("trainer.checkpoint=false"), small_cfg("seed=1", "trainer.checkpoint=false")], tmp_path)
     how = "SIGTERM" if signal is Terminated else "the user (Ctrl-C)"
@@ -515,16 +524,7 @@ def test_an_interrupted_chunk_checkpoints_its_last_completed_epoch_and_each_memb
     rest and ends with the uninterrupted run's numbers."""
     opts = ("trainer.max_epochs=4", "trainer.checkpoint_every_s=3600")
     cfgs = [small_cfg(*opts), small_cfg(*opts, "seed=1", "+reg=l2")]
-    calls = []
-
-    def stop_in_epoch_3(self, runs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise signal()
-        return real(self, runs)
-
-    real = VectorizedTrainer._epoch
-    monkeypatch.setattr(VectorizedTrainer, "_epoch", stop_in_epoch_3)
+    _stop_in_epoch(3, signal, monkeypatch)
     with pytest.raises(signal):
         fit(cfgs, tmp_path)
     monkeypatch.undo()

@@ -217,7 +217,7 @@ class StackedMLP:
     def forward(self, x: torch.Tensor, train: bool, gens: list[torch.Generator] | None = None
                 ) -> torch.Tensor:
         """(K, B, ...) -> (K, B, out). Training: batch statistics, dropout from `gens`, and the
-        tape for `backward` (no autograd graph)."""
+        tape for `backward` (no autograd graph); evaluation: running statistics, no dropout."""
         if train:
             with torch.no_grad():
                 return self._forward_train(x, gens)
@@ -237,14 +237,12 @@ class StackedMLP:
             elif kind == "act":
                 if layer.args[0] == "GELU":
                     h = F.gelu(h, approximate=layer.args[1])
-                elif not train and layer.args[0] == "ReLU" and h is not x:
+                elif layer.args[0] == "ReLU" and h is not x:
                     h = h.relu_()  # evaluation runs under no_grad: reuse the layer's output
                 else:
                     h = ACTIVATIONS[layer.args[0]](h)
             else:  # flatten
                 h = h.flatten(2)
-            if train and i in self.slots:
-                h = self._dropout(self.slots.index(i), h, gens)
         return h
 
     def _forward_train(self, x: torch.Tensor, gens: list[torch.Generator] | None) -> torch.Tensor:
@@ -369,13 +367,6 @@ class StackedMLP:
         alpha = self.views[i, "weight"] * (buf.running_var + eps).sqrt().reciprocal()
         beta = self.views[i, "bias"] - buf.running_mean * alpha
         return torch.addcmul(beta.unsqueeze(1), h, alpha.unsqueeze(1))
-
-    def _dropout(self, slot: int, h: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
-        """Inverted dropout h ← h·[u < 1−p_k]/(1−p_k), u ~ U[0, 1) from member k's generator;
-        members with p=0 keep u = 0, so they pass unchanged."""
-        if not self.dropping[slot]:
-            return h
-        return h * self._masks(slot, *h.shape[1:], gens)
 
     def _masks(self, slot: int, n: int, width: int, gens: list[torch.Generator]) -> torch.Tensor:
         """The next n rows (K, n, width) of each member's stream of masks [u < 1−p_k]/(1−p_k) at
