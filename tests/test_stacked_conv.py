@@ -315,6 +315,24 @@ def test_stack_reason_says_what_cannot_stack():
         StackedModule([convnet(0), narrow], CPU)
 
 
+def _stacked_grad(stack: StackedModule, x: torch.Tensor, y: torch.Tensor,
+                  gens: list[torch.Generator]) -> torch.Tensor:
+    """∂(Σ_k mean cross-entropy_k)/∂θ of one stacked training forward on (K, B, ...) inputs."""
+    out = stack.forward(x, True, gens)
+    k, b = y.shape
+    loss = F.cross_entropy(out.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
+    return stack.flat_grad(torch.autograd.grad(loss.sum(), stack.leaves))
+
+
+def _ordinary_backward(m: nn.Module, x: torch.Tensor, y: torch.Tensor, stream: torch.Generator) -> None:
+    """The ordinary module's gradients in .grad, its masks drawn from the global RNG set to `stream`
+    (whose state then moves on as the draws did)."""
+    torch.set_rng_state(stream.get_state())
+    m.zero_grad()
+    F.cross_entropy(m.train()(x), y).backward()
+    stream.set_state(torch.get_rng_state())
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_few_sgd_steps_follow_each_members_ordinary_trajectory(mode):
     """Three steps of plain SGD, stacked and member by member: weights, BatchNorm statistics
@@ -326,17 +344,12 @@ def test_a_few_sgd_steps_follow_each_members_ordinary_trajectory(mode):
     for step in range(3):
         torch.manual_seed(100 + step)
         x, y = torch.randn(2, 6, *SHAPE), torch.randint(0, 5, (2, 6))
-        out = stack.forward(x, True, gens)
-        loss = F.cross_entropy(out.reshape(12, -1), y.reshape(-1), reduction="none").view(2, 6).mean(1)
-        g = stack.flat_grad(torch.autograd.grad(loss.sum(), stack.leaves))
+        g = _stacked_grad(stack, x, y, gens)
         with torch.no_grad():
             stack.theta.sub_(lr * g)
         stack.step_done()
-        for k, m in enumerate(models):  # the ordinary module, its draws from the global RNG
-            torch.set_rng_state(streams[k].get_state())
-            m.zero_grad()
-            F.cross_entropy(m.train()(x[k]), y[k]).backward()
-            streams[k].set_state(torch.get_rng_state())
+        for k, m in enumerate(models):
+            _ordinary_backward(m, x[k], y[k], streams[k])
             with torch.no_grad():
                 for p in m.parameters():
                     p.sub_(lr * p.grad)
@@ -385,18 +398,13 @@ def _train_both(stack: StackedModule, models: list[nn.Module], batches: list[int
         torch.manual_seed(200 + step)
         x = torch.randn(k, b, *SHAPE, dtype=stack.dtype)
         y = torch.randint(0, 5, (k, b))
-        out = stack.forward(x, True, gens)
-        loss = F.cross_entropy(out.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
-        g = stack.flat_grad(torch.autograd.grad(loss.sum(), stack.leaves))
+        g = _stacked_grad(stack, x, y, gens)
         with torch.no_grad():
             buf.mul_(momentum).add_(g)
             stack.theta.sub_(lr * buf)
         stack.step_done()
-        for i, m in enumerate(models):  # the ordinary module, its draws from the global RNG
-            torch.set_rng_state(streams[i].get_state())
-            m.zero_grad()
-            F.cross_entropy(m.train()(x[i]), y[i]).backward()
-            streams[i].set_state(torch.get_rng_state())
+        for i, m in enumerate(models):
+            _ordinary_backward(m, x[i], y[i], streams[i])
             with torch.no_grad():
                 for p, v in zip(m.parameters(), bufs[i], strict=True):
                     v.mul_(momentum).add_(p.grad)
