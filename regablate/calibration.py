@@ -22,7 +22,10 @@ def _bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int):
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     conf, pred = probs.detach().double().max(1)
-    hits = (pred == labels).double()
+    # summed on the CPU: index_add_ on CUDA adds atomically in no fixed order, and an ECE that
+    # moves in its last digit between two evaluations of the same weights breaks exact resume
+    hits = (pred == labels).double().cpu()
+    conf = conf.cpu()
     edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=conf.device)
     idx = torch.bucketize(conf, edges[1:-1], right=False)  # edges[m-1] < c <= edges[m] -> m
     count = torch.zeros(n_bins, dtype=torch.float64, device=conf.device).index_add_(

@@ -70,3 +70,16 @@ def test_nll_is_the_mean_negative_log_likelihood():
 def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="probs must be"):
         ece(torch.ones(3), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_ece_of_cuda_tensors_is_the_same_number_every_time():
+    """Exact resume compares ECEs to the last digit: bin sums must not depend on the order in
+    which CUDA threads add them."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(100_000, 10, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 10, (100_000,), generator=g)
+    probs = logits.softmax(1)
+    on_cpu = ece(probs, labels)
+    on_gpu = {ece(probs.cuda(), labels.cuda()) for _ in range(20)}
+    assert on_gpu == {on_cpu}

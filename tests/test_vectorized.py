@@ -549,7 +549,8 @@ def test_members_with_the_same_data_share_one_copy_of_it(small_cfg, tmp_path):
     assert data.u == 2 and data.index.tolist() == [0, 1, 0, 0]
     assert grp[0].x.data is grp[2].x.data is grp[3].x.data and grp[1].x.data is not grp[0].x.data
     assert data.train_x.shape[0] == 2
-    perm = torch.stack([torch.randperm(len(grp[0].x.data.train)) for _ in grp])[:, :16]
+    n, device = len(grp[0].x.data.train), data.train_x.device  # the GPU where there is one
+    perm = torch.stack([torch.randperm(n, device=device) for _ in grp])[:, :16]
     xb, yb = data.batch(data.rows_of(perm))
     for k, m in enumerate(grp):
         assert torch.equal(xb[k], m.x.data.train.x[perm[k]]) and torch.equal(yb[k], m.x.data.train.y[perm[k]])
