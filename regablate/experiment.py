@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from regablate.data import DATASETS, Data
 from regablate.group import flatten, group_id  # noqa: F401 (in regablate.group, torch-free, for the report)
 from regablate.models import build_model
-from regablate.optim import Schedule, build_optimizer
+from regablate.optim import Schedule, build_optimizer, check_optimizer, held_groups
 from regablate.settings import Settings
 
 
@@ -45,15 +46,32 @@ def training_loss(task: str, label_smoothing: float):
     return F.cross_entropy
 
 
-@dataclass
+@dataclass(eq=False)
 class Experiment:
     s: Settings
     device: torch.device
     data: Data
     model: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
+    groups: list[dict]  # the stack's parameter groups, as the optimiser is built from them
     loss: Any
+
+    @cached_property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Built on first use: the first torch optimiser of a process imports torch._dynamo
+        (about a second), which a stacked sweep, stepping its own optimiser, never needs."""
+        return build_optimizer(self.s.optim, self.groups)
+
+    @cached_property
+    def schedule(self) -> Schedule:
+        moves = self.s.sched.name != "none"  # only a schedule that moves the lr needs the optimiser
+        return Schedule(self.s.sched, self.optimizer if moves else None, self.s.trainer.max_epochs)
+
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups as it holds them now (lr, weight_decay, ...), built
+        only where it already is or a schedule moves the lr."""
+        if "optimizer" in self.__dict__ or self.s.sched.name != "none":
+            return self.optimizer.param_groups
+        return held_groups(self.s.optim, self.groups)
 
     @property
     def n_params(self) -> int:
@@ -81,7 +99,7 @@ def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
     model = build_model(s.model, data.in_shape, data.out_dim, s.stack).to(device)
     if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(s.optim, s.stack.param_groups(model))
-    schedule = Schedule(s.sched, optimizer, s.trainer.max_epochs)
+    check_optimizer(s.optim)
+    groups = s.stack.param_groups(model)
     loss = training_loss(data.task, s.stack.loss_spec().label_smoothing)
-    return Experiment(s, device, data, model, optimizer, schedule, loss)
+    return Experiment(s, device, data, model, groups, loss)

@@ -153,13 +153,13 @@ def _dropout_vs_norm(model: nn.Module, in_shape: tuple[int, ...] | None) -> list
     return out
 
 
-def _decay_on_1d(model: nn.Module, optimizer: torch.optim.Optimizer, s: Settings) -> list[Finding]:
+def _decay_on_1d(model: nn.Module, groups: list[dict], s: Settings) -> list[Finding]:
     """RA004: parameter groups that decay biases or norm parameters."""
     names = {id(p): n for n, p in model.named_parameters()}
     norm_params = {id(p) for m in model.modules() if isinstance(m, NORMS)
                    for p in m.parameters(recurse=False)}
     biases, norms, sources = [], [], []
-    for g in optimizer.param_groups:
+    for g in groups:
         wd, dd = g.get("weight_decay") or 0.0, g.get("decoupled_decay") or 0.0
         if wd <= 0 and dd <= 0:
             continue
@@ -179,7 +179,7 @@ def _decay_on_1d(model: nn.Module, optimizer: torch.optim.Optimizer, s: Settings
         "set optim.weight_decay=0 and use +reg=weight_decay (decay on weight matrices only)")]
 
 
-def _transformer(model: nn.Module, optimizer: torch.optim.Optimizer, s: Settings) -> list[Finding]:
+def _transformer(model: nn.Module, groups: list[dict], s: Settings) -> list[Finding]:
     """RA009 (attention dropout above 0.2) and RA010 (decay on position embeddings / class token)."""
     from regablate.optim import no_decay_names
 
@@ -196,7 +196,7 @@ def _transformer(model: nn.Module, optimizer: torch.optim.Optimizer, s: Settings
     if not params:
         return out
     sources, hit = [], []
-    for g in optimizer.param_groups:
+    for g in groups:
         wd, dd = g.get("weight_decay") or 0.0, g.get("decoupled_decay") or 0.0
         found = [params[id(p)] for p in g["params"] if id(p) in params]
         if found and (wd > 0 or dd > 0):
@@ -216,17 +216,17 @@ def _transformer(model: nn.Module, optimizer: torch.optim.Optimizer, s: Settings
     return out
 
 
-def lint(settings: Settings, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+def lint(settings: Settings, model: nn.Module, groups: list[dict] | None = None,
          in_shape: tuple[int, ...] | None = None) -> list[Finding]:
-    """The findings for a run's settings, its built model and its optimiser (built from the
-    settings and the stack's parameter groups when not given). With the model's input shape
-    `in_shape` (no batch dimension), module order is the forward order of a pass on zeros,
-    else registration order. Empty for a clean stack."""
-    from regablate.optim import build_optimizer
+    """The findings for a run's settings, its built model and its optimiser's parameter groups
+    (`optimizer.param_groups`; from the settings and the stack when not given). With the model's
+    input shape `in_shape` (no batch dimension), module order is the forward order of a pass on
+    zeros, else registration order. Empty for a clean stack."""
+    from regablate.optim import held_groups
 
     s, stack = settings, settings.stack
-    if optimizer is None:
-        optimizer = build_optimizer(s.optim, stack.param_groups(model))
+    if groups is None:
+        groups = held_groups(s.optim, stack.param_groups(model))
     wd = getattr(s.optim, "weight_decay", 0.0)
     out: list[Finding] = []
     if s.optim.name == "adam" and wd > 0:
@@ -236,8 +236,8 @@ def lint(settings: Settings, model: nn.Module, optimizer: torch.optim.Optimizer 
             "use optim=adamw with optim.weight_decay=0 and +reg=weight_decay (decoupled), "
             "or +reg=l2 if you mean coupled L2"))
     out += _dropout_vs_norm(model, in_shape)
-    out += _decay_on_1d(model, optimizer, s)
-    out += _transformer(model, optimizer, s)
+    out += _decay_on_1d(model, groups, s)
+    out += _transformer(model, groups, s)
     high = [_describe(n, m) for n, m in model.named_modules()
             if is_dropout(m) and (drop_rate(m) or 0.0) >= 0.8]
     if high:
@@ -272,14 +272,15 @@ def lint(settings: Settings, model: nn.Module, optimizer: torch.optim.Optimizer 
     return sorted(out, key=lambda f: f.id)
 
 
-def build_model(settings: Settings) -> tuple[nn.Module, torch.optim.Optimizer, tuple[int, ...]]:
-    """The run's model (on the CPU, same seed), optimiser and input shape, without training:
+def build_model(settings: Settings) -> tuple[nn.Module, list[dict], tuple[int, ...]]:
+    """The run's model (on the CPU, same seed), its optimiser's parameter groups and input shape,
+    without training:
     `lint(settings, *build_model(settings))`. The input shape comes from SHAPES for datasets
     kept on disk, else from generating the data (cheap for the synthetic sets)."""
     from regablate.data import DATASETS
     from regablate.experiment import seed_everything
     from regablate.models import build_model as build
-    from regablate.optim import build_optimizer
+    from regablate.optim import held_groups
 
     s = settings
     if s.dataset.name in SHAPES:
@@ -289,7 +290,7 @@ def build_model(settings: Settings) -> tuple[nn.Module, torch.optim.Optimizer, t
         in_shape, out_dim = data.in_shape, data.out_dim
     seed_everything(s.seed)
     model = build(s.model, in_shape, out_dim, s.stack)  # as the run builds it (custom models too)
-    return model, build_optimizer(s.optim, s.stack.param_groups(model)), tuple(in_shape)
+    return model, held_groups(s.optim, s.stack.param_groups(model)), tuple(in_shape)
 
 
 def format_findings(findings: list[Finding]) -> str:

@@ -37,16 +37,55 @@ class SGDSettings:
 OPTIMISERS = {"adamw": AdamSettings, "adam": AdamSettings, "sgd": SGDSettings}
 
 
+def check_optimizer(s: AdamSettings | SGDSettings) -> None:
+    """What the schema cannot say of one field: Adam's betas are two numbers."""
+    if s.name != "sgd" and len(s.betas) != 2:
+        from regablate.errors import ConfigError
+
+        raise ConfigError("optim.betas", s.betas, "must be two numbers in [0, 1)")
+
+
 def build_optimizer(s: AdamSettings | SGDSettings, groups: list[dict]) -> torch.optim.Optimizer:
+    check_optimizer(s)
     if s.name == "sgd":
         return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
                                weight_decay=s.weight_decay)
     cls = torch.optim.AdamW if s.name == "adamw" else torch.optim.Adam
-    if len(s.betas) != 2:
-        from regablate.errors import ConfigError
-
-        raise ConfigError("optim.betas", s.betas, "must be two numbers in [0, 1)")
     return cls(groups, lr=s.lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
+
+
+def hyperparameters(s: AdamSettings | SGDSettings) -> dict:
+    """Every key torch's optimiser puts in a parameter group besides `params` (torch 2.13's
+    defaults, as `build_optimizer(s, groups)` fills them in), for groups without their own."""
+    if s.name == "sgd":
+        return dict(lr=s.lr, momentum=s.momentum, dampening=0, weight_decay=s.weight_decay,
+                    nesterov=s.nesterov, maximize=False, foreach=None, differentiable=False, fused=None)
+    return dict(lr=s.lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay, amsgrad=False,
+                maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
+                decoupled_weight_decay=s.name == "adamw")
+
+
+def held_groups(s: AdamSettings | SGDSettings, groups: list[dict]) -> list[dict]:
+    """The parameter groups as `build_optimizer(s, groups)` would hold them, without building it
+    (the first torch optimiser of a process imports torch._dynamo: about a second)."""
+    check_optimizer(s)
+    return [{**g, **{k: v for k, v in hyperparameters(s).items() if k not in g}} for g in groups]
+
+
+def state_dict_of(s: AdamSettings | SGDSettings, groups: list[dict], lrs: list[float],
+                  state: dict) -> dict:
+    """`state_dict()` of the optimiser `build_optimizer(s, groups)` at group lrs `lrs`, holding
+    `state` (parameter -> its per-parameter state, e.g. step, exp_avg, exp_avg_sq), built without
+    it: what a stacked member's last.pt holds, for `load_state_dict` to resume it."""
+    packed, out_groups, index = {}, [], 0
+    for g, lr in zip(held_groups(s, groups), lrs):
+        ids = list(range(index, index + len(g["params"])))
+        for i, p in zip(ids, g["params"]):
+            if p in state:
+                packed[i] = state[p]
+        out_groups.append({**{k: v for k, v in g.items() if k != "params"}, "lr": lr, "params": ids})
+        index += len(ids)
+    return {"state": packed, "param_groups": out_groups}
 
 
 def no_decay_names(model: torch.nn.Module) -> set[str]:
@@ -106,7 +145,8 @@ SCHEDULES = {"plateau": PlateauSettings, "cosine": CosineSettings, "none": NoSch
 class Schedule:
     """Steps the lr once per epoch; plateau watches the validation loss."""
 
-    def __init__(self, s, opt: torch.optim.Optimizer, max_epochs: int):
+    def __init__(self, s, opt: torch.optim.Optimizer | None, max_epochs: int):
+        """`opt` may be None where `s.name` is "none": nothing moves the lr then."""
         self.s = s
         lrs = torch.optim.lr_scheduler
         if s.name == "plateau":

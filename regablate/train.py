@@ -108,7 +108,7 @@ def open_run(cfg: dict, x: Experiment, run_dir: Path, resume: dict | None = None
     configuration, given by a caller that starts many (it is then neither redone nor printed)."""
     talk = findings is None
     if findings is None:
-        findings = lint(x.s, x.model, x.optimizer, x.data.in_shape)
+        findings = lint(x.s, x.model, x.optimizer.param_groups, x.data.in_shape)
     if findings and talk and x.s.trainer.progress != "none":
         print(format_findings(findings), file=sys.stderr, flush=True)
     head = {**_summary_head(cfg, x), "warnings": [f.as_dict() for f in findings]}
@@ -256,6 +256,7 @@ class Checkpointer:
 
 def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
     t, data, model, opt = x.s.trainer, x.data, x.model, x.optimizer
+    schedule = x.schedule  # built with the optimiser, before its first step (as torch expects)
     metric = data.metric
     es = t.early_stopping
     monitor_metric = es.monitor == "metric"
@@ -268,7 +269,7 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
     if state is not None:  # resume: every piece of state the next epoch depends on
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        x.schedule.load_state_dict(state["schedule"])
+        schedule.load_state_dict(state["schedule"])
         stopper.__dict__.update(state["stopper"])
         checkpoint.set_rng_state(state["rng"], gen)
         epoch, history = state["epoch"], checkpoint.unpack_history(state["history"])
@@ -279,7 +280,7 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
         """This epoch's resume state: copies taken now, packed only if it is written."""
         state = {"epoch": epoch, "model": checkpoint.copy_state(model.state_dict()),
                  "optimizer": checkpoint.copy_state(opt.state_dict()),
-                 "schedule": checkpoint.copy_state(x.schedule.state_dict()),
+                 "schedule": checkpoint.copy_state(schedule.state_dict()),
                  "stopper": dict(stopper.__dict__), "wall_time_s": rec.elapsed()}
         rng, rows = checkpoint.rng_snapshot(gen), len(history)  # rows are appended, never changed
         return lambda: {**state, "rng": checkpoint.pack_rng(rng),
@@ -314,7 +315,7 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
                 if improved:
                     best_state = checkpoint.copy_state(model.state_dict())
                 rec.epoch(row, best=history[stopper.best_epoch - 1])
-                x.schedule.step(va["loss"])
+                schedule.step(va["loss"])
                 saver.epoch(resume_state, best_state if improved else None)
                 progress.epoch(row)  # shown once its checkpoint, if due, is down
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the last completed epoch

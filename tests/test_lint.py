@@ -140,7 +140,7 @@ def test_lint_of_a_built_experiment_matches_the_command():
     x = build_experiment(s)
     expected = lint(s, *build_model(s))
     assert [f.id for f in expected] == ["RA003", "RA004"]
-    assert lint(x.s, x.model, x.optimizer, x.data.in_shape) == expected
+    assert lint(x.s, x.model, x.optimizer.param_groups, x.data.in_shape) == expected
     assert lint(x.s, x.model) == expected  # registration order is forward order here
 
 

@@ -7,6 +7,7 @@ import copy
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -323,8 +324,13 @@ def test_members_of_a_group_match_their_ordinary_runs(small_cfg, tmp_path):
             small_cfg(*extra, *tb, "seed=3", "trainer.early_stopping.patience=2",
                       "trainer.early_stopping.min_delta=0.5", "sched.patience=0", "sched.threshold=0.5"),
             small_cfg(*extra, *tb, "seed=3", "trainer.early_stopping.patience=1",
-                      "trainer.early_stopping.min_delta=0.5", "trainer.restore_best=false")]
-    fit(cfgs, tmp_path)
+                      "trainer.early_stopping.min_delta=0.5", "trainer.restore_best=false"),
+            small_cfg(*extra, "seed=4", "sched=cosine"),
+            small_cfg(*extra, "seed=4", "sched=none", "+reg=weight_decay")]  # no torch optimiser
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(cfgs, tmp_path)
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]  # its lr holder never steps
     for i, cfg in enumerate(cfgs):
         train(cfg, tmp_path / f"o{i}")
         assert_same_run(tmp_path / f"v{i}", tmp_path / f"o{i}", tol=2e-5, acc_tol=2e-5, state_tol=2e-4)
@@ -335,6 +341,8 @@ def test_members_of_a_group_match_their_ordinary_runs(small_cfg, tmp_path):
     epochs = [json.loads((tmp_path / f"v{i}" / "summary.json").read_text())["epochs_run"] for i in (4, 5, 6)]
     assert epochs == [4, 3, 2]  # each member stopped at its own epoch, the others went on
     assert [float(r["lr"]) for r in rows(tmp_path / "v5")] == [1e-3, 1e-3, 5e-4]  # its own plateau
+    assert [float(r["lr"]) for r in rows(tmp_path / "v7")] == pytest.approx(
+        [1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])  # cosine over 4 epochs
 
 
 def test_regression_members_match_their_ordinary_runs(small_cfg, tmp_path):
@@ -523,7 +531,10 @@ def test_an_interrupted_chunk_checkpoints_its_last_completed_epoch_and_each_memb
     every member, and `trainer.resume=auto` (the ordinary trainer, job by job) recomputes the
     rest and ends with the uninterrupted run's numbers."""
     opts = ("trainer.max_epochs=4", "trainer.checkpoint_every_s=3600")
-    cfgs = [small_cfg(*opts), small_cfg(*opts, "seed=1", "+reg=l2")]
+    # the third member has no schedule: its last.pt's optimiser state is written without a torch
+    # optimiser (two parameter groups: decay on weight matrices only)
+    cfgs = [small_cfg(*opts), small_cfg(*opts, "seed=1", "+reg=l2"),
+            small_cfg(*opts, "seed=2", "+reg=weight_decay", "sched=none")]
     _stop_in_epoch(3, signal, monkeypatch)
     with pytest.raises(signal):
         fit(cfgs, tmp_path)

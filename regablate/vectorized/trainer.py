@@ -34,6 +34,7 @@ import pickle
 import random
 import sys
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ from regablate.data.base import identity
 from regablate.evaluate import gap
 from regablate.experiment import group_id
 from regablate.lint import format_findings, lint
+from regablate.optim import state_dict_of
 from regablate.recorder import Recorder
 from regablate.selfcheck import check_eval_determinism
 from regablate.train import EarlyStopper, closing_fields, open_run
@@ -284,6 +286,14 @@ def evaluate(model, data: _SharedData, sizes: list[int], task: str, chunk: int) 
     return out_l
 
 
+def _step_schedule(x, val_loss: float) -> None:
+    """A member's lr schedule, one epoch on. Its torch optimiser only holds the lr here (the stack
+    steps its own), so torch's warning that the optimiser has not stepped yet does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        x.schedule.step(val_loss)
+
+
 @torch.no_grad()
 def stacked_weight_stats(w: torch.Tensor, threshold: float = 1e-3) -> dict[str, list[float]]:
     """`regablate.weight_stats.weight_stats` for every member at once: w is (K, P_w), all weight
@@ -327,7 +337,7 @@ class VectorizedTrainer:
 
     @staticmethod
     def _lr(m: Member) -> float:
-        return m.x.optimizer.param_groups[0]["lr"]
+        return m.x.param_groups()[0]["lr"]
 
     # -- one step, one epoch ---------------------------------------------------------------
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, drop_gens: list[torch.Generator]) -> torch.Tensor:
@@ -431,7 +441,7 @@ class VectorizedTrainer:
         """Member m's files and bookkeeping (lint and self-check once per `group_id`)."""
         key = group_id(m.cfg)
         if key not in findings:
-            findings[key] = lint(m.s, m.x.model, m.x.optimizer, m.x.data.in_shape)
+            findings[key] = lint(m.s, m.x.model, m.x.param_groups(), m.x.data.in_shape)
             if findings[key] and m.s.trainer.progress != "none":
                 print(format_findings(findings[key]), file=sys.stderr, flush=True)
             check_eval_determinism(m.x.model, m.x.data)
@@ -485,7 +495,7 @@ class VectorizedTrainer:
                     improved.append(k)
                     r.has_best = True
                 r.rec.epoch(row, best=r.history[r.stopper.best_epoch - 1])  # as the ordinary trainer
-                r.m.x.schedule.step(va[k]["loss"])
+                _step_schedule(r.m.x, va[k]["loss"])
                 if r.stopper.stop:
                     r.done = True
                     stopped.append(k)
@@ -542,7 +552,7 @@ class VectorizedTrainer:
         entries = dict(self._entries)
         for k in now:
             r = runs[k]
-            entries[k] = _Entry(snap, epoch, [g["lr"] for g in r.m.x.optimizer.param_groups],
+            entries[k] = _Entry(snap, epoch, [g["lr"] for g in r.m.x.param_groups()],
                                 checkpoint.copy_state(r.m.x.schedule.state_dict()), dict(r.stopper.__dict__),
                                 r.gen.get_state(), r.drop_gen.get_state(), len(r.history), r.rec.elapsed())
         dirty = self._best_dirty | frozenset(improved)
@@ -593,16 +603,13 @@ class VectorizedTrainer:
         it: its module's and optimiser's state dicts from row k of the snapshot."""
         m = r.m
         self.model.export_member(k, m.x.model, e.snap.state)
-        opt = m.x.optimizer
-        opt.state.clear()
         shaped = {name: self.model.unflatten(t[k], m.x.model) for name, t in e.snap.moments.items()}
-        live = [group["lr"] for group in opt.param_groups]
-        for group, lr in zip(opt.param_groups, e.lrs):  # the lr as of the entry's epoch
-            group["lr"] = lr
-            for p in group["params"]:
-                opt.state[p] = {name: t[p].clone() for name, t in shaped.items()}
+        per_param = {}
+        for group in m.x.groups:
+            for p in group["params"]:  # each its own step tensor: a fused step adds to each
+                per_param[p] = {name: t[p].clone() for name, t in shaped.items()}
                 if e.snap.step is not None:
-                    opt.state[p]["step"] = e.snap.step.detach().cpu().clone()
+                    per_param[p]["step"] = e.snap.step.detach().cpu().clone()
         # python's and numpy's states packed as `checkpoint.rng_state` packs them
         rng = {"python": pickle.dumps(random.Random(m.s.seed).getstate()),
                "numpy": pickle.dumps(np.random.RandomState(m.s.seed % 2**32).get_state()),
@@ -611,10 +618,24 @@ class VectorizedTrainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
             if self.device.type == "cuda":
                 rng["cuda"][self.device.index or 0] = e.drop
-        state = {"epoch": e.epoch, "model": {n: t.clone() for n, t in m.x.model.state_dict().items()},
-                 "optimizer": copy.deepcopy(opt.state_dict()), "schedule": e.schedule,
-                 "stopper": e.stopper, "rng": rng, "history": checkpoint.pack_history(r.history[: e.rows]),
-                 "wall_time_s": e.wall_time_s}
+        return {"epoch": e.epoch, "model": {n: t.clone() for n, t in m.x.model.state_dict().items()},
+                "optimizer": self._optimizer_state(m, e.lrs, per_param), "schedule": e.schedule,
+                "stopper": e.stopper, "rng": rng, "history": checkpoint.pack_history(r.history[: e.rows]),
+                "wall_time_s": e.wall_time_s}
+
+    @staticmethod
+    def _optimizer_state(m: Member, lrs: list[float], per_param: dict) -> dict:
+        """Member m's optimiser state_dict at group lrs `lrs` holding `per_param`: through its torch
+        optimiser where a schedule built one (its groups carry the schedule's keys), else by hand."""
+        if "optimizer" not in m.x.__dict__:
+            return state_dict_of(m.s.optim, m.x.groups, lrs, per_param)
+        opt = m.x.optimizer
+        live = [group["lr"] for group in opt.param_groups]
+        opt.state.clear()
+        opt.state.update(per_param)
+        for group, lr in zip(opt.param_groups, lrs):  # the lr as of the entry's epoch
+            group["lr"] = lr
+        state = copy.deepcopy(opt.state_dict())
         for group, lr in zip(opt.param_groups, live):  # training goes on with the live lr
             group["lr"] = lr
         return state
