@@ -18,7 +18,10 @@ member-step's FLOPs are the training step's matmuls (forward 2·B·ΣWᵢ, weigh
 input gradients 2·B·ΣWᵢ for all but the first layer) plus its share of the per-epoch evaluation
 (forward over train and val); and the mean test accuracy per config, ordinary vs vectorised.
 
-    python benchmarks/bench_vectorized.py [--threads 1] [--epochs 60]
+    python benchmarks/bench_vectorized.py [--threads default,1] [--epochs 60] [--no-ordinary]
+
+Both the plain script and regablate run at each thread setting in turn: "default" is torch's own
+choice (one thread per core), which is how a user runs either; "1" pins both to one thread.
 """
 
 from __future__ import annotations
@@ -139,47 +142,72 @@ def test_accuracy(sweep: Path) -> dict[str, list[float]]:
     return acc
 
 
+def thread_env(threads: str) -> dict:
+    """The environment of every process at one setting: "default" leaves torch its own choice
+    (one thread per core), a number pins it."""
+    env = dict(os.environ)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(key, None)
+        if threads != "default":
+            env[key] = threads
+    return env
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=1, help="torch threads in every process")
+    p.add_argument("--threads", default="default,1",
+                   help="torch thread settings to measure, each with the plain script beside it: "
+                        "'default' (torch's own choice, as a user runs both) and/or numbers")
     p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--no-ordinary", action="store_true", help="skip the ordinary launcher's sweep")
     p.add_argument("--plain", action="store_true", help="run the hand-written script (internal)")
     args = p.parse_args()
     if args.plain:
         print(json.dumps(plain_sweep(args.epochs)))
         return
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    settings = args.threads.split(",")
     regablate = [sys.executable, "-m", "regablate", "run", "-m", *sweep_args(args.epochs)]
+    import torch
+
+    print(f"classic table: {len(CONFIGS)} configs x {len(SEEDS)} seeds, sparse-synthetic, "
+          f"MLP 50-128-64-4, AdamW 1e-3, batch {BATCH}, {args.epochs} epochs, whole processes; "
+          f"torch's default here is {torch.get_num_threads()} threads")
+    print(f"{'threads':>8}  {'plain script':>12}  {'vectorized':>10}  {'ratio':>6}  target <= 0.25x")
+    acc_vec, acc_ord, plain_acc, loops = {}, {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
-        t_plain, r_plain = timed([sys.executable, str(Path(__file__).resolve()), "--plain",
-                                  "--epochs", str(args.epochs)], env, cwd)
-        t_vec, r_vec = timed([*regablate, "hydra/launcher=vectorized", "hydra.sweep.dir=vec"], env, cwd)
-        t_ord, _ = timed([*regablate, "hydra.sweep.dir=ord"], env, cwd)
-        log = r_vec.stdout + r_vec.stderr
-        chunks = [(int(k), int(n), float(s)) for k, n, s in
-                  re.findall(r"chunk \d+/\d+: K=(\d+), (\d+) steps in ([\d.]+) s", log)]
-        acc_vec, acc_ord = test_accuracy(cwd / "vec"), test_accuracy(cwd / "ord")
-    plain_acc = json.loads(r_plain.stdout)
-    print(f"classic table: {len(CONFIGS)} configs x {len(SEEDS)} seeds, sparse-synthetic, "
-          f"MLP 50-128-64-4, AdamW 1e-3, batch {BATCH}, {args.epochs} epochs, "
-          f"{args.threads} thread(s), whole processes")
-    print(f"plain script (30 runs, one process)   {t_plain:7.1f} s")
-    print(f"ordinary launcher                     {t_ord:7.1f} s   {t_ord / t_plain:5.2f}x plain")
-    print(f"vectorized launcher                   {t_vec:7.1f} s   {t_vec / t_plain:5.2f}x plain"
-          "   (target <= 0.25x)")
-    member_steps = sum(k * n for k, n, _ in chunks)
-    loop = sum(s for _, _, s in chunks)
-    peak = peak_matmul_flops(args.threads)
-    limit = flops_per_member_step() / peak
-    print(f"stacked groups: {', '.join(f'K={k}' for k, _, _ in chunks)}; training loop, "
-          f"evaluation and files {loop:.1f} s, the rest (start-up, Hydra, set-up) {t_vec - loop:.1f} s")
-    if member_steps:
-        per = loop / member_steps
-        print(f"per member-step: {per * 1e6:6.0f} us measured, arithmetic limit {limit * 1e6:5.0f} us "
-              f"({flops_per_member_step() / 1e6:.1f} MFLOP at {peak / 1e9:.0f} GFLOP/s peak matmul) "
-              f"-> {per / limit:.1f}x the limit")
-    print("test acc, mean over seeds: config  ordinary  vectorized  plain")
+        for n, threads in enumerate(settings):
+            env = thread_env(threads)
+            t_plain, r_plain = timed([sys.executable, str(Path(__file__).resolve()), "--plain",
+                                      "--epochs", str(args.epochs)], env, cwd)
+            t_vec, r_vec = timed([*regablate, "hydra/launcher=vectorized", f"hydra.sweep.dir=vec{n}"], env, cwd)
+            log = r_vec.stdout + r_vec.stderr
+            chunks = [(int(k), int(steps), float(sec)) for k, steps, sec in
+                      re.findall(r"chunk \d+/\d+: K=(\d+), (\d+) steps in ([\d.]+) s", log)]
+            loops.append((threads, t_vec, chunks))
+            ratio = t_vec / t_plain
+            print(f"{threads:>8}  {t_plain:10.1f} s  {t_vec:8.1f} s  {ratio:5.2f}x  "
+                  f"{'met' if ratio <= 0.25 else 'NOT met'}", flush=True)
+            if n == 0:
+                acc_vec, plain_acc = test_accuracy(cwd / "vec0"), json.loads(r_plain.stdout)
+        if not args.no_ordinary:
+            t_ord, _ = timed([*regablate, "hydra.sweep.dir=ord"], thread_env(settings[0]), cwd)
+            acc_ord = test_accuracy(cwd / "ord")
+            print(f"ordinary launcher ({settings[0]} threads): {t_ord:.1f} s")
+    for threads, t_vec, chunks in loops:
+        member_steps = sum(k * steps for k, steps, _ in chunks)
+        loop = sum(sec for _, _, sec in chunks)
+        n_threads = torch.get_num_threads() if threads == "default" else int(threads)
+        peak = peak_matmul_flops(n_threads)
+        limit = flops_per_member_step() / peak
+        print(f"{threads} threads: stacked groups {', '.join(f'K={k}' for k, _, _ in chunks)}; training "
+              f"loop, evaluation and files {loop:.1f} s, the rest (start-up, Hydra, set-up) {t_vec - loop:.1f} s")
+        if member_steps:
+            per = loop / member_steps
+            print(f"  per member-step: {per * 1e6:6.0f} us measured, arithmetic limit {limit * 1e6:5.0f} us "
+                  f"({flops_per_member_step() / 1e6:.1f} MFLOP at {peak / 1e9:.0f} GFLOP/s peak matmul) "
+                  f"-> {per / limit:.1f}x the limit")
+    print(f"test acc, mean over seeds ({settings[0]} threads): config  ordinary  vectorized  plain")
     for c in CONFIGS:
         plain = [v for k, v in plain_acc.items() if k.startswith(c + "/")]
         print(f"  {c:13s} {statistics.mean(acc_ord.get(c, [math.nan])):.4f}  "
