@@ -111,3 +111,47 @@ def test_transforms_that_do_nothing():
     assert torch.equal(cutout(x, 3, torch.tensor([-10] * 4), torch.tensor([-10] * 4)), x)
     xm, q, lam = cutmix(x, probs(y, 4), cutmix_box(1.0, 8, 8, 4, 4), torch.tensor([1, 2, 3, 0]))
     assert lam == 1.0 and torch.equal(xm, x) and torch.equal(q, probs(y, 4))
+
+
+TRANSFORMS = [{"augment": {}}, {"cutout": {"size": 2}}, {"mixup": {"alpha": 0.4}}, {"cutmix": {"alpha": 1.0}}]
+
+
+@pytest.mark.parametrize("names", TRANSFORMS)
+def test_a_generator_gives_the_global_rngs_draws_and_leaves_it_alone(names):
+    """A stacked member's transforms draw from its own generator: the same numbers the global RNG
+    gives from the same state (so a member alone is its ordinary run), the global RNG untouched.
+    Mixup's λ is still Beta(α, α) as torch.distributions draws it."""
+    stack = build_stack(names)
+    stack.model_spec(ModelSpec(out_dim=10))
+    x, y = torch.randn(16, 3, 6, 6), torch.randint(0, 10, (16,))
+    torch.manual_seed(7)
+    want = stack.transform_batch(x, y)
+    before = torch.get_rng_state()
+    got = stack.transform_batch(x, y, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not torch.equal(got[0], x)
+
+
+def test_mixup_lambda_from_a_generator_is_beta_distributed():
+    from scipy import stats
+
+    stack = build_stack({"mixup": {"alpha": 0.4}})
+    g = torch.Generator().manual_seed(0)
+    lams = [stack.regs[0]._lam(g) for _ in range(2000)]
+    assert stats.kstest(lams, stats.beta(0.4, 0.4).cdf).pvalue > 0.01
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("names", TRANSFORMS)
+def test_transforms_draw_from_a_cuda_generator(names):
+    """On the GPU a stacked member's generator is a CUDA one: every draw happens there, the same
+    seed gives the same batch, and neither global RNG moves."""
+    stack = build_stack(names)
+    stack.model_spec(ModelSpec(out_dim=10))
+    x, y = torch.randn(16, 3, 6, 6, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    before = torch.get_rng_state(), torch.cuda.get_rng_state()
+    a = stack.transform_batch(x, y, torch.Generator("cuda").manual_seed(3))
+    b = stack.transform_batch(x, y, torch.Generator("cuda").manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), before[0]) and torch.equal(torch.cuda.get_rng_state(), before[1])
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].is_cuda

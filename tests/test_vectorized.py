@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from regablate import checkpoint
@@ -25,6 +26,10 @@ from regablate.vectorized.budget import bytes_per_member, default_max_members
 from regablate.vectorized.grouping import chunks, group, make_member, not_stackable
 from regablate.vectorized.stacked import StackedMLP, plan
 from regablate.vectorized.trainer import VectorizedTrainer
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def members_of(cfgs: list[dict], root: Path) -> list:
@@ -257,6 +262,12 @@ def test_loss_and_its_gradient_by_hand_match_torch(smoothing):
                                                     else smoothing[i]) for i in range(3)])
     torch.testing.assert_close(loss, want)
     torch.testing.assert_close(grad, torch.autograd.grad(want.sum(), out)[0])
+    q = torch.softmax(torch.randn(3, 16, 5), -1)  # probability targets (mixup, cutmix)
+    loss, grad = _loss_and_grad(out.detach(), q, "classification", eps)
+    want = torch.stack([nn.functional.cross_entropy(out[i], q[i], label_smoothing=0.0 if eps is None
+                                                    else smoothing[i]) for i in range(3)])
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(grad, torch.autograd.grad(want.sum(), out)[0])
     target = torch.randn(3, 16, 2)
     pred = torch.randn(3, 16, 2, requires_grad=True)
     loss, grad = _loss_and_grad(pred.detach(), target, "regression", None)
@@ -295,9 +306,39 @@ def test_grouping_decisions(small_cfg, tmp_path):
     assert "dataset tabular" in not_stackable(load_settings(small_cfg("model=convnet", "dataset=tabular")))
     conv = ("model=resnet", "dataset=cifar10")
     assert not_stackable(load_settings(small_cfg(*conv, "+reg=[dropblock,droppath,spatial_dropout,l2]"))) is None
-    assert not_stackable(load_settings(small_cfg(*conv, "+reg=cutout"))) == "reg cutout has no stacked form"
+    assert not_stackable(load_settings(small_cfg(*conv, "+reg=[augment,cutout,mixup,cutmix]"))) is None
     assert not_stackable(load_settings(small_cfg("+reg=dropblock"))) == "reg dropblock has no stacked form"
     assert not_stackable(load_settings(small_cfg("+reg=[dropout,l1,max_norm,grad_clip]"))) is None
+
+
+def test_each_conv_member_transforms_its_own_batch_from_its_own_generator(small_cfg, tmp_path):
+    """Batch transforms in a stacked group: member k's rows are what its own stack's
+    transform_batch makes of them with its own generator (whatever the others do), the global RNG
+    is not touched, and the targets are probabilities for all once a member mixes."""
+    from conftest import write_fake_cifar10
+
+    root = write_fake_cifar10(tmp_path / "data")
+    conv = ("model=convnet", "model.widths=[4]", "model.hidden=[8]", "dataset=cifar10",
+            f"dataset.root={root}", "dataset.n_train=100", "trainer.device=cpu")
+    cfgs = [small_cfg(*conv, "+reg=augment"), small_cfg(*conv, "+reg=none", "seed=1"),
+            small_cfg(*conv, "+reg=[augment,mixup]", "seed=2"), small_cfg(*conv, "+reg=[cutout,cutmix]", "seed=3")]
+    (grp,) = group(members_of(cfgs, tmp_path))
+    trainer = VectorizedTrainer(grp)
+    data = trainer.data
+    perm = torch.stack([torch.randperm(100, generator=gen(k)) for k in range(4)])[:, :16]
+    xb, yb = data.batch(data.rows_of(perm))
+    xb = data.prepare(xb)
+    gens = [gen(10 + k) for k in range(4)]
+    before = torch.get_rng_state()
+    x, y = trainer._transform(xb, yb, gens)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert x.shape == xb.shape and y.shape == (4, 16, 10) and y.dtype == torch.float32
+    for k, m in enumerate(grp):
+        want_x, want_y = m.s.stack.transform_batch(xb[k], yb[k], gen(10 + k))
+        assert torch.equal(x[k], want_x)
+        assert torch.equal(y[k], want_y if want_y.is_floating_point() else F.one_hot(want_y, 10).float())
+    assert torch.equal(x[1], xb[1]) and not torch.equal(x[0], xb[0])  # none untouched, augment not
+    assert not torch.equal(y[2], F.one_hot(yb[2], 10).float())  # mixup mixed its targets
 
 
 def test_chunks_and_memory_budget(small_cfg, tmp_path):

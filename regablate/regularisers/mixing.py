@@ -19,24 +19,26 @@ from regablate.regularisers.base import ModelSpec, Regulariser, register
 from regablate.schema import check, nonneg, positive
 
 
-def crop_flip(x: torch.Tensor, pad: int, flip: bool = True) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, pad: int, flip: bool = True, generator: torch.Generator | None = None
+              ) -> torch.Tensor:
     """Random crop with `pad` pixels of zero padding, then a random horizontal flip, per sample.
 
     Zero is the mean pixel after normalisation. Sample i's H×W window starts at
     (dy_i, dx_i) ~ U{0..2·pad}² in the padded (H+2p)×(W+2p) map; a flip reverses its column
     index. Output pixel (r, c) reads padded pixel (r + dy, c' + dx), c' = W−1−c if flipped else
-    c: one gather over the flattened map, shared by the channels.
+    c: one gather over the flattened map, shared by the channels. Draws from `generator` (on
+    x's device), or the global RNG.
     """
     B, C, H, W = x.shape
     cols = torch.arange(W, device=x.device).expand(B, 1, W)
     if flip:
-        cols = torch.where(torch.rand(B, 1, 1, device=x.device) < 0.5, W - 1 - cols, cols)
+        cols = torch.where(torch.rand(B, 1, 1, device=x.device, generator=generator) < 0.5, W - 1 - cols, cols)
     rows = torch.arange(H, device=x.device).view(1, H, 1)
     xp = x
     if pad > 0:
         xp = F.pad(x, (pad, pad, pad, pad))
-        rows = rows + torch.randint(0, 2 * pad + 1, (B, 1, 1), device=x.device)
-        cols = cols + torch.randint(0, 2 * pad + 1, (B, 1, 1), device=x.device)
+        rows = rows + torch.randint(0, 2 * pad + 1, (B, 1, 1), device=x.device, generator=generator)
+        cols = cols + torch.randint(0, 2 * pad + 1, (B, 1, 1), device=x.device, generator=generator)
     index = (rows * (W + 2 * pad) + cols).view(B, 1, H * W).expand(B, C, H * W)
     return _format_like(xp.flatten(2).gather(2, index).view(B, C, H, W), x)
 
@@ -106,10 +108,10 @@ class Augment(Regulariser):
 
     key, Settings = "augment", AugmentSettings
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor):
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
         if self.s.pad == 0 and not self.s.flip:
             return x, y
-        return crop_flip(x, self.s.pad, self.s.flip), y
+        return crop_flip(x, self.s.pad, self.s.flip, generator), y
 
 
 @dataclass
@@ -123,10 +125,10 @@ class Cutout(Regulariser):
 
     key, Settings = "cutout", CutoutSettings
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor):
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
         B, _, H, W = x.shape
-        cy = torch.randint(0, H, (B,), device=x.device)
-        cx = torch.randint(0, W, (B,), device=x.device)
+        cy = torch.randint(0, H, (B,), device=x.device, generator=generator)
+        cx = torch.randint(0, W, (B,), device=x.device, generator=generator)
         return cutout(x, self.s.size, cy, cx), y
 
 
@@ -149,9 +151,13 @@ class _Mixing(Regulariser):
             raise RuntimeError(f"reg.{self.key}: number of classes unknown (shape_model not called)")
         return probs(y, self.classes or 0)
 
-    def _lam(self) -> float:
-        a = torch.tensor(self.s.alpha)
-        return torch.distributions.Beta(a, a).sample().item()
+    def _lam(self, generator: torch.Generator | None = None) -> float:
+        """λ ~ Beta(α, α), drawn as `torch.distributions.Beta(α, α).sample()` draws it (the first
+        coordinate of a Dirichlet(α, α) sample), from `generator` (which torch.distributions
+        does not take), or the global RNG: the same number from the same RNG state."""
+        where = None if generator is None else generator.device
+        alpha = torch.full((2,), float(self.s.alpha), device=where)
+        return torch._sample_dirichlet(alpha, generator=generator)[0].item()
 
 
 @register
@@ -160,9 +166,9 @@ class Mixup(_Mixing):
 
     key = "mixup"
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor):
-        perm = torch.randperm(len(x), device=x.device)
-        return mixup(x, self._targets(y), self._lam(), perm)
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+        perm = torch.randperm(len(x), device=x.device, generator=generator)
+        return mixup(x, self._targets(y), self._lam(generator), perm)
 
 
 @register
@@ -171,10 +177,12 @@ class CutMix(_Mixing):
 
     key = "cutmix"
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor):
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
         H, W = x.shape[2:]
-        cy, cx = torch.randint(0, H, ()).item(), torch.randint(0, W, ()).item()
-        box = cutmix_box(self._lam(), H, W, cy, cx)
-        perm = torch.randperm(len(x), device=x.device)
+        where = None if generator is None else generator.device  # the global draws: on the CPU
+        cy = torch.randint(0, H, (), generator=generator, device=where).item()
+        cx = torch.randint(0, W, (), generator=generator, device=where).item()
+        box = cutmix_box(self._lam(generator), H, W, cy, cx)
+        perm = torch.randperm(len(x), device=x.device, generator=generator)
         x, q, _ = cutmix(x, self._targets(y), box, perm)
         return x, q

@@ -1,9 +1,9 @@
 """Which jobs of a sweep can train as one stacked model, and in which groups.
 
 A job is vectorisable when it is a built-in MLP on generated data, or a built-in convnet/resnet
-on generated or CIFAR-10 data, with only stackable regularisers (no batch transforms: augment,
-cutout, mixup and cutmix act per batch and stay ordinary). MLPs stack as `StackedMLP`, conv
-models as `functional.StackedModule`. Members of one group share everything that fixes tensor
+on generated or CIFAR-10 data, with only stackable regularisers (conv members: batch transforms
+too — augment, cutout, mixup, cutmix —, each member's on its own rows from its own generator).
+MLPs stack as `StackedMLP`, conv models as `functional.StackedModule`. Members of one group share everything that fixes tensor
 shapes or the shared loop: the device, the split shapes and task, the architecture (the MLP's
 layer plan, or the conv model's `skeleton`, regulariser blocks aside), the optimiser family with
 its fixed settings (betas, eps / momentum, nesterov), batch size, epochs and eval chunk. Seeds,
@@ -28,7 +28,8 @@ from regablate.vectorized.stacked import plan
 STACKABLE = frozenset({"dropout", "l1", "l2", "weight_decay", "batchnorm", "layernorm",
                        "label_smoothing", "max_norm", "grad_clip"})
 CONV_STACKABLE = frozenset({"dropout", "spatial_dropout", "dropblock", "droppath", "l1", "l2",
-                            "weight_decay", "batchnorm", "label_smoothing", "max_norm", "grad_clip"})
+                            "weight_decay", "batchnorm", "label_smoothing", "max_norm", "grad_clip",
+                            "augment", "cutout", "mixup", "cutmix"})
 CONV_MODELS = frozenset({"convnet", "resnet"})
 # Data sets generated from data_seed on the fly (cheap to build once per member).
 GENERATED = frozenset({"sine", "sparse_synthetic"})

@@ -50,6 +50,7 @@ from regablate.experiment import group_id
 from regablate.lint import format_findings, lint
 from regablate.optim import state_dict_of
 from regablate.recorder import Recorder
+from regablate.regularisers.mixing import probs
 from regablate.selfcheck import check_eval_determinism
 from regablate.train import EarlyStopper, closing_fields, open_run
 from regablate.vectorized import optim
@@ -138,6 +139,10 @@ def _loss_and_grad(out: torch.Tensor, y: torch.Tensor, task: str, eps: torch.Ten
 
         ℓ_k = mean_b[lse − (1−ε_k)·o_y − ε_k·mean_c o],  ∂ℓ_k/∂o = (softmax(o) − (1−ε_k)·[c=y] − ε_k/C) / B
 
+    With probability targets y (K, B, C) (mixup, cutmix), t = (1−ε_k)·y + ε_k/C:
+
+        ℓ_k = mean_b[lse − Σ_c t_c·o_c],  ∂ℓ_k/∂o = (softmax(o) − t) / B
+
     or the mean squared error ℓ_k = mean (o − y)², ∂ℓ_k/∂o = 2(o − y) / (B·D)."""
     k, b = out.shape[:2]
     if task != "classification":
@@ -147,6 +152,10 @@ def _loss_and_grad(out: torch.Tensor, y: torch.Tensor, task: str, eps: torch.Ten
     p = (out - top).exp_()
     total = p.sum(-1, keepdim=True)
     lse = total.log().add_(top).squeeze(-1)  # (K, B)
+    if y.is_floating_point():
+        t = y if eps is None else torch.lerp(y, torch.full_like(y, 1 / y.shape[-1]), eps.view(k, 1, 1))
+        loss = (lse - torch.linalg.vecdot(t, out)).mean(1)
+        return loss, p.div_(total).sub_(t).div_(b)
     target = y.unsqueeze(-1)
     picked = out.gather(-1, target).squeeze(-1)
     p.div_(total)  # softmax
@@ -317,6 +326,12 @@ class VectorizedTrainer:
         self.data = _SharedData(members)
         self.sizes = self.data.sizes
         self.regs = _Regs(members, self.device)
+        # batch transforms (conv members): each member's own stack, or None; probability targets
+        # for every member once any member mixes (mixup, cutmix)
+        self.transforms = [m.s.stack if m.s.stack.transforms_batch else None for m in members]
+        if not any(self.transforms):
+            self.transforms = []
+        self.mixes = any(m.s.stack[key] is not None for m in members for key in ("mixup", "cutmix"))
         lr = [self._lr(m) for m in members]
         self.opt = optim.build(m0.s.optim.name, self.model.theta, lr,
                                [m.s.optim.weight_decay for m in members], m0.s.optim)
@@ -342,7 +357,10 @@ class VectorizedTrainer:
     # -- one step, one epoch ---------------------------------------------------------------
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, drop_gens: list[torch.Generator]) -> torch.Tensor:
         model, regs = self.model, self.regs
-        out = model.forward(self.data.prepare(xb), True, drop_gens)
+        xb = self.data.prepare(xb)
+        if self.transforms:
+            xb, yb = self._transform(xb, yb, drop_gens)
+        out = model.forward(xb, True, drop_gens)
         objective, grad_out = _loss_and_grad(out, yb, self.task, regs.smoothing)
         g = model.backward(grad_out)
         with torch.no_grad():
@@ -370,6 +388,18 @@ class VectorizedTrainer:
                 self._max_norm(regs.max_norm)
         model.step_done()
         return objective
+
+    def _transform(self, x: torch.Tensor, y: torch.Tensor, gens: list[torch.Generator]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Member k's batch transforms (augment, cutout, mixup, cutmix) on its rows x[k], y[k],
+        drawing from its own generator (as its dropout does), so its batches never depend on who
+        shares its group. Targets (K, B, C) probabilities where any member mixes."""
+        xs, ys = [], []
+        for k, stack in enumerate(self.transforms):
+            xk, yk = (x[k], y[k]) if stack is None else stack.transform_batch(x[k], y[k], gens[k])
+            xs.append(xk)
+            ys.append(probs(yk, self.members[k].x.data.out_dim) if self.mixes else yk)
+        return torch.stack(xs), torch.stack(ys)
 
     def _max_norm(self, c: torch.Tensor) -> None:
         """As torch.renorm(w, 2, 0, c) on every weight matrix: each unit's incoming weights to
