@@ -167,11 +167,11 @@ def main() -> None:
         return
     settings = args.threads.split(",")
     regablate = [sys.executable, "-m", "regablate", "run", "-m", *sweep_args(args.epochs)]
-    import torch
-
+    default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                 env=thread_env("default"), capture_output=True, text=True, check=True).stdout)
     print(f"classic table: {len(CONFIGS)} configs x {len(SEEDS)} seeds, sparse-synthetic, "
           f"MLP 50-128-64-4, AdamW 1e-3, batch {BATCH}, {args.epochs} epochs, whole processes; "
-          f"torch's default here is {torch.get_num_threads()} threads")
+          f"torch's default here is {default} threads")
     print(f"{'threads':>8}  {'plain script':>12}  {'vectorized':>10}  {'ratio':>6}  target <= 0.25x")
     acc_vec, acc_ord, plain_acc, loops = {}, {}, {}, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,7 +197,7 @@ def main() -> None:
     for threads, t_vec, chunks in loops:
         member_steps = sum(k * steps for k, steps, _ in chunks)
         loop = sum(sec for _, _, sec in chunks)
-        n_threads = torch.get_num_threads() if threads == "default" else int(threads)
+        n_threads = default if threads == "default" else int(threads)
         peak = peak_matmul_flops(n_threads)
         limit = flops_per_member_step() / peak
         print(f"{threads} threads: stacked groups {', '.join(f'K={k}' for k, _, _ in chunks)}; training "

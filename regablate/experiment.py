@@ -78,6 +78,13 @@ class Experiment:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def _listed(group: dict) -> dict:
+    """A parameter group whose params are a list, as torch makes them (it takes one tensor or any
+    iterable): the groups are read before torch's optimiser is built, and without it."""
+    params = group["params"]
+    return {**group, "params": [params] if isinstance(params, torch.Tensor) else list(params)}
+
+
 def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
     """Everything a run needs, checked and built before any file is written. `data`: the data
     set these settings make, already built (by a caller that starts many runs on it); building
@@ -100,6 +107,6 @@ def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
     if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
     check_optimizer(s.optim)
-    groups = s.stack.param_groups(model)
+    groups = [_listed(g) for g in s.stack.param_groups(model)]
     loss = training_loss(data.task, s.stack.loss_spec().label_smoothing)
     return Experiment(s, device, data, model, groups, loss)

@@ -38,11 +38,14 @@ OPTIMISERS = {"adamw": AdamSettings, "adam": AdamSettings, "sgd": SGDSettings}
 
 
 def check_optimizer(s: AdamSettings | SGDSettings) -> None:
-    """What the schema cannot say of one field: Adam's betas are two numbers."""
-    if s.name != "sgd" and len(s.betas) != 2:
-        from regablate.errors import ConfigError
+    """What torch's optimisers refuse and the schema cannot say of one field alone: Adam's betas
+    are two numbers; Nesterov momentum needs a momentum."""
+    from regablate.errors import ConfigError
 
+    if s.name != "sgd" and len(s.betas) != 2:
         raise ConfigError("optim.betas", s.betas, "must be two numbers in [0, 1)")
+    if s.name == "sgd" and s.nesterov and s.momentum == 0:
+        raise ConfigError("optim.nesterov", True, "needs optim.momentum > 0 (it is 0)")
 
 
 def build_optimizer(s: AdamSettings | SGDSettings, groups: list[dict]) -> torch.optim.Optimizer:
@@ -55,8 +58,11 @@ def build_optimizer(s: AdamSettings | SGDSettings, groups: list[dict]) -> torch.
 
 
 def hyperparameters(s: AdamSettings | SGDSettings) -> dict:
-    """Every key torch's optimiser puts in a parameter group besides `params` (torch 2.13's
-    defaults, as `build_optimizer(s, groups)` fills them in), for groups without their own."""
+    """Every key torch's optimiser puts in a parameter group besides `params`, as
+    `build_optimizer(s, groups)` fills them in with torch 2.13 (the version the Makefile installs;
+    tests/test_optim.py checks them against the installed torch). Another version's
+    `load_state_dict` still takes these groups: it fills in a key they lack and keeps one it
+    does not read."""
     if s.name == "sgd":
         return dict(lr=s.lr, momentum=s.momentum, dampening=0, weight_decay=s.weight_decay,
                     nesterov=s.nesterov, maximize=False, foreach=None, differentiable=False, fused=None)
@@ -78,7 +84,7 @@ def state_dict_of(s: AdamSettings | SGDSettings, groups: list[dict], lrs: list[f
     `state` (parameter -> its per-parameter state, e.g. step, exp_avg, exp_avg_sq), built without
     it: what a stacked member's last.pt holds, for `load_state_dict` to resume it."""
     packed, out_groups, index = {}, [], 0
-    for g, lr in zip(held_groups(s, groups), lrs):
+    for g, lr in zip(held_groups(s, groups), lrs, strict=True):
         ids = list(range(index, index + len(g["params"])))
         for i, p in zip(ids, g["params"]):
             if p in state:

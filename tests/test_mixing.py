@@ -127,7 +127,8 @@ def test_a_generator_gives_the_global_rngs_draws_and_leaves_it_alone(names):
     torch.manual_seed(7)
     want = stack.transform_batch(x, y)
     before = torch.get_rng_state()
-    got = stack.transform_batch(x, y, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # on the CPU one generator for both, as the global RNG
+    got = stack.transform_batch(x, y, g, g)
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert not torch.equal(got[0], x)
@@ -138,20 +139,22 @@ def test_mixup_lambda_from_a_generator_is_beta_distributed():
 
     stack = build_stack({"mixup": {"alpha": 0.4}})
     g = torch.Generator().manual_seed(0)
-    lams = [stack.regs[0]._lam(g) for _ in range(2000)]
+    lams = [stack.regs[0]._lam(g) for _ in range(2000)]  # drawn as torch.distributions.Beta draws
     assert stats.kstest(lams, stats.beta(0.4, 0.4).cdf).pvalue > 0.01
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("names", TRANSFORMS)
-def test_transforms_draw_from_a_cuda_generator(names):
-    """On the GPU a stacked member's generator is a CUDA one: every draw happens there, the same
-    seed gives the same batch, and neither global RNG moves."""
+def test_transforms_draw_from_a_cuda_generator_as_from_the_global_rngs(names):
+    """On the GPU a stacked member's tensors come from a CUDA generator and mixup's and cutmix's
+    scalars from a CPU one: the numbers the global CUDA and CPU RNGs give from the same states,
+    neither global RNG moved."""
     stack = build_stack(names)
     stack.model_spec(ModelSpec(out_dim=10))
     x, y = torch.randn(16, 3, 6, 6, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    torch.manual_seed(3)  # both global RNGs
+    want = stack.transform_batch(x, y)
     before = torch.get_rng_state(), torch.cuda.get_rng_state()
-    a = stack.transform_batch(x, y, torch.Generator("cuda").manual_seed(3))
-    b = stack.transform_batch(x, y, torch.Generator("cuda").manual_seed(3))
+    got = stack.transform_batch(x, y, torch.Generator("cuda").manual_seed(3), torch.Generator().manual_seed(3))
     assert torch.equal(torch.get_rng_state(), before[0]) and torch.equal(torch.cuda.get_rng_state(), before[1])
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].is_cuda
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and got[0].is_cuda

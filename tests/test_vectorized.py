@@ -328,13 +328,13 @@ def test_each_conv_member_transforms_its_own_batch_from_its_own_generator(small_
     perm = torch.stack([torch.randperm(100, generator=gen(k)) for k in range(4)])[:, :16]
     xb, yb = data.batch(data.rows_of(perm))
     xb = data.prepare(xb)
-    gens = [gen(10 + k) for k in range(4)]
+    gens, cpu_gens = [gen(10 + k) for k in range(4)], [gen(20 + k) for k in range(4)]
     before = torch.get_rng_state()
-    x, y = trainer._transform(xb, yb, gens)
+    x, y = trainer._transform(xb, yb, gens, cpu_gens)
     assert torch.equal(torch.get_rng_state(), before)
     assert x.shape == xb.shape and y.shape == (4, 16, 10) and y.dtype == torch.float32
     for k, m in enumerate(grp):
-        want_x, want_y = m.s.stack.transform_batch(xb[k], yb[k], gen(10 + k))
+        want_x, want_y = m.s.stack.transform_batch(xb[k], yb[k], gen(10 + k), gen(20 + k))
         assert torch.equal(x[k], want_x)
         assert torch.equal(y[k], want_y if want_y.is_floating_point() else F.one_hot(want_y, 10).float())
     assert torch.equal(x[1], xb[1]) and not torch.equal(x[0], xb[0])  # none untouched, augment not

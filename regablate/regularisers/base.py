@@ -5,8 +5,9 @@ Hooks (override only what you need):
   shape_loss(spec)           change the training loss (label smoothing)
   penalty(model) -> Tensor   added to the training loss (l1, l2)
   param_groups(model)        optimiser parameter groups (decoupled weight decay)
-  transform_batch(x, y, generator)  inputs and targets of a training batch (mixup, cutout, ...),
-                             drawing from `generator` (None: the global RNG)
+  transform_batch(x, y, generator, cpu_generator)  inputs and targets of a training batch
+                             (mixup, cutout, ...), drawing tensors on x's device from `generator`
+                             and scalars on the CPU from `cpu_generator` (None: the global RNGs)
   after_backward(model)      between backward and the optimiser step (gradient clipping)
   after_step(model)          after the optimiser step (max-norm)
   on_epoch(model, epoch, max_epochs)  before each training epoch (schedules of a drop rate)
@@ -62,8 +63,8 @@ class Regulariser:
 
     def param_groups(self, model: nn.Module) -> list[dict]: ...
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+                        cpu_generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def after_backward(self, model: nn.Module) -> None: ...
 
@@ -132,12 +133,12 @@ class Stack:
     def transforms_batch(self) -> bool:
         return bool(self._by_hook["transform_batch"])
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each batch transform in turn; their draws come from `generator` (a stacked member's
-        own), or the global RNG."""
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+                        cpu_generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each batch transform in turn; their draws come from a stacked member's own generators
+        (tensors on x's device, scalars on the CPU), or the global RNGs."""
         for r in self._by_hook["transform_batch"]:
-            x, y = r.transform_batch(x, y, generator)
+            x, y = r.transform_batch(x, y, generator, cpu_generator)
         return x, y
 
     def after_backward(self, model: nn.Module) -> None:

@@ -1,7 +1,10 @@
 """Batch transforms for images, run on the device on whole (normalised) batches:
 augment (random crop + flip), cutout, mixup, cutmix.
 
-They act through `transform_batch(x, y)` in training only (evaluation never calls it). The
+They act through `transform_batch(x, y, generator, cpu_generator)` in training only (evaluation
+never calls it): tensors are drawn on x's device from `generator`, the scalars of mixup and cutmix
+(λ, the box centre) on the CPU from `cpu_generator`; None is the global RNG of that device, as an
+ordinary run draws (a stacked member passes its own generators). The
 stack applies them in name order: augment, cutmix, cutout, mixup. Mixup and cutmix return
 probability targets of shape (B, C); label smoothing is left to the training loss, which
 applies it once to whatever targets it gets: CE with smoothing ε on q is CE on (1−ε)q + ε/C.
@@ -108,7 +111,8 @@ class Augment(Regulariser):
 
     key, Settings = "augment", AugmentSettings
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+                        cpu_generator: torch.Generator | None = None):
         if self.s.pad == 0 and not self.s.flip:
             return x, y
         return crop_flip(x, self.s.pad, self.s.flip, generator), y
@@ -125,7 +129,8 @@ class Cutout(Regulariser):
 
     key, Settings = "cutout", CutoutSettings
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+                        cpu_generator: torch.Generator | None = None):
         B, _, H, W = x.shape
         cy = torch.randint(0, H, (B,), device=x.device, generator=generator)
         cx = torch.randint(0, W, (B,), device=x.device, generator=generator)
@@ -151,13 +156,13 @@ class _Mixing(Regulariser):
             raise RuntimeError(f"reg.{self.key}: number of classes unknown (shape_model not called)")
         return probs(y, self.classes or 0)
 
-    def _lam(self, generator: torch.Generator | None = None) -> float:
-        """λ ~ Beta(α, α), drawn as `torch.distributions.Beta(α, α).sample()` draws it (the first
-        coordinate of a Dirichlet(α, α) sample), from `generator` (which torch.distributions
-        does not take), or the global RNG: the same number from the same RNG state."""
-        where = None if generator is None else generator.device
-        alpha = torch.full((2,), float(self.s.alpha), device=where)
-        return torch._sample_dirichlet(alpha, generator=generator)[0].item()
+    def _lam(self, cpu_generator: torch.Generator | None = None) -> float:
+        """λ ~ Beta(α, α), drawn on the CPU as `torch.distributions.Beta(α, α).sample()` draws it
+        (the first coordinate of a Dirichlet(α, α) sample), from `cpu_generator` (which
+        torch.distributions does not take), or the global RNG: the same number from the same
+        RNG state."""
+        alpha = torch.full((2,), float(self.s.alpha))
+        return torch._sample_dirichlet(alpha, generator=cpu_generator)[0].item()
 
 
 @register
@@ -166,9 +171,10 @@ class Mixup(_Mixing):
 
     key = "mixup"
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+                        cpu_generator: torch.Generator | None = None):
         perm = torch.randperm(len(x), device=x.device, generator=generator)
-        return mixup(x, self._targets(y), self._lam(generator), perm)
+        return mixup(x, self._targets(y), self._lam(cpu_generator), perm)
 
 
 @register
@@ -177,12 +183,12 @@ class CutMix(_Mixing):
 
     key = "cutmix"
 
-    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+                        cpu_generator: torch.Generator | None = None):
         H, W = x.shape[2:]
-        where = None if generator is None else generator.device  # the global draws: on the CPU
-        cy = torch.randint(0, H, (), generator=generator, device=where).item()
-        cx = torch.randint(0, W, (), generator=generator, device=where).item()
-        box = cutmix_box(self._lam(generator), H, W, cy, cx)
+        cy = torch.randint(0, H, (), generator=cpu_generator).item()  # scalars: on the CPU
+        cx = torch.randint(0, W, (), generator=cpu_generator).item()
+        box = cutmix_box(self._lam(cpu_generator), H, W, cy, cx)
         perm = torch.randperm(len(x), device=x.device, generator=generator)
         x, q, _ = cutmix(x, self._targets(y), box, perm)
         return x, q

@@ -11,9 +11,9 @@ evaluated for all members at once (eval mode, no grad), and each member's own Re
 EarlyStopper and LR schedule take its numbers: a member that stops (or diverges) is frozen
 there — its rows, best epoch and final state are its own — while the others go on (a stopped
 member's rows are still computed, and ignored, until the whole chunk is done).
-Each member's own LR schedule and optimiser object are the ordinary trainer's (built by
-`build_experiment`): the schedule steps on the member's val loss, the stacked optimiser reads
-the lr from it. At the end each member's final state (best epoch, or where it stopped) is
+Each member's own LR schedule is the ordinary trainer's (`Experiment.schedule`): it steps on
+the member's val loss, on a torch optimiser that only holds the lr, which the stacked optimiser
+reads; a member without a schedule builds no torch optimiser (its lr is the configured one). At the end each member's final state (best epoch, or where it stopped) is
 written into its own module and evaluated exactly as the ordinary trainer evaluates its model.
 
 Members with the same data share one copy of their split tensors (U distinct data sets, member
@@ -69,7 +69,8 @@ class _Run:
     rec: Recorder
     stopper: EarlyStopper
     gen: torch.Generator  # batch order
-    drop_gen: torch.Generator  # dropout masks
+    drop_gen: torch.Generator  # dropout masks and batch transforms' tensors, on the device
+    cpu_gen: torch.Generator  # mixup's and cutmix's scalars (the drop_gen itself on the CPU)
     history: list = field(default_factory=list)
     status: str = "completed"
     done: bool = False
@@ -247,6 +248,7 @@ class _Entry:
     stopper: dict
     order: torch.Tensor  # batch-order generator state
     drop: torch.Tensor  # dropout generator state
+    cpu: torch.Tensor  # CPU generator state (the global RNG of an ordinary run)
     rows: int  # history rows
     wall_time_s: float
 
@@ -355,11 +357,12 @@ class VectorizedTrainer:
         return m.x.param_groups()[0]["lr"]
 
     # -- one step, one epoch ---------------------------------------------------------------
-    def _step(self, xb: torch.Tensor, yb: torch.Tensor, drop_gens: list[torch.Generator]) -> torch.Tensor:
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, drop_gens: list[torch.Generator],
+              cpu_gens: list[torch.Generator]) -> torch.Tensor:
         model, regs = self.model, self.regs
         xb = self.data.prepare(xb)
         if self.transforms:
-            xb, yb = self._transform(xb, yb, drop_gens)
+            xb, yb = self._transform(xb, yb, drop_gens, cpu_gens)
         out = model.forward(xb, True, drop_gens)
         objective, grad_out = _loss_and_grad(out, yb, self.task, regs.smoothing)
         g = model.backward(grad_out)
@@ -389,14 +392,16 @@ class VectorizedTrainer:
         model.step_done()
         return objective
 
-    def _transform(self, x: torch.Tensor, y: torch.Tensor, gens: list[torch.Generator]
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _transform(self, x: torch.Tensor, y: torch.Tensor, gens: list[torch.Generator],
+                   cpu_gens: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
         """Member k's batch transforms (augment, cutout, mixup, cutmix) on its rows x[k], y[k],
-        drawing from its own generator (as its dropout does), so its batches never depend on who
-        shares its group. Targets (K, B, C) probabilities where any member mixes."""
+        drawing from its own generators as its ordinary run draws from the global ones (tensors
+        on the device, as its dropout; mixup's and cutmix's scalars on the CPU), so its batches
+        never depend on who shares its group. Targets (K, B, C) probabilities where any member
+        mixes."""
         xs, ys = [], []
         for k, stack in enumerate(self.transforms):
-            xk, yk = (x[k], y[k]) if stack is None else stack.transform_batch(x[k], y[k], gens[k])
+            xk, yk = (x[k], y[k]) if stack is None else stack.transform_batch(x[k], y[k], gens[k], cpu_gens[k])
             xs.append(xk)
             ys.append(probs(yk, self.members[k].x.data.out_dim) if self.mixes else yk)
         return torch.stack(xs), torch.stack(ys)
@@ -424,11 +429,11 @@ class VectorizedTrainer:
         if n % bs == 1 and n > 1:  # a batch of one breaks BatchNorm: leave that sample out
             perm, n = perm[:, :-1], n - 1
         perm = self.data.rows_of(perm)
-        drop_gens = [r.drop_gen for r in runs]
+        drop_gens, cpu_gens = [r.drop_gen for r in runs], [r.cpu_gen for r in runs]
         total = torch.zeros(len(runs), device=self.device)
         for i in range(0, n, bs):
             xb, yb = self.data.batch(perm[:, i : i + bs])
-            total += self._step(xb, yb, drop_gens) * min(bs, n - i)
+            total += self._step(xb, yb, drop_gens, cpu_gens) * min(bs, n - i)
             self.steps += 1
         return [v / n for v in total.tolist()]
 
@@ -478,12 +483,11 @@ class VectorizedTrainer:
         rec = open_run(m.cfg, m.x, m.run_dir, findings=findings[key])
         es = m.s.trainer.early_stopping
         stopper = EarlyStopper(es.patience, es.min_delta, m.x.data.higher_is_better and es.monitor == "metric")
-        if self.device.type == "cuda":  # ordinary runs draw dropout from the freshly seeded CUDA RNG
-            drop_gen = torch.Generator(self.device).manual_seed(m.s.seed)
-        else:
-            drop_gen = torch.Generator()
-            drop_gen.set_state(m.cpu_rng)
-        return _Run(m, rec, stopper, torch.Generator().manual_seed(m.s.seed), drop_gen)
+        cpu_gen = torch.Generator()  # an ordinary run's global CPU RNG, right after init
+        cpu_gen.set_state(m.cpu_rng)
+        # ordinary runs draw dropout from the freshly seeded CUDA RNG, or the CPU one
+        drop_gen = torch.Generator(self.device).manual_seed(m.s.seed) if self.device.type == "cuda" else cpu_gen
+        return _Run(m, rec, stopper, torch.Generator().manual_seed(m.s.seed), drop_gen, cpu_gen)
 
     def _fit(self, runs: list[_Run]) -> list[dict]:
         model, metric = self.model, self.metric
@@ -584,7 +588,8 @@ class VectorizedTrainer:
             r = runs[k]
             entries[k] = _Entry(snap, epoch, [g["lr"] for g in r.m.x.param_groups()],
                                 checkpoint.copy_state(r.m.x.schedule.state_dict()), dict(r.stopper.__dict__),
-                                r.gen.get_state(), r.drop_gen.get_state(), len(r.history), r.rec.elapsed())
+                                r.gen.get_state(), r.drop_gen.get_state(), r.cpu_gen.get_state(), len(r.history),
+                                r.rec.elapsed())
         dirty = self._best_dirty | frozenset(improved)
         self._entries, self._best_dirty, self._unwritten = entries, dirty, self._unwritten or bool(now)
 
@@ -643,7 +648,7 @@ class VectorizedTrainer:
         # python's and numpy's states packed as `checkpoint.rng_state` packs them
         rng = {"python": pickle.dumps(random.Random(m.s.seed).getstate()),
                "numpy": pickle.dumps(np.random.RandomState(m.s.seed % 2**32).get_state()),
-               "torch": e.drop if self.device.type == "cpu" else m.cpu_rng, "order": e.order}
+               "torch": e.cpu, "order": e.order}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
             if self.device.type == "cuda":
