@@ -185,19 +185,30 @@ def train(cfg: Mapping, run_dir: Path | str) -> dict:
 
 
 def _check_same_configuration(cfg: dict, run_dir: Path) -> None:
-    """A run continues (or is skipped as done) only under the configuration that made it."""
+    """A run continues (or is skipped as done) only under the configuration and seeds that made
+    it: the same group, seed and data_seed (a seed of another run would go on from its epochs,
+    on another split, or take its result as its own)."""
     import json
 
     from regablate.claim import RunRefused
 
     try:
-        made = json.loads((run_dir / "summary.json").read_text()).get("group")
+        made = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return
-    if made is not None and made != group_id(cfg):
-        raise RunRefused(run_dir, f"holds a run of another configuration (group {made}, this one is "
-                                  f"{group_id(cfg)})", "resume it with the settings of its "
-                                  ".hydra/overrides.yaml, or choose another hydra.run.dir / hydra.sweep.dir")
+    ways_on = ("resume it with the settings of its .hydra/overrides.yaml, or choose another "
+               "hydra.run.dir / hydra.sweep.dir")
+    if made.get("group") is not None and made["group"] != group_id(cfg):
+        raise RunRefused(run_dir, f"holds a run of another configuration (group {made['group']}, this "
+                                  f"one is {group_id(cfg)})", ways_on)
+    theirs = {key: made[key] for key in ("seed", "data_seed") if key in made}
+    ours = {key: cfg.get(key) for key in theirs}
+    if theirs != ours:
+        def say(d: dict) -> str:
+            return ", ".join(f"{k}={v}" for k, v in d.items())
+
+        raise RunRefused(run_dir, f"holds a run of other seeds ({say(theirs)}; this one has {say(ours)})",
+                         ways_on)
 
 
 def _last_checkpoint(run_dir: Path) -> dict | None:

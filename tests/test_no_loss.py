@@ -80,6 +80,29 @@ def test_a_refused_single_run_touches_nothing(tmp_path):
     assert fingerprint(tmp_path / "run") == before
 
 
+def test_resume_continues_only_the_run_of_the_same_seeds_and_configuration(tmp_path):
+    """trainer.resume=auto into a dir that holds another seed's run (or another configuration's)
+    is refused with one line: it must neither go on from that run's epochs (on another split)
+    nor take its result as its own. In a sweep, the line says how to go on."""
+    assert run_cli("run", *TINY, "seed=0", "hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    before = fingerprint(tmp_path / "run")
+    r = run_cli("run", *TINY, "seed=5", "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "holds a run of other seeds (seed=0, data_seed=0; this one has seed=5, data_seed=5)" in r.stderr
+    r = run_cli("run", *TINY, "seed=0", "+reg=dropout", "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
+    assert r.returncode == 2 and "holds a run of another configuration" in r.stderr
+    same = run_cli("run", *TINY, "seed=0", "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
+    assert same.returncode == 0  # its own run: already completed, left as it is
+    assert fingerprint(tmp_path / "run") == before
+    first = run_cli("run", "-m", *TINY, "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert first.returncode == 0
+    swept = run_cli("run", "-m", *TINY, "seed=0,2", "hydra.sweep.dir=sweep", "trainer.resume=auto", cwd=tmp_path)
+    line = swept.stderr.strip().splitlines()[-1]
+    assert swept.returncode == 2 and line.startswith("regablate: error: 1 of 2 jobs refused")
+    assert "other seeds (seed=1, data_seed=1; this one has seed=2, data_seed=2)" in line
+    assert "resume it with the settings of its .hydra/overrides.yaml" in line and "continue them" not in line
+
+
 # -- item 2: output that goes away ----------------------------------------------------------------
 
 def test_a_closed_pipe_changes_nothing_about_the_run(tmp_path):

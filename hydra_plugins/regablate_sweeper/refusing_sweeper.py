@@ -51,7 +51,11 @@ def refused_message(refused: list, n_jobs: int) -> str:
         by_why.setdefault(e.why, []).append(str(e.run_dir))
     reasons = "; ".join(f"{why}: {', '.join(dirs[:3])}{f' and {len(dirs) - 3} more' if len(dirs) > 3 else ''}"
                         for why, dirs in by_why.items())
+    from regablate.claim import WAYS_ON
+
+    own = [e.ways_on for e in refused if not e.busy and e.ways_on != WAYS_ON]  # e.g. another config
     ways = ("wait for them, or choose another hydra.sweep.dir" if all(e.busy for e in refused) else
+            "; ".join(dict.fromkeys(own)) if own else
             "continue them with trainer.resume=auto, or choose another hydra.sweep.dir")
     return f"{len(refused)} of {n_jobs} jobs refused, their run dirs untouched ({reasons}); {ways}"
 
