@@ -31,6 +31,20 @@ def _one_line(text: str) -> str:
     return " ".join(lines).split(" Config search path:")[0]
 
 
+def _options_of_missing(message: str) -> str:
+    """What a config group offers, where Hydra's message names a missing option without them
+    (an option in a list, `+reg=[dropout,cutmx]`, gets only "Could not load 'reg/cutmx'")."""
+    import re
+
+    from regablate.paths import CONF_DIR
+
+    found = re.search(r"Could not load '([\w/]+)/([^'/]+)'", message)
+    if found is None or "Available options" in message or not (CONF_DIR / found[1]).is_dir():
+        return ""
+    names = sorted(p.stem for p in (CONF_DIR / found[1]).glob("*.yaml"))
+    return f" Available options in '{found[1]}': {' '.join(names)}"
+
+
 def _error(message: str, code: int = 2) -> int:
     print(f"regablate: error: {_one_line(message)}", file=sys.stderr)
     return code
@@ -121,16 +135,16 @@ def run(argv: list[str]) -> int:
         return _error(f"invalid config: {e}")
     except UsageError as e:
         return _error(str(e))
+    except (HydraException, OmegaConfBaseException) as e:  # before OSError: a missing config is both
+        cause = e.__cause__
+        extra = f" ({_one_line(cause)})" if isinstance(cause, OmegaConfBaseException) else ""
+        return _error(_one_line(e) + extra + _options_of_missing(str(e)))
     except OSError as e:  # e.g. Hydra cannot create the output dir, the disk is full
         return _error(f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e))
     except ValueError as e:
         if not _raised_by_hydra(e):
             raise
         return _error(str(e))
-    except (HydraException, OmegaConfBaseException) as e:
-        cause = e.__cause__
-        extra = f" ({_one_line(cause)})" if isinstance(cause, OmegaConfBaseException) else ""
-        return _error(_one_line(e) + extra)
     except RuntimeError as e:
         if 'Could not detect "srun"' not in str(e):
             raise

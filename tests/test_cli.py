@@ -40,6 +40,9 @@ def test_multirun_2x2_shares_groups_across_seeds(tmp_path):
     (("+reg=dropout", "reg.dropout.p=1.5"), "reg.dropout.p=1.5: must be in [0, 1)"),
     (("optim.lr=0",), "optim.lr=0: must be > 0"),
     (("+reg=nope",), "Could not find 'reg/nope'"),
+    (("+reg=[dropout,cutmx]",), "Could not load 'reg/cutmx'. Available options in 'reg': augment "),
+    (("optim=sgd", "optim.momentum=0", "optim.nesterov=true"),
+     "optim.nesterov=True: needs optim.momentum > 0 (it is 0)"),
     (("reg.dropout.p=0.3",), "Could not override 'reg.dropout.p'"),
     (("+reg=dropout", "+reg.dropout.q=1"), "reg.dropout.q=1: unknown key; allowed: p"),
 ])
