@@ -13,7 +13,8 @@ there — its rows, best epoch and final state are its own — while the others 
 member's rows are still computed, and ignored, until the whole chunk is done).
 Each member's own LR schedule is the ordinary trainer's (`Experiment.schedule`): it steps on
 the member's val loss, on a torch optimiser that only holds the lr, which the stacked optimiser
-reads; a member without a schedule builds no torch optimiser (its lr is the configured one). At the end each member's final state (best epoch, or where it stopped) is
+reads; a member without a schedule builds no torch optimiser (its lr is the configured one).
+At the end each member's final state (best epoch, or where it stopped) is
 written into its own module and evaluated exactly as the ordinary trainer evaluates its model.
 
 Members with the same data share one copy of their split tensors (U distinct data sets, member
