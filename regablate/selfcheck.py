@@ -60,6 +60,7 @@ def _culprits(model: nn.Module, inputs: torch.Tensor) -> list[tuple[str, nn.Modu
 
 
 @torch.no_grad()
+@torch.no_grad()  # an evaluation: no autograd graph (two passes of a graph cost ~2x)
 def check_eval_determinism(model: nn.Module, data: Data, batch_size: int = 64) -> None:
     """Run two eval-mode passes over the first `batch_size` validation inputs; raise
     EvalNondeterminismError if the outputs differ or any buffer changed. Every module's training

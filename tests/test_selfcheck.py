@@ -34,6 +34,18 @@ def test_sound_model_passes_and_keeps_its_modes_and_buffers(data):
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def test_the_check_is_an_evaluation_without_autograd(data):
+    seen = []
+
+    class Spy(nn.Identity):
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return x
+
+    check_eval_determinism(model_with(data, Spy()), data)
+    assert seen == [False, False] and torch.is_grad_enabled()
+
+
 class AlwaysDropout(nn.Module):
     """Ignores self.training: the classic hand-written dropout bug."""
 
