@@ -201,14 +201,11 @@ def _check_same_configuration(cfg: dict, run_dir: Path) -> None:
     if made.get("group") is not None and made["group"] != group_id(cfg):
         raise RunRefused(run_dir, f"holds a run of another configuration (group {made['group']}, this "
                                   f"one is {group_id(cfg)})", ways_on)
-    theirs = {key: made[key] for key in ("seed", "data_seed") if key in made}
-    ours = {key: cfg.get(key) for key in theirs}
-    if theirs != ours:
-        def say(d: dict) -> str:
-            return ", ".join(f"{k}={v}" for k, v in d.items())
-
-        raise RunRefused(run_dir, f"holds a run of other seeds ({say(theirs)}; this one has {say(ours)})",
-                         ways_on)
+    keys = [key for key in ("seed", "data_seed") if key in made]
+    if any(made[key] != cfg.get(key) for key in keys):
+        theirs = ", ".join(f"{key}={made[key]}" for key in keys)
+        ours = ", ".join(f"{key}={cfg.get(key)}" for key in keys)
+        raise RunRefused(run_dir, f"holds a run of other seeds ({theirs}; this one has {ours})", ways_on)
 
 
 def _last_checkpoint(run_dir: Path) -> dict | None:
