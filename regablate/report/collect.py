@@ -12,12 +12,18 @@ A run's group is recomputed from `.hydra/config.yaml` with the runner's `group_i
 written when operational settings were still part of summary.json's `group` join the runs of the
 same science; without a config, or with an unresolved `${...}` in a science setting (two runs
 would read alike), the summary's `group` is kept.
+
+A run dir may come from someone else (regablate.untrusted): its files are read only when they
+are regular files inside the run dir and under a size cap, YAML without aliases, numbers only of
+sane size, each summary field of the type the contract gives it; a dir that fails any of these
+is skipped with the reason. A completed run whose metric or gap is NaN or infinite is kept
+(`Run.nonfinite` names the values) but not averaged (`Run.done` is false).
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 import os
 import re
@@ -25,14 +31,21 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
 from regablate.group import group_id, science
+from regablate.untrusted import (
+    FLOAT_LIMIT,
+    LARGE_CAP,
+    SMALL_CAP,
+    RefusedFile,
+    RefusedValue,
+    load_json_safe,
+    load_yaml_safe,
+    read_bounded,
+)
 
 STATUSES = ("completed", "running", "diverged", "failed", "interrupted")
 SPLITS = ("train", "val", "test")
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_SEED_LINE = re.compile(r"^(seed|data_seed): *(-?\d+|null) *\n", re.MULTILINE)
+_SEED_LINE = re.compile(r"^(seed|data_seed): *(-?\d{1,15}|null) *\n", re.MULTILINE)
 
 
 class Unreadable(ValueError):
@@ -56,7 +69,19 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return self.status == "completed"
+        """Completed, with finite metrics: a run that is averaged."""
+        return self.status == "completed" and not self.nonfinite
+
+    @property
+    def nonfinite(self) -> list[str]:
+        """The averaged values (train/val/test metric, gap) that are NaN or infinite."""
+        out = []
+        for split in (*SPLITS, "gap"):
+            x = self.summary.get("gap") if split == "gap" else \
+                (self.summary.get(split) or {}).get(self.metric)
+            if isinstance(x, float) and not math.isfinite(x):
+                out.append(split if split == "gap" else f"{split}.{self.metric}")
+        return out
 
     @property
     def metric(self) -> str | None:
@@ -102,14 +127,60 @@ def find_run_dirs(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     return sorted(found), broken
 
 
-def _read_summary(path: str) -> dict:
+def _read(path: str, name: str, cap: int) -> bytes | None:
+    """The bytes of `name` in the run dir `path` (regablate.untrusted.read_bounded); None when
+    absent; Unreadable naming the file otherwise."""
     try:
-        with open(os.path.join(path, "summary.json"), encoding="utf-8") as f:
-            summary = json.load(f)
-    except (OSError, UnicodeDecodeError) as e:
+        return read_bounded(os.path.join(path, name), cap, within=path)
+    except FileNotFoundError:
+        return None
+    except RefusedFile as e:
+        raise Unreadable(f"{name}: {e.reason}") from None
+    except OSError as e:
+        raise Unreadable(f"{name}: {e.strerror or e}") from None
+
+
+_NUMBER, _TEXT = (int, float), (str, type(None))
+FIELDS = {  # summary.json fields of contract v1 and the types they may hold
+    "seed": (int, type(None)), "data_seed": (int, type(None)),
+    "best_epoch": (int, type(None)), "epochs_run": (int, type(None)),
+    "n_params": (int, type(None)), "higher_is_better": (bool, type(None)),
+    "stopped_early": (bool, type(None)), "gap": (*_NUMBER, type(None)),
+    "wall_time_s": (*_NUMBER, type(None)), "dataset": _TEXT, "model": _TEXT, "task": _TEXT,
+    "device": _TEXT, "error": _TEXT, "warnings": (list, type(None)),
+    **{split: (dict, type(None)) for split in SPLITS}}
+_NAMES = {int: "an integer", float: "a number", bool: "true/false", str: "text",
+          list: "a list", dict: "an object", type(None): "null"}
+
+
+def _check_types(summary: dict) -> None:
+    for key, kinds in FIELDS.items():
+        value = summary.get(key)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            allowed = " or ".join(dict.fromkeys(_NAMES[k] for k in kinds))
+            raise Unreadable(f"summary.json: {key!r} is {_NAMES.get(type(value), 'a value')} "
+                             f"({_short(value)}), expected {allowed}")
+    if not all(isinstance(r, str) for r in summary["reg"]):
+        raise Unreadable("summary.json: 'reg' holds a value that is not text")
+    for w in summary.get("warnings") or []:
+        if not isinstance(w, dict) or not all(isinstance(w.get(k), _TEXT)
+                                              for k in ("id", "message")):
+            raise Unreadable("summary.json: a warning that is not an object of texts")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _read_summary(path: str) -> dict:
+    data = _read(path, "summary.json", SMALL_CAP)
+    if data is None:
+        raise Unreadable("summary.json: No such file or directory")
+    try:
+        summary = load_json_safe(data)
+    except RefusedValue as e:
         raise Unreadable(f"summary.json: {e}") from None
-    except json.JSONDecodeError as e:
-        raise Unreadable(f"summary.json is not valid JSON ({e})") from None
     if not isinstance(summary, dict):
         raise Unreadable("summary.json is not a JSON object")
     if summary.get("schema") != 1:
@@ -122,11 +193,13 @@ def _read_summary(path: str) -> dict:
     for key, kind in (("group", str), ("metric", str), ("reg", list)):
         if not isinstance(summary.get(key), kind) and (key != "metric" or done):
             raise Unreadable(f"summary.json: {key!r} missing or not a {kind.__name__}")
-    summary["reg"] = sorted(str(r) for r in summary["reg"])
     summary.setdefault("higher_is_better", summary["metric"] != "mse")
+    _check_types(summary)
+    summary["reg"] = sorted(summary["reg"])
     if done:
         for split in ("train", "val"):
-            if not isinstance((summary.get(split) or {}).get(summary["metric"]), (int, float)):
+            x = (summary.get(split) or {}).get(summary["metric"])
+            if not isinstance(x, (int, float)) or isinstance(x, bool):
                 raise Unreadable(f"summary.json: completed but {split}.{summary['metric']} missing")
     return summary
 
@@ -142,14 +215,16 @@ def read_metrics(path: str, metric: str | None, status: str) -> tuple[list, list
     """metrics.csv as (header, rows of text), checked: the columns the metric needs, no ragged
     line (a running run's half-written last line is dropped). A missing or empty file is
     ([], []) unless the run completed."""
-    try:
-        with open(os.path.join(path, "metrics.csv"), newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
+    data = _read(path, "metrics.csv", LARGE_CAP)
+    if data is None:
         if status == "completed":
-            raise Unreadable("metrics.csv is missing") from None
+            raise Unreadable("metrics.csv is missing")
         return [], []
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    try:
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    except UnicodeDecodeError as e:
+        raise Unreadable(f"metrics.csv is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
         raise Unreadable(f"metrics.csv: {e}") from None
     if not rows:
         if status == "completed":
@@ -182,6 +257,11 @@ def metric_columns(header: list, rows: list, names=None) -> dict:
                 curves[name] = _floats(columns[index[name]])
             except ValueError:
                 raise Unreadable(f"metrics.csv column {name!r} is not numeric") from None
+            big = next((x for x in curves[name] if abs(x) >= FLOAT_LIMIT and math.isfinite(x)),
+                       None)
+            if big is not None:
+                raise Unreadable(f"metrics.csv column {name!r}: {big:g} is out of range "
+                                 "(|x| < 1e100)")
     return curves
 
 
@@ -196,22 +276,21 @@ def _read_curves(path: str, metric: str | None, status: str) -> dict:
 
 def _parse_yaml(text: str, name: str, kind: type):
     try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise Unreadable(f".hydra/{name}: {str(e).splitlines()[0]}") from None
+        data = load_yaml_safe(text)
+    except RefusedValue as e:
+        raise Unreadable(f".hydra/{name}: {e}") from None
     if not isinstance(data, kind | type(None)):
         raise Unreadable(f".hydra/{name} is not a YAML {kind.__name__}")
     return data or kind()
 
 
 def _read_text(path: str, name: str) -> str | None:
+    data = _read(path, os.path.join(".hydra", name), SMALL_CAP)
     try:
-        with open(os.path.join(path, ".hydra", name), encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise Unreadable(f".hydra/{name}: {e}") from None
+        return None if data is None else data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Unreadable(f".hydra/{name} is not UTF-8 text ({e.reason} at byte {e.start})") \
+            from None
 
 
 @lru_cache(maxsize=1024)
