@@ -169,9 +169,11 @@ def train(cfg: Mapping, run_dir: Path | str) -> dict:
                 print(f"already completed: {run_dir}", flush=True)
             return done
         state = _last_checkpoint(run_dir)
-        if state is not None and talk:
-            print(f"resumed from epoch {state['epoch']}: {run_dir}", flush=True)
     x = build_experiment(s)
+    if state is not None:
+        state = _checked(state, x, run_dir)
+        if talk:
+            print(f"resumed from epoch {state['epoch']}: {run_dir}", flush=True)
     rec = open_run(cfg, x, run_dir, resume=state)
     try:
         check_eval_determinism(x.model, x.data)
@@ -208,22 +210,49 @@ def _check_same_configuration(cfg: dict, run_dir: Path) -> None:
         raise RunRefused(run_dir, f"holds a run of other seeds ({theirs}; this one has {ours})", ways_on)
 
 
-def _last_checkpoint(run_dir: Path) -> dict | None:
-    """`checkpoints/last.pt` to resume from, None if there is none; a damaged one is refused
-    with one line (nothing in the run dir is touched)."""
+def _damaged(run_dir: Path, path: Path, why: str) -> Exception:
+    """The one-line refusal of a checkpoint that cannot be used (nothing in the run dir is touched)."""
     from regablate.claim import RunRefused
 
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.exists():
-        return None
+    return RunRefused(run_dir, f"cannot be resumed: {path} is damaged ({why})",
+                      "move it away to train the run again from epoch 1, or choose another "
+                      "hydra.run.dir / hydra.sweep.dir")
+
+
+def _last_checkpoint(run_dir: Path) -> dict | None:
+    """`checkpoints/last.pt` as stored, None if there is none; one that cannot be read as plain
+    data is refused."""
     try:
-        state = checkpoint.load_last(run_dir)
-        state["epoch"], state["model"]  # noqa: B018  a complete checkpoint has both
-    except Exception as e:
-        raise RunRefused(run_dir, f"cannot be resumed: {last} is damaged ({type(e).__name__}: {e})",
-                         "move it away to train the run again from epoch 1, or choose another "
-                         "hydra.run.dir / hydra.sweep.dir") from None
-    return state
+        return checkpoint.load_last(run_dir)
+    except checkpoint.DamagedCheckpoint as e:
+        raise _damaged(run_dir, run_dir / "checkpoints" / "last.pt", str(e)) from None
+
+
+def _checked(state: dict, x: Experiment, run_dir: Path) -> dict:
+    """The resume state checked whole against the freshly built experiment (`checkpoint.
+    check_resume`), its best.pt against the model, before any file is written: a damaged one
+    is refused, never half used. Returns the state with its history unpacked and, under
+    `best`, best.pt's weights (None before a best epoch)."""
+    last, best = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    fresh = _stopper(x).__dict__
+    try:
+        history = checkpoint.check_resume(state, x.model, x.optimizer, x.schedule, fresh,
+                                          x.s.trainer.max_epochs)
+    except checkpoint.DamagedCheckpoint as e:
+        raise _damaged(run_dir, last, str(e)) from None
+    weights = None
+    if state["stopper"]["best_epoch"] > 0:
+        try:
+            weights = checkpoint.load(best)
+            checkpoint.check_weights(weights, x.model, "best.pt")
+        except checkpoint.DamagedCheckpoint as e:
+            raise _damaged(run_dir, best, str(e)) from None
+    return {**state, "history": history, "best": weights}
+
+
+def _stopper(x: Experiment) -> EarlyStopper:
+    es = x.s.trainer.early_stopping
+    return EarlyStopper(es.patience, es.min_delta, x.data.higher_is_better and es.monitor == "metric")
 
 
 class Checkpointer:
@@ -266,12 +295,10 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
     t, data, model, opt = x.s.trainer, x.data, x.model, x.optimizer
     schedule = x.schedule  # built with the optimiser, before its first step (as torch expects)
     metric = data.metric
-    es = t.early_stopping
-    monitor_metric = es.monitor == "metric"
-    stopper = EarlyStopper(es.patience, es.min_delta, data.higher_is_better and monitor_metric)
+    monitor_metric = t.early_stopping.monitor == "metric"
+    stopper = _stopper(x)
     gen = torch.Generator().manual_seed(x.s.seed)
     decay = decay_groups(opt)
-    ckpt = rec.dir / "checkpoints"
     saver = Checkpointer(rec, t.checkpoint_every_s, t.checkpoint)
     best_state, status, epoch, history = None, "completed", 0, []
     if state is not None:  # resume: every piece of state the next epoch depends on
@@ -280,9 +307,7 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
         schedule.load_state_dict(state["schedule"])
         stopper.__dict__.update(state["stopper"])
         checkpoint.set_rng_state(state["rng"], gen)
-        epoch, history = state["epoch"], checkpoint.unpack_history(state["history"])
-        if (ckpt / "best.pt").exists():
-            best_state = checkpoint.load(ckpt / "best.pt")
+        epoch, history, best_state = state["epoch"], state["history"], state["best"]
 
     def resume_state() -> Callable[[], dict]:
         """This epoch's resume state: copies taken now, packed only if it is written."""

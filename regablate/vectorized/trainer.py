@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 import random
 import sys
 import time
@@ -647,8 +646,8 @@ class VectorizedTrainer:
                 if e.snap.step is not None:
                     per_param[p]["step"] = e.snap.step.detach().cpu().clone()
         # python's and numpy's states packed as `checkpoint.rng_state` packs them
-        rng = {"python": pickle.dumps(random.Random(m.s.seed).getstate()),
-               "numpy": pickle.dumps(np.random.RandomState(m.s.seed % 2**32).get_state()),
+        rng = {"python": checkpoint.pack_python_rng(random.Random(m.s.seed).getstate()),
+               "numpy": checkpoint.pack_numpy_rng(np.random.RandomState(m.s.seed % 2**32).get_state()),
                "torch": e.cpu, "order": e.order}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
