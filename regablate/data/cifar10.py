@@ -9,7 +9,8 @@ Sources (`regablate data cifar10`, see `prepare`):
   `verify=False`. Pickles are read by an unpickler that only builds numpy arrays and lists.
 - the image-folder layout `train/<class>/*.png|jpg`, `test/<class>/...` (directory or tar
   archive), class order = the official label names; decoded as `dataset=image_folder` decodes
-  (`image_folder.open_image`, `to_array`), every image 32×32; no checksum applies.
+  (`image_folder.open_header`, `load`, `to_array`), every image 32×32 (checked on its header,
+  before decoding); no checksum applies.
 
 The cache `<root>/cifar10.pt` holds train_x (50000, 3, 32, 32) uint8, train_y, test_x, test_y,
 classes and where they came from. At run time (`make_cifar10`) a stratified validation split
@@ -46,6 +47,11 @@ TEST_FILE, META_FILE = "test_batch", "batches.meta"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CACHE = "cifar10.pt"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Bounds on what is read into memory, checked on sizes (member headers) before reading: a batch
+# file is 31 MB (batches.meta 158 bytes), a 32x32 image a few KB, the whole data set ~180 MB.
+MAX_BATCH_BYTES = 64 << 20
+MAX_IMAGE_BYTES = 1 << 20
+MAX_TOTAL_BYTES = 1 << 30
 
 # Published md5 checksums (as torchvision's CIFAR10 lists them). Tests replace this table.
 MD5 = {
@@ -112,25 +118,44 @@ def _wanted(rel: str) -> bool:
     return rel.split("/")[-1] in MD5 or _is_image(rel)
 
 
+def _check_size(where: str, rel: str, size: int, total: int) -> None:
+    """Refuse a file larger than CIFAR-10's files are (or too much in all) before reading it."""
+    limit = MAX_IMAGE_BYTES if _is_image(rel) else MAX_BATCH_BYTES
+    if size > limit:
+        raise UsageError(f"{where}: {size} bytes, more than a CIFAR-10 "
+                         f"{'image' if _is_image(rel) else 'batch file'} takes (at most {limit}); "
+                         "refused before reading it")
+    if total + size > MAX_TOTAL_BYTES:
+        raise UsageError(f"{where}: the files read so far pass {MAX_TOTAL_BYTES} bytes, more than "
+                         "CIFAR-10 takes; refused before reading more")
+
+
 def read_files(source: Path) -> dict[str, bytes]:
     """The files of interest (batch files, images) of a directory or a tar archive, by path
-    relative to it ("/" separated). Tar archives are streamed, never extracted to disk."""
+    relative to it ("/" separated). Tar archives are streamed, never extracted to disk. A file
+    (member) larger than CIFAR-10's are is refused from its size, before it is read."""
+    out: dict[str, bytes] = {}
+    total = 0
     if source.is_dir():
-        out = {}
         for p in sorted(source.rglob("*")):
             rel = p.relative_to(source).as_posix()
             if p.is_file() and _wanted(rel):
-                out[rel] = p.read_bytes()
+                _check_size(str(p), rel, p.stat().st_size, total)
+                with open(p, "rb") as f:  # at most the limit: the file may grow meanwhile
+                    out[rel] = f.read(MAX_BATCH_BYTES + 1)
+                _check_size(str(p), rel, len(out[rel]), total)
+                total += len(out[rel])
         return out
     if not source.is_file():
         raise UsageError(f"{source}: no such file or directory")
     try:
-        out = {}
         with tarfile.open(source, "r|*") as tar:
             for m in tar:
                 rel = m.name.removeprefix("./")
                 if m.isfile() and _wanted(rel):
+                    _check_size(f"{source}: member {m.name}", rel, m.size, total)
                     out[rel] = tar.extractfile(m).read()
+                    total += len(out[rel])
         return out
     except (tarfile.TarError, OSError, EOFError) as e:
         raise UsageError(f"{source}: not a directory or a readable tar archive ({e})") from e
@@ -171,10 +196,27 @@ def decode_batches(named: dict[str, bytes]) -> dict:
             "train_y": np.concatenate([y for _, y in train]), "test_x": test_x, "test_y": test_y}
 
 
+def _decode_32(rel: str, data: bytes):
+    """The loaded 32x32 image; any other size is refused from its header, before decoding."""
+    from regablate.data.image_folder import TooLarge, load, open_header
+
+    try:
+        img = open_header(data)
+        if img.size != (32, 32):
+            raise UsageError(f"{rel}: image is {img.size[0]}x{img.size[1]}, CIFAR-10 is 32x32")
+        return load(img)
+    except TooLarge as e:
+        raise UsageError(f"{rel}: {e.what}, CIFAR-10 is 32x32; refused before decoding") from None
+    except UsageError:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UsageError(f"{rel}: cannot decode image ({e})") from e
+
+
 def decode_image_folder(files: dict[str, bytes]) -> dict:
     """`[prefix/]train|test/<class>/<image>` -> arrays; label = index of the official name;
     images in file-name order within a class."""
-    from regablate.data.image_folder import open_image, to_array
+    from regablate.data.image_folder import pixel_limit, to_array
 
     found: dict[str, list[tuple[int, str]]] = {"train": [], "test": []}
     for rel in filter(_is_image, files):
@@ -191,14 +233,9 @@ def decode_image_folder(files: dict[str, bytes]) -> dict:
                              " (needs train/<class>/ and test/<class>/ for all ten classes)")
         items.sort()
         images = np.empty((len(items), 3, 32, 32), dtype=np.uint8)
-        for i, (_, rel) in enumerate(items):
-            try:
-                img = open_image(files[rel])
-            except (OSError, ValueError, SyntaxError) as e:
-                raise UsageError(f"{rel}: cannot decode image ({e})") from e
-            if img.size != (32, 32):
-                raise UsageError(f"{rel}: image is {img.size[0]}x{img.size[1]}, CIFAR-10 is 32x32")
-            images[i] = to_array(img, 32, 3)
+        with pixel_limit(32 * 32 * 4):  # Pillow's limit only backs up the header check below
+            for i, (_, rel) in enumerate(items):
+                images[i] = to_array(_decode_32(rel, files[rel]), 32, 3)
         out[f"{split}_x"] = images
         out[f"{split}_y"] = np.array([label for label, _ in items], dtype=np.int64)
     return out

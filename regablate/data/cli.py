@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--image-size", type=int, default=32, help="as dataset.image_size (default 32)")
     f.add_argument("--channels", type=int, default=3, choices=(1, 3), help="as dataset.channels")
     f.add_argument("--skip-unreadable", action="store_true", help="as dataset.skip_unreadable")
+    f.add_argument("--max-image-pixels", type=int, default=None, help="as dataset.max_image_pixels "
+                   "(default 89478485, Pillow's own limit)")
     f.add_argument("--root", type=Path, default=None, help="cache directory, as dataset.root "
                    "(default: $REGABLATE_DATA/image_folder or ~/.cache/regablate/image_folder)")
     return p
@@ -56,10 +58,13 @@ def _image_folder(args: argparse.Namespace) -> None:
 
     if args.image_size < 1:
         raise UsageError(f"--image-size {args.image_size}: must be > 0")
+    pixels = imf.MAX_IMAGE_PIXELS if args.max_image_pixels is None else args.max_image_pixels
+    if pixels < 1:
+        raise UsageError(f"--max-image-pixels {pixels}: must be > 0")
     root = args.root if args.root is not None else imf.default_root()
     s = imf.ImageFolderSettings(path=str(args.path), image_size=args.image_size,
                                 channels=args.channels, skip_unreadable=args.skip_unreadable,
-                                root=str(root.expanduser()))
+                                max_image_pixels=pixels, root=str(root.expanduser()))
     path = args.path.expanduser()
     if not path.exists():
         raise UsageError(f"{path}: no such folder or archive")

@@ -13,7 +13,10 @@ folder and settings is then removed. At run time missing splits are carved from 
 stratified with `data_seed` (test first, then val; fractions of the train folder), and inputs
 are normalised by the training split's per-channel mean and std in `prepare`.
 
-Bad input is a one-line UsageError naming the path (exit 2 through `regablate run`).
+Bad input is a one-line UsageError naming the path (exit 2 through `regablate run`). Sizes are
+checked before anything is decoded: an image whose header says it has more than
+`max_image_pixels` pixels, or a file (archive member) larger than such an image can take
+(`max_file_bytes`), is refused without being decompressed into memory.
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import tarfile
+import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -39,6 +46,8 @@ from regablate.schema import check, fraction, positive
 
 SPLITS = ("train", "val", "test")
 VERSION = 1  # bump when the decoding changes, so old caches are not reused
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # 89478485: Pillow's own warning threshold
+FILE_SLACK = 16 << 20  # bytes an image file may hold beyond its pixels (metadata, ICC, EXIF)
 
 
 def default_root() -> Path:
@@ -56,19 +65,84 @@ class ImageFolderSettings:
     val_fraction: float = fraction(0.1)  # carved from train when there is no val/ folder
     test_fraction: float = fraction(0.1)  # carved from train when there is no test/ folder
     skip_unreadable: bool = False  # skip (and count) images Pillow cannot read, instead of failing
+    max_image_pixels: int = positive(MAX_IMAGE_PIXELS)  # a larger image is refused before decoding
     n_ood: int = check(lambda v: v >= 0, "must be >= 0", 1000)  # Gaussian-noise images
     root: str = str(default_root())  # where decoded caches live
 
 
 # ---------------------------------------------------------------------------- decoding
 
-def open_image(data: bytes):
-    """A loaded PIL image, EXIF orientation applied; OSError/ValueError when unreadable."""
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file (or archive member) read as an image of at most `max_pixels` pixels:
+    4 bytes a pixel (RGBA, uncompressed) plus `FILE_SLACK`; larger ones are refused unread."""
+    return 4 * max_pixels + FILE_SLACK
+
+
+class TooLarge(ValueError):
+    """An image with more pixels than allowed, found from its header (nothing decoded)."""
+
+    def __init__(self, pixels: int | None, limit: int, size: tuple[int, int] | None = None):
+        self.pixels, self.limit, self.size = pixels, limit, size
+        dims = f" ({size[0]}x{size[1]})" if size else ""
+        self.what = f"an image of {pixels if pixels is not None else 'more'} pixels{dims}"
+        super().__init__(f"{self.what}, more than the limit of {limit}")
+
+
+@contextmanager
+def pixel_limit(limit: int) -> Iterator[None]:
+    """Pillow's decompression-bomb limit set to `limit` while images are read, its warning an
+    error (`open_image` turns both into `TooLarge`); Pillow's own settings are restored after.
+    Enter it once around all the reading threads: it sets process-wide state."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
+def _too_large(e: Exception, limit: int) -> TooLarge:
+    """Pillow's "Image size (N pixels) exceeds limit ..." as `TooLarge`."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    return TooLarge(int(found.group(1)) if found else None, limit)
+
+
+def open_header(data: bytes, max_pixels: int | None = None):
+    """The PIL image of `data` with only its header read; `TooLarge` when the header says it has
+    more than `max_pixels` pixels (or than Pillow's limit), OSError/ValueError when unreadable."""
+    from PIL import Image
+
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _too_large(e, limit) from None
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise TooLarge(w * h, max_pixels, (w, h))
+    return img
+
+
+def load(img):
+    """Decode an image from `open_header`, EXIF orientation applied (Pillow's limit still holds
+    for formats whose frames are sized as they load)."""
     from PIL import Image, ImageOps
 
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return ImageOps.exif_transpose(img)
+    try:
+        img.load()
+        return ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _too_large(e, Image.MAX_IMAGE_PIXELS) from None
+
+
+def open_image(data: bytes, max_pixels: int | None = None):
+    """A loaded PIL image, EXIF orientation applied; `TooLarge` (checked on the header, before
+    decoding) for more than `max_pixels` pixels; OSError/ValueError when unreadable."""
+    return load(open_header(data, max_pixels))
 
 
 def to_array(img, size: int, channels: int) -> np.ndarray:
@@ -90,9 +164,10 @@ def to_array(img, size: int, channels: int) -> np.ndarray:
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
-def decode_image(data: bytes, size: int, channels: int) -> np.ndarray:
-    """Image file bytes -> (channels, size, size) uint8 (see `to_array`)."""
-    img = open_image(data)
+def decode_image(data: bytes, size: int, channels: int, max_pixels: int | None = None) -> np.ndarray:
+    """Image file bytes -> (channels, size, size) uint8 (see `to_array`); `TooLarge` for an
+    image of more than `max_pixels` pixels, before it is decoded."""
+    img = open_image(data, max_pixels)
     img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at a reduced scale
     return to_array(img, size, channels)
 
@@ -106,11 +181,29 @@ class Source:
     path: Path
     found: dict[str, dict[str, list[str]]]
     members: dict = field(default_factory=dict)  # archive: relative name -> TarInfo
+    max_bytes: int = max_file_bytes(MAX_IMAGE_PIXELS)  # a larger image file is refused unread
+
+    def size(self, rel: str) -> int:
+        return self.members[rel].size if self.members else (self.path / rel).stat().st_size
 
     def read(self, rel: str, tar: tarfile.TarFile | None) -> bytes:
+        """The file's bytes, at most `max_bytes` of them (refused beyond: a file can grow
+        between the scan and the read)."""
         if tar is None:
-            return (self.path / rel).read_bytes()
-        return tar.extractfile(self.members[rel]).read()
+            with open(self.path / rel, "rb") as f:
+                data = f.read(self.max_bytes + 1)
+        else:
+            data = tar.extractfile(self.members[rel]).read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:
+            raise _oversized(f"{self.path}/{rel}", None, self.max_bytes)
+        return data
+
+
+def _oversized(where: str, size: int | None, limit: int) -> UsageError:
+    big = f"{size} bytes" if size is not None else "larger"
+    return UsageError(f"{where}: {big}, more than an image file may take ({limit} bytes: 4 a pixel "
+                      f"of dataset.max_image_pixels, plus {FILE_SLACK >> 20} MiB); refused before "
+                      "reading it")
 
 
 def _is_image(name: str) -> bool:
@@ -147,16 +240,23 @@ def manifest(path: Path) -> list:
     return out
 
 
-def scan(path: Path) -> Source:
-    """The images of a folder or archive by split and class; nothing is decoded."""
+def scan(path: Path, max_bytes: int = max_file_bytes(MAX_IMAGE_PIXELS)) -> Source:
+    """The images of a folder or archive by split and class; nothing is decoded. An image file
+    (archive member) of more than `max_bytes` is refused, from its size (member header) alone."""
     found: dict[str, dict[str, list[str]]] = {}
     if path.is_dir():
-        for rel, _, _ in manifest(path):
+        for rel, size, _ in manifest(path):
+            if size > max_bytes:
+                raise _oversized(f"{path}/{rel}", size, max_bytes)
             _add(found, rel.rstrip("/").split("/"), not rel.endswith("/"))
-        return Source(path, _sorted(found))
+        return Source(path, _sorted(found), max_bytes=max_bytes)
     try:
         with tarfile.open(path, "r:*") as tar:
-            infos = tar.getmembers()
+            infos = []
+            for m in tar:  # header by header: an oversized image is refused before its data
+                if m.isfile() and m.size > max_bytes and _is_image(m.name.rsplit("/", 1)[-1]):
+                    raise _oversized(f"{path}: member {m.name}", m.size, max_bytes)
+                infos.append(m)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise UsageError(f"{path}: not a folder or a readable tar archive ({e})") from e
     names = [m.name.removeprefix("./").rstrip("/") for m in infos]
@@ -169,7 +269,7 @@ def scan(path: Path) -> Source:
             _add(found, rel.split("/"), m.isfile())
             if m.isfile():
                 members[rel] = m
-    return Source(path, _sorted(found), members)
+    return Source(path, _sorted(found), members, max_bytes)
 
 
 def _sorted(found: dict) -> dict:
@@ -223,7 +323,7 @@ def decode(src: Source, classes: list[str], s: ImageFolderSettings) -> dict:
     def one(job: tuple[str, bytes]) -> tuple[str, np.ndarray | Exception]:
         rel, data = job
         try:
-            return rel, decode_image(data, s.image_size, s.channels)
+            return rel, decode_image(data, s.image_size, s.channels, s.max_image_pixels)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # bad files
             return rel, e
 
@@ -231,10 +331,14 @@ def decode(src: Source, classes: list[str], s: ImageFolderSettings) -> dict:
     names = [n for n in names if n in where]
     tar = tarfile.open(src.path, "r:*") if src.members else None
     try:
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            for start in range(0, len(names), 256):
-                jobs = [(rel, src.read(rel, tar)) for rel in names[start:start + 256]]
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, pixel_limit(s.max_image_pixels):
+            for batch in _batches(names, src):
+                jobs = [(rel, src.read(rel, tar)) for rel in batch]
                 for rel, out in pool.map(one, jobs):
+                    if isinstance(out, TooLarge):  # refused, never skipped: it is not unreadable
+                        raise UsageError(f"{src.path}/{rel}: {out.what}, more than dataset."
+                                         f"max_image_pixels={s.max_image_pixels}; refused before "
+                                         "decoding it (raise the limit to accept it)")
                     if isinstance(out, Exception):
                         if not s.skip_unreadable:
                             reason = str(out).splitlines()[0] if str(out) else type(out).__name__
@@ -259,6 +363,21 @@ def decode(src: Source, classes: list[str], s: ImageFolderSettings) -> dict:
     return out
 
 
+def _batches(names: list[str], src: Source, most: int = 256, bytes_: int = 256 << 20):
+    """`names` in order, in batches of at most `most` files and about `bytes_` bytes (a batch
+    is read into memory whole)."""
+    batch, total = [], 0
+    for rel in names:
+        size = src.size(rel)
+        if batch and (len(batch) == most or total + size > bytes_):
+            yield batch
+            batch, total = [], 0
+        batch.append(rel)
+        total += size
+    if batch:
+        yield batch
+
+
 # ---------------------------------------------------------------------------- the cache
 
 def _digest(obj) -> str:
@@ -280,7 +399,7 @@ def load_or_decode(path: Path, s: ImageFolderSettings) -> dict:
             return torch.load(cache, weights_only=True)
         except Exception:  # a truncated or foreign file: decode again
             pass
-    src = scan(path)
+    src = scan(path, max_file_bytes(s.max_image_pixels))
     classes = check_layout(src)
     n = sum(len(v) for by_class in src.found.values() for v in by_class.values())
     print(f"regablate: decoding {n} images of {path} at {s.channels}x{s.image_size}x"

@@ -12,6 +12,9 @@
   target are dropped.
 - a regression target is standardised with training statistics (`scale_target`), so `mse` is
   in units of the training target's variance.
+- a file without data rows, and an infinite number (or one too large to standardise) in a
+  numeric feature or the target, are refused naming the column and the first such row; rows
+  are data rows counted from 1, the header excluded (data row 1 is line 2 of a CSV).
 
 `path` may name a file inside an installed package, `pkg:<package>/<file>`
 (e.g. `pkg:palmerpenguins/data/penguins.csv`), found without importing the package.
@@ -80,6 +83,19 @@ def read_table(path: str):
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise UsageError(f"{path}: cannot read the table ({type(e).__name__}: {e})") from e
     raise UsageError(f"{path}: not a .csv or .parquet file")
+
+
+def check_finite(values, rows, path: str, what: str, shown=None) -> None:
+    """UsageError naming `what`, the value (as `shown` holds it, default `values`) and the
+    first data row (`rows`, 1-based) where `values` is not a finite number."""
+    bad = ~np.isfinite(np.asarray(values, dtype="float64"))
+    if bad.any():
+        i = int(bad.argmax())
+        n = int(bad.sum())
+        value = np.asarray(values if shown is None else shown)[i]
+        more = f" (and {n - 1} more row{'s' if n > 2 else ''})" if n > 1 else ""
+        raise UsageError(f"{path}: {what} ({value}) in data row {rows[i]}{more}; data rows count "
+                         "from 1, the header excluded: values must be finite numbers")
 
 
 def _is_numeric(col) -> bool:
@@ -154,8 +170,11 @@ def encode(df, features: list[str], train_rows, s: TabularSettings, path: str):
             x = col.astype("float64")
             if s.impute == "median":
                 x = x.fillna(tr[c].astype("float64").median())
+            check_finite(x, x.index, path, f"column {c!r} has a non-finite value")
             mean, std = x.iloc[train_rows].mean(), x.iloc[train_rows].std(ddof=0)
-            blocks.append(((x - mean) / (std if std > 0 else 1.0)).to_numpy()[:, None])
+            z = ((x - mean) / (std if std > 0 else 1.0)).astype("float32")
+            check_finite(z, x.index, path, f"column {c!r} is too large to standardise", x)
+            blocks.append(z.to_numpy()[:, None])
             continue
         kind = col.dtype
         if not isinstance(kind, pd.CategoricalDtype) and not all(
@@ -175,10 +194,15 @@ def encode(df, features: list[str], train_rows, s: TabularSettings, path: str):
 
 
 def make_tabular(s: TabularSettings, data_seed: int) -> Data:
+    import pandas as pd
+
     if s.path is None:
         raise ConfigError("dataset.path", None, "is required: a .csv or .parquet file")
     path = s.path
     df = read_table(path)
+    if len(df) == 0:
+        raise UsageError(f"{path}: no rows (only a header: {', '.join(map(str, df.columns)) or '-'})")
+    df.index = pd.RangeIndex(1, len(df) + 1)  # data rows as a user counts them, header excluded
     features = _columns(df, s, path)
     df = df[[*features, s.target]]
     missing = {c: int(n) for c, n in df.isna().sum().items() if n}
@@ -186,7 +210,12 @@ def make_tabular(s: TabularSettings, data_seed: int) -> Data:
         listing = ", ".join(f"{c} ({n})" for c, n in missing.items())
         raise UsageError(f"{path}: missing values in {listing}; clean the file or set "
                          "dataset.impute=median (training-split medians / most frequent values)")
-    df = df[df[s.target].notna()].reset_index(drop=True)  # rows without a target cannot be learnt
+    df = df[df[s.target].notna()]  # rows without a target cannot be learnt (labels kept: data rows)
+    if len(df) == 0:
+        raise UsageError(f"{path}: no rows with a value of the target {s.target!r}")
+    if _is_numeric(df[s.target]):
+        check_finite(df[s.target], df.index, path, f"target column {s.target!r} has a "
+                     "non-finite value")
     task = infer_task(df[s.target], s, path)
     if task == "classification":
         classes = sorted(df[s.target].unique(), key=str)
@@ -204,6 +233,8 @@ def make_tabular(s: TabularSettings, data_seed: int) -> Data:
             std = values[train].std(unbiased=False)
             values = (values - values[train].mean()) / (std if std > 0 else 1.0)
         y, out_dim = values.float().unsqueeze(1), 1
+        check_finite(y[:, 0], df.index, path, f"target column {s.target!r} is too large to "
+                     f"{'standardise' if s.scale_target else 'hold in float32'}", df[s.target])
     x = encode(df, features, train.numpy(), s, path)
     return Data(task, Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test]),
                 in_shape=(x.shape[1],), out_dim=out_dim)
