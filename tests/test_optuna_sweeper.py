@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from conftest import run_cli
-from hydra_plugins.regablate_optuna.optuna_sweeper import search_space
+from hydra_plugins.regablate_optuna.optuna_sweeper import SAMPLERS, make_sampler, search_space
 from regablate.errors import ConfigError
 from regablate.objective import maximised, terms, value
 from regablate.report.cli import main as report_main
@@ -130,3 +130,98 @@ def test_a_trial_whose_seed_fails_is_told_fail_and_the_others_go_on(tmp_path):
     by_k = {t["params"]["dataset.k"]: t for t in _study(tmp_path / "s")["trials"]}
     assert by_k[30]["state"] == "FAIL" and by_k[30]["statuses"] == ["failed"] and by_k[30]["values"] == [None]
     assert by_k[2]["state"] == "COMPLETE"
+
+
+def _table(path: Path, seed: int) -> None:
+    """A small CSV: two numeric features and a binary target."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(80, 2)).round(3)
+    rows = ["x1,x2,y"] + [f"{a},{b},{int(a + b > 0)}" for a, b in x]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _stored(tmp_path: Path, name: str) -> list:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'db' / 'study.db'}").trials
+
+
+def test_a_stored_study_refuses_another_problem_in_one_line_and_stays_as_it_was(tmp_path):
+    _table(tmp_path / "a.csv", 0)
+    _table(tmp_path / "b.csv", 1)
+
+    def sweep(*changes: str, n: int = 2):
+        base = {"dataset": "dataset=tabular", "dataset.path": "dataset.path=a.csv",
+                "dataset.target": "dataset.target=y", "reg.l2.lam": "reg.l2.lam=tag(log, interval(1e-6, 1e-1))",
+                "trainer.objective": "trainer.objective=val_loss"}
+        for c in changes:
+            base[c.split("=", 1)[0]] = c
+        return run_cli("run", "-m", "hydra/sweeper=optuna", "+reg=l2", *base.values(), f"hydra.sweeper.n_trials={n}",
+                       "hydra.sweeper.n_jobs=1", "hydra.sweeper.seeds_per_trial=1", "hydra.sweeper.sampler=random",
+                       "hydra.sweeper.storage=sqlite:///db/study.db", "hydra.sweeper.study_name=tab", *TINY[1:],
+                       "hydra.sweep.dir=s", cwd=tmp_path)
+
+    first = sweep(n=1)
+    assert first.returncode == 0, first.stderr
+    for change, named in (("dataset.path=b.csv", "dataset.path='a.csv' stored, 'b.csv' now"),
+                          ("reg.l2.lam=tag(log, interval(1e-6, 1e-2))", "reg.l2.lam=interval(1e-06, 0.1) log stored, "
+                                                                        "interval(1e-06, 0.01) log now"),
+                          ("optim.lr=0.05", "optim.lr="),
+                          ("trainer.objective=gap", "objective='val_loss' stored, 'gap' now")):
+        r = sweep(change)
+        assert r.returncode == 2, (change, r.stderr)
+        line = r.stderr.strip()
+        assert "\n" not in line and line.startswith("regablate: error: study 'tab'"), line
+        assert named in line, line
+        assert "Launching" not in r.stdout + r.stderr
+        assert len(_stored(tmp_path, "tab")) == 1  # nothing added to the stored study
+    # an operational setting is no other problem: the study goes on
+    more = sweep("trainer.eval_batch_size=64")
+    assert more.returncode == 0, more.stderr
+    assert [t.state.name for t in _stored(tmp_path, "tab")] == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_continued_seeded_study_proposes_new_trials_the_same_as_one_run_of_them_all(tmp_path):
+    def sweep(n: int, where: str):
+        return run_cli("run", "-m", "hydra/sweeper=optuna", "+reg=l2", "reg.l2.lam=tag(log, interval(1e-6, 1e-1))",
+                       "dataset.k=choice(2,3,4)",
+                       f"hydra.sweeper.n_trials={n}", "hydra.sweeper.seeds_per_trial=1", "hydra.sweeper.sampler_seed=0",
+                       f"hydra.sweeper.storage=sqlite:///{where}.db", "hydra.sweeper.study_name=s", *TINY,
+                       f"hydra.sweep.dir={where}", cwd=tmp_path)
+
+    for n, where in ((2, "continued"), (4, "continued"), (4, "fresh")):
+        r = sweep(n, where)
+        assert r.returncode == 0, r.stderr
+    continued = [t["params"] for t in _study(tmp_path / "continued")["trials"]]
+    assert len(continued) == 4 and len({json.dumps(p, sort_keys=True) for p in continued}) == 4  # none repeated
+    assert continued == [t["params"] for t in _study(tmp_path / "fresh")["trials"]]  # seeded per trial number
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_seeded_sampler_continued_in_another_process_proposes_what_one_run_proposes(name):
+    import optuna
+
+    if name == "cmaes":
+        pytest.importorskip("cmaes")  # optuna's CmaEsSampler needs it; not a dependency of regablate
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    discrete = name in ("grid", "bruteforce")
+    space = {"a": IntDistribution(0, 9), "b": CategoricalDistribution(["x", "y", "z"]),
+             **({} if discrete else {"lam": FloatDistribution(1e-6, 1e-1, log=True)})}
+
+    def run(study, n: int) -> None:  # asks two at a time, as the sweeper does with n_jobs=2
+        while len(study.trials) < n:
+            trials = [study.ask(space) for _ in range(2)]
+            for t in trials:
+                study.tell(t, t.params["a"] + "xyz".index(t.params["b"]) + math.log(t.params.get("lam", 1.0)))
+
+    storage = optuna.storages.InMemoryStorage()
+    run(optuna.create_study(storage=storage, study_name="s", sampler=make_sampler(name, 7, space)), 2)
+    continued = optuna.load_study(storage=storage, study_name="s", sampler=make_sampler(name, 7, space))
+    run(continued, 6)  # a new sampler, as a new process makes it
+    fresh = optuna.create_study(sampler=make_sampler(name, 7, space))
+    run(fresh, 6)
+    params = [t.params for t in continued.trials]
+    assert len({json.dumps(p, sort_keys=True) for p in params}) == 6
+    assert params == [t.params for t in fresh.trials]

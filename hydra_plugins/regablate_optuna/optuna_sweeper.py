@@ -29,7 +29,13 @@ metric is higher-is-better (acc), from the dataset's task. Storage: in memory by
 `storage=sqlite:///study.db` (with `study_name`) makes the study resumable: `n_trials` is the
 study's total, so re-running the command runs only the trials still missing (finished ones are
 kept, none repeated; trials a killed process left running are run again under their own number,
-with trainer.resume=auto). The study must keep its objective, direction and seeds.
+with trainer.resume=auto). A stored study keeps the problem it was made for (its `problem` user
+attribute: the config's science as regablate.group defines it, with the searched keys replaced by
+their ranges or choices, and the objective, direction and seeds); another is refused in one line
+naming what differs, before anything is added to the study. With `sampler_seed`, the sampler's
+random states are seeded again before each trial from (sampler_seed, trial number): a continued
+study proposes new trials, the same ones a single run of all of them would (given the same
+results of the trials before).
 
 At the end the sweep dir gets `optuna_study.json` (every trial of the study, and the best), which
 `regablate report` uses to rank the trials.
@@ -64,6 +70,7 @@ SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampl
             "qmc": "QMCSampler", "gp": "GPSampler", "grid": "GridSampler",
             "bruteforce": "BruteForceSampler", "nsga2": "NSGAIISampler"}
 STUDY_FILE = "optuna_study.json"
+PROBLEM = "problem"  # the study user attribute that keeps what its trials searched
 
 
 @dataclass
@@ -145,6 +152,73 @@ def _grid(space: dict[str, Any]) -> dict[str, list]:
     return out
 
 
+def _shown(d: Any) -> str:
+    """A searched parameter's distribution in one stable line: `interval(1e-06, 0.1) log`,
+    `int interval(1, 4) step 1`, `choice(2, 'x')`."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(d, CategoricalDistribution):
+        return f"choice({', '.join(map(repr, d.choices))})"
+    kind = "int " if isinstance(d, IntDistribution) else ""
+    step = "" if d.step is None or (kind and d.step == 1) else f" step {d.step!r}"
+    return f"{kind}interval({d.low!r}, {d.high!r}){' log' if d.log else ''}{step}"
+
+
+def _differences(stored: dict[str, str], now: dict[str, str], show: int = 3) -> str:
+    """`key=old stored, new now; ...` for the keys whose values differ (the first `show`)."""
+    keys = [k for k in dict.fromkeys([*stored, *now]) if stored.get(k) != now.get(k)]
+    parts = [f"{k}={stored.get(k, 'unset')} stored, {now.get(k, 'unset')} now" for k in keys[:show]]
+    return "; ".join(parts) + (f"; and {len(keys) - show} more" if len(keys) > show else "")
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler's seed for trial `number` of a study searched with `sampler_seed=seed`."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "little")
+
+
+def _reseed(sampler: Any, seed: int, seen: Optional[set] = None) -> None:  # noqa: UP045
+    """Seed every random state of `sampler` and of the samplers inside it (TPE's random sampler
+    for its start-up trials, CMA-ES's independent sampler...) in place, so that states they
+    share stay shared and what a sampler fixed at construction (a grid's order, QMC's
+    scrambling) stays as it is."""
+    from optuna.samplers import BaseSampler
+    from optuna.samplers._lazy_random_state import LazyRandomState
+
+    seen = set() if seen is None else seen
+    if id(sampler) in seen:
+        return
+    seen.add(id(sampler))
+    for value in vars(sampler).values():
+        if isinstance(value, LazyRandomState):
+            value.rng.seed(seed)
+        elif isinstance(value, BaseSampler):
+            _reseed(value, seed, seen)
+
+
+def make_sampler(name: str, seed: Optional[int], space: dict) -> Any:  # noqa: UP045
+    """The Optuna sampler `name`. With a seed, its random states are seeded again before each
+    trial from (seed, the trial's number): the trials a study proposes depend on their numbers
+    and the study's history only, so a continued study proposes new trials (one sampler
+    seeded once would propose the first trials again) and the same ones as a single run."""
+    import optuna
+
+    kwargs: dict[str, Any] = {} if seed is None else {"seed": seed}
+    if name == "grid":
+        kwargs["search_space"] = _grid(space)
+    sampler = getattr(optuna.samplers, SAMPLERS[name])(**kwargs)
+    if seed is not None:
+        before_trial = sampler.before_trial
+
+        def seeded(study: Any, trial: Any) -> None:  # optuna calls it first thing in every trial
+            _reseed(sampler, trial_seed(seed, trial.number))
+            before_trial(study, trial)
+
+        sampler.before_trial = seeded
+    return sampler
+
+
 def _read_summary(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
@@ -214,30 +288,54 @@ class OptunaSweeper(Sweeper):
                              "set hydra.sweeper.direction=minimize or maximize")
         return objective, "maximize" if maximised(objective, task == "classification") else "minimize"
 
+    def _problem(self, objective: str, direction: str, space: dict) -> dict[str, str]:
+        """What makes the study's trials comparable, as `key -> value as shown`: the composed
+        config's science (`regablate.group.science`: dataset, model, regularisers, optimiser, the
+        fixed overrides...; operational settings and the searched keys left out), data_seed as
+        written, every searched parameter's range or choices, the objective, direction and seeds."""
+        from regablate.group import science
+
+        assert self.config is not None
+        task = OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"])
+        flat = science(OmegaConf.to_container(task, resolve=True))
+        searched = tuple(space)
+        out = {k: repr(float(v) if isinstance(v, int) and not isinstance(v, bool) else v)  # 1 == 1.0
+               for k, v in flat.items() if not any(k == n or k.startswith(f"{n}.") for n in searched)}
+        out["data_seed"] = repr(OmegaConf.to_container(task, resolve=False).get("data_seed"))  # ${seed}: follows it
+        out.update({n: _shown(d) for n, d in space.items()})
+        out.update({"trainer.objective": repr(objective), "hydra.sweeper.direction": repr(direction),
+                    "hydra.sweeper.seeds": repr(self.seeds)})
+        return out
+
     def _study(self, objective: str, direction: str, space: dict) -> Any:
+        """The study, made or loaded. A stored study continues only the problem it was made for
+        (its `problem` user attribute): another one is refused in one line naming what differs,
+        before anything is added to it."""
         import optuna
 
         from regablate.errors import UsageError
 
-        sampler_cls = getattr(optuna.samplers, SAMPLERS[self.sampler])
-        kwargs = {} if self.sampler_seed is None else {"seed": self.sampler_seed}
-        if self.sampler == "grid":
-            kwargs["search_space"] = _grid(space)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if str(self.storage or "").startswith("sqlite:///"):  # sqlite makes the file, not its folder
             Path(str(self.storage)[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(storage=self.storage, study_name=self.study_name,
-                                    sampler=sampler_cls(**kwargs), direction=direction,
-                                    load_if_exists=True)
-        want = {"objective": objective, "seeds": self.seeds}
-        have = {k: study.user_attrs[k] for k in want if k in study.user_attrs}
-        if have and have != want or study.direction.name.lower() != direction:
-            raise UsageError(
-                f"study {study.study_name!r} in {self.storage} was run with {have or 'other settings'}, "
-                f"direction {study.direction.name.lower()}; this sweep asks {want}, direction "
-                f"{direction}: its trials would not be comparable; choose another hydra.sweeper.study_name")
-        for k, v in want.items():
-            study.set_user_attr(k, v)
+                                    sampler=make_sampler(self.sampler, self.sampler_seed, space),
+                                    direction=direction, load_if_exists=True)
+        problem = self._problem(objective, direction, space)
+        stored = study.user_attrs.get(PROBLEM)
+        if stored is None:  # a new study, or one stored before its problem was kept: what it says
+            stored = {"hydra.sweeper.direction": repr(study.direction.name.lower()),
+                      **{k: repr(study.user_attrs[a]) for k, a in (("trainer.objective", "objective"),
+                                                                   ("hydra.sweeper.seeds", "seeds"))
+                         if a in study.user_attrs}}
+        now = problem if PROBLEM in study.user_attrs else {k: problem[k] for k in stored}
+        if stored != now:
+            raise UsageError(f"study {study.study_name!r} in {self.storage or 'memory'} was made for another "
+                             f"problem: {_differences(stored, now)}; its trials would not be comparable: "
+                             "choose another hydra.sweeper.study_name")
+        if PROBLEM not in study.user_attrs:
+            for k, v in ((PROBLEM, problem), ("objective", objective), ("seeds", self.seeds)):
+                study.set_user_attr(k, v)
         return study
 
     # -- the sweep ---------------------------------------------------------------------------
