@@ -1,6 +1,8 @@
 """`regablate report [DIR ...]`: one honest table of train / val / test and the gap.
 
-Exit codes: 0 done; 2 bad input or no runs (one line on stderr, no traceback).
+Exit codes: 0 done; 2 bad input or no runs (one line on stderr, no traceback). A run dir
+that cannot be read safely is skipped with one warning line naming it and why; what is printed
+has its control characters escaped.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 from pathlib import Path
 
 from regablate.report.collect import SPLITS
+from regablate.untrusted import escape_control
 
 DEFAULT_ROOTS = ("multirun", "outputs")
 FORMATS = ("table", "markdown", "csv", "latex", "json", "parquet")
@@ -139,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     roots = _roots(args.paths)
     runs, skipped = collect(roots)
     for path, reason in skipped:
-        print(f"regablate report: warning: skipped {path}: {reason}", file=sys.stderr)
+        print(escape_control(f"regablate report: warning: skipped {path}: {reason}"),
+              file=sys.stderr)
     where = ", ".join(map(str, roots))
     if not runs:
         raise UsageError(f"no runs found under {where}" +
@@ -186,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
 
         paths = write_plots(shown, Path(args.plot))
         paths += plot_study(study, Path(args.plot)) if study else []
-        print(f"regablate report: wrote {len(paths)} figure(s) to {args.plot}", file=sys.stderr)
+        print(escape_control(f"regablate report: wrote {len(paths)} figure(s) to {args.plot}"),
+              file=sys.stderr)
     return 0
 
 
@@ -196,7 +201,7 @@ def main(argv: list[str]) -> int:
         args = build_parser().parse_args(argv)
         return run(args)
     except UsageError as e:
-        print(f"regablate report: error: {e}", file=sys.stderr)
+        print(escape_control(f"regablate report: error: {e}"), file=sys.stderr)
         return 2
     except SystemExit as e:  # --help
         return int(e.code or 0)

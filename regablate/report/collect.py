@@ -179,8 +179,9 @@ def _read_summary(path: str) -> dict:
         raise Unreadable("summary.json: No such file or directory")
     try:
         summary = load_json_safe(data)
-    except RefusedValue as e:
-        raise Unreadable(f"summary.json: {e}") from None
+    except RefusedValue as e:  # "summary.json is not valid JSON (...)", "summary.json: a ..."
+        raise Unreadable(f"summary.json{' is' if str(e).startswith('not ') else ':'} {e}") \
+            from None
     if not isinstance(summary, dict):
         raise Unreadable("summary.json is not a JSON object")
     if summary.get("schema") != 1:

@@ -10,6 +10,10 @@ every group's mean validation curve (primary metric) on the same axes, ±1 std b
 reliability_*.png (classification runs with calibration in their summary): accuracy
 against confidence per bin on the test split, bins pooled over seeds (count-weighted), with
 the diagonal of perfect calibration and the mean ECE.
+
+Labels from run dirs are drawn as plain text (no mathtext, control characters escaped); an
+infinite value in a curve is left out like a missing one; a reliability table whose lists do
+not fit together is not drawn.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 from regablate.report.select import Group, stack_name
 from regablate.report.stats import describe
+from regablate.untrusted import escape_control, is_sane_number
 
 
 def _mean_curve(runs, column: str):
@@ -33,6 +38,7 @@ def _mean_curve(runs, column: str):
         if column in r.curves:
             for e, v in zip(r.curves["epoch"], r.curves[column], strict=True):
                 grid[j, index[e]] = v
+    grid[~np.isfinite(grid)] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # epochs only some seeds reached
         std = np.nanstd(grid, axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(epochs))
@@ -68,8 +74,8 @@ def _curves(plt, g: Group, path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.suptitle(f"{g.name} — {runs[0].summary.get('dataset', '')} / "
-                 f"{runs[0].summary.get('model', '')}, {len(runs)} seed(s)")
+    fig.suptitle(escape_control(f"{g.name} — {runs[0].summary.get('dataset') or ''} / "
+                                f"{runs[0].summary.get('model') or ''}, {len(runs)} seed(s)"))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -86,12 +92,12 @@ def _gap(plt, groups: list[Group], path: Path) -> None:
     bases = {g.baseline.id: g.baseline for g, _ in rows if g.baseline}
     for b in bases.values():
         ax.axvline(describe(r.value("gap") for r in b.done).mean, color="tab:red",
-                   linestyle="--", label=f"baseline: {b.name}")
+                   linestyle="--", label=escape_control(f"baseline: {b.name}"))
     ax.axvline(0, color="black", linewidth=0.8, label="no gap")
-    ax.set_yticks(y, [f"{g.name} (n={s.n})" for g, s in rows])
+    ax.set_yticks(y, [escape_control(f"{g.name} (n={s.n})") for g, s in rows])
     ax.invert_yaxis()  # smallest gap on top
     metrics = sorted({g.done[0].metric for g, _ in rows})
-    ax.set(xlabel=f"train–val gap ({', '.join(metrics)}; positive = overfit)",
+    ax.set(xlabel=escape_control(f"train–val gap ({', '.join(metrics)}; positive = overfit)"),
            title="Generalisation gap per group, smallest first")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize="small", loc="best")
@@ -113,10 +119,10 @@ def _overlay(plt, groups: list[Group], path: Path) -> None:
         metrics.append(runs[0].metric)
         x, mean, std = _mean_curve(runs, column)
         color = f"C{i % 10}"
-        ax.plot(x, mean, color=color, label=f"{g.name} (n={len(runs)})")
+        ax.plot(x, mean, color=color, label=escape_control(f"{g.name} (n={len(runs)})"))
         if len(runs) > 1:
             ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
-    what = ", ".join(sorted(set(metrics)))
+    what = escape_control(", ".join(sorted(set(metrics))))
     ax.set(xlabel="epoch", ylabel=f"val {what}",
            title=f"Validation {what} per group: mean over completed seeds, ±1 std band")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -128,11 +134,13 @@ def _overlay(plt, groups: list[Group], path: Path) -> None:
 
 def pooled_reliability(runs, split: str) -> dict | None:
     """Per-bin confidence and accuracy pooled over runs, weighted by each bin's count."""
-    tables = [(r.summary.get("reliability") or {}).get(split) for r in runs]
-    tables = [t for t in tables if t and t.get("count")]
+    tables = [r.summary.get("reliability") for r in runs]
+    tables = [t.get(split) for t in tables if isinstance(t, dict)]
+    tables = [t for t in tables if _fits(t)]
+    n_bins = len(tables[0]["count"]) if tables else 0
+    tables = [t for t in tables if len(t["count"]) == n_bins]
     if not tables:
         return None
-    n_bins = len(tables[0]["count"])
     count = np.zeros(n_bins)
     conf = np.zeros(n_bins)
     acc = np.zeros(n_bins)
@@ -144,6 +152,21 @@ def pooled_reliability(runs, split: str) -> dict | None:
     with np.errstate(invalid="ignore", divide="ignore"):
         return {"edges": np.asarray(tables[0]["edges"]), "count": count,
                 "confidence": conf / count, "accuracy": acc / count, "runs": len(tables)}
+
+
+def _fits(table) -> bool:
+    """A reliability table of n bins: count, confidence, accuracy (n numbers or nulls each,
+    counts finite) and edges (n + 1 finite numbers)."""
+    if not isinstance(table, dict) or not isinstance(table.get("count"), list):
+        return False
+    n = len(table["count"])
+    lists = [table.get(k) for k in ("count", "confidence", "accuracy", "edges")]
+    if not n or not all(isinstance(x, list) for x in lists) or \
+            [len(x) for x in lists] != [n, n, n, n + 1]:
+        return False
+    return all(map(is_sane_number, table["count"] + table["edges"])) and all(
+        x is None or is_sane_number(x) or isinstance(x, float)
+        for x in table["confidence"] + table["accuracy"])
 
 
 def _reliability(plt, g: Group, split: str, table: dict, path: Path) -> None:
@@ -159,7 +182,8 @@ def _reliability(plt, g: Group, split: str, table: dict, path: Path) -> None:
     eces = [e for e in eces if not np.isnan(e)]
     ece = f", ECE {np.mean(eces):.3f}" + (f" ± {np.std(eces, ddof=1):.3f}" if len(eces) > 1 else "")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-           title=f"{g.name}: reliability on {split}\n{table['runs']} seed(s){ece}")
+           title=escape_control(f"{g.name}: reliability on {split}") +
+           f"\n{table['runs']} seed(s){ece}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
     fig.savefig(path, dpi=100)
@@ -173,6 +197,11 @@ def write_plots(groups: list[Group], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    with matplotlib.rc_context({"text.parse_math": False}):  # a "$" in a label is a "$"
+        return _write_plots(plt, groups, out)
+
+
+def _write_plots(plt, groups: list[Group], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for g in groups:

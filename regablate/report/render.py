@@ -2,7 +2,9 @@
 
 The best value of a column is highlighted in its direction (higher acc; lower loss, mse, gap),
 comparing only rows of the same metric. Columns are hidden, least useful first, until the
-terminal table fits its width; the footer says which.
+terminal table fits its width; the footer says which. Text from run dirs (labels, settings,
+paths) is printed with its control characters escaped (regablate.untrusted.escape_control),
+in every format; json escapes them itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 from regablate.report.collect import SPLITS
 from regablate.report.stats import Stat
 from regablate.report.table import Column, Report
+from regablate.untrusted import escape_control
 
 DASH = "–"
 
@@ -52,7 +55,12 @@ def cell(col: Column, row: dict) -> str:
         return f"{v}*" if v < 3 else str(v)
     if col.kind == "num":
         return _num(v, m)
-    return DASH if _missing(v) else str(v)
+    return DASH if _missing(v) else escape_control(v)
+
+
+def head(col: Column) -> str:
+    """A column's header, two lines, control characters escaped."""
+    return "\n".join(escape_control(part) for part in col.head.split("\n"))
 
 
 def _sortable(v):
@@ -71,7 +79,7 @@ def best_rows(col: Column, rows: list[dict]) -> set[int]:
     for i, row in enumerate(rows):
         v = _sortable(row.get(col.key))
         if row.get("status", "completed") == "completed" and isinstance(v, (int, float)) \
-                and not math.isnan(v):
+                and math.isfinite(v):
             by_metric.setdefault(row["metric"], []).append((v if _higher(col, row) else -v, i))
     out = set()
     for values in by_metric.values():
@@ -104,7 +112,7 @@ def _rich_table(report: Report, columns: list[Column]):
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False)
     for c in columns:
         text = c.kind == "text"
-        table.add_column(c.head, justify="left" if text else "right", no_wrap=not text,
+        table.add_column(head(c), justify="left" if text else "right", no_wrap=not text,
                          overflow="fold")
     best = {c.key: best_rows(c, report.rows) for c in columns}
     for i, row in enumerate(report.rows):
@@ -127,7 +135,7 @@ def to_terminal(report: Report, console, fit: bool = True) -> None:
         worst = max(c.drop for c in columns)
         victim = [c for c in columns if c.drop == worst][-1]
         columns.remove(victim)
-        hidden.insert(0, " ".join(victim.head.replace("-\n", "").split()))
+        hidden.insert(0, " ".join(head(victim).replace("-\n", "").split()))
         table = _rich_table(report, columns)
     console.print(table)
     notes = list(report.footer)
@@ -135,11 +143,11 @@ def to_terminal(report: Report, console, fit: bool = True) -> None:
         notes.append(f"hidden to fit the terminal: {', '.join(hidden)} "
                      "(widen it, or use --format markdown/csv/json)")
     for line in notes:
-        console.print(line, style="dim", highlight=False, markup=False)
+        console.print(escape_control(line), style="dim", highlight=False, markup=False)
 
 
 def _cells(report: Report, escape, bold) -> tuple[list, list]:
-    heads = [escape(" ".join(c.head.replace("-\n", "").split())) for c in report.columns]
+    heads = [escape(" ".join(head(c).replace("-\n", "").split())) for c in report.columns]
     best = {c.key: best_rows(c, report.rows) for c in report.columns}
     body = [[bold(escape(cell(c, row))) if i in best[c.key] else escape(cell(c, row))
              for c in report.columns] for i, row in enumerate(report.rows)]
@@ -159,7 +167,8 @@ def to_markdown(report: Report) -> str:
     heads, body = _cells(report, escape, lambda s: f"**{s}**")
     table = tabulate(body, heads, tablefmt="github", colalign=_align(report),
                      disable_numparse=True)
-    return table + "\n\n" + "  \n".join(escape(line) for line in report.footer) + "\n"
+    return table + "\n\n" + "  \n".join(escape(escape_control(line))
+                                         for line in report.footer) + "\n"
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -177,7 +186,7 @@ def to_latex(report: Report) -> str:
     heads, body = _cells(report, escape, lambda s: rf"\textbf{{{s}}}")
     table = tabulate(body, heads, tablefmt="latex_raw", colalign=_align(report),
                      disable_numparse=True)
-    return table + "\n" + "".join(f"% {line}\n" for line in report.footer)
+    return table + "\n" + "".join(f"% {escape_control(line)}\n" for line in report.footer)
 
 
 def _flat(row: dict, key: str) -> dict:
@@ -197,9 +206,11 @@ def to_csv(report: Report) -> str:
     keys += [k for k in CSV_EXTRA if k not in keys and report.rows and k in report.rows[0]]
     flat = [{k: v for key in keys for k, v in _flat(row, key).items()} for row in report.rows]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(flat[0]) if flat else keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if _missing(v) else v for k, v in row.items()} for row in flat)
+    fields = list(flat[0]) if flat else keys
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(map(escape_control, fields))
+    writer.writerows(["" if _missing(v) else escape_control(v) if isinstance(v, str) else v
+                      for v in (row.get(k, "") for k in fields)] for row in flat)
     return out.getvalue()
 
 

@@ -1,6 +1,6 @@
 """Statistics over seeds: mean, sample std, t-based 95% interval, tests, Holm's correction.
 
-NaNs (a metric a run did not report) are dropped before anything is computed.
+NaNs (a metric a run did not report) and infinities are dropped before anything is computed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Stat:
 
 
 def describe(values) -> Stat:
-    x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
     n = len(x)
     if n == 0:
         return Stat(0, math.nan, math.nan, math.nan, math.nan)
@@ -55,8 +55,8 @@ def compare(values: list, baseline: list, paired: bool = True) -> Comparison:
     A paired t-test when allowed and both sides hold the same >= 2 keys, once each; else
     Welch's unequal-variance t-test when each side has >= 2 values; else no p-value.
     """
-    a = [(k, v) for k, v in values if not math.isnan(v)]
-    b = [(k, v) for k, v in baseline if not math.isnan(v)]
+    a = [(k, v) for k, v in values if math.isfinite(v)]
+    b = [(k, v) for k, v in baseline if math.isfinite(v)]
     if not a or not b:
         return Comparison(math.nan, math.nan, None)
     delta = float(np.mean([v for _, v in a]) - np.mean([v for _, v in b]))

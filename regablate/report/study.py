@@ -5,17 +5,25 @@ group of run dirs (one per seed), so the table is the usual group table with thr
 added: the trial number, and the objective's mean ± std and 95% interval over the trial's
 completed seeds, computed here from each run's summary.json (`regablate.objective`). Rows are
 ordered best first in the study's direction; the best trial's name is marked with a star.
+A study file that is not a regular file under the size cap, or not of the shape written by the
+sweeper, is ignored (the table is then the usual group table).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 from regablate.report.stats import describe
 from regablate.report.table import Column, Report
+from regablate.untrusted import (
+    SMALL_CAP,
+    escape_control,
+    is_sane_number,
+    load_json_safe,
+    read_bounded,
+)
 
 STUDY_FILE = "optuna_study.json"
 BEST = "★ "
@@ -27,10 +35,28 @@ def find_study(roots: list[Path]) -> dict | None:
         path = Path(root) / STUDY_FILE
         if path.is_file():
             try:
-                return json.loads(path.read_text(encoding="utf-8"))
+                study = load_json_safe(read_bounded(path, SMALL_CAP, within=root))
             except (OSError, ValueError):
                 return None
+            return study if _valid(study) else None
     return None
+
+
+def _valid(study) -> bool:
+    """The fields `rank` and `plot` use, of the types the sweeper writes."""
+    if not isinstance(study, dict) or not isinstance(study.get("objective"), str) \
+            or study.get("direction") not in ("minimize", "maximize"):
+        return False
+    if not isinstance(study.get("trials", []), list) \
+            or not isinstance(study.get("log_params") or {}, dict):
+        return False
+    for t in study.get("trials", []):
+        if not (isinstance(t, dict) and isinstance(t.get("state"), str)
+                and isinstance(t.get("number"), int) and isinstance(t.get("params"), dict)
+                and isinstance(t.get("values") or [], list)
+                and all(v is None or is_sane_number(v) for v in t.get("values") or [])):
+            return False
+    return True
 
 
 def _trial(path: Path) -> str | None:
@@ -102,9 +128,11 @@ def plot(study: dict, out: Path) -> list[Path]:
                         color="C3" if best else "C0", capsize=3, zorder=2)
         if log:
             ax.set_xscale("log")
-        ax.set_xlabel(name + (" (log)" if log else ""))
-        ax.set_ylabel(f"{study['objective']} ({study['direction']})")
-        ax.set_title(f"{study.get('study_name')}: mean ± 95% CI over seeds {study.get('seeds')}", fontsize=9)
+        ax.set_xlabel(escape_control(name + (" (log)" if log else "")), parse_math=False)
+        ax.set_ylabel(escape_control(f"{study['objective']} ({study['direction']})"),
+                      parse_math=False)
+        ax.set_title(escape_control(f"{study.get('study_name')}: mean ± 95% CI over seeds "
+                                    f"{study.get('seeds')}"), fontsize=9, parse_math=False)
         fig.tight_layout()
         path = out / f"objective_vs_{name.replace('/', '_')}.png"
         fig.savefig(path, dpi=110)

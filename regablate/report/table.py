@@ -79,12 +79,14 @@ def _group_row(g: Group, keys: list[str]) -> dict:
            if isinstance(w, dict)}
     epochs = [float(r.summary["best_epoch"]) for r in done
               if isinstance(r.summary.get("best_epoch"), (int, float))]
+    nonfinite = sum(bool(r.nonfinite) for r in g.runs if r.status == "completed")
     row = {"name": g.name, "group": g.id, "reg": list(g.stack), "metric": _task(g).metric,
            "higher_is_better": bool(_task(g).summary["higher_is_better"]), "n": len(done),
            **{s: describe(r.value(s) for r in done) for s in (*SPLITS, "gap")},
            "best_epoch": sum(epochs) / len(epochs) if epochs else math.nan,
            "warnings": len(ids),
-           "not_averaged": ", ".join(f"{statuses[s]} {s}" for s in STATUSES[1:] if statuses[s]),
+           "not_averaged": ", ".join([f"{statuses[s]} {s}" for s in STATUSES[1:] if statuses[s]]
+                                     + ([f"{nonfinite} non-finite"] if nonfinite else [])),
            "baseline": g.baseline.name if g.baseline else None}
     row["gap_ci"] = row["gap"]
     row.update({k: g.config.get(k) for k in keys})
@@ -113,6 +115,8 @@ def group_report(groups: list[Group], split: str, paired: bool) -> Report:
             "gap": _stat_json(row["gap"]), "best_epoch": row["best_epoch"],
             "warnings": row["warnings"], "config": {k: row[k] for k in keys},
             "baseline": row["baseline"], "is_baseline": row["is_baseline"]})
+        if bad := [str(r.path) for r in g.runs if r.status == "completed" and r.nonfinite]:
+            docs[-1]["non_finite"] = bad  # completed, not averaged
         row["doc"] = docs[-1]
     for name in ("", "_gap"):
         for row, p in zip(rows, holm([r[f"p{name}_raw"] for r in rows]), strict=True):
@@ -135,8 +139,8 @@ def group_report(groups: list[Group], split: str, paired: bool) -> Report:
                Column("warnings", "warn-\nings", "int", drop=6)]
     if any(r["not_averaged"] for r in rows):
         columns.append(Column("not_averaged", "not\naveraged", drop=4))
-    footer = (_counts(runs, " (only completed runs are averaged)") + _test_note(rows, split)
-              + _seed_note(rows))
+    footer = (_counts(runs, " (only completed runs are averaged)") + _nonfinite_note(runs)
+              + _test_note(rows, split) + _seed_note(rows))
     return Report(columns, rows, footer, {"metric_split": split})
 
 
@@ -176,7 +180,7 @@ def run_report(groups: list[Group]) -> Report:
                Column("epochs_run", "epochs\nrun", "int", drop=4),
                Column("warnings", "warn-\nings", "int", drop=5),
                *[Column(f"{s}_{k}", f"{s}\n{k}", "num", _direction(k), drop=7) for s, k in extra]]
-    return Report(columns, rows, _counts(runs), {})
+    return Report(columns, rows, _counts(runs) + _nonfinite_note(runs, "not averaged"), {})
 
 
 def _direction(key: str) -> str | None:
@@ -196,6 +200,15 @@ def _counts(runs: list[Run], note: str = "") -> list[str]:
     c = Counter(r.status for r in runs)
     shown = [f"{c[s]} {s}" for s in STATUSES if s != "interrupted" or c[s]]
     return ["runs: " + " · ".join(shown) + note]
+
+
+def _nonfinite_note(runs: list[Run], what: str = "left out") -> list[str]:
+    """One line naming the completed runs whose metric or gap is NaN or infinite."""
+    bad = [r for r in runs if r.status == "completed" and r.nonfinite]
+    if not bad:
+        return []
+    return [f"{len(bad)} run{'s' * (len(bad) != 1)} with non-finite metrics {what}: "
+            + ", ".join(f"{_rel(r.path)} ({', '.join(r.nonfinite)})" for r in bad)]
 
 
 def _test_note(rows: list[dict], split: str) -> list[str]:
