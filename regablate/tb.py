@@ -3,7 +3,9 @@
 Default dirs: ./multirun and ./outputs, those that exist. TensorBoard is shown a view of the
 runs under them (`regablate.tb_view`): runs named `<group label>/seed=<s>`, one HParams
 experiment covering exactly those runs. Runs `python -m tensorboard.main` until Ctrl-C.
-Exit codes: TensorBoard's own; 0 after Ctrl-C; 2 for bad input or no dir to show.
+Exit codes: TensorBoard's own; 0 after Ctrl-C; 2 for bad input or no dir to show. Run dirs
+that cannot be read are skipped with a warning line each; printed text has its control
+characters escaped.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from regablate.untrusted import escape_control
 
 DEFAULT_ROOTS = ("multirun", "outputs")
 
@@ -69,18 +73,21 @@ def main(argv: list[str]) -> int:
         if importlib.util.find_spec("tensorboard") is None:
             raise UsageError("tensorboard is not installed (pip install tensorboard)")
     except UsageError as e:
-        print(f"regablate tb: error: {e}", file=sys.stderr)
+        print(escape_control(f"regablate tb: error: {e}"), file=sys.stderr)
         return 2
     except SystemExit as e:  # --help
         return int(e.code or 0)
     from regablate import tb_view
 
+    def say(line: str) -> None:
+        print(escape_control(f"regablate tb: {line}"), file=sys.stderr)
+
     view = tb_view.cache_dir(dirs)
-    n_runs, n_groups = tb_view.build(dirs, view)
+    n_runs, n_groups = tb_view.build(dirs, view, warn=lambda line: say(f"warning: {line}"))
     cmd = tensorboard_argv(view, args.host, args.port)
-    print(f"regablate tb: {n_runs} runs in {n_groups} groups from {', '.join(map(str, dirs))}, "
-          f"named <group label>/seed=<s> (view: {view})", file=sys.stderr)
-    print(f"regablate tb: {' '.join(cmd[1:])}  (Ctrl-C to stop)", file=sys.stderr)
+    say(f"{n_runs} runs in {n_groups} groups from {', '.join(map(str, dirs))}, "
+        f"named <group label>/seed=<s> (view: {view})")
+    say(f"{' '.join(cmd[1:])}  (Ctrl-C to stop)")
     return serve(cmd)
 
 

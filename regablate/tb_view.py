@@ -6,13 +6,18 @@ The view is a folder of symbolic links (in regablate's cache, never in the resul
     <view>/<group label>/seed=<s>/
         events.out.tfevents.session.hparams      session start (every hparam, group = label) and end
         events.out.tfevents.<…>  -> the run's tb/ event files (gap, lr, best/gap, weights/*)
-        train/ val/ test/        -> the run's tb/train, tb/val, tb/test
+        train/ val/ test/        folders of links to the files of tb/train, tb/val, tb/test
 
 so TensorBoard's run filter takes regablate's words (`dropout`, `p=0.5`, `seed=3`), the
 HParams columns are the same whatever order runs are read in, every session has a value for
 every column (a strength a run does not use is 0) and no group is dropped. Links scale to
 thousands of runs; the view is rebuilt at each `regablate tb`, so it covers runs added since.
 A sweep that ends also writes its experiment at its own root (`describe_sweep`).
+
+Run dirs are read as the report reads them (unreadable ones skipped, each with a warning); only
+regular files are linked, never a symbolic link, FIFO or device under a run's tb/, so
+TensorBoard reads nothing outside the runs and never blocks. A label is one path component of
+at most 120 characters, its control characters escaped.
 """
 
 from __future__ import annotations
@@ -21,11 +26,16 @@ import hashlib
 import os
 import re
 import shutil
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from regablate import hparams as hp
+from regablate.untrusted import escape_control
 
 EXPERIMENT = "events.out.tfevents.experiment"
+MAX_NAME = 120  # characters of a label as a path component
+MAX_DEPTH = 3   # folders below a run's tb/ that are mirrored
 
 
 def cache_dir(dirs: list[Path]) -> Path:
@@ -35,8 +45,23 @@ def cache_dir(dirs: list[Path]) -> Path:
 
 
 def _safe(label: str) -> str:
-    """A label as one path component."""
-    return re.sub(r"[/\\\0]", "_", label).strip() or "run"
+    """A label as one path component: no separators, control characters escaped, at most
+    MAX_NAME characters (a longer one is cut and ends in a hash of the whole)."""
+    name = re.sub(r"[/\\]", "_", escape_control(label)).strip()
+    if name in ("", ".", ".."):
+        return "run"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha1(label.encode("utf-8", "replace")).hexdigest()[:8]
+        name = f"{name[:MAX_NAME - 10]}…{digest}"
+    return name
+
+
+def _real_dir(path: Path) -> bool:
+    """A directory, not a symbolic link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _identity(run) -> dict:
@@ -53,13 +78,18 @@ def _identity(run) -> dict:
     return values
 
 
-def build(dirs: list[Path], view: Path) -> tuple[int, int]:
-    """(Re)build `view` over the runs under `dirs`; returns (runs shown, groups)."""
+def build(dirs: list[Path], view: Path,
+          warn: Callable[[str], None] | None = None) -> tuple[int, int]:
+    """(Re)build `view` over the runs under `dirs`; returns (runs shown, groups). `warn` is
+    told, in one line each, of every run dir skipped and every tb/ entry not linked."""
     from regablate.report.collect import collect
     from regablate.report.select import make_groups
 
-    runs, _ = collect(dirs)
-    runs = [r for r in runs if (r.path / "tb").is_dir()]
+    warn = warn or (lambda line: None)
+    runs, skipped = collect(dirs)
+    for path, reason in skipped:
+        warn(f"skipped {path}: {reason}")
+    runs = [r for r in runs if _real_dir(r.path / "tb")]
     groups = make_groups(runs)
     if view.exists():
         shutil.rmtree(view)
@@ -73,7 +103,7 @@ def build(dirs: list[Path], view: Path) -> tuple[int, int]:
         while unique in taken:  # another data_seed of the same seed, say
             unique, i = f"{name}-{i}", i + 1
         taken.add(unique)
-        _link_run(run.path / "tb", view / unique, values, g.name, run.status)
+        _link_run(run.path / "tb", view / unique, values, g.name, run.status, warn)
     hp.write(view / EXPERIMENT, [hp.experiment(sessions, _metrics(r for _, r in members))])
     return len(members), len(groups)
 
@@ -87,15 +117,31 @@ def describe_sweep(sweep_dir: Path) -> None:
     SWEEP_DIR` without regablate: the same columns whatever order TensorBoard reads in."""
     from regablate.report.collect import collect
 
-    runs = [r for r in collect([sweep_dir])[0] if (r.path / "tb").is_dir()]
+    runs = [r for r in collect([sweep_dir])[0] if _real_dir(r.path / "tb")]
     if runs:
         sessions = hp.fill([_identity(r) for r in runs])
         hp.write(sweep_dir / EXPERIMENT, [hp.experiment(sessions, _metrics(runs))])
 
 
-def _link_run(tb: Path, into: Path, values: dict, label: str, status: str) -> None:
-    into.mkdir(parents=True)
-    for entry in tb.iterdir():
-        if entry.name != hp.SESSION_FILE:
-            (into / entry.name).symlink_to(entry.resolve())
+def _link_run(tb: Path, into: Path, values: dict, label: str, status: str,
+              warn: Callable[[str], None]) -> None:
+    _mirror(tb, into, warn, 0)
     hp.write(into / hp.SESSION_FILE, [hp.session_start(values, label), hp.session_end(status)])
+
+
+def _mirror(src: Path, into: Path, warn: Callable[[str], None], depth: int) -> None:
+    """`into` holds a link to each regular file of `src` and, MAX_DEPTH deep, a folder for
+    each of its folders; symbolic links and special files are left out with a warning."""
+    into.mkdir(parents=True, exist_ok=depth > 0)
+    for entry in sorted(src.iterdir()):
+        if depth == 0 and entry.name == hp.SESSION_FILE:
+            continue
+        mode = entry.lstat().st_mode
+        if stat.S_ISREG(mode):
+            (into / entry.name).symlink_to(entry.resolve())
+        elif stat.S_ISDIR(mode) and depth < MAX_DEPTH:
+            _mirror(entry, into / entry.name, warn, depth + 1)
+        else:
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "too deep" \
+                if stat.S_ISDIR(mode) else "not a regular file"
+            warn(f"not shown: {entry} ({what})")
