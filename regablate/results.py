@@ -6,7 +6,9 @@
     table = regablate.summarize(runs, metric="val")   # the report's table, one row per group
 
 `load_runs` and `load_curves` read run dirs with the report's reader (regablate.report.collect:
-the same discovery, and corrupt or partial dirs skipped with one warning each); groups and their
+the same discovery, and corrupt, partial or unsafe dirs — a FIFO, a link out of the run dir, a
+file over its size cap, a YAML alias, a number out of range, a field of the wrong type — skipped
+with one warning each, its control characters escaped); groups and their
 labels come from the report's grouping (regablate.report.select); `summarize` runs the report's
 statistics (regablate.report.table / stats) on the frame's rows, so a notebook and
 `regablate report` get the same numbers from the same code.
@@ -32,7 +34,8 @@ NOT_METRICS = {"reliability", "warnings", "reg", "train", "val", "test"}  # dict
 
 
 class SkippedRunWarning(UserWarning):
-    """A run dir that could not be read (corrupt or partial); it is left out of the frame."""
+    """A run dir that could not be read (corrupt, partial or unsafe); it is left out of the
+    frame. The message names the dir and the reason."""
 
 
 def _collect(paths) -> tuple[list, list]:
@@ -45,9 +48,12 @@ def _collect(paths) -> tuple[list, list]:
     for root in roots:
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or directory")
+    from regablate.untrusted import escape_control
+
     runs, skipped = collect(roots)
     for path, reason in skipped:
-        warnings.warn(f"skipped {path}: {reason}", SkippedRunWarning, stacklevel=3)
+        warnings.warn(escape_control(f"skipped {path}: {reason}"), SkippedRunWarning,
+                      stacklevel=3)
     return runs, skipped
 
 
@@ -191,6 +197,7 @@ def load_curves(*paths, status=None):
     import pandas as pd
 
     from regablate.report.collect import Unreadable, metric_columns, read_metrics
+    from regablate.untrusted import escape_control
 
     runs, _ = _collect(paths)
     labels, groups = _labels(runs)
@@ -205,7 +212,8 @@ def load_curves(*paths, status=None):
             header, rows = read_metrics(str(r.path), r.metric, r.status)
             columns = metric_columns(header, rows)
         except (Unreadable, OSError) as e:  # changed since it was read
-            warnings.warn(f"skipped {r.path}: {e}", SkippedRunWarning, stacklevel=2)
+            warnings.warn(escape_control(f"skipped {r.path}: {e}"), SkippedRunWarning,
+                          stacklevel=2)
             continue
         n = len(rows)
         if not n:
