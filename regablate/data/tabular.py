@@ -91,11 +91,24 @@ def check_finite(values, rows, path: str, what: str, shown=None) -> None:
     bad = ~np.isfinite(np.asarray(values, dtype="float64"))
     if bad.any():
         i = int(bad.argmax())
-        n = int(bad.sum())
-        value = np.asarray(values if shown is None else shown)[i]
-        more = f" (and {n - 1} more row{'s' if n > 2 else ''})" if n > 1 else ""
-        raise UsageError(f"{path}: {what} ({value}) in data row {rows[i]}{more}; data rows count "
-                         "from 1, the header excluded: values must be finite numbers")
+        refuse(path, what, np.asarray(values if shown is None else shown)[i], rows[i],
+               int(bad.sum()) - 1)
+
+
+def refuse(path: str, what: str, value, row, more: int = 0) -> None:
+    """UsageError: `what` (`value`) in data `row` (and `more` rows)."""
+    others = f" (and {more} more row{'s' if more > 1 else ''})" if more else ""
+    raise UsageError(f"{path}: {what} ({value}) in data row {row}{others}; data rows count from 1, "
+                     "the header excluded: values must be finite numbers")
+
+
+def check_scale(mean, std, values, rows, path: str, what: str) -> None:
+    """UsageError naming the largest of `values` when their training `mean` or `std` overflowed
+    (values near the float64 limit)."""
+    if not (np.isfinite(float(mean)) and np.isfinite(float(std))):
+        v = np.asarray(values, dtype="float64")
+        i = int(np.abs(v).argmax())
+        refuse(path, f"{what} is too large to standardise", v[i], rows[i])
 
 
 def _is_numeric(col) -> bool:
@@ -171,8 +184,10 @@ def encode(df, features: list[str], train_rows, s: TabularSettings, path: str):
             if s.impute == "median":
                 x = x.fillna(tr[c].astype("float64").median())
             check_finite(x, x.index, path, f"column {c!r} has a non-finite value")
-            mean, std = x.iloc[train_rows].mean(), x.iloc[train_rows].std(ddof=0)
-            z = ((x - mean) / (std if std > 0 else 1.0)).astype("float32")
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused below
+                mean, std = x.iloc[train_rows].mean(), x.iloc[train_rows].std(ddof=0)
+                check_scale(mean, std, x, x.index, path, f"column {c!r}")
+                z = ((x - mean) / (std if std > 0 else 1.0)).astype("float32")
             check_finite(z, x.index, path, f"column {c!r} is too large to standardise", x)
             blocks.append(z.to_numpy()[:, None])
             continue
@@ -230,8 +245,9 @@ def make_tabular(s: TabularSettings, data_seed: int) -> Data:
         values = torch.tensor(df[s.target].to_numpy(dtype="float64"))
         train, val, test = split_rows(None, len(df), s, data_seed)
         if s.scale_target:
-            std = values[train].std(unbiased=False)
-            values = (values - values[train].mean()) / (std if std > 0 else 1.0)
+            mean, std = values[train].mean(), values[train].std(unbiased=False)
+            check_scale(mean, std, values, df.index, path, f"target column {s.target!r}")
+            values = (values - mean) / (std if std > 0 else 1.0)
         y, out_dim = values.float().unsqueeze(1), 1
         check_finite(y[:, 0], df.index, path, f"target column {s.target!r} is too large to "
                      f"{'standardise' if s.scale_target else 'hold in float32'}", df[s.target])
