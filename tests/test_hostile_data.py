@@ -195,13 +195,19 @@ def test_a_13000_square_png_is_refused_before_decoding(tmp_path, no_big_decode):
         make_image_folder(settings(tmp_path / "img", tmp_path, skip_unreadable=True), 0)
 
 
-def test_max_image_pixels_is_the_limit_and_a_checked_setting(tmp_path):
+def test_max_image_pixels_is_the_limit_and_a_checked_setting(tmp_path, capsys):
     small_images(tmp_path / "img")  # 12x10 = 120 pixels each
     with pytest.raises(UsageError, match=r"/img/train/cat/0.png: an image of 120 pixels, more "
                        r"than dataset.max_image_pixels=100; refused before decoding"):
         make_image_folder(settings(tmp_path / "img", tmp_path, max_image_pixels=100), 0)
     d = make_image_folder(settings(tmp_path / "img", tmp_path, max_image_pixels=120), 0)
     assert len(d.train) + len(d.val) + len(d.test) == 6
+    args = ["image_folder", str(tmp_path / "img"), "--root", str(tmp_path / "c2")]
+    assert data_main([*args, "--max-image-pixels", "100"]) == 2  # `regablate data image_folder`
+    assert "/img/train/cat/0.png: an image of 120 pixels, more than dataset.max_image_pixels=100" \
+        in capsys.readouterr().err
+    assert data_main([*args, "--max-image-pixels", "0"]) == 2
+    assert "--max-image-pixels 0: must be > 0" in capsys.readouterr().err
     assert ImageFolderSettings().max_image_pixels == MAX_IMAGE_PIXELS == 1024**3 // 4 // 3
     for bad in (0, -5, "many", 1.5):
         with pytest.raises(ConfigError, match=rf"^dataset.max_image_pixels={bad!r}: must be"):
