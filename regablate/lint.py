@@ -4,7 +4,9 @@
 training; the trainer runs the same `lint` at the start of every run and stores the findings in
 summary.json `warnings`. "Ahead of" and "feeds" (RA002, RA003) follow the order in which an
 eval-mode forward pass calls the modules when the input shape is known (always from
-`regablate lint`), else registration order. Rules:
+`regablate lint`), else registration order. That pass is the model's first call on the data's
+shape: a model whose forward fails on it (a custom model built for other inputs) is refused in
+one line naming the model, the shape and the error (ModelInputError). Rules:
 
 RA001  optim=adam with optim.weight_decay > 0: torch's Adam adds λw to the gradient before the
        adaptive scaling, so it is coupled L2 whose strength varies per parameter, not decoupled
@@ -41,6 +43,7 @@ import torch
 from torch import nn
 
 from regablate.compose import compose_config
+from regablate.errors import UsageError
 from regablate.settings import Settings
 from regablate.uncertainty import drop_rate, is_dropout
 
@@ -78,11 +81,32 @@ def _describe(name: str, m: nn.Module) -> str:
     return f"{type(m).__name__}" + (f"(p={_g(p)})" if p is not None else "") + f" at {name}"
 
 
+class ModelInputError(UsageError):
+    """The model fails on inputs of the data's shape (its forward raised): one line naming the
+    model, the shape and the error. It is the run's failure, found before its first epoch."""
+
+    def __init__(self, who: str, in_shape: tuple[int, ...], error: BaseException):
+        detail = " ".join(str(error).split())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        self.who, self.in_shape = who, in_shape
+        super().__init__(f"{who} fails on the data's inputs: a batch of shape {(2, *in_shape)} "
+                         f"(samples of shape {in_shape}) raised {type(error).__name__}"
+                         + (f": {detail}" if detail else ""))
+
+
+def model_name(settings: Settings) -> str:
+    """`model=mlp`, or `model=custom (pkg.mod:Class)`: the model as the config names it."""
+    target = getattr(settings.model, "target", None)
+    return f"model={settings.model.name}" + (f" ({target})" if target else "")
+
+
 @torch.no_grad()
-def _order(model: nn.Module, in_shape: tuple[int, ...] | None) -> list[tuple[str, nn.Module]]:
+def _order(model: nn.Module, in_shape: tuple[int, ...] | None,
+           who: str = "the model") -> list[tuple[str, nn.Module]]:
     """Leaf modules (and dropout-family modules) in the order an eval-mode forward pass of two
     zero inputs of `in_shape` calls them (first calls; modules never called are left out), or
-    in registration order when `in_shape` is None."""
+    in registration order when `in_shape` is None. A model that fails on those inputs raises
+    ModelInputError naming `who`."""
     leaves = [(n, m) for n, m in model.named_modules() if n and (not any(m.children()) or is_dropout(m))]
     if in_shape is None:
         return leaves
@@ -96,7 +120,10 @@ def _order(model: nn.Module, in_shape: tuple[int, ...] | None) -> list[tuple[str
     try:
         model.eval()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        model(torch.zeros(2, *in_shape, device=device))
+        try:
+            model(torch.zeros(2, *in_shape, device=device))
+        except Exception as e:  # noqa: BLE001 — the first call of the model on the data's shape
+            raise ModelInputError(who, tuple(in_shape), e) from None
     finally:
         for h in hooks:
             h.remove()
@@ -118,9 +145,9 @@ def _active(m: nn.Module) -> bool:
     return p is None or p > 0
 
 
-def _dropout_vs_norm(model: nn.Module, in_shape: tuple[int, ...] | None) -> list[Finding]:
+def _dropout_vs_norm(model: nn.Module, in_shape: tuple[int, ...] | None, who: str) -> list[Finding]:
     """RA002 (dropout straight into a norm) and RA003 (dropout > 0.1 ahead of BatchNorm)."""
-    order = _order(model, in_shape)
+    order = _order(model, in_shape, who)
     direct, ahead = [], []
     for i, (name, m) in enumerate(order):
         if not is_dropout(m) or not _active(m):
@@ -221,7 +248,8 @@ def lint(settings: Settings, model: nn.Module, groups: list[dict] | None = None,
     """The findings for a run's settings, its built model and its optimiser's parameter groups
     (`optimizer.param_groups`; from the settings and the stack when not given). With the model's
     input shape `in_shape` (no batch dimension), module order is the forward order of a pass on
-    zeros, else registration order. Empty for a clean stack."""
+    zeros, else registration order; a model that fails on those zeros raises ModelInputError
+    (one line: the model, the shape, the error). Empty for a clean stack."""
     from regablate.optim import held_groups
 
     s, stack = settings, settings.stack
@@ -235,7 +263,7 @@ def lint(settings: Settings, model: nn.Module, groups: list[dict] | None = None,
             "per-parameter step sizes, not decoupled weight decay",
             "use optim=adamw with optim.weight_decay=0 and +reg=weight_decay (decoupled), "
             "or +reg=l2 if you mean coupled L2"))
-    out += _dropout_vs_norm(model, in_shape)
+    out += _dropout_vs_norm(model, in_shape, model_name(s))
     out += _decay_on_1d(model, groups, s)
     out += _transformer(model, groups, s)
     high = [_describe(n, m) for n, m in model.named_modules()
@@ -313,7 +341,7 @@ def main(argv: list[str]) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from regablate.cli import _error, _one_line
-    from regablate.errors import ConfigError, UsageError
+    from regablate.errors import ConfigError
     from regablate.settings import load_settings
 
     if any(a in ("-h", "--help") for a in argv):

@@ -65,3 +65,14 @@ class Broken(nn.Module):
     def __init__(self, in_shape: tuple[int, ...], out_dim: int):
         super().__init__()
         raise RuntimeError("no such layer")
+
+
+class FixedWidth(nn.Module):
+    """Ignores `in_shape`: built for 7 input features whatever the data has."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int):
+        super().__init__()
+        self.net = nn.Linear(7, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

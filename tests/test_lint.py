@@ -9,7 +9,7 @@ from torch import nn
 
 from regablate.compose import compose_config
 from regablate.experiment import build_experiment
-from regablate.lint import Finding, build_model, format_findings, lint, main
+from regablate.lint import Finding, ModelInputError, build_model, format_findings, lint, main
 from regablate.paths import CONF_DIR
 from regablate.settings import load_settings
 
@@ -163,6 +163,15 @@ def test_with_the_input_shape_module_order_is_the_forward_order():
     (f,) = lint(s, model, in_shape=(3,))
     assert f.id == "RA002" and "Dropout(p=0.05) at drop -> BatchNorm1d at norm" in f.message
     assert model.training and model.norm.training  # modes restored after the traced pass
+
+
+def test_a_model_that_fails_on_the_datas_shape_is_one_line_naming_it():
+    s = settings_for("model.hidden=[8]")
+    with pytest.raises(ModelInputError) as e:
+        lint(s, nn.Sequential(nn.Linear(7, 2)), in_shape=(5,))
+    assert str(e.value) == ("model=mlp fails on the data's inputs: a batch of shape (2, 5) (samples of shape (5,)) "
+                            "raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x5 and 7x2)")
+    assert lint(s, nn.Sequential(nn.Linear(7, 2))) == []  # without the shape nothing is called
 
 
 def test_command_clean(capsys):
