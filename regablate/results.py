@@ -289,6 +289,8 @@ def records(frame) -> list:
             "warnings": [{"id": w} for w in (v.get("warnings") or "").split(",") if w]}
         for split, cols in split_cols.items():
             values = {c[len(split) + 1:]: v[c] for c in cols if v[c] is not None}
+            if done and split != "test" and metric and metric not in values:
+                values[metric] = math.nan  # NA in a completed run's frame row: NaN in its file
             summary[split] = values or (None if not done else {})
         config = {k: v[k] for k in config_cols if v[k] is not None}
         out.append(Run(Path(v["run_dir"]), summary, config, [], {}, str(v["group"])))

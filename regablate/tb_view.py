@@ -47,7 +47,7 @@ def cache_dir(dirs: list[Path]) -> Path:
 def _safe(label: str) -> str:
     """A label as one path component: no separators, control characters escaped, at most
     MAX_NAME characters (a longer one is cut and ends in a hash of the whole)."""
-    name = re.sub(r"[/\\]", "_", escape_control(label)).strip()
+    name = escape_control(re.sub(r"[/\\]", "_", label)).strip()
     if name in ("", ".", ".."):
         return "run"
     if len(name) > MAX_NAME:

@@ -201,7 +201,8 @@ def _read_summary(path: str) -> dict:
         for split in ("train", "val"):
             x = (summary.get(split) or {}).get(summary["metric"])
             if not isinstance(x, (int, float)) or isinstance(x, bool):
-                raise Unreadable(f"summary.json: completed but {split}.{summary['metric']} missing")
+                raise Unreadable(f"summary.json: completed but {split}.{summary['metric']} "
+                                 + ("missing" if x is None else f"is {_short(x)}, not a number"))
     return summary
 
 
