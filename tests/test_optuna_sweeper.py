@@ -165,15 +165,15 @@ def test_a_stored_study_refuses_another_problem_in_one_line_and_stays_as_it_was(
 
     first = sweep(n=1)
     assert first.returncode == 0, first.stderr
-    for change, named in (("dataset.path=b.csv", "dataset.path='a.csv' stored, 'b.csv' now"),
-                          ("reg.l2.lam=tag(log, interval(1e-6, 1e-2))", "reg.l2.lam=interval(1e-06, 0.1) log stored, "
-                                                                        "interval(1e-06, 0.01) log now"),
-                          ("optim.lr=0.05", "optim.lr="),
-                          ("trainer.objective=gap", "objective='val_loss' stored, 'gap' now")):
-        r = sweep(change)
-        assert r.returncode == 2, (change, r.stderr)
+    for changes, named in ((["dataset.path=b.csv"], "dataset.path='a.csv' stored, 'b.csv' now; its trials"),
+                           (["optim.lr=0.05", "reg.l2.lam=tag(log, interval(1e-6, 1e-2))", "trainer.objective=gap"],
+                            "optim.lr=0.001 stored, 0.05 now; reg.l2.lam=interval(1e-06, 0.1) log stored, "
+                            "interval(1e-06, 0.01) log now; trainer.objective='val_loss' stored, 'gap' now; its")):
+        r = sweep(*changes)
+        assert r.returncode == 2, (changes, r.stderr)
         line = r.stderr.strip()
-        assert "\n" not in line and line.startswith("regablate: error: study 'tab'"), line
+        assert "\n" not in line and line.startswith("regablate: error: study 'tab' in sqlite:///db/study.db "
+                                                    "was made for another problem: "), line
         assert named in line, line
         assert "Launching" not in r.stdout + r.stderr
         assert len(_stored(tmp_path, "tab")) == 1  # nothing added to the stored study
