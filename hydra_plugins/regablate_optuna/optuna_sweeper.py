@@ -154,7 +154,7 @@ def _grid(space: dict[str, Any]) -> dict[str, list]:
 
 def _shown(d: Any) -> str:
     """A searched parameter's distribution in one stable line: `interval(1e-06, 0.1) log`,
-    `int interval(1, 4) step 1`, `choice(2, 'x')`."""
+    `int interval(1, 4)`, `interval(0.0, 0.75) step 0.25`, `choice(2, 'x')`."""
     from optuna.distributions import CategoricalDistribution, IntDistribution
 
     if isinstance(d, CategoricalDistribution):
