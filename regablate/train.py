@@ -137,15 +137,31 @@ def closing_fields(x: Experiment, restored: bool, progress=SILENT) -> dict:
     return {**final, "gap": gap(final["train"], final["val"], data.metric), **extras}
 
 
+def _stored_summary(run_dir: Path) -> dict | None:
+    """run_dir's summary.json as plain data, None if there is none; one that is not a regular
+    file inside the run dir, too large or not sane JSON is refused in one line (the run dir
+    may come from someone else: reading it never blocks, expands or runs anything)."""
+    from regablate.claim import RunRefused
+    from regablate.untrusted import RefusedValue, load_json_safe, read_bounded
+
+    path = run_dir / "summary.json"
+    try:
+        summary = load_json_safe(read_bounded(path, within=run_dir))
+    except FileNotFoundError:
+        return None
+    except (OSError, RefusedValue) as e:
+        raise RunRefused(run_dir, f"cannot be resumed: {path} is damaged ({e})",
+                         "move the run dir away, or choose another hydra.run.dir / hydra.sweep.dir") from None
+    if not isinstance(summary, dict):
+        raise RunRefused(run_dir, f"cannot be resumed: {path} is damaged (not a JSON object)",
+                         "move the run dir away, or choose another hydra.run.dir / hydra.sweep.dir")
+    return summary
+
+
 def _completed(run_dir: Path) -> dict | None:
     """The summary of a run that already ended (for trainer.resume=auto), else None."""
-    import json
-
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("status") in ("completed", "diverged") else None
+    summary = _stored_summary(run_dir)
+    return summary if summary is not None and summary.get("status") in ("completed", "diverged") else None
 
 
 def train(cfg: Mapping, run_dir: Path | str) -> dict:
@@ -190,13 +206,10 @@ def _check_same_configuration(cfg: dict, run_dir: Path) -> None:
     """A run continues (or is skipped as done) only under the configuration and seeds that made
     it: the same group, seed and data_seed (a seed of another run would go on from its epochs,
     on another split, or take its result as its own)."""
-    import json
-
     from regablate.claim import RunRefused
 
-    try:
-        made = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
+    made = _stored_summary(run_dir)
+    if made is None:
         return
     ways_on = ("resume it with the settings of its .hydra/overrides.yaml, or choose another "
                "hydra.run.dir / hydra.sweep.dir")

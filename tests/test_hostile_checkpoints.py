@@ -236,3 +236,20 @@ def test_pickled_rng_states_decode_to_the_states_themselves(protocol):
     assert (key, pos, has_gauss, cached) == (want[0], *want[2:]) and np.array_equal(words, want[1])
     with pytest.raises(checkpoint.DamagedCheckpoint):
         checkpoint.legacy_python_rng(pickle.dumps((3, (1, 2), None), protocol=protocol))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero", "bomb"])
+def test_resume_reads_a_hostile_summary_without_hanging_and_refuses_it(tmp_path, kind):
+    import os
+
+    cfg, _ = interrupted_run(tmp_path / "run")
+    summary = tmp_path / "run" / "summary.json"
+    summary.unlink()
+    if kind == "fifo":
+        os.mkfifo(summary)  # opening it for reading would wait for a writer for ever
+    elif kind == "devzero":
+        summary.symlink_to("/dev/zero")
+    else:
+        summary.write_text('{"seed": ' + "9" * 400 + "}")
+    with pytest.raises(RunRefused, match="summary.json is damaged"):
+        train(resume(cfg), tmp_path / "run")
