@@ -49,6 +49,7 @@ from regablate.untrusted import (
 DEFAULT_ROOTS = ("multirun", "outputs")
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 KINDS = (*STATUSES, "no_summary", "unreadable")  # the keys of every `counts`
+LISTED = ("running", "stale", "failed", "interrupted", "no_summary", "unreadable")  # shown in this order
 UNFINISHED = ("failed", "interrupted", "no_summary")  # plus stale running runs
 LAST_WRITE = ("summary.json", "metrics.csv", os.path.join("checkpoints", "last.pt"))
 HEAD_CAP = 64 << 10   # metrics.csv's header line is read from at most this many first bytes
@@ -432,18 +433,22 @@ def render(report: dict, show_all: bool = False) -> str:
         lines.append(escape_control(f"{title}: {_count_line(group['counts'])}"))
         shown: dict[str, int] = {}
         hidden: dict[str, int] = {}
-        for run in group["runs"]:
-            if run["status"] in ("completed", "diverged"):
-                continue
+        order = {st: i for i, st in enumerate(LISTED)}
+        listed = [r for r in group["runs"] if r["status"] not in ("completed", "diverged")]
+        rows = []
+        for run in sorted(listed, key=lambda r: order["stale" if r.get("stale") else r["status"]]):
             st = "stale" if run.get("stale") else run["status"]
             if not show_all and shown.get(st, 0) >= SHOWN:
                 hidden[st] = hidden.get(st, 0) + 1
                 continue
             shown[st] = shown.get(st, 0) + 1
             name = os.path.relpath(run["dir"], group["dir"]) if group["sweep"] else run["dir"]
+            rows.append((st, escape_control(name), run))
+        width = min(40, max((len(name) for _, name, _ in rows), default=0))
+        for st, name, run in rows:
             label = "no summary" if st == "no_summary" else st
             detail = _detail(run)
-            lines.append(escape_control(f"  {label:<11} {name}" + (f"  {detail}" if detail else "")))
+            lines.append(escape_control(f"  {label:<11} {name:<{width}}" + (f"  {detail}" if detail else "")).rstrip())
             if not group["sweep"] and run.get("command"):
                 lines.append(escape_control(f"              continue with: {run['command']}"))
         for st, n in hidden.items():
