@@ -254,7 +254,7 @@ def _short(value) -> str:
 def one_line(text: str, limit: int = ERROR_CHARS) -> str:
     """An error message on one line (whitespace runs become one space), cut to `limit`."""
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _read_list(path: str, within: str, key_path: tuple) -> list[str]:
@@ -430,7 +430,7 @@ def render(report: dict, show_all: bool = False) -> str:
     lines = []
     for group in report["groups"]:
         title = group["dir"] if group["sweep"] else f"{group['dir']} (single runs)"
-        lines.append(escape_control(f"{title}: {_count_line(group['counts'])}"))
+        lines.append(printable(f"{title}: {_count_line(group['counts'])}"))
         shown: dict[str, int] = {}
         hidden: dict[str, int] = {}
         order = {st: i for i, st in enumerate(LISTED)}
@@ -443,18 +443,18 @@ def render(report: dict, show_all: bool = False) -> str:
                 continue
             shown[st] = shown.get(st, 0) + 1
             name = os.path.relpath(run["dir"], group["dir"]) if group["sweep"] else run["dir"]
-            rows.append((st, escape_control(name), run))
+            rows.append((st, printable(name), run))
         width = min(40, max((len(name) for _, name, _ in rows), default=0))
         for st, name, run in rows:
             label = "no summary" if st == "no_summary" else st
             detail = _detail(run)
-            lines.append(escape_control(f"  {label:<11} {name:<{width}}" + (f"  {detail}" if detail else "")).rstrip())
+            lines.append(printable(f"  {label:<11} {name:<{width}}" + (f"  {detail}" if detail else "")).rstrip())
             if not group["sweep"] and run.get("command"):
-                lines.append(escape_control(f"              continue with: {run['command']}"))
+                lines.append(printable(f"              continue with: {run['command']}"))
         for st, n in hidden.items():
-            lines.append(f"  … and {n} more {st.replace('_', ' ')} (--all lists them)")
+            lines.append(f"  ... and {n} more {st.replace('_', ' ')} (--all lists them)")
         if group["command"]:
-            lines.append(escape_control(f"  continue with: {group['command']}"))
+            lines.append(printable(f"  continue with: {group['command']}"))
             live = group["counts"]["running"] - group["counts"]["stale"]
             if live == 1:
                 lines.append("  (1 run is still being written: its job is refused until it ends)")
@@ -462,12 +462,18 @@ def render(report: dict, show_all: bool = False) -> str:
                 lines.append(f"  ({live} runs are still being written: their jobs are refused "
                              "until they end)")
         elif group["command_missing"]:
-            lines.append(escape_control(f"  no command to continue it: {group['command_missing']}"))
+            lines.append(printable(f"  no command to continue it: {group['command_missing']}"))
     if len(report["groups"]) > 1:
-        lines.append(escape_control(f"total: {_count_line(report['counts'])}"))
+        lines.append(printable(f"total: {_count_line(report['counts'])}"))
     if not report["groups"]:
-        lines.append(escape_control("no run dirs below " + ", ".join(report["roots"])))
+        lines.append(printable("no run dirs below " + ", ".join(report["roots"])))
     return "\n".join(lines) + "\n"
+
+
+def printable(text) -> str:
+    """`escape_control`, and a name that is not UTF-8 (its bytes kept as surrogates by
+    os.fsdecode) shown as `\\xff` rather than failing to print."""
+    return escape_control(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def main(argv: list[str]) -> int:

@@ -155,10 +155,12 @@ def test_default_roots_and_single_runs(sweep, tmp_path, monkeypatch, capsys):
         "- dataset=tiny_binary\n- seed=3\n")
     hostile = tmp_path / "outputs/day" / "evil\x1b[2J"
     shutil.copytree(sweep / "2", hostile)
+    shutil.copytree(sweep / "3", tmp_path / "outputs/day" / os.fsdecode(b"not-utf8-\xff"))
     assert main([]) == 0
     out = capsys.readouterr().out
+    assert "outputs/day/not-utf8-\\xff  interrupted by SIGTERM" in out
     assert "\x1b" not in out
-    assert "outputs (single runs): 3 runs: 1 completed, 0 running, 1 failed, 1 interrupted" in out
+    assert "outputs (single runs): 4 runs: 1 completed, 0 running, 1 failed, 2 interrupted" in out
     assert ("continue with: regablate run dataset=tiny_binary seed=3 "
             "hydra.run.dir=outputs/day/cut trainer.resume=auto") in out
     assert "outputs/day/evil\\x1b[2J" in out  # a run with no overrides file: no command
