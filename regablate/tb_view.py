@@ -133,10 +133,19 @@ def _mirror(src: Path, into: Path, warn: Callable[[str], None], depth: int) -> N
     """`into` holds a link to each regular file of `src` and, MAX_DEPTH deep, a folder for
     each of its folders; symbolic links and special files are left out with a warning."""
     into.mkdir(parents=True, exist_ok=depth > 0)
-    for entry in sorted(src.iterdir()):
+    try:
+        entries = sorted(src.iterdir())
+    except OSError as e:
+        warn(f"not shown: {src} ({e.strerror or e})")
+        return
+    for entry in entries:
         if depth == 0 and entry.name == hp.SESSION_FILE:
             continue
-        mode = entry.lstat().st_mode
+        try:
+            mode = entry.lstat().st_mode
+        except OSError as e:  # gone since it was listed
+            warn(f"not shown: {entry} ({e.strerror or e})")
+            continue
         if stat.S_ISREG(mode):
             (into / entry.name).symlink_to(entry.resolve())
         elif stat.S_ISDIR(mode) and depth < MAX_DEPTH:
