@@ -100,7 +100,8 @@ def _find(root: str) -> list[tuple[str, str | None, bool]]:
     The rule of `regablate.report.collect.find_run_dirs` (a dir holding summary.json is a run;
     one holding `.hydra/` but no summary.json is a run with no summary yet; nothing below a
     run is looked at; hidden dirs are skipped), plus: a dir holding `multirun.yaml` is a sweep,
-    and its numbered job dirs count even when still empty."""
+    and its numbered job dirs count even when still empty; so is a dir holding `optuna_study.json`
+    or `trial_<n>` dirs (an Optuna sweep: `trial_<n>/seed_<s>`)."""
     parent = os.path.dirname(os.path.abspath(root))
     top_sweep = parent if os.path.isfile(os.path.join(parent, "multirun.yaml")) else None
     found: list[tuple[str, str | None, bool]] = []
@@ -114,11 +115,15 @@ def _find(root: str) -> list[tuple[str, str | None, bool]]:
         if ".hydra" in dirs or job and not dirs:
             found.append((here, sweep, False))
             continue
-        if "multirun.yaml" in files:
+        if "multirun.yaml" in files or "optuna_study.json" in files \
+                or any(_TRIAL.fullmatch(d) for d in dirs):
             sweep = here
         for name in sorted((d for d in dirs if not d.startswith(".")), key=_natural, reverse=True):
             stack.append((os.path.join(here, name), sweep, sweep == here and name.isdigit()))
     return found
+
+
+_TRIAL = re.compile(r"trial_\d+")  # an Optuna sweep's trial dirs (trial_<n>/seed_<s>)
 
 
 def _lock(run_dir: str) -> str | None:
@@ -274,6 +279,9 @@ def _sweep_command(sweep: str) -> tuple[str | None, str | None]:
     """(the command that continues the sweep in `sweep`, None) or (None, why there is none)."""
     from regablate.cli import resume_command
 
+    if not os.path.lexists(os.path.join(sweep, "multirun.yaml")):
+        return None, ("an Optuna study: run the command that started it again (same storage and "
+                      "study name); it runs only the trials still missing")
     try:
         task = _read_list(os.path.join(sweep, "multirun.yaml"), sweep, ("hydra", "overrides", "task"))
         extra = _read_list(os.path.join(sweep, "multirun.yaml"), sweep, ("hydra", "overrides", "hydra"))

@@ -204,3 +204,12 @@ def test_links_are_never_followed_and_an_empty_tree_has_no_groups(tmp_path, caps
     assert sweep_status([tmp_path])["groups"] == []
     assert main([str(tmp_path)]) == 0
     assert capsys.readouterr().out == f"no run dirs below {tmp_path}\n"
+
+
+def test_an_optuna_sweep_is_one_sweep_continued_by_its_own_command(sweep, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(sweep / "0", study / "trial_0" / "seed_0")
+    shutil.copytree(sweep / "3", study / "trial_1" / "seed_0")
+    [group] = sweep_status([study])["groups"]
+    assert group["sweep"] and group["counts"]["interrupted"] == 1 and group["command"] is None
+    assert group["command_missing"].startswith("an Optuna study: run the command that started it")
