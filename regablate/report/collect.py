@@ -116,7 +116,7 @@ def find_run_dirs(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Run dirs below `root` (sorted), and dirs that look like runs but lack summary.json."""
     found, broken = [], []
     for here, dirs, files in os.walk(root):
-        if "summary.json" in files:
+        if "summary.json" in files or "summary.json" in dirs:  # a dir there: read_run names it
             found.append(Path(here))
             dirs.clear()
         elif ".hydra" in dirs:
