@@ -1,0 +1,135 @@
+"""Paired tests with no p-value the data cannot carry (regablate.report.paired)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from regablate.report.paired import (
+    EXACT_MAX_N,
+    TESTS,
+    equal_reason,
+    paired_test,
+    paired_values,
+    signflip_floor,
+    welch_test,
+)
+from regablate.report.stats import compare
+
+# The issue's case: two seeds whose val accuracies (over 144 examples) differ by exactly 2/144.
+ARM = {(0, 0): 100 / 144, (1, 1): 102 / 144}
+REF = {(0, 0): 98 / 144, (1, 1): 100 / 144}
+
+
+def test_issue_case_today_and_now():
+    today = compare(list(ARM.items()), list(REF.items()))
+    assert 0 < today.p < 1e-14  # 2.5e-15: rounding error read as evidence
+    for test in TESTS:
+        r = paired_values(ARM, REF, test)
+        assert r.n == 2 and r.p is None and r.reason == "fewer than 3 seeds (n = 2)"
+        assert r.estimate == pytest.approx(2 / 144)
+
+
+def test_equal_differences_at_three_seeds_give_no_p():
+    arm = {**ARM, (2, 2): 119 / 144}
+    ref = {**REF, (2, 2): 117 / 144}
+    d = [arm[k] - ref[k] for k in arm]
+    assert len(set(d)) > 1  # not equal as floats: they differ in the last bits
+    assert compare(list(arm.items()), list(ref.items())).p < 1e-20
+    for test in TESTS:
+        r = paired_values(arm, ref, test)
+        assert r.p is None and r.reason == "differences equal up to float rounding", test
+    assert paired_test([0.0, 0.0, 0.0, 0.0]).reason == "differences equal up to float rounding"
+    assert paired_test([-3e-7, -3e-7, -3e-7]).p is None  # small but equal: still rounding-free
+
+
+def test_real_spread_keeps_its_p():
+    # differences of one example in 10^6 are a real spread (an accuracy step), not rounding
+    d = np.array([2, 3, 2, 4]) / 1e6
+    assert equal_reason(d, scale=1.0) is None
+    r = paired_test(d, "t", scale=1.0)
+    assert r.p == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+
+
+def test_below_three_seeds_no_test_whatever_the_test():
+    for test in TESTS:
+        for d in ([], [1.0], [1.0, 5.0]):
+            r = paired_test(d, test)
+            assert r.p is None and r.reason == f"fewer than 3 seeds (n = {len(d)})"
+    r = paired_test([1.0, math.nan, 2.0, math.inf])
+    assert r.n == 2 and r.p is None
+
+
+def test_t_matches_scipy_and_interval():
+    d = np.array([0.3, -0.1, 0.5, 0.2, 0.4])
+    r = paired_test(d, "t")
+    assert r.p == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    ci = stats.t.interval(0.95, 4, loc=d.mean(), scale=stats.sem(d))
+    assert (r.lo, r.hi) == pytest.approx(ci)
+    assert r.floor is None and not r.at_floor
+
+
+def _signflip_by_hand(d):
+    obs = abs(sum(d))
+    hits = sum(abs(sum(s * x for s, x in zip(signs, d))) >= obs - 1e-12
+               for signs in itertools.product((-1, 1), repeat=len(d)))
+    return hits / 2 ** len(d)
+
+
+def test_signflip_exact_against_enumeration():
+    rng = np.random.default_rng(1)
+    for n in (3, 4, 5, 8):
+        d = rng.normal(0.3, 1, n)
+        assert paired_test(d, "signflip").p == pytest.approx(_signflip_by_hand(d))
+    # with ties in |sum| (integers): still the exact count
+    assert paired_test([1, 1, 2, 2], "signflip").p == pytest.approx(_signflip_by_hand([1, 1, 2, 2]))
+
+
+def test_signflip_floor_at_five_seeds():
+    assert signflip_floor(5) == 1 / 16
+    r = paired_test([0.1, 0.2, 0.3, 0.4, 0.5], "signflip")
+    assert r.p == 1 / 16 and r.floor == 1 / 16 and r.at_floor
+    assert paired_test([0.1, 0.2, 0.3, 0.4, 0.5], "wilcoxon").floor == 1 / 16
+    assert paired_test([1, 2, 3, -1], "signflip").floor == 1 / 8
+
+
+def test_signflip_monte_carlo_above_exact_limit():
+    rng = np.random.default_rng(2)
+    d = rng.normal(0.5, 1, EXACT_MAX_N + 4)
+    r = paired_test(d, "signflip")
+    assert r.p == paired_test(d, "signflip").p  # seeded: reproducible
+    t = stats.ttest_1samp(d, 0).pvalue
+    assert abs(r.p - t) < 0.05  # the permutation and t p-values agree roughly at n = 20
+    null = paired_test(rng.normal(0, 1, 40), "signflip")
+    assert 0 < null.p <= 1 and r.floor < 1e-4
+
+
+def test_wilcoxon_matches_scipy():
+    d = np.array([0.3, -0.1, 0.5, 0.2, 0.45, 0.7])
+    assert paired_test(d, "wilcoxon").p == pytest.approx(stats.wilcoxon(d).pvalue)
+    assert paired_test([0.0, 0.0, 1.0, 2.0], "wilcoxon").p is None  # 2 non-zero differences
+
+
+def test_welch_groups():
+    assert welch_test([1, 2], [1, 2, 3]).p is None
+    r = welch_test([0.5, 0.5, 0.5], [0.1, 0.2, 0.3])
+    assert r.p is None and r.reason == "values equal up to float rounding"
+    a, b = [1.0, 2.0, 3.5], [0.1, 0.2, 0.6]
+    r = welch_test(a, b)
+    assert r.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert r.lo < r.estimate < r.hi
+
+
+def test_unknown_test_named():
+    with pytest.raises(ValueError, match="allowed: t, signflip, wilcoxon"):
+        paired_test([1, 2, 3], "sign")
+
+
+def test_to_json_plain():
+    j = paired_test([1.0, 2.0], "signflip").to_json()
+    assert j["p"] is None and j["reason"].startswith("fewer") and j["floor"] == 0.5
+    assert paired_test([], "t").to_json()["estimate"] is None
