@@ -7,11 +7,16 @@ Results in Python (pandas DataFrames; pandas is imported on the first call):
     summarize(runs, metric="val", baseline=None, paired=True)
                                               the report's group table (n, mean ± std, CI,
                                               Δ vs baseline, paired/Welch t-test, Holm)
+    effects(runs, metric="val", design=None)  each regulariser's share of a stack (ablation
+                                              designs: leave-one-out, add-one-in, factorial
+                                              main effects, interactions, Shapley; t intervals
+                                              over seeds, Holm per kind)
 
 The command line is `regablate run` / `regablate report` (see `regablate --help`).
 """
 
+from regablate.ablations import effects
 from regablate.results import load_curves, load_runs, summarize
 
 __version__ = "0.1.0"
-__all__ = ["load_runs", "load_curves", "summarize", "__version__"]
+__all__ = ["load_runs", "load_curves", "summarize", "effects", "__version__"]
