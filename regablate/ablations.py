@@ -7,10 +7,11 @@ __all__ = ["effects"]
 
 
 def effects(runs, metric: str = "val", design: str | None = None, components=None,
-            level: float = 0.95):
+            test: str = "t"):
     """Each regulariser's share of a stack's effect on `metric`, with t intervals over seeds:
     one row per estimate (component, kind, delta, lo, hi, p, p_holm, n, then the settings that
-    tell cells apart, design, metric, higher_is_better). See regablate.report.effects."""
+    tell cells apart, reason, design, metric, higher_is_better); `test`: "t", "signflip" or
+    "wilcoxon" for p. See regablate.report.effects."""
     from regablate.report.effects import effects as compute
 
-    return compute(runs, metric=metric, design=design, components=components, level=level)
+    return compute(runs, metric=metric, design=design, components=components, test=test)

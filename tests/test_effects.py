@@ -107,7 +107,8 @@ def test_factorial_every_kind_by_hand(factorial3):
     root, v = factorial3
     table = regablate.effects(regablate.load_runs(root))
     assert list(table.columns) == ["component", "kind", "delta", "lo", "hi", "p", "p_holm", "n",
-                                   "design", "metric", "higher_is_better"]
+                                   "reason", "design", "metric", "higher_is_better"]
+    assert table.reason.isna().all() and table.attrs == {"level": 0.95, "test": "t"}
     assert list(dict.fromkeys(table.kind)) == list(KINDS)
     assert set(table.design) == {"factorial"} and set(table.metric) == {"val_acc"}
     assert table.higher_is_better.all()
@@ -229,6 +230,7 @@ def test_no_p_value_the_data_cannot_carry(tmp_path):
         v = _table(arms("factorial", comps), range(n), rng)
         table = regablate.effects(regablate.load_runs(_write(tmp_path / f"n{n}", v)))
         assert table.p.isna().all() and table.p_holm.isna().all()
+        assert set(table.reason) == {f"fewer than 3 seeds (n = {n})"}
         assert table.lo.notna().all() == has_interval and (table.n == n).all()
     # effects equal in every seed up to float rounding: an interval, but no p-value
     block = [0.71, 0.83, 0.77, 0.79, 0.8]
@@ -237,6 +239,7 @@ def test_no_p_value_the_data_cannot_carry(tmp_path):
     v = {(a, s): block[s] + e for a, e in eff.items() for s in SEEDS}
     table = regablate.effects(regablate.load_runs(_write(tmp_path / "flat", v)))
     assert table.p.isna().all() and table.p_holm.isna().all()
+    assert set(table.reason) == {"differences equal up to float rounding"}
     assert (table.hi - table.lo).max() < 1e-12
     assert abs(_row(table, "add_one_in", "dropout").delta - 0.05) < 1e-12
 
@@ -260,8 +263,8 @@ def test_cells_of_other_settings_are_analysed_each_on_their_own(tmp_path):
                               reg_settings={"dropout": {"p": p}} if "dropout" in arm else None)
                     job += 1
     table = regablate.effects(regablate.load_runs(tmp_path / "s"))
-    assert list(table.columns[8:]) == ["model.name", "reg.dropout.p", "design", "metric",
-                                       "higher_is_better"]
+    assert list(table.columns[8:]) == ["model.name", "reg.dropout.p", "reason", "design",
+                                       "metric", "higher_is_better"]
     assert len(table) == 4 * (2 * 4 + 1)
     for (model, p), v in expected.items():
         cell = table[(table["model.name"] == model) & (table["reg.dropout.p"] == p)]
@@ -323,6 +326,35 @@ def test_summarise_matches_scipy_row_by_row():
         for key, got in (("delta", s["mean"][i]), ("lo", s["lo"][i]), ("hi", s["hi"][i]),
                          ("p", s["p"][i])):
             assert abs(got - want[key]) <= TOL
+
+
+def test_summarise_follows_the_paired_tests_rules():
+    """The vectorised t summary the simulation checks is effects()' own test, estimate by
+    estimate: same numbers, same refusals (n < 3, spread equal up to float rounding)."""
+    from regablate.report.paired import paired_test
+
+    rng = np.random.default_rng(12)
+    cases = [rng.normal(0.01, 0.02, 5), rng.normal(0, 1e-3, 4), np.array([0.05, 0.05, 0.05]),
+             0.05 + np.array([1e-17, -2e-17, 0.0, 3e-17]), rng.normal(0, 1, 2)]
+    for d in cases:
+        got, want = summarise(d[None, :], scale=0.9), paired_test(d, "t", scale=0.9)
+        assert got["n"] == want.n
+        for key, ref in (("mean", want.estimate), ("lo", want.lo), ("hi", want.hi),
+                         ("p", math.nan if want.p is None else want.p)):
+            a = float(got[key][0])
+            assert (math.isnan(a) and math.isnan(ref)) or abs(a - ref) <= TOL, (key, a, ref)
+
+
+def test_other_tests_for_p(factorial3):
+    root, v = factorial3
+    runs = regablate.load_runs(root)
+    t, flip = regablate.effects(runs), regablate.effects(runs, test="signflip")
+    assert np.array_equal(t.delta, flip.delta) and np.array_equal(t.lo, flip.lo)
+    assert flip.p.min() >= 2 / 2 ** 5 and flip.attrs["test"] == "signflip"
+    with pytest.raises(ConfigError):
+        regablate.effects(runs, test="z")
+    with pytest.raises(ConfigError):
+        regablate.effects(runs, design="fractional")
 
 
 def test_import_regablate_stays_light():

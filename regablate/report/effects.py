@@ -18,10 +18,12 @@ add_one_in, each also giving the other and shapley where k = 2 (their four arms 
 
 Per estimate: the seeds whose runs of every arm it needs are there (a failed or diverged run
 drops its seed from those estimates only, nothing is imputed; `n` says how many were used),
-`delta` = mean of the per-seed contrasts, `lo`/`hi` its t interval over seeds (NaN below two
-seeds), `p` the one-sample t-test of mean 0 (two-sided), NaN below three seeds or where the
-per-seed contrasts are equal up to float rounding, and `p_holm` Holm's adjustment over the
-family of that kind within its cell. Δ is oriented as the report's: the metric's own
+`delta` = mean of the per-seed contrasts, `lo`/`hi` its 95% t interval over seeds (NaN below
+two seeds), `p` the two-sided paired test of mean 0 (regablate.report.paired: the one-sample
+t-test by default, or the exact sign-flip or Wilcoxon test), NaN below three seeds or where
+the per-seed contrasts are equal up to float rounding (max − min ≤ 1e-9 × the largest |v(A)|
+used), with `reason` saying why, and `p_holm` Holm's adjustment over the family of that kind
+within its cell. Δ is oriented as the report's: the metric's own
 difference (for mse, negative is better; `higher_is_better` says which).
 
 Cells: runs that differ in a setting other than which components are stacked (another model,
@@ -47,6 +49,7 @@ from scipy import stats
 
 from regablate.designs import DESIGNS, arms, find_ablation_json, infer_design, read_ablation_json
 from regablate.errors import ConfigError, UsageError
+from regablate.report.paired import MIN_SEEDS, RTOL, TESTS, paired_test
 
 __all__ = ["KINDS", "METRICS", "COLUMNS", "Contrast", "kinds_of", "contrasts", "summarise",
            "effects"]
@@ -54,9 +57,8 @@ __all__ = ["KINDS", "METRICS", "COLUMNS", "Contrast", "kinds_of", "contrasts", "
 KINDS = ("leave_one_out", "add_one_in", "main", "interaction", "shapley")
 METRICS = ("val", "test", "train", "gap")
 COLUMNS = ("component", "kind", "delta", "lo", "hi", "p", "p_holm", "n")
-TAIL = ("design", "metric", "higher_is_better")
+TAIL = ("reason", "design", "metric", "higher_is_better")
 LEVEL = 0.95
-ROUNDING = 4096 * np.finfo(float).eps  # spread below this × |metric| is float rounding
 TIMES = "×"
 
 
@@ -123,8 +125,9 @@ def summarise(d, scale=None, level: float = LEVEL) -> dict:
     estimates, vectorised), its t interval and two-sided one-sample t-test of mean 0.
 
     Returns arrays mean, lo, hi, p and the int n. lo/hi are NaN for n < 2; p is NaN for n < 3
-    and wherever the sample std is <= ROUNDING × `scale` (default max |d|; pass the largest
-    |v(A)| the contrasts were made from), i.e. the spread is float rounding."""
+    and wherever max d − min d <= RTOL × max(`scale`, max |d|) (pass the largest |v(A)| the
+    contrasts were made from), i.e. the spread is float rounding: the rule and the numbers of
+    regablate.report.paired.paired_test(d, "t", scale), one estimate at a time."""
     d = np.asarray(d, dtype=float)
     n = d.shape[-1]
     shape = d.shape[:-1]
@@ -137,11 +140,13 @@ def summarise(d, scale=None, level: float = LEVEL) -> dict:
     sd = d.std(axis=-1, ddof=1)
     se = sd / math.sqrt(n)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
-    scale = np.abs(d).max(axis=-1) if scale is None else np.asarray(scale, dtype=float)
-    flat = sd <= ROUNDING * np.maximum(scale, np.finfo(float).tiny)
+    size = np.abs(d).max(axis=-1)
+    if scale is not None:
+        size = np.maximum(size, np.asarray(scale, dtype=float))
+    flat = d.max(axis=-1) - d.min(axis=-1) <= RTOL * np.maximum(size, np.finfo(float).tiny)
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = 2 * stats.t.sf(np.abs(mean / se), n - 1)
-    p = np.where(flat | (n < 3), np.nan, p)
+        p = np.minimum(1.0, 2 * stats.t.sf(np.abs(mean / se), n - 1))
+    p = np.where(flat | (n < MIN_SEEDS), np.nan, p)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "p": p, "n": n}
 
 
@@ -297,7 +302,7 @@ def _where(settings: dict) -> str:
 
 
 def effects(runs, metric: str = "val", design: str | None = None, components=None,
-            level: float = LEVEL):
+            test: str = "t"):
     """Each regulariser's effect on `metric` with its interval over seeds, one row per
     estimate (see the module doc for the maths).
 
@@ -305,18 +310,21 @@ def effects(runs, metric: str = "val", design: str | None = None, components=Non
     "test", "train" (the task's acc or mse on that split) or "gap". design: "factorial",
     "leave_one_out" or "add_one_in" for every cell (runs in other arms ignored), over
     `components` (default: every component present); default: each cell's ablation.json,
-    else inferred from its arms.
+    else inferred from its arms. test: "t" (default), "signflip" or "wilcoxon" for p (the
+    interval is the t interval whichever gives p).
 
     Returns a DataFrame with columns component, kind, delta, lo, hi, p, p_holm, n, then the
     settings that tell cells apart (dotted config keys, e.g. model.name, reg.dropout.p; only
-    where there are several cells), then design, metric (e.g. val_acc) and higher_is_better.
-    Rows: cells in the order their runs come, kinds in KINDS order, components in the stack's
-    order. Only completed runs with a finite value are used. `frame.attrs["level"]` holds the
-    interval's level."""
+    where there are several cells), then reason (why p is NaN, else None), design, metric
+    (e.g. val_acc) and higher_is_better. Rows: cells in the order their runs come, kinds in
+    KINDS order, components in the stack's order. Only completed runs with a finite value are
+    used. `frame.attrs`: level (0.95) and test."""
     import pandas as pd
 
     if metric not in METRICS:
         raise ConfigError("metric", metric, f"allowed: {', '.join(METRICS)}")
+    if test not in TESTS:
+        raise ConfigError("test", test, f"allowed: {', '.join(TESTS)}")
     if design is not None and design not in DESIGNS:
         raise ConfigError("design", design, f"allowed: {', '.join(DESIGNS)}")
     if not hasattr(runs, "columns"):
@@ -362,18 +370,17 @@ def effects(runs, metric: str = "val", design: str | None = None, components=Non
             sub = values[:, need]
             ok = np.isfinite(sub).all(axis=1)
             sub = sub[ok]
-            s = summarise(sub @ w, scale=np.abs(sub).max() if len(sub) else 1.0, level=level)
-            p = float(s["p"])
-            out.append({"component": con.component, "kind": con.kind,
-                        "delta": float(s["mean"]), "lo": float(s["lo"]), "hi": float(s["hi"]),
-                        "p": p, "n": int(s["n"])})
+            t = paired_test(sub @ w, test, scale=float(np.abs(sub).max()) if len(sub) else 0.0)
+            out.append({"component": con.component, "kind": con.kind, "delta": t.estimate,
+                        "lo": t.lo, "hi": t.hi, "p": math.nan if t.p is None else t.p,
+                        "n": t.n, "reason": t.reason})
         for kind in dict.fromkeys(o["kind"] for o in out):
             family = [o for o in out if o["kind"] == kind]
             for o, q in zip(family, _holm([o["p"] for o in family]), strict=True):
                 o["p_holm"] = q
         for o in out:
             rows.append({**{c: o[c] for c in COLUMNS}, **{k: settings.get(k) for k in differ},
-                         "design": kind_design, "metric": name,
+                         "reason": o["reason"], "design": kind_design, "metric": name,
                          "higher_is_better": bool(higher)})
     if dup:
         warnings.warn(f"effects: {dup} arm(s) ran a seed more than once; their values were "
@@ -382,5 +389,5 @@ def effects(runs, metric: str = "val", design: str | None = None, components=Non
     for c in ("delta", "lo", "hi", "p", "p_holm"):
         frame[c] = frame[c].astype(float)
     frame["n"] = frame["n"].astype(int)
-    frame.attrs["level"] = level
+    frame.attrs.update(level=LEVEL, test=test)
     return frame
