@@ -219,8 +219,11 @@ def _runs(frame, metric: str) -> list[_Run]:
         comp_cols = {c: _comp_keys(c, dotted) for c in stack}
         in_comp = {k for ks in comp_cols.values() for k in ks}
         settings = {k: r[k] for k in dotted if r.get(k) is not None}
+        for k in ("dataset", "model"):  # runs without a config: name cells by the summary's
+            if f"{k}.name" not in settings and r.get(k) is not None:
+                settings[k] = r[k]
         base = {k: v for k, v in settings.items() if k not in in_comp}
-        base.update({k: r.get(k) for k in summary_keys})
+        base.update({f"summary:{k}": r.get(k) for k in summary_keys})
         base["metric"] = name
         out.append(_Run(
             frozenset(stack), (r["seed"], r.get("data_seed")), value,
