@@ -174,6 +174,13 @@ def test_leave_one_out_from_ablation_json_ignores_other_arms(tmp_path):
     assert np.allclose(named.delta, table.delta, rtol=0, atol=0)
 
 
+def test_a_sweep_without_a_stack_to_split_is_refused(tmp_path):
+    for job, (arm, seed) in enumerate(itertools.product([(), ("dropout",)], SEEDS)):
+        write_run(tmp_path / str(job), reg=arm, seed=seed)
+    with pytest.raises(UsageError, match="fewer than two regularisers"):
+        regablate.effects(regablate.load_runs(tmp_path))
+
+
 def test_add_one_in_inferred_gives_only_its_kind(tmp_path):
     rng = np.random.default_rng(4)
     v = _table(arms("add_one_in", S3), SEEDS, rng)

@@ -290,6 +290,10 @@ def _design(cell: list[_Run], design, components, where: str):
             comps = tuple(components) if components is not None else \
                 tuple(sorted(set().union(*(r.stack for r in cell))))
             design = infer_design({r.stack for r in cell}, comps)
+            if design is None and len(comps) < 2:
+                raise UsageError(f"effects: the runs of {where} stack fewer than two "
+                                 "regularisers; there is no share to split (compare arms with "
+                                 "regablate.summarize)")
             if design is None:
                 present = sorted("+".join(sorted(a)) or "none" for a in {r.stack for r in cell})
                 raise UsageError(
