@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="always use Welch's t-test, even when both groups ran the same seeds")
     p.add_argument("--plot", metavar="DIR",
                    help="also write PNG figures into DIR: per-group curves, the gap, every "
-                        "group's mean val curve on one axes (val_curves.png), reliability")
+                        "group's mean val curve on one axes (val_curves.png), reliability; on a design "
+                        "sweep (ablation.json) each component's effects (effects.png)")
     return p
 
 
@@ -86,10 +87,17 @@ def _write(text: str, out: str | None) -> None:
         raise UsageError(f"--out {out!r}: {e.strerror}") from None
 
 
-def _terminal(report, out: str | None) -> None:
+def _terminal(report, out: str | None, extra=None) -> None:
+    """The table (and `extra`, a second table such as the components', after a blank line)."""
     from rich.console import Console
 
     from regablate.report.render import to_terminal
+
+    def show(console, fit: bool) -> None:
+        to_terminal(report, console, fit=fit)
+        if extra is not None:
+            console.print()
+            to_terminal(extra, console, fit=fit)
 
     if out is None:
         console = Console(highlight=False)
@@ -98,13 +106,51 @@ def _terminal(report, out: str | None) -> None:
             width = os.environ.get("COLUMNS", "")
             fit = width.isdigit() and int(width) > 0
             console = Console(highlight=False, width=int(width) if fit else 10_000)
-        to_terminal(report, console, fit=fit)
+        show(console, fit)
         return
     try:
         with open(out, "w", encoding="utf-8") as f:
-            to_terminal(report, Console(file=f, width=10_000, color_system=None), fit=False)
+            show(Console(file=f, width=10_000, color_system=None), False)
     except OSError as e:
         raise UsageError(f"--out {out!r}: {e.strerror}") from None
+
+
+def _effects(shown, metric: str):
+    """The `regablate.effects` frame of a design sweep (a run shown has an ablation.json in
+    its sweep root), else None; a sweep whose effects cannot be computed gets a warning line
+    and no components table."""
+    import warnings
+
+    from regablate.designs import find_ablation_json
+    from regablate.errors import ConfigError
+    from regablate.errors import UsageError as DataError
+
+    runs = [r for g in shown for r in g.runs]
+    parents: dict = {}
+    for r in runs:
+        parent = r.path.parent
+        if parent not in parents:
+            parents[parent] = find_ablation_json(r.path) is not None
+    if not any(parents.values()):
+        return None
+    from regablate.report.effects import effects
+    from regablate.results import runs_frame
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            frame = effects(runs_frame(runs, status=None, groups=shown), metric=metric)
+    except (DataError, ConfigError) as e:
+        print(escape_control(f"regablate report: warning: no components table: {e}"),
+              file=sys.stderr)
+        return None
+    for w in caught:
+        print(escape_control(f"regablate report: warning: {w.message}"), file=sys.stderr)
+    if frame.empty:
+        print("regablate report: warning: no components table: the design sweep has no "
+              "estimate to show", file=sys.stderr)
+        return None
+    return frame
 
 
 def _parquet(report, groups, args) -> None:
@@ -167,10 +213,18 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--sort {args.sort!r}: unknown column; allowed: {', '.join(keys)}")
         render.sort_rows(report, args.sort)
 
+    frame = None if args.runs or args.format == "parquet" and not args.plot else \
+        _effects(shown, args.metric)
+    components = None
+    if frame is not None:
+        from regablate.report.table import effects_report
+
+        components = effects_report(frame)
+
     if args.format == "parquet":
         _parquet(report, shown, args)
     elif args.format == "table":
-        _terminal(report, args.out)
+        _terminal(report, args.out, components)
     elif args.format == "json":
         kind = "runs" if args.runs else "groups"
         doc = {"schema": 1, **report.doc, kind: [row["doc"] for row in report.rows],
@@ -178,17 +232,30 @@ def run(args: argparse.Namespace) -> int:
                                                     for p, r in skipped]}
         if not args.runs:
             doc["runs"] = [row["doc"] for row in run_report(shown).rows]
+        if components is not None:
+            from regablate.report.table import effect_records
+
+            doc["effects"] = effect_records(frame)
+            doc["effects_footer"] = components.footer
         _write(render.to_json(doc), args.out)
     else:
         to_text = {"markdown": render.to_markdown, "csv": render.to_csv,
                    "latex": render.to_latex}[args.format]
-        _write(to_text(report), args.out)
+        text = to_text(report)
+        if components is not None:
+            text += "\n" + (render.effects_csv(frame) if args.format == "csv"
+                            else to_text(components))
+        _write(text, args.out)
 
     if args.plot:
         from regablate.report.plots import write_plots
         from regablate.report.study import plot as plot_study
 
         paths = write_plots(shown, Path(args.plot))
+        if frame is not None:
+            from regablate.report.plots import write_effects_plot
+
+            paths.append(write_effects_plot(frame, Path(args.plot)))
         paths += plot_study(study, Path(args.plot)) if study else []
         print(escape_control(f"regablate report: wrote {len(paths)} figure(s) to {args.plot}"),
               file=sys.stderr)

@@ -221,3 +221,88 @@ def _write_plots(plt, groups: list[Group], out: Path) -> list[Path]:
         written.append(out / "val_curves.png")
         _overlay(plt, groups, written[-1])
     return written
+
+
+KIND_STYLE = {"leave_one_out": ("leave-one-out", "tab:blue"),
+              "add_one_in": ("add-one-in", "tab:orange"),
+              "main": ("main effect", "tab:green"),
+              "interaction": ("interaction", "tab:purple"),
+              "shapley": ("Shapley φ", "tab:red")}
+
+
+def write_effects_plot(frame, out: Path) -> Path:
+    """effects.png: a forest plot of a `regablate.effects` frame, one row per component and
+    kind (grouped by component, cells one after the other), each Δ with its 95% interval, zero
+    marked; an interval that excludes 0 is drawn solid with a filled marker, one that includes
+    it (or has none: n < 2) faded with an open marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "effects.png"
+    with matplotlib.rc_context({"text.parse_math": False}):  # a "$" in a label is a "$"
+        _effects(plt, frame, path)
+    return path
+
+
+def _effects(plt, frame, path: Path) -> None:
+    from matplotlib.lines import Line2D
+
+    from regablate.report.table import effect_records, effect_settings
+
+    settings = effect_settings(frame)
+    records = effect_records(frame)
+    order: dict = {}  # (cell, component) -> its rows, in the frame's order
+    for rec in records:
+        cell = " ".join(f"{c}={rec[c]}" for c in settings)
+        order.setdefault((cell, rec["component"]), []).append(rec)
+    rows, labels, y, pos, separators = [], [], [], 0.0, []
+    for (cell, component), recs in order.items():
+        if rows:
+            separators.append(pos - 0.55)
+        for rec in recs:
+            rows.append(rec)
+            what = KIND_STYLE[rec["kind"]][0]
+            labels.append(escape_control(f"{cell + ' | ' if cell else ''}{component} · {what} "
+                                         f"(n={rec['n']})"))
+            y.append(pos)
+            pos += 1.0
+        pos += 0.5
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.32 * len(rows)), constrained_layout=True)
+    for yi, rec in zip(y, rows, strict=True):
+        color = KIND_STYLE[rec["kind"]][1]
+        d, lo, hi = (float(rec[k]) if rec[k] is not None else np.nan for k in ("delta", "lo", "hi"))
+        clear = np.isfinite(lo) and (lo > 0 or hi < 0)
+        if np.isfinite(lo):
+            ax.hlines(yi, lo, hi, color=color, linewidth=2.4 if clear else 1.2,
+                      alpha=1.0 if clear else 0.45)
+            ax.vlines([lo, hi], yi - 0.18, yi + 0.18, color=color,
+                      linewidth=1.2, alpha=1.0 if clear else 0.45)
+        if np.isfinite(d):
+            ax.plot(d, yi, "o", color=color, markersize=7 if clear else 6,
+                    markerfacecolor=color if clear else "white", markeredgewidth=1.5)
+    for s in separators:
+        ax.axhline(s, color="0.85", linewidth=0.8)
+    ax.axvline(0, color="black", linewidth=1.0, linestyle="--")
+    ax.set_yticks(y, labels)
+    ax.set_ylim(pos - 1.0 + 0.6, -0.6)  # the first component on top
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    handles = [Line2D([], [], color=KIND_STYLE[k][1], marker="o", linewidth=2,
+                      label=KIND_STYLE[k][0]) for k in kinds]
+    handles += [Line2D([], [], color="0.3", marker="o", linewidth=2.4,
+                       label="95% CI excludes 0"),
+                Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linewidth=1.2,
+                       alpha=0.6, label="95% CI includes 0")]
+    ax.legend(handles=handles, fontsize="small", loc="best")
+    metrics = ", ".join(sorted({str(r["metric"]) for r in rows}))
+    better = {"higher" if r["higher_is_better"] else "lower" for r in rows}
+    ax.set(xlabel=escape_control(f"Δ {metrics}, mean over seeds with its 95% t interval "
+                                 f"({' / '.join(sorted(better))} is better)"),
+           title=escape_control("Which component does the work: "
+                                f"{' / '.join(sorted({str(r['design']) for r in rows}))} design, "
+                                "paired over seeds"))
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

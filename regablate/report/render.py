@@ -55,6 +55,14 @@ def cell(col: Column, row: dict) -> str:
         return f"{v}*" if v < 3 else str(v)
     if col.kind == "num":
         return _num(v, m)
+    if col.kind == "interval":  # (lo, hi) of an effect, signed
+        return DASH if v is None or _missing(v[0]) else \
+            f"[{_num(v[0], m, signed=True)}, {_num(v[1], m, signed=True)}]"
+    if col.kind == "share":
+        return DASH if _missing(v) else f"{100 * v:.1f}%"
+    if col.kind == "seeds":  # (fewest, most) seeds used by a row's estimates
+        text = str(v[0]) if v[0] == v[1] else f"{v[0]}{DASH}{v[1]}"
+        return f"{text}*" if v[0] < 3 else text
     return DASH if _missing(v) else escape_control(v)
 
 
@@ -173,7 +181,9 @@ def to_markdown(report: Report) -> str:
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
           "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}",
-          "±": r"$\pm$", "Δ": r"$\Delta$", "−": "$-$", DASH: "--", "<": "$<$", "*": "$^*$"}
+          "±": r"$\pm$", "Δ": r"$\Delta$", "−": "$-$", DASH: "--", "<": "$<$", "*": "$^*$",
+          "×": r"$\times$", "φ": r"$\varphi$", "∖": r"$\setminus$", "∅": r"$\emptyset$",
+          "Σ": r"$\Sigma$"}
 
 
 def to_latex(report: Report) -> str:
@@ -211,6 +221,18 @@ def to_csv(report: Report) -> str:
     writer.writerow(map(escape_control, fields))
     writer.writerows(["" if _missing(v) else escape_control(v) if isinstance(v, str) else v
                       for v in (row.get(k, "") for k in fields)] for row in flat)
+    return out.getvalue()
+
+
+def effects_csv(frame) -> str:
+    """The `regablate.effects` frame as csv: its columns and raw numbers, full precision."""
+    from regablate.report.table import effect_records
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(map(escape_control, frame.columns))
+    writer.writerows(["" if _missing(v) else escape_control(v) if isinstance(v, str) else v
+                      for v in rec.values()] for rec in effect_records(frame))
     return out.getvalue()
 
 

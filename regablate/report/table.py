@@ -233,3 +233,123 @@ def _seed_note(rows: list[dict]) -> list[str]:
         return [f"at least 5 seeds per group are recommended (fewest here: "
                 f"{min(r['n'] for r in rows)})"]
     return []
+
+
+# ---- the components table of a design sweep (regablate.report.effects) ----
+
+EFFECT_GROUPS = (("leave_one_out", "leave-one-out"), ("add_one_in", "add-one-in"),
+                 ("main", "factorial"), ("shapley", "Shapley φ"))
+EFFECT_LEGEND = {
+    "leave_one_out": "leave-one-out Δ = v(S) − v(S∖c)",
+    "add_one_in": "add-one-in Δ = v({c}) − v(∅)",
+    "main": "factorial Δ = main effect, mean over the arms with c minus those without "
+            "(rows c×d: the two-way interaction, averaged over the other components)",
+    "shapley": "Shapley φ_c = c's share of the full gain v(S) − v(∅) (Σ_c φ_c = v(S) − v(∅) "
+               "per seed); share = φ_c / Σφ"}
+
+
+def effect_settings(frame) -> list[str]:
+    """The columns of an `effects` frame that tell its cells apart (dotted config keys)."""
+    from regablate.report.effects import COLUMNS, TAIL
+
+    return [c for c in frame.columns if c not in COLUMNS and c not in TAIL]
+
+
+def effect_records(frame) -> list[dict]:
+    """The rows of an `effects` frame as plain Python values (pandas' NA as None; NaN stays
+    NaN for the writer to handle), columns as in the frame."""
+    from regablate.results import _value
+
+    return [{k: _value(v) for k, v in rec.items()} for rec in frame.to_dict("records")]
+
+
+def effects_report(frame) -> Report:
+    """The components table of an `effects` frame: per cell, one row per component (then one
+    per c×d pair), each kind's Δ, 95% CI and Holm p side by side (interactions in the factorial
+    columns), each component's Shapley φ with its share of the full gain, and the seeds used.
+    The footer names the design, the test and why a p is missing where it is."""
+    from regablate.report.paired import NAMES
+
+    settings = effect_settings(frame)
+    cells: dict = {}
+    for rec in effect_records(frame):
+        key = (tuple(repr(rec[c]) for c in settings), rec["metric"], rec["design"])
+        cell = cells.setdefault(key, {"rec": rec, "rows": {}})
+        group = "main" if rec["kind"] == "interaction" else rec["kind"]
+        cell["rows"].setdefault(rec["component"], {})[group] = rec
+    present = {g for cell in cells.values() for row in cell["rows"].values() for g in row}
+    rows, sums = [], []
+    for cell in cells.values():
+        first = cell["rec"]
+        name = str(first["metric"])
+        phi = [r["shapley"]["delta"] for r in cell["rows"].values() if "shapley" in r]
+        total = math.fsum(phi) if phi and all(map(math.isfinite, phi)) else math.nan
+        scale = max((abs(x) for x in phi), default=0.0)
+        if "shapley" in present:
+            sums.append((first, total))
+        for component, kinds in cell["rows"].items():
+            ns = [r["n"] for r in kinds.values()]
+            row = {**{c: first[c] for c in settings}, "component": component,
+                   "metric": name.split("_", 1)[-1], "effect_metric": name,
+                   "higher_is_better": bool(first["higher_is_better"]),
+                   "design": first["design"], "n": (min(ns), max(ns))}
+            for g, r in kinds.items():
+                row.update({f"{g}_delta": r["delta"], f"{g}_ci": (r["lo"], r["hi"]),
+                            f"{g}_p": r["p_holm"], f"{g}_kind": r["kind"]})
+            if "shapley" in kinds:
+                d = kinds["shapley"]["delta"]
+                row["share"] = d / total if math.isfinite(total) and \
+                    abs(total) > RTOL_SHARE * scale else math.nan
+            rows.append(row)
+    columns = [Column(c, "\n".join(c.rsplit(".", 1)) if "." in c else f"\n{c}") for c in settings]
+    columns += [Column("component", "\ncomponent"), Column("n", "\nn", "seeds")]
+    for g, label in EFFECT_GROUPS:
+        if g not in present:
+            continue
+        columns += [Column(f"{g}_delta", f"{label}\nΔ", "delta"),
+                    Column(f"{g}_ci", f"{label}\n95% CI", "interval", drop=3)]
+        if g == "shapley":
+            columns.append(Column("share", "share of\nfull − none", "share", drop=1))
+        columns.append(Column(f"{g}_p", f"{label}\np (Holm)", "p", drop=2))
+    test = NAMES.get(frame.attrs.get("test", "t"), str(frame.attrs.get("test")))
+    return Report(columns, rows, _effects_footer(frame, rows, present, sums, settings, test),
+                  {"test": frame.attrs.get("test", "t"), "level": frame.attrs.get("level")})
+
+
+RTOL_SHARE = 1e-9  # Σφ no larger than this × the largest |φ| is rounding: no share is shown
+
+
+def _effects_footer(frame, rows, present, sums, settings, test) -> list[str]:
+    designs = sorted({r["design"] for r in rows})
+    metrics = sorted({r["effect_metric"] for r in rows})
+    lower = sorted({r["effect_metric"] for r in rows if not r["higher_is_better"]})
+    lines = [f"components: {', '.join(metrics)} of the arms of the {' / '.join(designs)} design "
+             "(v(A): the arm that stacks A, S: the full stack), paired over seeds; "
+             f"Δ: mean of the per-seed contrasts with its 95% t interval; p: {test}, "
+             "two-sided, Holm-adjusted within each kind"
+             + (" and cell" if settings else "")
+             + (f"; lower {', '.join(lower)} is better" if lower else "")]
+    lines.append("; ".join(EFFECT_LEGEND[g] for g, _ in EFFECT_GROUPS if g in present))
+    for rec, total in sums:
+        where = " ".join(f"{c}={rec[c]}" for c in settings)
+        lines.append(f"full − none (Σφ){' at ' + where if where else ''}: "
+                     + ("–" if not math.isfinite(total) else
+                        f"{total:+.3f}" if rec["metric"].endswith("_acc") else f"{total:+#.4g}"))
+    missing: dict = {}
+    for rec in effect_records(frame):
+        p = rec["p"]
+        if p is None or (isinstance(p, float) and math.isnan(p)):
+            reason = rec["reason"] or "no test"
+            missing.setdefault(reason, []).append(
+                f"{rec['component']} ({rec['kind'].replace('_', '-')})")
+    for reason, which in missing.items():
+        shown = ", ".join(which[:6]) + (f" and {len(which) - 6} more" if len(which) > 6 else "")
+        lines.append(f"no p for {len(which)} estimate{'s' * (len(which) != 1)}: {reason}: "
+                     f"{shown}")
+    if any(r["n"][0] < 3 for r in rows):
+        lines.append("n: seeds used by the row's estimates (a range where a missing run drops "
+                     "a seed from some); * fewer than 3 seeds")
+    else:
+        lines.append("n: seeds used by the row's estimates (a range where a missing run drops "
+                     "a seed from some)")
+    return lines
