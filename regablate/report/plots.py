@@ -7,6 +7,8 @@ curves_*.png: loss and metric per epoch, train and val, the mean over completed 
 with a ±1 std band, and the median best epoch marked. gap.png: each group's mean gap with
 its t-based 95% interval, sorted, the baseline's mean as a reference line. val_curves.png:
 every group's mean validation curve (primary metric) on the same axes, ±1 std band each.
+effects.png (a design sweep: regablate.report.effects): a forest plot, each component's Δ
+per kind with its 95% interval and zero marked, intervals that exclude 0 drawn solid.
 reliability_*.png (classification runs with calibration in their summary): accuracy
 against confidence per bin on the test split, bins pooled over seeds (count-weighted), with
 the diagonal of perfect calibration and the mean ECE.
@@ -294,7 +296,9 @@ def _effects(plt, frame, path: Path) -> None:
     handles += [Line2D([], [], color="0.3", marker="o", linewidth=2.4,
                        label="95% CI excludes 0"),
                 Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linewidth=1.2,
-                       alpha=0.6, label="95% CI includes 0")]
+                       alpha=0.6, label="95% CI includes 0"),
+                Line2D([], [], color="black", linewidth=1.0, linestyle="--",
+                       label="0: no effect")]
     ax.legend(handles=handles, fontsize="small", loc="best")
     metrics = ", ".join(sorted({str(r["metric"]) for r in rows}))
     better = {"higher" if r["higher_is_better"] else "lower" for r in rows}

@@ -1,0 +1,212 @@
+"""The report on a design sweep (a sweep root with ablation.json): the components table after
+the groups table, in every format, with the numbers of regablate.effects; effects.png; and
+load_runs / the TensorBoard view reading such a sweep as any other."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import re
+import warnings
+
+import pytest
+from report_fixtures import write_run
+
+import regablate
+from regablate import tb_view
+from regablate.designs import arms, write_ablation_json
+from regablate.report.cli import main
+
+S3 = ("dropout", "l2", "weight_decay")
+EFFECT = {"dropout": 0.04, "l2": 0.01, "weight_decay": 0.0}
+LABELS = {"leave_one_out": "leave-one-out", "add_one_in": "add-one-in", "main": "factorial",
+          "interaction": "factorial", "shapley": "Shapley φ"}
+
+
+def _sweep(root, design, comps, seeds, *, config=None, skip=(), lift=0.0, jobs=0):
+    """Hand-written run dirs of every arm x seed (`skip`: (arm, seed) left out), and the
+    sweep root's ablation.json."""
+    rng = random.Random(f"{design}{lift}")
+    job = jobs
+    for arm in arms(design, comps):
+        for seed in seeds:
+            if (frozenset(arm), seed) in skip:
+                continue
+            v = 0.8 + lift + sum(EFFECT.get(c, 0.02) for c in arm) + 0.003 * seed \
+                + (0.01 if {"dropout", "l2"} <= set(arm) else 0.0) + rng.gauss(0, 0.005)
+            write_run(root / str(job), reg=tuple(sorted(arm)), seed=seed, val=round(v, 4),
+                      test=round(v - 0.01, 4), train=0.99, config=config)
+            job += 1
+    write_ablation_json(root, design, comps, list(seeds))
+    return job
+
+
+@pytest.fixture(scope="module")
+def factorial(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fx") / "multirun" / "2026-12-07" / "10-00-00"
+    # seed 4 of dropout+l2 failed: estimates that need that arm use 4 seeds, the others 5
+    _sweep(root, "factorial", S3, range(5), skip={(frozenset({"dropout", "l2"}), 4)})
+    return root
+
+
+@pytest.fixture(scope="module")
+def frame(factorial):
+    return regablate.effects(regablate.load_runs(factorial), metric="val")
+
+
+def _report(tmp_path, root, fmt, *extra):
+    out = tmp_path / f"out.{fmt}"
+    assert main([str(root), "--format", fmt, "--out", str(out), *extra]) == 0
+    return out.read_text()
+
+
+def _signed(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:+.3f}"
+
+
+def _p(x: float) -> str:
+    return "–" if math.isnan(x) else "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def _markdown_tables(text: str) -> list[list[dict]]:
+    """Every github table in the text as rows of {header: cell}."""
+    tables, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|-"):
+            heads = [h.strip() for h in lines[i].strip("|").split("|")]
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip() for c in re.split(r"(?<!\\)\|", lines[i].strip("|"))]
+                rows.append(dict(zip(heads, cells, strict=True)))
+                i += 1
+            tables.append(rows)
+        i += 1
+    return tables
+
+
+def test_markdown_table_shows_the_numbers_of_effects(factorial, frame, tmp_path):
+    groups, components = _markdown_tables(_report(tmp_path, factorial, "markdown"))
+    assert len(groups) == 8  # the groups table as before, then the components table
+    by_name = {r["component"]: r for r in components}
+    assert list(by_name) == [*S3, "dropout×l2", "dropout×weight_decay", "l2×weight_decay"]
+    phi = frame[frame.kind == "shapley"].set_index("component")["delta"]
+    checked = 0
+    for rec in frame.to_dict("records"):
+        row, label = by_name[rec["component"]], LABELS[rec["kind"]]
+        assert row[f"{label} Δ"] == _signed(rec["delta"])
+        assert row[f"{label} 95% CI"] == f"[{_signed(rec['lo'])}, {_signed(rec['hi'])}]"
+        assert row[f"{label} p (Holm)"] == _p(rec["p_holm"])
+        checked += 1
+    assert checked == len(frame) == 3 * 4 + 3
+    for c in S3:
+        assert by_name[c]["share of full − none"] == f"{100 * phi[c] / phi.sum():.1f}%"
+        assert by_name[c]["Shapley φ Δ"] == _signed(phi[c])
+    # dropout's estimates all need a dropout+l2 arm somewhere except add-one-in
+    assert frame.set_index(["kind", "component"]).loc[("add_one_in", "dropout"), "n"] == 5
+    assert by_name["dropout"]["n"] == "4–5" and by_name["weight_decay"]["n"] == "4–5"
+    assert by_name["l2×weight_decay"]["n"] == "4"
+    assert by_name["dropout×l2"]["Shapley φ Δ"] == "–"
+    assert frame.loc[(frame.kind == "shapley") & (frame.component == "dropout"), "p"].item() < 0.05
+
+
+def test_footer_names_design_test_and_the_full_gain(factorial, frame, tmp_path):
+    text = _report(tmp_path, factorial, "table")
+    assert "leave-one-out" in text and "share of" in text and "dropout×l2" in text
+    assert text.index("\ncomponent") > text.index("gap")  # after the groups table
+    assert "factorial design" in text and "p: paired t-test, two-sided, Holm-adjusted" in text
+    phi = frame[frame.kind == "shapley"]["delta"].sum()
+    assert f"full − none (Σφ): {phi:+.3f}" in text
+    assert "n: seeds used by the row's estimates" in text
+
+
+def test_json_carries_the_records_of_effects(factorial, frame, tmp_path):
+    doc = json.loads(_report(tmp_path, factorial, "json"))
+    want = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in frame.to_dict("records")]
+    assert doc["effects"] == want
+    assert list(doc["effects"][0]) == list(frame.columns)
+    assert any("paired t-test" in line for line in doc["effects_footer"])
+    assert len(doc["groups"]) == 8 and doc["schema"] == 1
+
+
+def test_csv_appends_the_effects_frame_after_a_blank_line(factorial, frame, tmp_path):
+    text = _report(tmp_path, factorial, "csv")
+    groups, effects = text.split("\n\n")
+    assert len(list(csv.reader(io.StringIO(groups)))) == 9
+    rows = list(csv.DictReader(io.StringIO(effects)))
+    assert list(rows[0]) == list(frame.columns) and len(rows) == len(frame)
+    for row, rec in zip(rows, frame.to_dict("records"), strict=True):
+        assert row["component"] == rec["component"] and row["kind"] == rec["kind"]
+        for key in ("delta", "lo", "hi", "p", "p_holm"):
+            assert (row[key] == "" and math.isnan(rec[key])) or float(row[key]) == rec[key]
+        assert int(row["n"]) == rec["n"]
+
+
+def test_latex_escapes_the_new_symbols(factorial, frame, tmp_path):
+    text = _report(tmp_path, factorial, "latex")
+    tail = text[text.rindex(r"\begin{tabular}"):]
+    assert r"dropout$\times$l2" in tail and r"Shapley $\varphi$" in tail
+    d = frame.set_index(["kind", "component"]).loc[("main", "dropout"), "delta"]
+    assert f"{d:+.3f}" in tail
+    assert "φ" not in tail.split("\n%")[0] and "×" not in tail.split("\n%")[0]
+
+
+def test_missing_p_and_cells(tmp_path):
+    """Two learning rates are two cells; two seeds give intervals but no p, and the footer
+    says why; a hostile setting is printed escaped."""
+    root = tmp_path / "sweep"
+    jobs = _sweep(root, "leave_one_out", ("dropout", "l2"), range(2),
+                  config={"optim": {"lr": 0.01}, "dataset": {"name": "a\x1b[2Jb"}})
+    _sweep(root, "leave_one_out", ("dropout", "l2"), range(2), jobs=jobs, lift=0.05,
+           config={"optim": {"lr": 0.1}, "dataset": {"name": "a\x1b[2Jb"}})
+    frame = regablate.effects(regablate.load_runs(root))
+    assert set(frame["optim.lr"]) == {0.01, 0.1} and frame["p"].isna().all()
+    text = _report(tmp_path, root, "markdown")
+    _, components = _markdown_tables(text)
+    assert [(r["optim lr"], r["component"]) for r in components] == \
+        [("0.01", "dropout"), ("0.01", "l2"), ("0.1", "dropout"), ("0.1", "l2")]
+    row = components[2]
+    rec = frame[(frame["optim.lr"] == 0.1) & (frame.component == "dropout")
+                & (frame.kind == "leave_one_out")].iloc[0]
+    assert row["leave-one-out Δ"] == _signed(rec["delta"]) and row["leave-one-out p (Holm)"] == "–"
+    assert row["n"] == "2\\*"
+    assert "no p for 12 estimates: fewer than 3 seeds (n = 2)" in text
+    assert "full − none (Σφ) at optim.lr=0.01:" in text
+    for fmt in ("table", "markdown", "latex", "csv", "json"):
+        out = _report(tmp_path, root, fmt)
+        assert "\x1b" not in out
+
+
+def test_plot_writes_effects_png(factorial, tmp_path):
+    plots = tmp_path / "plots"
+    assert main([str(factorial), "--format", "csv", "--out", str(tmp_path / "t.csv"),
+                 "--plot", str(plots)]) == 0
+    png = plots / "effects.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert (plots / "gap.png").exists()
+
+
+def test_plain_sweep_has_no_components_table(tmp_path):
+    root = tmp_path / "plain"
+    _sweep(root, "factorial", ("dropout", "l2"), range(3))
+    (root / "ablation.json").unlink()
+    assert "effects" not in json.loads(_report(tmp_path, root, "json"))
+    assert len(_markdown_tables(_report(tmp_path, root, "markdown"))) == 1
+    assert main([str(root), "--plot", str(tmp_path / "p"), "--out", str(tmp_path / "o")]) == 0
+    assert not (tmp_path / "p" / "effects.png").exists()
+
+
+def test_load_runs_and_tb_view_read_a_design_sweep_as_any_sweep(factorial, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runs = regablate.load_runs(factorial.parent.parent)
+    assert len(runs) == 8 * 5 - 1 and "ablation.json" not in "".join(runs["run_dir"])
+    told: list[str] = []
+    view = tmp_path / "view"
+    assert tb_view.build([factorial], view, warn=told.append) == (39, 8)
+    assert told == []
+    assert main([str(factorial), "--runs", "--out", str(tmp_path / "r.txt")]) == 0
