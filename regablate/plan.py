@@ -40,7 +40,10 @@ def t_power(n: int, effect: float, alpha: float) -> float:
     df = n - 1
     c = float(stats.t.isf(alpha / 2, df))
     nc = effect * math.sqrt(n)
-    return float(stats.nct.sf(c, df, nc) + stats.nct.cdf(-c, df, nc))
+    upper, lower = (float(stats.nct.sf(c, df, x)) for x in (nc, -nc))  # P(T<−c|λ) = P(T>c|−λ)
+    if math.isnan(upper) or math.isnan(lower):  # scipy's nct fails far in a tail: the tail is 0
+        upper, lower = (0.0 if math.isnan(x) else x for x in (upper, lower))
+    return upper + lower
 
 
 def n_needed(sd: float, delta: float, power: float = 0.8, alpha: float = 0.05) -> int:
