@@ -112,7 +112,7 @@ def run(argv: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from regablate.errors import ConfigError, Terminated, UsageError
+    from regablate.errors import ConfigError, SweepFailed, Terminated, UsageError
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = ["regablate", *map(_custom_kwarg, argv)]
@@ -131,6 +131,11 @@ def run(argv: list[str]) -> int:
         if again:
             print(f"continue with: {again}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    except SweepFailed as e:  # jobs of a sweep did not complete: one closing line
+        again = resume_command(argv, LAUNCH_DIRS) if e.resumable else None
+        line = " ".join(e.message.split()) + (f"; continue them with: {again}" if again else "")
+        print(f"regablate: error: {line}", file=sys.stderr)
+        return e.code
     except ConfigError as e:
         return _error(f"invalid config: {e}")
     except UsageError as e:

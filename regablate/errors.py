@@ -1,4 +1,10 @@
-"""Errors a user can fix: each is reported as one line and exit code 2."""
+"""Errors a user can fix: each is reported as one line and exit code 2.
+
+Every error here crosses process boundaries intact (joblib and submitit return a job's
+exception by pickling it), hence the `__reduce__` of those whose constructor takes more than
+the message."""
+
+from __future__ import annotations
 
 
 class ConfigError(ValueError):
@@ -8,12 +14,61 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r}: {allowed}")
 
+    def __reduce__(self):
+        return type(self), (self.key, self.value, self.allowed)
+
 
 class UsageError(ValueError):
     """Bad command-line or environment input that is not a config key (missing data, bad path)."""
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (sent by SLURM, `timeout`, `kill`): handled exactly like Ctrl-C."""
+    """SIGTERM (sent by SLURM, `timeout`, `kill`), or another signal that stops a run (SLURM's
+    time-limit warning): handled exactly like Ctrl-C."""
 
     signal_name = "SIGTERM"
+
+    def __init__(self, signal_name: str | None = None):
+        super().__init__()
+        if signal_name is not None:
+            self.signal_name = signal_name
+
+    def __reduce__(self):
+        return type(self), (self.signal_name,)
+
+
+class RunInterrupted(Exception):
+    """A job of a sweep that a signal stopped (SLURM's scancel, time limit, preemption): its run
+    is recorded `interrupted` with its last checkpoint, and `trainer.resume=auto` continues it."""
+
+    def __init__(self, run_dir: str, how: str):
+        self.run_dir, self.how = str(run_dir), how
+        super().__init__(f"{run_dir}: interrupted by {how}")
+
+    def __reduce__(self):
+        return type(self), (self.run_dir, self.how)
+
+
+class JobLost(Exception):
+    """A job of a sweep that ended without returning (cancelled or killed before it could say
+    so, out of time or memory): `why` is one line, from the scheduler where it knows."""
+
+    def __init__(self, run_dir: str | None, why: str, label: str = "failed"):
+        self.run_dir, self.why, self.label = run_dir, why, label  # label: cancelled, timed out, failed
+        super().__init__(f"{run_dir or 'a job'}: {why}")
+
+    def __reduce__(self):
+        return type(self), (self.run_dir, self.why, self.label)
+
+
+class SweepFailed(Exception):
+    """A sweep ended with jobs that did not complete: `message` is its one closing line, `code`
+    the exit status (2 when every one was a config error or a refusal, else 1) and `resumable`
+    whether `trainer.resume=auto` continues some of them."""
+
+    def __init__(self, message: str, code: int = 1, resumable: bool = False):
+        self.message, self.code, self.resumable = message, code, resumable
+        super().__init__(message)
+
+    def __reduce__(self):
+        return type(self), (self.message, self.code, self.resumable)

@@ -131,7 +131,11 @@ def test_submitit_local_jobs_share_the_cores(tmp_path):
 # -- item 6: the SLURM launcher without SLURM ------------------------------------------------------
 
 def test_cluster_launcher_without_slurm_is_one_line(tmp_path):
-    r = run_cli("run", "-m", "hydra/launcher=cluster", "+reg=none", *TINY, cwd=tmp_path)
+    # a machine without SLURM's commands, whether or not this one has them
+    (tmp_path / "bin").mkdir()
+    r = subprocess.run([sys.executable, "-m", "regablate", "run", "-m", "hydra/launcher=cluster", "+reg=none", *TINY],
+                       cwd=tmp_path, env={**ENV, "PATH": str(tmp_path / "bin")}, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "needs srun" in r.stderr and "hydra/launcher=submitit_local" in r.stderr
 

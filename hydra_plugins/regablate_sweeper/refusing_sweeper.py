@@ -1,11 +1,15 @@
-"""Hydra's basic sweeper, ending a sweep that had refused jobs with one line that counts them.
+"""Hydra's basic sweeper, ending a sweep whose jobs did not all complete with one closing line.
 
-A job is refused when its run dir already holds a run or another process is writing it
-(`regablate.claim`); a refused job touches nothing. Hydra's basic sweeper would re-raise the
-first failed job's error and say nothing of the others: this one counts the refusals in every
-batch (from the JobReturns, so it works under any launcher: basic, joblib, submitit,
-vectorized) and raises one UsageError after the batch, which `regablate run` prints as one
-line with exit code 2. `multirun.yaml` stays as the launch that made the sweep dir wrote it
+Hydra's basic sweeper re-raises the first failed job's error (a traceback, under joblib or
+submitit often a launcher's own) and says nothing of the others. This one runs every batch,
+then counts from the JobReturns (so it works under any launcher: basic, joblib, submitit_local,
+submitit_slurm, vectorized) the jobs that failed (each with its one-line reason), were refused
+(their run dir already holds a run or another process is writing it, `regablate.claim`: a refused
+job touches nothing), were interrupted (SIGTERM, SIGUSR2, preemption: recorded `interrupted`),
+cancelled or timed out, and raises one `SweepFailed`: `regablate run` prints it as one line,
+with the command that continues the sweep where one does, exit 2 when every such job was a
+config error or a refusal, 1 otherwise. Under the submitit launchers the batch is launched by
+`submitit_jobs.launch`, which waits for every job. `multirun.yaml` stays as the launch that made the sweep dir wrote it
 (a refused or resuming launch does not relabel the sweep). A sweep that ran writes its TensorBoard HParams experiment at its root
 (`regablate.tb_view.describe_sweep`); a refused one writes nothing.
 
@@ -17,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
@@ -44,20 +49,93 @@ def refusals(results: Sequence[JobReturn]) -> list:
             if r.status == JobStatus.FAILED and isinstance(r._return_value, RunRefused)]
 
 
-def refused_message(refused: list, n_jobs: int) -> str:
-    """'2 of 4 jobs refused: ...' with each reason, the dirs, and the ways on."""
+def _refused_reasons(refused: list) -> str:
     by_why: dict[str, list[str]] = {}
     for e in refused:
         by_why.setdefault(e.why, []).append(str(e.run_dir))
-    reasons = "; ".join(f"{why}: {', '.join(dirs[:3])}{f' and {len(dirs) - 3} more' if len(dirs) > 3 else ''}"
-                        for why, dirs in by_why.items())
+    return "; ".join(f"{why}: {', '.join(dirs[:3])}{f' and {len(dirs) - 3} more' if len(dirs) > 3 else ''}"
+                     for why, dirs in by_why.items())
+
+
+def _refused_ways(refused: list) -> str:
     from regablate.claim import WAYS_ON
 
     own = [e.ways_on for e in refused if not e.busy and e.ways_on != WAYS_ON]  # e.g. another config
-    ways = ("wait for them, or choose another hydra.sweep.dir" if all(e.busy for e in refused) else
+    return ("wait for them, or choose another hydra.sweep.dir" if all(e.busy for e in refused) else
             "; ".join(dict.fromkeys(own)) if own else
             "continue them with trainer.resume=auto, or choose another hydra.sweep.dir")
-    return f"{len(refused)} of {n_jobs} jobs refused, their run dirs untouched ({reasons}); {ways}"
+
+
+def refused_message(refused: list, n_jobs: int) -> str:
+    """'2 of 4 jobs refused: ...' with each reason, the dirs, and the ways on."""
+    return (f"{len(refused)} of {n_jobs} jobs refused, their run dirs untouched ({_refused_reasons(refused)}); "
+            f"{_refused_ways(refused)}")
+
+
+def _where(ret: JobReturn, error: BaseException) -> str:
+    """The job's run dir, relative to the working directory where it is under it."""
+    run_dir = getattr(error, "run_dir", None)
+    if run_dir is None:
+        try:
+            run_dir = ret.hydra_cfg.hydra.runtime.output_dir
+        except Exception:
+            run_dir = None
+    if run_dir is None:
+        return "job " + " ".join(ret.overrides or [])
+    path = Path(str(run_dir))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _listed(by_why: dict[str, list[str]]) -> str:
+    """'sweep/1, sweep/3 and 2 more: reason; sweep/4: another reason'."""
+    return "; ".join(f"{', '.join(dirs[:3])}{f' and {len(dirs) - 3} more' if len(dirs) > 3 else ''}: {why}"
+                     for why, dirs in by_why.items())
+
+
+def closing_error(results: Sequence[JobReturn]) -> Optional[Exception]:  # noqa: UP045
+    """The one closing error of a sweep whose jobs did not all complete, else None."""
+    from regablate.claim import RunRefused
+    from regablate.errors import ConfigError, JobLost, RunInterrupted, SweepFailed, UsageError
+
+    failed = [r for r in results if r.status == JobStatus.FAILED]
+    if not failed:
+        return None
+    refused = refusals(failed)
+    if len(refused) == len(failed):
+        return SweepFailed(refused_message(refused, len(results)), code=2)
+    kinds: dict[str, dict[str, list[str]]] = {}
+    user_errors, resumable = True, False
+    for r in failed:
+        e = r._return_value
+        if isinstance(e, RunRefused):
+            continue
+        if isinstance(e, ConfigError):
+            kind, why = "failed", f"invalid config: {e}"
+        elif isinstance(e, UsageError):
+            kind, why = "failed", str(e).strip()
+        elif isinstance(e, RunInterrupted):
+            kind, why, user_errors, resumable = "interrupted", f"by {e.how}", False, True
+        elif isinstance(e, JobLost):
+            kind, why, user_errors, resumable = e.label, e.why, False, True
+        else:
+            kind, why, user_errors, resumable = "failed", _first_line(e), False, True
+        kinds.setdefault(kind, {}).setdefault(why, []).append(_where(r, e))
+    parts = [f"{sum(map(len, by_why.values()))} {kind} ({_listed(by_why)})" for kind, by_why in kinds.items()]
+    if refused:
+        parts.append(f"{len(refused)} refused, their run dirs untouched ({_refused_reasons(refused)})")
+    message = f"{len(failed)} of {len(results)} jobs did not complete: " + ", ".join(parts)
+    if refused and not resumable:
+        message += f"; {_refused_ways(refused)}"
+    return SweepFailed(message, code=2 if user_errors else 1, resumable=resumable)
 
 
 class RefusingSweeper(BasicSweeper):
@@ -70,34 +148,47 @@ class RefusingSweeper(BasicSweeper):
             super().validate_batch_is_legal(batch)
 
     def sweep(self, arguments: list[str]) -> object:
+        """BasicSweeper.sweep, running every batch and ending with `closing_error`."""
+        import functools
+
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        from hydra_plugins.regablate_sweeper import submitit_jobs
         from regablate.atomic import write_atomic
-        from regablate.errors import UsageError
         from regablate.tb_view import describe_sweep
 
-        launch, refused_any = self.launcher.launch, []
-
-        def launch_and_count(job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-            results = launch(job_overrides, initial_job_idx)
-            refused = refusals(results)
-            refused_any.extend(refused)
-            if refused:
-                raise UsageError(refused_message(refused, len(results)))
-            failed = [r for r in results if r.status == JobStatus.FAILED]
-            if failed:  # recorded in their summary.json; the first error, as one line (Hydra's
-                raise failed[0]._return_value  # own access would print its job-list line first)
-            return results
-
-        self.launcher.launch = launch_and_count
-        sweep_file = Path(str(self.config.hydra.sweep.dir)) / "multirun.yaml"
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        if submitit_jobs.is_submitit(self.launcher):
+            self.launcher.launch = functools.partial(submitit_jobs.launch, self.launcher)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        self.overrides = self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]),
+                                              self.max_batch_size)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_file = sweep_dir / "multirun.yaml"
         first = sweep_file.read_bytes() if sweep_file.exists() else None
+        returns: list[Sequence[JobReturn]] = []
         try:
-            return super().sweep(arguments)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            if first is None:  # the launch that makes the sweep dir writes it; later ones leave it
+                OmegaConf.save(self.config, sweep_file)
+            initial_job_idx = 0
+            while not self.is_done():
+                batch = self.get_job_batch()
+                self.validate_batch_is_legal(batch)
+                returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
+                initial_job_idx += len(batch)
         finally:
-            if first is not None:  # the launch that made the sweep dir wrote it; later ones leave it
+            if first is not None and sweep_file.exists() and sweep_file.read_bytes() != first:
                 write_atomic(sweep_file, lambda f: f.write(first), mode="wb")
-            if not refused_any:  # best effort: the sweep's outcome is already decided
-                try:
-                    describe_sweep(Path(str(self.config.hydra.sweep.dir)))
-                except Exception as e:
-                    print(f"regablate: warning: no TensorBoard experiment written for the sweep: {e}",
-                          file=sys.stderr)
+        results = [r for batch in returns for r in batch]
+        if not refusals(results):  # best effort: the sweep's outcome is already decided
+            try:
+                describe_sweep(sweep_dir)
+            except Exception as e:
+                print(f"regablate: warning: no TensorBoard experiment written for the sweep: {e}",
+                      file=sys.stderr)
+        error = closing_error(results)
+        if error is not None:
+            raise error
+        return returns

@@ -1,0 +1,286 @@
+"""Sweeps end the same way under every launcher: one closing line, the right exit code, no
+traceback; nothing is written into a run dir before its lock is held; jobs take the CPUs they
+were given; signals to a submitit job record its run `interrupted`."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import pickle
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import ENV, compose_cfg, run_cli
+from regablate.claim import RunRefused
+from regablate.errors import ConfigError, JobLost, RunInterrupted, SweepFailed, Terminated
+
+TINY = ("dataset=tiny_binary", "trainer.max_epochs=2", "trainer.progress=none", "trainer.tensorboard=false")
+# a job that runs long enough to be signalled in the middle (about 0.1 s an epoch)
+SLOW = ("dataset.n=2000", "dataset.n_test=200", "model.hidden=[256,256]", "trainer.max_epochs=12",
+        "trainer.early_stopping.patience=0", "trainer.progress=plain", "trainer.tensorboard=false",
+        "trainer.checkpoint_every_s=0", "sched=cosine", "trainer.threads=1")
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    """Every file under `root`, logs included (submitit's own folder aside) -> its sha1."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and ".submitit" not in p.parts}
+
+
+def statuses(sweep: Path) -> dict[str, str]:
+    return {p.parent.name: json.loads(p.read_text())["status"] for p in sorted(sweep.glob("*/summary.json"))}
+
+
+def last_line(r: subprocess.CompletedProcess) -> str:
+    return r.stderr.strip().splitlines()[-1]
+
+
+# -- item 1: errors cross process boundaries -----------------------------------------------------
+
+@pytest.mark.parametrize("error", [
+    ConfigError("reg.dropout.p", 1.5, "must be in [0, 1)"), RunInterrupted("sweep/1", "SIGTERM"),
+    JobLost("sweep/2", "cancelled (SLURM state CANCELLED)", "cancelled"), SweepFailed("2 of 4", 2, True),
+    RunRefused(Path("sweep/0"), "already holds a run (summary.json)"), Terminated("SIGUSR2")])
+def test_every_error_a_job_returns_survives_a_pickle_round_trip(error):
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error) and str(again) == str(error) and vars(again) == vars(error)
+
+
+@pytest.mark.parametrize("launcher", [("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
+                                      ("hydra/launcher=submitit_local",), ("hydra/launcher=vectorized",), ()],
+                         ids=["joblib", "submitit_local", "vectorized", "basic"])
+def test_one_invalid_value_in_a_parallel_sweep_is_one_line_and_the_good_jobs_complete(tmp_path, launcher):
+    r = run_cli("run", "-m", *launcher, "+reg=dropout", "reg.dropout.p=0.2,0.3,1.5", *TINY,
+                "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "Error executing job" not in r.stderr
+    assert last_line(r) == ("regablate: error: 1 of 3 jobs did not complete: 1 failed "
+                            "(sweep/2: invalid config: reg.dropout.p=1.5: must be in [0, 1))")
+    assert r.stderr.count("regablate: error") == 1
+    assert statuses(tmp_path / "sweep") == {"0": "completed", "1": "completed", "2": "failed"}
+
+
+CRASHING = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, in_shape, out_dim, crash=False):
+        super().__init__()
+        self.crash, self.linear = crash, nn.Linear(in_shape[0], out_dim)
+
+    def forward(self, x):
+        if self.crash and self.training:
+            raise RuntimeError("out of luck")
+        return self.linear(x)
+"""
+
+
+def test_a_crash_in_one_job_is_counted_with_its_reason_and_the_command_that_continues_it(tmp_path):
+    (tmp_path / "crashing.py").write_text(CRASHING)
+    r = subprocess.run([sys.executable, "-m", "regablate", "run", "-m", "model=custom", "model.target=crashing:Net",
+                        "+model.kwargs.crash=false,true", *TINY, "hydra.sweep.dir=sweep"],
+                       cwd=tmp_path, env={**ENV, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    line = last_line(r)
+    assert line.startswith("regablate: error: 1 of 2 jobs did not complete: 1 failed "
+                           "(sweep/1: RuntimeError: out of luck); continue them with: regablate run -m "), line
+    assert line.endswith("hydra.sweep.dir=sweep trainer.resume=auto")
+    assert statuses(tmp_path / "sweep") == {"0": "completed", "1": "failed"}
+
+
+# -- item 8: nothing is written into a run dir before its lock is held ---------------------------
+
+def hold(run_dir: Path) -> int:
+    """Lock `run_dir` as a run writing it does (regablate.claim)."""
+    run_dir.mkdir(parents=True)
+    fd = os.open(run_dir, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_a_launch_refused_by_the_lock_writes_nothing_not_even_hydras_files(tmp_path):
+    fd = hold(tmp_path / "run")
+    try:
+        r = run_cli("run", *TINY, "seed=7", "hydra.run.dir=run", cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "being written by another process" in r.stderr
+        assert list((tmp_path / "run").iterdir()) == []  # no .hydra/config.yaml saying seed 7
+    finally:
+        os.close(fd)
+
+
+def test_a_sweep_refused_by_the_lock_writes_nothing_into_the_held_run_dir(tmp_path):
+    fd = hold(tmp_path / "sweep" / "0")
+    try:
+        r = run_cli("run", "-m", *TINY, "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    finally:
+        os.close(fd)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert last_line(r).startswith("regablate: error: 1 of 2 jobs refused, their run dirs untouched "
+                                   f"(is being written by another process: {tmp_path / 'sweep' / '0'})")
+    assert list((tmp_path / "sweep" / "0").iterdir()) == []
+    assert statuses(tmp_path / "sweep") == {"1": "completed"}
+
+
+def test_the_run_dir_holds_hydras_files_of_the_launch_that_made_it(tmp_path):
+    assert run_cli("run", *TINY, "seed=3", "hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    hydra = tmp_path / "run" / ".hydra"
+    assert OmegaConf.load(hydra / "config.yaml").seed == 3
+    assert list(OmegaConf.load(hydra / "overrides.yaml"))[-1] == "seed=3"
+    assert OmegaConf.load(hydra / "hydra.yaml").hydra.run.dir == "run"
+    assert "data_seed: ${seed}" in (hydra / "config.yaml").read_text()  # unresolved, as Hydra writes it
+
+
+# -- item 11: no empty log, no empty folders -------------------------------------------------------
+
+def test_no_empty_job_log_and_a_refused_single_run_leaves_no_folders(tmp_path):
+    assert run_cli("run", *TINY, "hydra.run.dir=run", cwd=tmp_path).returncode == 0
+    assert not list((tmp_path / "run").glob("*.log"))
+    r = run_cli("run", *TINY, "+reg=dropout", "reg.dropout.p=1.5", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+# -- item 5: a refused resubmission under submitit changes no byte --------------------------------
+
+def test_a_refused_submitit_resubmission_changes_no_byte_of_the_runs_logs_included(tmp_path):
+    args = ("run", "-m", "hydra/launcher=submitit_local", "+reg=none,dropout", *TINY, "hydra.sweep.dir=sweep")
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    before = fingerprint(tmp_path / "sweep")
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 2 and last_line(again).startswith("regablate: error: 2 of 2 jobs refused")
+    assert fingerprint(tmp_path / "sweep") == before
+
+
+# -- item 4: threads follow the CPUs the job was given ---------------------------------------------
+
+@pytest.mark.parametrize("env,launcher,threads", [
+    ({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "1"}, {}, 1),
+    ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1", "SLURM_CPUS_ON_NODE": "2"}, {"cpus_per_task": 1}, 1),
+    ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "2"}, {"n_jobs": 2}, 1),
+])
+def test_auto_threads_follow_the_cpus_the_slurm_job_was_given(monkeypatch, env, launcher, threads):
+    from regablate.run import job_cpus, place_job
+
+    for key in ("SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    place_job(compose_cfg(), OmegaConf.create({"launcher": launcher, "job": {"num": 0}}))
+    assert seen == [threads] and job_cpus() == int(env.get("SLURM_CPUS_PER_TASK") or env["SLURM_CPUS_ON_NODE"])
+
+
+def test_outside_slurm_the_cpus_are_the_processs_affinity(monkeypatch):
+    from regablate.run import job_cpus
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert job_cpus() == 1
+
+
+# -- item 3: the cluster launcher as shipped -----------------------------------------------------
+
+def test_the_cluster_launcher_asks_for_a_gpu_only_for_cuda_runs():
+    from regablate.claim import gpus_for
+
+    assert [gpus_for(d) for d in ("auto", "cpu", "cuda", "cuda:1")] == [None, None, 1, 1]
+    text = (Path(__file__).parents[1] / "conf" / "hydra" / "launcher" / "cluster.yaml").read_text()
+    cfg = OmegaConf.create(text.replace("# @package hydra.launcher\n", ""))
+    assert cfg.partition is None and cfg.cpus_per_task == 1 and cfg.mem_gb == 4
+    assert cfg._get_node("gpus_per_node")._value() == "${regablate_gpus:${trainer.device}}"
+
+
+@pytest.mark.parametrize("stderr,named", [
+    ("sbatch: error: invalid partition specified: gpu\nsbatch: error: Batch job submission failed: "
+     "Invalid partition name specified", "(set by hydra.launcher.partition=gpu)"),
+    ("sbatch: error: Batch job submission failed: Invalid generic resource (gres) specification",
+     "(set by hydra.launcher.gpus_per_node=1)"),
+    ("sbatch: error: Memory specification can not be satisfied\nsbatch: error: Batch job submission "
+     "failed: Requested node configuration is not available", "(set by hydra.launcher.mem_gb=500)"),
+    ("sbatch: error: Batch job submission failed: Requested node configuration is not available",
+     "(set by hydra.launcher.cpus_per_task=1, hydra.launcher.mem_gb=500, hydra.launcher.gpus_per_node=1)"),
+])
+def test_an_sbatch_refusal_is_one_line_naming_the_setting(monkeypatch, stderr, named):
+    from hydra_plugins.regablate_sweeper import submitit_jobs
+    from hydra_plugins.regablate_sweeper.submitit_jobs import sbatch_refusal
+
+    monkeypatch.setattr(submitit_jobs, "_largest_node", lambda partition: None)  # no sinfo asked
+    params = {"partition": "gpu", "gpus_per_node": 1, "mem_gb": 500, "cpus_per_task": 1, "nodes": 1}
+    line = sbatch_refusal(stderr, params)
+    assert "\n" not in line and line.startswith("sbatch refused the sweep's jobs: ") and named in line
+    assert "sbatch: error" not in line and "Batch job submission failed" not in line
+
+
+# -- item 2: SIGTERM and SIGUSR2 to a submitit job -------------------------------------------------
+
+def holder_of(run_dir: Path) -> int | None:
+    """The pid of the process that holds `run_dir` open (the job writing it)."""
+    target = str(run_dir.resolve())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if any(os.readlink(fd) == target for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def epochs_done(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "metrics.csv").read_text().splitlines()) - 1
+    except OSError:
+        return 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+def test_a_signalled_submitit_job_is_interrupted_and_the_printed_command_completes_it(tmp_path, sig):
+    args = ("run", "-m", "hydra/launcher=submitit_local", "+reg=none,dropout", *SLOW, "hydra.sweep.dir=sweep")
+    proc = subprocess.Popen([sys.executable, "-m", "regablate", *args], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = tmp_path / "sweep" / "1"
+    deadline, pid = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None:
+        if epochs_done(job) >= 2:
+            pid = holder_of(job)
+            if pid:
+                os.kill(pid, sig)
+                break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=300)
+    assert pid, err[-3000:]
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    name = "SIGTERM" if sig == signal.SIGTERM else "SIGUSR2 (time limit or preemption)"
+    assert line.startswith(f"regablate: error: 1 of 2 jobs did not complete: 1 interrupted (sweep/1: by {name}); "
+                           "continue them with: regablate run -m "), line
+    interrupted = json.loads((job / "summary.json").read_text())
+    assert statuses(tmp_path / "sweep") == {"0": "completed", "1": "interrupted"}
+    assert interrupted["error"] == f"interrupted by {name}" and (job / "checkpoints" / "last.pt").exists()
+    if sig == signal.SIGUSR2:
+        return  # the command that continues it: checked once, below
+    command = shlex.split(line.split("continue them with: ", 1)[1])
+    assert command[:3] == ["regablate", "run", "-m"] and command[-1] == "trainer.resume=auto"
+    again = run_cli(*command[1:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert statuses(tmp_path / "sweep") == {"0": "completed", "1": "completed"}
+    full = run_cli("run", "+reg=dropout", *SLOW, "hydra.run.dir=full", cwd=tmp_path)
+    assert full.returncode == 0
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (job, tmp_path / "full"))
+    for key in ("best_epoch", "epochs_run", "train", "val", "test", "gap"):
+        assert a[key] == b[key], key
