@@ -240,6 +240,27 @@ def load_last(run_dir: Path) -> dict | None:
     raise DamagedCheckpoint(f"holds no state of {run_dir}")
 
 
+def chunk_entry(loaded: Any, run_dir: Path) -> tuple[Any, tuple[Path, ...]]:
+    """From a `last.pt`'s contents (`load`): `run_dir`'s own state, as `load_last` picks it, and
+    the run dirs of every state in the file, in the file's order — the members of the stacked
+    chunk that wrote it (`save_shared`), found from where `run_dir` is now; (run_dir,) for a
+    file of one run. Damaged contents raise."""
+    here = Path(run_dir).resolve()
+    if not (isinstance(loaded, dict) and "shared" in loaded):
+        return loaded, (here,)
+    entries = loaded["shared"]
+    if not (isinstance(entries, dict) and entries and all(isinstance(k, str) for k in entries)):
+        raise DamagedCheckpoint("is not a shared checkpoint (a dict of run dirs)")
+    if len(entries) == 1:
+        return next(iter(entries.values())), (here,)
+    for rel, entry in entries.items():
+        parts = Path(rel).parts
+        if parts and here.parts[len(here.parts) - len(parts):] == parts:
+            root = Path(*here.parts[: len(here.parts) - len(parts)])
+            return entry, tuple(root.joinpath(other) for other in entries)
+    raise DamagedCheckpoint(f"holds no state of {run_dir}")
+
+
 def pack_history(rows: list[dict]) -> str:
     """The metric history as one JSON string: pickling hundreds of floats one by one is slow."""
     return json.dumps(rows)

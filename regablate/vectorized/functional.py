@@ -574,5 +574,13 @@ class StackedModule:
         if self.norms:
             self.num_batches_tracked += 1
 
+    # masks are drawn afresh for every step: nothing of them outlives a step (StackedMLP keeps
+    # blocks of uniforms across steps, which a continued chunk redraws)
+    def block_state(self) -> dict:
+        return {}
+
+    def restore_blocks(self, blocks: dict, gens: list[torch.Generator]) -> None:
+        pass
+
 
 __all__ = ["StackedModule", "skeleton", "stack_reason"]

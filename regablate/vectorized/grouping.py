@@ -48,6 +48,11 @@ class Member:
     layers: tuple  # an MLP's layer plan (tuple of Layer), or a conv model's skeleton
     drops: dict[int, float]  # an MLP's dropout slot -> rate (conv models: their blocks hold them)
     cpu_rng: torch.Tensor  # the global torch RNG state right after init (dropout on the CPU)
+    # trainer.resume=auto: the member's checked last.pt state (history unpacked, best.pt's
+    # weights under "best") and its chunk, (epoch, run dirs in order) as that chunk wrote it
+    # (`regablate.vectorized.resume`); None and () for a member that starts at epoch 1
+    resume: dict | None = None
+    chunk: tuple = ()
 
     @property
     def key(self) -> tuple:
@@ -60,7 +65,7 @@ class Member:
                else (o.name, o.momentum, o.nesterov))
         t = s.trainer
         return (str(self.x.device), d.task, d.out_dim, shapes, self.layers, opt,
-                t.batch_size, t.max_epochs, t.eval_batch_size)
+                t.batch_size, t.max_epochs, t.eval_batch_size, self.chunk)
 
 
     @property
@@ -118,15 +123,24 @@ def make_member(job: int, cfg: dict, run_dir: Path, s: Settings, shared: dict | 
 
 
 def group(members: list[Member]) -> list[list[Member]]:
-    """Members with equal keys, groups in the order of their first job."""
+    """Members with equal keys, groups in the order of their first job. Members that continue an
+    interrupted chunk group only with that chunk's other members, in the chunk's order."""
     groups: dict[tuple, list[Member]] = {}
     for m in members:
         groups.setdefault(m.key, []).append(m)
+    for g in groups.values():
+        if g[0].chunk:
+            dirs = g[0].chunk[1]
+            g.sort(key=lambda m: dirs.index(m.run_dir.resolve()))
     return list(groups.values())
 
 
 def chunks(members: list[Member], max_members: int) -> list[list[Member]]:
-    """Split into ceil(K / max_members) contiguous chunks of near-equal size."""
+    """Split into ceil(K / max_members) contiguous chunks of near-equal size. A group that
+    continues an interrupted chunk stays whole (it fitted as that chunk; each member's numbers
+    depend on its place in the stack)."""
+    if members and getattr(members[0], "chunk", ()):
+        return [list(members)]
     n = max(1, math.ceil(len(members) / max(1, max_members)))
     size, extra = divmod(len(members), n)
     out, start = [], 0

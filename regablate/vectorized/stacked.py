@@ -147,6 +147,8 @@ class StackedMLP:
         self.num_batches_tracked = 0  # training steps seen by BatchNorm (the same for every member)
         self.matrices = [self.views[p.layer, p.name] for p in self.params if len(p.shape) >= 2]
         self._blocks: dict[int, tuple[torch.Tensor | None, int]] = {}  # slot -> (uniforms, next row)
+        # slot -> {member: its generator's state before it drew the slot's current block}
+        self._drawn: dict[int, dict[int, torch.Tensor]] = {}
         self.grad = torch.zeros_like(self.theta)  # ∂L/∂θ (K, P), rewritten by every `backward`
         self.grads = {(p.layer, p.name): self.grad[:, p.offset : p.offset + p.numel].view(k, *p.shape)
                       for p in self.params}
@@ -380,12 +382,46 @@ class StackedMLP:
         if block is None or block.shape[1:] != (rows, width):
             block, pos = torch.ones(self.k, rows, width, device=self.device), rows
         if pos + n > rows:
+            drawn = {}
             for member, _ in self.dropping[slot]:
-                u = torch.rand((rows, width), generator=gens[member], device=self.device, out=block[member])
-                u.lt_(self.keep[slot][member]).div_(self.keep[slot][member])  # float32 1−p, as before
+                drawn[member] = gens[member].get_state()
+                self._draw(slot, member, block, gens[member])
+            self._drawn[slot] = drawn
             pos = 0
         self._blocks[slot] = (block, pos + n)
         return block[:, pos : pos + n]
+
+    def _draw(self, slot: int, member: int, block: torch.Tensor, gen: torch.Generator) -> None:
+        """Member `member`'s rows of `block`: the next uniforms of `gen` made a mask in place."""
+        u = torch.rand(block.shape[1:], generator=gen, device=self.device, out=block[member])
+        u.lt_(self.keep[slot][member]).div_(self.keep[slot][member])  # float32 1−p, as before
+
+    # -- where the dropout streams stand (for a chunk continued from its checkpoint) --------
+    def block_state(self) -> dict[int, tuple[int, int, int, dict[int, torch.Tensor]]]:
+        """{layer a dropout slot follows: (next row, rows, width, {member: its generator's state
+        before it drew the slot's current block})}: with the generators' states now, all a later
+        process needs to go on drawing the same masks (`restore_blocks`). The states are never
+        changed in place, so this is a snapshot."""
+        return {self.slots[j]: (pos, block.shape[1], block.shape[2], dict(self._drawn.get(j, {})))
+                for j, (block, pos) in self._blocks.items() if block is not None}
+
+    @torch.no_grad()
+    def restore_blocks(self, blocks: dict[int, tuple[int, int, int, dict[int, torch.Tensor]]],
+                       gens: list[torch.Generator]) -> None:
+        """Redraw each slot's current block from the states `block_state` gave (each generator
+        left as it is now) and go on from its next row: the masks of an uninterrupted run."""
+        for j, layer in enumerate(self.slots):
+            if layer not in blocks or not self.dropping[j]:
+                continue
+            pos, rows, width, drawn = blocks[layer]
+            block = torch.ones(self.k, rows, width, device=self.device)
+            for member, _ in self.dropping[j]:
+                gen, now = gens[member], gens[member].get_state()
+                gen.set_state(drawn[member])
+                self._draw(j, member, block, gen)
+                gen.set_state(now)
+            self._blocks[j] = (block, pos)
+            self._drawn[j] = {member: drawn[member] for member, _ in self.dropping[j]}
 
     def step_done(self) -> None:
         """One training step happened (BatchNorm's num_batches_tracked)."""

@@ -25,6 +25,14 @@ small state), and written when that many seconds have passed since the last writ
 and on an interrupt — always as of the last completed epoch. A chunk writes at the shortest
 period among its members. All members' last.pt states go in one file (`checkpoint.save_shared`);
 best.pt stays a plain state_dict per member, written when it changed.
+
+Each member's last.pt is the ordinary trainer's resume state (so `train` continues it alone) plus,
+under "stacked", what the chunk needs to go on exactly as if never stopped: the chunk's epoch, the
+member's dropout generator (on a GPU) and where its dropout masks stand (`StackedMLP.block_state`).
+Under trainer.resume=auto the launcher stacks the members of an interrupted chunk again
+(`regablate.vectorized.resume`): `_start` puts every member's θ, BatchNorm statistics, best
+weights, optimiser moments and step back in its row, and `_open` its schedule, stopper, history
+and generators; members that had stopped (or diverged: behind the chunk's epoch) stay done.
 """
 
 from __future__ import annotations
@@ -87,6 +95,46 @@ class GroupStats:
     @property
     def per_member_step_s(self) -> float:
         return self.seconds / max(1, self.members * self.steps)
+
+
+def _continue_run(r: _Run, state: dict) -> None:
+    """Member r's bookkeeping from its checked resume state: stopper, history, generators, its lr
+    schedule (and the torch optimiser that holds its lr, where it has one), and whether it is
+    done: stopped early, or behind the chunk's epoch without stopping (it diverged there)."""
+    x = r.m.x
+    r.stopper.__dict__.update(state["stopper"])
+    r.history = list(state["history"])
+    r.epochs_run = state["epoch"]
+    r.has_best = r.stopper.best_epoch > 0
+    r.gen.set_state(state["rng"]["order"])
+    r.cpu_gen.set_state(state["rng"]["torch"])
+    if r.drop_gen is not r.cpu_gen:
+        r.drop_gen.set_state(state["stacked"]["drop"])
+    if "optimizer" in x.__dict__ or x.s.sched.name != "none":  # its lr and the schedule's keys
+        x.optimizer.load_state_dict({"state": {}, "param_groups": state["optimizer"]["param_groups"]})
+    x.schedule.load_state_dict(state["schedule"])
+    if r.stopper.stop:
+        r.done = True
+    elif state["epoch"] < state["stacked"]["epoch"]:
+        r.status, r.done = "diverged", True
+
+
+def _batches_tracked(weights: dict) -> int | None:
+    """BatchNorm's step count in a member's state_dict (the same in every norm layer), or None."""
+    return next((int(t) for name, t in weights.items() if name.endswith("num_batches_tracked")), None)
+
+
+def _stored_step(state: dict) -> torch.Tensor | None:
+    """Adam's step count in a member's stored optimiser state (the same for every parameter)."""
+    step = next((per["step"] for per in state["optimizer"]["state"].values() if "step" in per), None)
+    return None if step is None else torch.as_tensor(step, dtype=torch.float32).reshape(())
+
+
+def stored_blocks(state: dict) -> dict[int, tuple[int, int, int, torch.Tensor | None]]:
+    """A member's last.pt "stacked" blocks as `StackedMLP.block_state` gives them, with its own
+    generator's state (None where it does not drop): {layer: (pos, rows, width, state)}."""
+    return {int(layer): (b["pos"], b["rows"], b["width"], b.get("state"))
+            for layer, b in state["stacked"]["blocks"].items()}
 
 
 def _column(values: list[float], device: torch.device) -> torch.Tensor:
@@ -251,6 +299,7 @@ class _Entry:
     cpu: torch.Tensor  # CPU generator state (the global RNG of an ordinary run)
     rows: int  # history rows
     wall_time_s: float
+    blocks: dict  # where the dropout masks stand (`StackedMLP.block_state`)
 
 
 def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -351,6 +400,7 @@ class VectorizedTrainer:
         every = [m.s.trainer.checkpoint_every_s for m in members if m.s.trainer.checkpoint]
         self._every_s = min(every) if every else None
         self._written = time.monotonic()
+        self._chunk_epoch = 0  # the last epoch the chunk completed and kept
 
     @staticmethod
     def _lr(m: Member) -> float:
@@ -466,11 +516,17 @@ class VectorizedTrainer:
         """Each member's files; the lint and the eval-determinism check once per configuration
         (members that differ only in seeds share them)."""
         findings: dict[str, list] = {}
-        runs = []
+        runs = {}
         with one_sync():  # every member's "running" summary.json made durable at once
-            for m in self.members:
-                runs.append(self._open(m, findings))
-        return runs
+            for k, m in enumerate(self.members):
+                if m.resume is None:
+                    runs[k] = self._open(m, findings)
+        # a continuing member's Recorder rewrites metrics.csv and then appends to the file it
+        # opens: that rewrite must be in place before, not deferred to the end of a one_sync
+        for k, m in enumerate(self.members):
+            if m.resume is not None:
+                runs[k] = self._open(m, findings)
+        return [runs[k] for k in range(len(self.members))]
 
     def _open(self, m: Member, findings: dict[str, list]) -> _Run:
         """Member m's files and bookkeeping (lint and self-check once per `group_id`)."""
@@ -480,20 +536,24 @@ class VectorizedTrainer:
             if findings[key] and m.s.trainer.progress != "none":
                 print(format_findings(findings[key]), file=sys.stderr, flush=True)
             check_eval_determinism(m.x.model, m.x.data)
-        rec = open_run(m.cfg, m.x, m.run_dir, findings=findings[key])
+        if m.resume is not None and m.s.trainer.progress != "none":
+            print(f"resumed from epoch {m.resume['epoch']}: {m.run_dir}", flush=True)
+        rec = open_run(m.cfg, m.x, m.run_dir, resume=m.resume, findings=findings[key])
         es = m.s.trainer.early_stopping
         stopper = EarlyStopper(es.patience, es.min_delta, m.x.data.higher_is_better and es.monitor == "metric")
         cpu_gen = torch.Generator()  # an ordinary run's global CPU RNG, right after init
         cpu_gen.set_state(m.cpu_rng)
         # ordinary runs draw dropout from the freshly seeded CUDA RNG, or the CPU one
         drop_gen = torch.Generator(self.device).manual_seed(m.s.seed) if self.device.type == "cuda" else cpu_gen
-        return _Run(m, rec, stopper, torch.Generator().manual_seed(m.s.seed), drop_gen, cpu_gen)
+        run = _Run(m, rec, stopper, torch.Generator().manual_seed(m.s.seed), drop_gen, cpu_gen)
+        if m.resume is not None:
+            _continue_run(run, m.resume)
+        return run
 
     def _fit(self, runs: list[_Run]) -> list[dict]:
         model, metric = self.model, self.metric
-        best = model.state().clone()  # each member's best epoch
-        frozen = model.state().clone()  # each member's state where it stopped
-        epoch = 0
+        # each member's best epoch, its state where it stopped, and the chunk's epoch
+        best, frozen, epoch = self._start(runs)
         while epoch < self.t.max_epochs and not all(r.done for r in runs):
             epoch += 1
             t0 = time.perf_counter()
@@ -544,6 +604,76 @@ class VectorizedTrainer:
         self._checkpoint(runs, final=True)
         return self._finish(runs, best, frozen)
 
+    @torch.no_grad()
+    def _start(self, runs: list[_Run]) -> tuple[StackState, StackState, int]:
+        """(best, frozen, epoch) before the chunk's first epoch here: fresh copies of the initial
+        state and epoch 0; or, for members that continue (trainer.resume=auto), each one's row from
+        its last.pt: θ and BatchNorm statistics (live, and best.pt's as its best row; where it
+        stopped is its live state), optimiser moments and step, its dropout masks, and the entry
+        a later checkpoint writes for it while it is done. `_open` did the rest."""
+        model = self.model
+        resumed = [(k, r.m.resume) for k, r in enumerate(runs) if r.m.resume is not None]
+        if not resumed:
+            return model.state().clone(), model.state().clone(), 0
+        epoch = max(state["stacked"]["epoch"] for _, state in resumed)
+        for k, state in resumed:  # best rows first, through the live ones
+            if state["best"] is not None:
+                runs[k].m.x.model.load_state_dict(state["best"])
+                model.load_member(k, runs[k].m.x.model)
+        best = model.state().clone()
+        for k, state in resumed:
+            runs[k].m.x.model.load_state_dict(state["model"])
+            model.load_member(k, runs[k].m.x.model)
+        # the chunk's shared state (BatchNorm's and the optimiser's step counts, where the
+        # dropout masks stand) is that of a member at the chunk's epoch, one not done if any
+        live_k, live = min(resumed, key=lambda e: (runs[e[0]].done, e[1]["epoch"] != epoch))
+        tracked = _batches_tracked(live["model"])
+        if tracked is not None:
+            model.num_batches_tracked = tracked
+        frozen = model.state().clone()
+        for k, state in resumed:  # each member's own count in its best and stopping rows
+            for target, weights in ((best, state["best"]), (frozen, state["model"])):
+                if weights is not None and _batches_tracked(weights) is not None:
+                    target.batches[k] = _batches_tracked(weights)
+        self._load_moments(runs, resumed)
+        step = _stored_step(live)
+        if getattr(self.opt, "step_t", None) is not None and step is not None:
+            self.opt.step_t.copy_(step)
+        own = {k: stored_blocks(state) for k, state in resumed}
+        model.restore_blocks({layer: (pos, rows, width, {k: own[k][layer][3] for k in own
+                                                         if layer in own[k] and own[k][layer][3] is not None})
+                              for layer, (pos, rows, width, _) in own[live_k].items()},
+                             [r.drop_gen for r in runs])
+        # each member's entry as stored, which checkpoints write while it is done
+        state_now, best_now = model.state().clone(), best.clone()
+        moments = {name: t.clone() for name, t in self.opt.moments().items()}
+        for k, state in resumed:
+            step = _stored_step(state)
+            self._entries[k] = _Entry(
+                _Snapshot(state_now, best_now, moments, step), state["epoch"],
+                [g["lr"] for g in state["optimizer"]["param_groups"]], state["schedule"],
+                dict(state["stopper"]), state["rng"]["order"], state["stacked"]["drop"], state["rng"]["torch"],
+                len(state["history"]), float(state.get("wall_time_s", 0.0)),
+                {layer: (pos, rows, width, {} if drawn is None else {k: drawn})
+                 for layer, (pos, rows, width, drawn) in own[k].items()})
+        self._chunk_epoch = epoch
+        return best, frozen, epoch
+
+    def _load_moments(self, runs: list[_Run], resumed: list[tuple[int, dict]]) -> None:
+        """Each continuing member's optimiser moments (torch's per-parameter state) into its rows."""
+        names = {name for _, state in resumed for per in state["optimizer"]["state"].values() for name in per}
+        if "momentum_buffer" in names and getattr(self.opt, "buf", False) is None:  # SGD before a step
+            self.opt.buf = torch.zeros_like(self.opt.theta)
+        moments = self.opt.moments()
+        for k, state in resumed:
+            m, stored = runs[k].m, state["optimizer"]["state"]
+            params = [p for g in m.x.groups for p in g["params"]]
+            for name, t in moments.items():
+                rows = self.model.unflatten(t[k], m.x.model)
+                for i, p in enumerate(params):
+                    if name in stored.get(i, {}):
+                        rows[p].copy_(stored[i][name])
+
     def _finish(self, runs: list[_Run], best: StackState, frozen: StackState) -> list[dict]:
         """Each member's final state (best epoch, or where it stopped) goes into its own module,
         which is evaluated exactly as the ordinary trainer evaluates its model."""
@@ -584,12 +714,15 @@ class VectorizedTrainer:
                          {name: t.clone() for name, t in self.opt.moments().items()},
                          None if getattr(self.opt, "step_t", None) is None else self.opt.step_t.clone())
         entries = dict(self._entries)
+        blocks = self.model.block_state()
         for k in now:
             r = runs[k]
             entries[k] = _Entry(snap, epoch, [g["lr"] for g in r.m.x.param_groups()],
                                 checkpoint.copy_state(r.m.x.schedule.state_dict()), dict(r.stopper.__dict__),
                                 r.gen.get_state(), r.drop_gen.get_state(), r.cpu_gen.get_state(), len(r.history),
-                                r.rec.elapsed())
+                                r.rec.elapsed(), blocks)
+        if now:
+            self._chunk_epoch = epoch
         dirty = self._best_dirty | frozenset(improved)
         self._entries, self._best_dirty, self._unwritten = entries, dirty, self._unwritten or bool(now)
 
@@ -653,10 +786,17 @@ class VectorizedTrainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
             if self.device.type == "cuda":
                 rng["cuda"][self.device.index or 0] = e.drop
+        # what only a stacked chunk needs to go on (the ordinary trainer ignores it): the chunk's
+        # epoch (a member behind it and not stopped diverged), the member's dropout generator,
+        # and where its dropout masks stand
+        stacked = {"epoch": self._chunk_epoch, "drop": e.drop.clone(),
+                   "blocks": {str(layer): {"pos": pos, "rows": rows, "width": width,
+                                           **({"state": drawn[k]} if k in drawn else {})}
+                              for layer, (pos, rows, width, drawn) in e.blocks.items()}}
         return {"epoch": e.epoch, "model": {n: t.clone() for n, t in m.x.model.state_dict().items()},
                 "optimizer": self._optimizer_state(m, e.lrs, per_param), "schedule": e.schedule,
                 "stopper": e.stopper, "rng": rng, "history": checkpoint.pack_history(r.history[: e.rows]),
-                "wall_time_s": e.wall_time_s}
+                "wall_time_s": e.wall_time_s, "stacked": stacked}
 
     @staticmethod
     def _optimizer_state(m: Member, lrs: list[float], per_param: dict) -> dict:
