@@ -10,6 +10,7 @@ import json
 import math
 import random
 import re
+import shutil
 import warnings
 
 import pytest
@@ -210,3 +211,21 @@ def test_load_runs_and_tb_view_read_a_design_sweep_as_any_sweep(factorial, tmp_p
     assert tb_view.build([factorial], view, warn=told.append) == (39, 8)
     assert told == []
     assert main([str(factorial), "--runs", "--out", str(tmp_path / "r.txt")]) == 0
+
+
+def test_reg_filters_and_plain_sweeps_beside_a_design_sweep(factorial, frame, tmp_path):
+    """--filter reg=... picks the groups shown, not the arms an effect needs; a plain sweep
+    under the same folder is left out of the components table (it has no ablation.json)."""
+    _, components = _markdown_tables(_report(tmp_path, factorial, "markdown",
+                                             "--filter", "reg=dropout"))
+    loo = frame[frame.kind == "leave_one_out"].set_index("component")["delta"]
+    assert [r["leave-one-out Δ"] for r in components[:3]] == [_signed(loo[c]) for c in S3]
+    plain = factorial.parent / "11-00-00"
+    _sweep(plain, "leave_one_out", ("dropout", "mixup"), range(3))
+    (plain / "ablation.json").unlink()
+    try:
+        doc = json.loads(_report(tmp_path, factorial.parent, "json"))
+    finally:
+        shutil.rmtree(plain)
+    assert len(doc["effects"]) == len(frame)
+    assert {r["component"] for r in doc["effects"]} == set(frame["component"])

@@ -1,5 +1,11 @@
 """`regablate report [DIR ...]`: one honest table of train / val / test and the gap.
 
+On a design sweep (an ablation.json at the sweep root, regablate.designs) a components table
+follows the groups table: each regulariser's effect by the design's kinds, with 95% intervals,
+Holm p and its Shapley share of the full gain (regablate.report.effects); `--format json`
+carries effects' records under "effects", csv appends its frame after a blank line, and
+`--plot` adds effects.png. Any other sweep prints exactly the groups table.
+
 Exit codes: 0 done; 2 bad input or no runs (one line on stderr, no traceback). A run dir
 that cannot be read safely is skipped with one warning line naming it and why; what is printed
 has its control characters escaped.
@@ -116,8 +122,8 @@ def _terminal(report, out: str | None, extra=None) -> None:
 
 
 def _effects(shown, metric: str):
-    """The `regablate.effects` frame of a design sweep (a run shown has an ablation.json in
-    its sweep root), else None; a sweep whose effects cannot be computed gets a warning line
+    """The `regablate.effects` frame of the runs shown that belong to a design sweep (an
+    ablation.json in their sweep root), else None; a sweep whose effects cannot be computed gets a warning line
     and no components table."""
     import warnings
 
@@ -125,13 +131,12 @@ def _effects(shown, metric: str):
     from regablate.errors import ConfigError
     from regablate.errors import UsageError as DataError
 
-    runs = [r for g in shown for r in g.runs]
     parents: dict = {}
-    for r in runs:
-        parent = r.path.parent
-        if parent not in parents:
-            parents[parent] = find_ablation_json(r.path) is not None
-    if not any(parents.values()):
+    for r in (r for g in shown for r in g.runs):
+        if r.path.parent not in parents:
+            parents[r.path.parent] = find_ablation_json(r.path) is not None
+    runs = [r for g in shown for r in g.runs if parents[r.path.parent]]  # design sweeps only
+    if not runs:
         return None
     from regablate.report.effects import effects
     from regablate.results import runs_frame
@@ -213,13 +218,20 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--sort {args.sort!r}: unknown column; allowed: {', '.join(keys)}")
         render.sort_rows(report, args.sort)
 
-    frame = None if args.runs or args.format == "parquet" and not args.plot else \
-        _effects(shown, args.metric)
-    components = None
+    frame = components = None
+    if not args.runs and (args.format != "parquet" or args.plot):
+        # an effect needs every arm of its design: reg filters pick the groups shown above,
+        # never the arms of the components table (as they never pick a baseline's runs)
+        rest = [f for f in filters if f.key != "reg"]
+        frame = _effects(shown if len(rest) == len(filters) else choose(runs, rest, None),
+                         args.metric)
     if frame is not None:
         from regablate.report.table import effects_report
 
         components = effects_report(frame)
+        if len(rest) < len(filters):
+            components.footer.append("every arm of the design is used: --filter reg=... picks "
+                                     "the groups above, not the arms an effect needs")
 
     if args.format == "parquet":
         _parquet(report, shown, args)

@@ -256,8 +256,8 @@ def effect_settings(frame) -> list[str]:
 
 
 def effect_records(frame) -> list[dict]:
-    """The rows of an `effects` frame as plain Python values (pandas' NA as None; NaN stays
-    NaN for the writer to handle), columns as in the frame."""
+    """The rows of an `effects` frame as plain Python values (NaN and pandas' NA as None, as
+    JSON writes them), columns as in the frame."""
     from regablate.results import _value
 
     return [{k: _value(v) for k, v in rec.items()} for rec in frame.to_dict("records")]
@@ -273,6 +273,8 @@ def effects_report(frame) -> Report:
     settings = effect_settings(frame)
     cells: dict = {}
     for rec in effect_records(frame):
+        rec.update({k: math.nan if rec[k] is None else float(rec[k])
+                    for k in ("delta", "lo", "hi", "p", "p_holm")})
         key = (tuple(repr(rec[c]) for c in settings), rec["metric"], rec["design"])
         cell = cells.setdefault(key, {"rec": rec, "rows": {}})
         group = "main" if rec["kind"] == "interaction" else rec["kind"]
