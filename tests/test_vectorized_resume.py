@@ -112,13 +112,23 @@ CONV = [("+reg=[augment,dropout]",), ("seed=1", "+reg=[spatial_dropout,mixup]"),
         ("seed=2", "+reg=[cutout,dropblock]", "optim.lr=0.003")]
 
 
-@pytest.mark.parametrize("kind", ["adamw", "sgd-batchnorm", "conv"])
+# regression (sine, MSE) under SGD: the member at lr 0.2 diverges in epoch 3, before the cut
+SINE = [("dataset=sine", "optim=sgd", "optim.lr=0.05", "+reg=dropout", "reg.dropout.p=0.1"),
+        ("dataset=sine", "optim=sgd", "optim.lr=0.2", "seed=1"),
+        ("dataset=sine", "optim=sgd", "optim.lr=0.1", "seed=2", "+reg=l2", "reg.l2.lam=0.01")]
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd-batchnorm", "conv", "diverged"])
 def test_an_interrupted_chunk_continues_stacked_to_the_uninterrupted_numbers(kind, small_cfg, tmp_path,
                                                                                monkeypatch):
-    """Interrupted in epoch 3 (last.pt: epoch 2), continued stacked and interrupted again in epoch
-    4, then continued to the end: every member's files are the uninterrupted chunk's, bit for bit."""
+    """Interrupted in epoch 3 (last.pt: epoch 2; "diverged": in epoch 6, last.pt: epoch 5), continued
+    stacked and interrupted again in its second epoch, then continued to the end: every member's
+    files are the uninterrupted chunk's, bit for bit."""
     opts = ("trainer.max_epochs=6", "trainer.checkpoint_every_s=3600", "dataset.n=300")
-    members = {"adamw": MEMBERS, "sgd-batchnorm": NORM, "conv": CONV}[kind]
+    members = {"adamw": MEMBERS, "sgd-batchnorm": NORM, "conv": CONV, "diverged": SINE}[kind]
+    cut_in = 6 if kind == "diverged" else 3
+    if kind == "diverged":
+        opts = ("trainer.max_epochs=8", "trainer.checkpoint_every_s=3600")
     if kind == "conv":
         from conftest import write_fake_cifar10
 
@@ -128,14 +138,14 @@ def test_an_interrupted_chunk_continues_stacked_to_the_uninterrupted_numbers(kin
                 "trainer.batch_size=32", "trainer.device=cpu")
     cfgs = [small_cfg(*opts, *m) for m in members]
     fit(cfgs, tmp_path / "whole")
-    stop_in_epoch(3, monkeypatch)
+    stop_in_epoch(cut_in, monkeypatch)
     with pytest.raises(Terminated):
         fit(cfgs, tmp_path / "cut")
     monkeypatch.undo()
     cut = tmp_path / "cut"
     for i in range(len(cfgs)):
         assert json.loads((cut / f"v{i}" / "summary.json").read_text())["status"] == "interrupted"
-        assert checkpoint.load_last(cut / f"v{i}")["stacked"]["epoch"] == 2
+        assert checkpoint.load_last(cut / f"v{i}")["stacked"]["epoch"] == cut_in - 1
     if kind == "adamw":  # the way trainer.resume=auto went before: each member alone, the ordinary way
         shutil.copytree(cut, tmp_path / "alone")
         for i, cfg in enumerate(cfgs):
@@ -145,10 +155,15 @@ def test_an_interrupted_chunk_continues_stacked_to_the_uninterrupted_numbers(kin
     with pytest.raises(Terminated):
         fit(cfgs, cut, resume=True)
     monkeypatch.undo()
-    assert {checkpoint.load_last(cut / f"v{i}")["stacked"]["epoch"] for i in range(len(cfgs))} == {3}
+    assert {checkpoint.load_last(cut / f"v{i}")["stacked"]["epoch"] for i in range(len(cfgs))} == {cut_in}
     summaries = fit(cfgs, cut, resume=True)
-    assert [s["status"] for s in summaries] == ["completed"] * len(cfgs)
     assert_same_runs(cut, tmp_path / "whole", len(cfgs))
+    if kind == "diverged":
+        assert [s["status"] for s in summaries] == ["completed", "diverged", "completed"]
+        assert summaries[1]["epochs_run"] == 2 and summaries[1]["error"] == "non-finite loss at epoch 3"
+        assert checkpoint.load_last(cut / "v1")["epoch"] == 2
+    else:
+        assert [s["status"] for s in summaries] == ["completed"] * len(cfgs)
     if members is MEMBERS:
         assert [s["epochs_run"] for s in summaries] == [6, 6, 6, 2, 6]  # member 3 stopped before the cut
     # the ordinary trainer still continues a stacked member's last.pt alone (and skips a finished one)
@@ -183,6 +198,18 @@ def test_what_does_not_continue_stacked_goes_the_ordinary_way(small_cfg, tmp_pat
     (tmp_path / "o" / "summary.json").write_text(json.dumps({**state, "status": "interrupted"}))
     assert resume_member(9, auto(ordinary_cfg), tmp_path / "o", load_settings(auto(ordinary_cfg))) == \
         f"{ORDINARY} (no stacked checkpoint)"
+    # a "stacked" part that does not fit the member: the ordinary way (which ignores that part)
+    good = checkpoint.load_last(tmp_path / "v3")
+    h = tmp_path / "h"
+    shutil.copytree(tmp_path / "v3", h)
+    for bad in ({"epoch": 0}, {"blocks": {"1": {"pos": 0, "rows": 10**9, "width": 32}}}, {"blocks": {}},
+                {"drop": torch.zeros(3, dtype=torch.uint8)}, {"blocks": {"99": good["stacked"]["blocks"]["1"]}}):
+        (h / "checkpoints" / "last.pt").unlink()
+        checkpoint.save(h / "checkpoints" / "last.pt", {**good, "stacked": {**good["stacked"], **bad}})
+        assert resume_member(3, auto(cfgs[3]), h, load_settings(auto(cfgs[3]))) == ORDINARY, bad
+    checkpoint.save(h / "checkpoints" / "last.pt", good)  # its own file, not shared: stacked alone
+    alone = resume_member(3, auto(cfgs[3]), h, load_settings(auto(cfgs[3])))
+    assert isinstance(alone, Member) and alone.chunk == (1, (h.resolve(),))
     # members 0 and 3 continue as one chunk (K=2); the whole chunk's numbers to float rounding
     (grp,) = group([why[3], why[0]])
     assert [m.job for m in grp] == [0, 3]
