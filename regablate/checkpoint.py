@@ -253,6 +253,8 @@ def chunk_entry(loaded: Any, run_dir: Path) -> tuple[Any, tuple[Path, ...]]:
         raise DamagedCheckpoint("is not a shared checkpoint (a dict of run dirs)")
     if len(entries) == 1:
         return next(iter(entries.values())), (here,)
+    if any(Path(rel).is_absolute() or ".." in Path(rel).parts for rel in entries):
+        raise DamagedCheckpoint("names a run dir outside the chunk's (an absolute path or ..)")
     for rel, entry in entries.items():
         parts = Path(rel).parts
         if parts and here.parts[len(here.parts) - len(parts):] == parts:

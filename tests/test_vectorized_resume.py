@@ -151,11 +151,18 @@ def test_an_interrupted_chunk_continues_stacked_to_the_uninterrupted_numbers(kin
         for i, cfg in enumerate(cfgs):
             train(auto(cfg), tmp_path / "alone" / f"v{i}")
         assert rows(tmp_path / "alone" / "v0") != rows(tmp_path / "whole" / "v0")  # masks of another stream
+    shutil.copy(cut / "v0" / "checkpoints" / "last.pt", tmp_path / "before.pt")  # the chunk's file now
     stop_in_epoch(2, monkeypatch)
     with pytest.raises(Terminated):
         fit(cfgs, cut, resume=True)
     monkeypatch.undo()
     assert {checkpoint.load_last(cut / f"v{i}")["stacked"]["epoch"] for i in range(len(cfgs))} == {cut_in}
+    # killed while the new file was linked into the members' dirs: the last one still holds the
+    # previous file; it continues with the others, from the chunk's newest file
+    last = cut / f"v{len(cfgs) - 1}" / "checkpoints" / "last.pt"
+    last.unlink()
+    shutil.copy(tmp_path / "before.pt", last)
+    assert checkpoint.load_last(last.parent.parent)["stacked"]["epoch"] == cut_in - 1
     summaries = fit(cfgs, cut, resume=True)
     assert_same_runs(cut, tmp_path / "whole", len(cfgs))
     if kind == "diverged":

@@ -62,7 +62,30 @@ def resume_member(job: int, cfg: dict, run_dir: Path, s: Settings, shared: dict 
 
 def _load(run_dir: Path, cache: dict) -> tuple[dict, tuple[Path, ...]] | None:
     """run_dir's last.pt state and its chunk's run dirs (`checkpoint.chunk_entry`); None if it has
-    none. The file a chunk's members share (hard links) is read once."""
+    none. The file a chunk's members share (hard links) is read once. A process killed while
+    `save_shared` linked the chunk's new file into its members' dirs leaves some of them linked to
+    the previous one: each member then takes its state from the chunk's newest file (its best.pt and
+    metrics.csv were written before that file), so the chunk continues whole, from one epoch."""
+    loaded = _read(run_dir, cache)
+    if loaded is None:
+        return None
+    state, dirs = checkpoint.chunk_entry(loaded, run_dir)
+    if len(dirs) > 1 and _stacked_epoch(state) is not None:
+        if ("newest", dirs) not in cache:
+            cache["newest", dirs] = _newest(dirs, cache)
+        newest = cache["newest", dirs]
+        if newest is not None and newest is not loaded:
+            try:
+                other, other_dirs = checkpoint.chunk_entry(newest, run_dir)
+            except DamagedCheckpoint:
+                return state, dirs
+            if other_dirs == dirs and (_stacked_epoch(other) or 0) > _stacked_epoch(state):
+                return other, dirs
+    return state, dirs
+
+
+def _read(run_dir: Path, cache: dict) -> object | None:
+    """run_dir's last.pt as `checkpoint.load` reads it, once per file (device, inode, size, time)."""
     path = run_dir / "checkpoints" / "last.pt"
     try:
         st = os.lstat(path)
@@ -73,7 +96,31 @@ def _load(run_dir: Path, cache: dict) -> tuple[dict, tuple[Path, ...]] | None:
     key = ("last.pt", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in cache:
         cache[key] = checkpoint.load(path)
-    return checkpoint.chunk_entry(cache[key], run_dir)
+    return cache[key]
+
+
+def _stacked_epoch(state: object) -> int | None:
+    """The chunk's epoch in a member's state, if it has a sane one."""
+    if isinstance(state, dict) and isinstance(state.get("stacked"), dict):
+        epoch = state["stacked"].get("epoch")
+        return epoch if type(epoch) is int else None
+    return None
+
+
+def _newest(dirs: tuple[Path, ...], cache: dict) -> object | None:
+    """Of the last.pt files in `dirs` that are a shared file of that very chunk, the one with the
+    latest chunk epoch (None if none can be read)."""
+    best, best_epoch = None, -1
+    for d in dirs:
+        try:
+            loaded = _read(d, cache)
+            state, found = checkpoint.chunk_entry(loaded, d) if loaded is not None else (None, ())
+        except DamagedCheckpoint:
+            continue
+        epoch = _stacked_epoch(state)
+        if found == dirs and epoch is not None and epoch > best_epoch:
+            best, best_epoch = loaded, epoch
+    return best
 
 
 def checked(state: dict, m: Member, run_dir: Path) -> dict:
