@@ -448,6 +448,8 @@ class VectorizedLauncher(Launcher):
         """What run_job does before calling the task: Hydra's files, the job log, callbacks.
         HydraConfig's node is the one `_task_container` made for this job (set_config copies
         it); it is this job's alone, so it is the return's hydra_cfg without another copy."""
+        from regablate.claim import write_hydra_files
+
         assert self.hydra_context is not None
         config = job.config
         previous = HydraConfig.instance().cfg
@@ -469,11 +471,13 @@ class VectorizedLauncher(Launcher):
             job.run_dir.mkdir(parents=True, exist_ok=True)
             ret.working_dir = os.getcwd()
             configure_log(config.hydra.job_logging, config.hydra.verbose)
-            if config.hydra.output_subdir is not None:
+            if config.hydra.output_subdir is not None:  # Hydra's own way, where a config asks for it
                 out = job.run_dir / str(config.hydra.output_subdir)
                 _save_yaml(task_cfg, "config.yaml", out)
                 _save_yaml(hydra_cfg, "hydra.yaml", out)
                 _save_yaml(config.hydra.overrides.task, "overrides.yaml", out)
+            else:  # regablate's: the member's run dir is held (`_launch_chunk` claimed it)
+                write_hydra_files(job.run_dir, task_cfg, hydra_cfg, config.hydra.overrides.task, to_yaml=_to_yaml)
             self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
             ret.task_name = JobRuntime.instance().get("name")
             return ret
@@ -493,8 +497,8 @@ class VectorizedLauncher(Launcher):
         """run_job as BasicLauncher calls it; the task reads the config resolved in _classify."""
         assert self.config is not None and self.hydra_context is not None
         task, resolved = self.task_function, job.resolved
-        if resolved is not None:
-            task = functools.wraps(task)(lambda _unresolved: self.task_function(resolved))
+        if resolved is not None:  # .hydra/config.yaml is written unresolved, as Hydra writes it
+            task = functools.wraps(task)(lambda unresolved: self.task_function(resolved, unresolved))
         ret = run_job(hydra_context=self.hydra_context, task_function=task,
                       config=job.config, job_dir_key="hydra.sweep.dir",
                       job_subdir_key="hydra.sweep.subdir")
