@@ -237,3 +237,46 @@ def find_ablation_json(run_dir, levels: int = 4) -> Path | None:
         if d.parent == d:
             break
     return None
+
+
+def design_arguments(design: str, overrides) -> tuple[list[str], dict]:
+    """A design sweep's command, as the sweeper runs it: Hydra's parsed `overrides` of the
+    command with the one `+reg=[c1,...,ck]` stack replaced by a sweep over the design's arms
+    (`+reg=none,c1,[c1,c2],...`); returns those override strings and the ablation.json doc.
+    Refuses in one line a stack given as a sweep or not at all, or no integer seed sweep."""
+    stacks = [o for o in overrides if o.key_or_group == "reg"]
+    if len(stacks) != 1 or stacks[0].is_sweep_override():
+        raise UsageError(f"{KEY}={design} ablates one stack: give it as one +reg=[dropout,l2,...] "
+                         "list, not as a sweep (the design makes the arms)")
+    value = stacks[0].value()
+    components = [value] if isinstance(value, str) else list(value)
+    seeds = None
+    for o in overrides:
+        if o.key_or_group == "seed":
+            given = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+            try:
+                seeds = [int(s) for s in given]
+            except ValueError:
+                raise UsageError(f"{KEY}={design}: seed={','.join(given)} is not a list of integer "
+                                 "seeds; give e.g. seed=0,1,2,3,4") from None
+    comps = validate(design, components, seeds)
+    arm_sweep = ",".join(reg_override(a).split("=", 1)[1] for a in arms(design, comps))
+    others = [o.input_line for o in overrides if o is not stacks[0]]
+    return [f"+reg={arm_sweep}", *others], ablation_doc(design, comps, seeds, others)
+
+
+def without_absent_settings(job: list[str]) -> list[str]:
+    """One job's overrides less the settings of components its arm does not run
+    (`reg.dropout.p=0.3` in the arm without dropout: its `reg` holds no `dropout`)."""
+    arm: set[str] = set()
+    for o in job:
+        if o.startswith("+reg="):
+            value = o.split("=", 1)[1].strip("[]")
+            arm = {c.strip() for c in value.split(",") if c.strip() and c.strip() != "none"}
+
+    def absent(o: str) -> bool:
+        key = o.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        return len(parts) >= 2 and parts[0] == "reg" and parts[1] not in arm
+
+    return [o for o in job if not absent(o)]

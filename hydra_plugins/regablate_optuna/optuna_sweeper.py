@@ -86,6 +86,7 @@ class OptunaSweeperConf:
     storage: Optional[str] = None  # noqa: UP045  null: in memory; sqlite:///study.db: resumable
     study_name: Optional[str] = None  # noqa: UP045  the study in `storage` (null: a new name)
     params: Optional[dict[str, str]] = field(default=None)  # noqa: UP045  search space, as overrides
+    design: Optional[str] = None  # noqa: UP045  refused: an ablation design runs on the default sweeper
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf,
@@ -241,10 +242,15 @@ def _tell(study: Any, number: int, **kwargs: Any) -> None:
 class OptunaSweeper(Sweeper):
     def __init__(self, n_trials: int = 20, seeds_per_trial: int = 3, seeds: Any = None, n_jobs: int = 2,
                  sampler: str = "tpe", sampler_seed: Any = None, direction: str = "auto",
-                 storage: Any = None, study_name: Any = None, params: Any = None) -> None:
-        from regablate.errors import UsageError
-
+                 storage: Any = None, study_name: Any = None, params: Any = None, design: Any = None) -> None:
         seeds = list(range(seeds_per_trial)) if seeds is None else [int(s) for s in seeds]
+        # refused in setup(): an error raised here reaches the user wrapped in Hydra's
+        # "Error in call to target ..." instead of as its own one line
+        self.refusal = None
+        if design is not None:
+            self.refusal = (f"hydra.sweeper.design={design} and hydra/sweeper=optuna do not mix: a design "
+                            "runs fixed arms of a stack over seeds, Optuna searches strengths; run the "
+                            "design on the default sweeper (drop hydra/sweeper=optuna)")
         for what, ok in (("n_trials must be >= 1", n_trials >= 1), ("n_jobs must be >= 1", n_jobs >= 1),
                          ("seeds_per_trial must be >= 1", seeds_per_trial >= 1),
                          ("seeds must be distinct integers >= 0",
@@ -252,8 +258,8 @@ class OptunaSweeper(Sweeper):
                          ("direction must be auto, minimize or maximize",
                           direction in ("auto", "minimize", "maximize")),
                          (f"sampler must be one of {', '.join(SAMPLERS)}", sampler in SAMPLERS)):
-            if not ok:
-                raise UsageError(f"hydra.sweeper.{what}")
+            if not ok and self.refusal is None:
+                self.refusal = f"hydra.sweeper.{what}"
         self.n_trials, self.seeds, self.n_jobs = n_trials, seeds, n_jobs
         self.sampler, self.sampler_seed, self.direction = sampler, sampler_seed, direction
         self.storage, self.study_name, self.params = storage, study_name, params
@@ -262,6 +268,10 @@ class OptunaSweeper(Sweeper):
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        if self.refusal is not None:
+            from regablate.errors import UsageError
+
+            raise UsageError(self.refusal)
         self.config, self.hydra_context, self.job_idx = config, hydra_context, 0
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)

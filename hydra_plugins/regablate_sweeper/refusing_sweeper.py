@@ -35,6 +35,8 @@ register_resolver()
 @dataclass
 class RefusingSweeperConf(BasicSweeperConf):
     _target_: str = "hydra_plugins.regablate_sweeper.refusing_sweeper.RefusingSweeper"
+    # an ablation design over the +reg=[...] stack: factorial | leave_one_out | add_one_in
+    design: Optional[str] = None  # noqa: UP045
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="regablate", node=RefusingSweeperConf,
@@ -139,6 +141,11 @@ def closing_error(results: Sequence[JobReturn]) -> Optional[Exception]:  # noqa:
 
 
 class RefusingSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: Optional[int], params: Optional[dict] = None,  # noqa: UP045
+                 design: Optional[str] = None) -> None:  # noqa: UP045
+        super().__init__(max_batch_size, params)
+        self.design = design
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Hydra composes every job of a batch here to report a composition error before any
         job runs; a launcher whose `composes_every_job_first(batch)` is true does that itself
@@ -162,8 +169,17 @@ class RefusingSweeper(BasicSweeper):
         if submitit_jobs.is_submitit(self.launcher):
             self.launcher.launch = functools.partial(submitit_jobs.launch, self.launcher)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        self.overrides = self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]),
-                                              self.max_batch_size)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        ablation = None
+        if self.design is not None:  # the stack's arms replace it (regablate.designs)
+            from regablate import designs
+
+            design_arguments, ablation = designs.design_arguments(self.design, overrides)
+            overrides = parser.parse_overrides(design_arguments)
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        if ablation is not None:
+            self.overrides = [[designs.without_absent_settings(job) for job in batch]
+                              for batch in self.overrides]
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_file = sweep_dir / "multirun.yaml"
         first = sweep_file.read_bytes() if sweep_file.exists() else None
@@ -172,6 +188,9 @@ class RefusingSweeper(BasicSweeper):
             sweep_dir.mkdir(parents=True, exist_ok=True)
             if first is None:  # the launch that makes the sweep dir writes it; later ones leave it
                 OmegaConf.save(self.config, sweep_file)
+            if ablation is not None:  # written once; another design into this dir is refused
+                designs.write_ablation_json(sweep_dir, ablation["design"], ablation["components"],
+                                            ablation["seeds"], ablation["overrides"])
             initial_job_idx = 0
             while not self.is_done():
                 batch = self.get_job_batch()
