@@ -14,6 +14,8 @@ commands:
   run [overrides]   train one experiment, or a sweep with -m (Hydra overrides and flags)
   lint [overrides]  check a config for regularisation pitfalls without training
   report [DIRS]     the ablation table over run dirs (default: ./multirun and ./outputs)
+  status [DIRS]     where runs stand: counts by status, stale jobs, errors, the command to continue
+  plan DIR --delta D   seeds needed per comparison with the baseline, from a pilot sweep
   tb [DIR]          TensorBoard on the outputs
   data cifar10      prepare CIFAR-10 (--download, or --from an archive or folder)
   data image_folder PATH   decode your own image folder's cache once (optional, before a sweep)
@@ -21,6 +23,8 @@ commands:
 examples:
   regablate run +reg=dropout_l2
   regablate run -m +reg=none,weight_decay,dropout seed=0,1,2,3,4
+  regablate run -m '+reg=[dropout,weight_decay]' hydra.sweeper.design=factorial seed=0,1,2,3,4
+  regablate status multirun
   regablate report multirun --sort gap
 """
 
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     if command == "run":
         sys.exit(run(rest))
     modules = {"report": "regablate.report.cli", "tb": "regablate.tb", "lint": "regablate.lint",
-               "data": "regablate.data.cli"}
+               "data": "regablate.data.cli", "status": "regablate.status", "plan": "regablate.plan"}
     if command not in modules:
         sys.exit(_error(f"unknown command {command!r}; allowed: run, " + ", ".join(modules)))
     import importlib

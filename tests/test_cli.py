@@ -68,3 +68,17 @@ def test_hydra_flags_keep_working_and_unknown_command(tmp_path):
     assert r.returncode == 0 and "name: adam" in r.stdout and "weight_decay: 0.001" in r.stdout
     r = run_cli("frobnicate", cwd=tmp_path)
     assert r.returncode == 2 and "unknown command 'frobnicate'; allowed: run, report" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["status", "plan"])
+def test_status_and_plan_are_commands(tmp_path, capsys, command):
+    """`regablate status` and `regablate plan` reach their modules through the one entry point."""
+    from regablate import cli
+
+    (tmp_path / "sweep").mkdir()
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, str(tmp_path / "nowhere"), *(["--delta", "0.1"] if command == "plan" else [])])
+    assert e.value.code == 2 and "nowhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert f"  {command} " in capsys.readouterr().out
