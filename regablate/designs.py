@@ -239,18 +239,19 @@ def find_ablation_json(run_dir, levels: int = 4) -> Path | None:
     return None
 
 
-def design_arguments(design: str, overrides) -> tuple[list[str], dict]:
+def design_arguments(design: str, overrides, planned_seeds=None) -> tuple[list[str], dict]:
     """A design sweep's command, as the sweeper runs it: Hydra's parsed `overrides` of the
     command with the one `+reg=[c1,...,ck]` stack replaced by a sweep over the design's arms
     (`+reg=none,c1,[c1,c2],...`); returns those override strings and the ablation.json doc.
-    Refuses in one line a stack given as a sweep or not at all, or no integer seed sweep."""
+    Refuses in one line a stack given as a sweep or not at all, or no integer seed sweep.
+    `planned_seeds`: the seeds a seeds=auto sweep may run (it gives no seed= sweep)."""
     stacks = [o for o in overrides if o.key_or_group == "reg"]
     if len(stacks) != 1 or stacks[0].is_sweep_override():
         raise UsageError(f"{KEY}={design} ablates one stack: give it as one +reg=[dropout,l2,...] "
                          "list, not as a sweep (the design makes the arms)")
     value = stacks[0].value()
     components = [value] if isinstance(value, str) else list(value)
-    seeds = None
+    seeds = None if planned_seeds is None else list(planned_seeds)
     for o in overrides:
         if o.key_or_group == "seed":
             given = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]

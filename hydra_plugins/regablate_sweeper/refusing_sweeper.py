@@ -37,6 +37,15 @@ class RefusingSweeperConf(BasicSweeperConf):
     _target_: str = "hydra_plugins.regablate_sweeper.refusing_sweeper.RefusingSweeper"
     # an ablation design over the +reg=[...] stack: factorial | leave_one_out | add_one_in
     design: Optional[str] = None  # noqa: UP045
+    # auto: add seeds in rounds until each arm is decided against the reference (regablate.seed_rounds)
+    seeds: Optional[str] = None  # noqa: UP045
+    min_seeds: int = 3  # seeds of every arm in round 1
+    max_seeds: int = 20  # no arm runs more
+    step: int = 2  # seeds added per round to the undecided arms and the reference
+    alpha: float = 0.05  # family-wise error over arms and looks
+    delta: Optional[float] = None  # noqa: UP045  a difference smaller than this counts as none (equivalent)
+    reference: Optional[str] = None  # noqa: UP045  an arm's label; default: the arm without a regulariser
+    metric: str = "val"  # val | test | gap
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="regablate", node=RefusingSweeperConf,
@@ -142,9 +151,10 @@ def closing_error(results: Sequence[JobReturn]) -> Optional[Exception]:  # noqa:
 
 class RefusingSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int], params: Optional[dict] = None,  # noqa: UP045
-                 design: Optional[str] = None) -> None:  # noqa: UP045
+                 design: Optional[str] = None, seeds: Optional[str] = None,  # noqa: UP045
+                 reference: Optional[str] = None, **sequential) -> None:  # noqa: UP045
         super().__init__(max_batch_size, params)
-        self.design = design
+        self.design, self.seeds, self.reference, self.sequential = design, seeds, reference, sequential
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Hydra composes every job of a batch here to report a composition error before any
@@ -153,6 +163,19 @@ class RefusingSweeper(BasicSweeper):
         composes_first = getattr(self.launcher, "composes_every_job_first", None)
         if composes_first is None or not composes_first(batch):
             super().validate_batch_is_legal(batch)
+
+    def _auto_seeds(self, overrides) -> bool:
+        """Whether seeds come in rounds (seeds=auto); a seed= sweep beside it is refused."""
+        from regablate.errors import ConfigError, UsageError
+
+        if self.seeds is None:
+            return False
+        if self.seeds != "auto":
+            raise ConfigError("hydra.sweeper.seeds", self.seeds, "auto, or leave it unset")
+        if any(o.key_or_group == "seed" for o in overrides):
+            raise UsageError("hydra.sweeper.seeds=auto chooses the seeds itself: drop seed=... "
+                             "(or drop seeds=auto to run the seeds you list)")
+        return True
 
     def sweep(self, arguments: list[str]) -> object:
         """BasicSweeper.sweep, running every batch and ending with `closing_error`."""
@@ -170,11 +193,12 @@ class RefusingSweeper(BasicSweeper):
             self.launcher.launch = functools.partial(submitit_jobs.launch, self.launcher)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        ablation = None
+        ablation, auto = None, self._auto_seeds(overrides)
         if self.design is not None:  # the stack's arms replace it (regablate.designs)
             from regablate import designs
 
-            design_arguments, ablation = designs.design_arguments(self.design, overrides)
+            planned = range(self.sequential.get("max_seeds", 20)) if auto else None
+            design_arguments, ablation = designs.design_arguments(self.design, overrides, planned)
             overrides = parser.parse_overrides(design_arguments)
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
         if ablation is not None:
@@ -192,11 +216,21 @@ class RefusingSweeper(BasicSweeper):
                 designs.write_ablation_json(sweep_dir, ablation["design"], ablation["components"],
                                             ablation["seeds"], ablation["overrides"])
             initial_job_idx = 0
-            while not self.is_done():
-                batch = self.get_job_batch()
+
+            def launch(batch):
+                nonlocal initial_job_idx
                 self.validate_batch_is_legal(batch)
-                returns.append(self.launcher.launch(batch, initial_job_idx=initial_job_idx))
+                ret = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
                 initial_job_idx += len(batch)
+                return ret
+
+            if auto:
+                from regablate.seed_rounds import run_rounds
+
+                jobs = [job for batch in self.overrides for job in batch]
+                returns = run_rounds(launch, sweep_dir, jobs, self.reference, **self.sequential)
+            while not auto and not self.is_done():
+                returns.append(launch(self.get_job_batch()))
         finally:
             if first is not None and sweep_file.exists() and sweep_file.read_bytes() != first:
                 write_atomic(sweep_file, lambda f: f.write(first), mode="wb")

@@ -1,0 +1,74 @@
+"""`hydra.sweeper.seeds=auto`: rounds of seeds until each arm is decided, on real runs; a killed
+sequential sweep re-run with the same command reaches the same decisions from its run dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ENV, run_cli
+from regablate.seed_rounds import arm_labels, pick_reference
+
+SEQ = ("+reg=dropout", "reg.dropout.p=0,0.95", "hydra.sweeper.seeds=auto", "dataset=tiny_binary",
+       "trainer.max_epochs=20", "trainer.progress=none", "trainer.tensorboard=false")
+
+
+def test_a_harmful_dropout_is_decided_worse_well_before_max_seeds(tmp_path):
+    r = run_cli("run", "-m", *SEQ, "hydra/launcher=vectorized", "hydra.sweep.dir=seq", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((tmp_path / "seq" / "sequential.json").read_text())
+    (arm,) = doc["arms"]
+    assert (arm["label"], arm["decision"]) == ("reg.dropout.p=0.95", "worse")
+    assert arm["n"] < doc["settings"]["max_seeds"] and arm["ci95"][1] < 0 < 0.05 - arm["p"]
+    assert doc["reference"] == "reg.dropout.p=0" and [lk["n"] for lk in doc["looks"]] == doc["schedule"][: len(doc["looks"])]
+    seeds = sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "seq").glob("*/summary.json"))
+    assert seeds == sorted(list(range(arm["n"])) * 2)  # both arms, the same seeds, no more
+    assert "seeds=auto look 1 vs reg.dropout.p=0" in r.stderr
+
+
+def test_a_killed_sequential_sweep_rerun_reaches_the_same_decisions(tmp_path):
+    small = (*SEQ[:-3], "trainer.max_epochs=3", "trainer.progress=none", "trainer.tensorboard=false",
+             "hydra.sweeper.max_seeds=5")
+    whole = run_cli("run", "-m", *small, "hydra.sweep.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    cut = subprocess.Popen([sys.executable, "-m", "regablate", "run", "-m", *small, "hydra.sweep.dir=cut"],
+                           cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "cut" / "sequential.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(cut.pid, signal.SIGKILL)  # in round 2, after the first look
+    cut.wait()
+    again = run_cli("run", "-m", *small, "hydra.sweep.dir=cut", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "cut" / "sequential.json").read_text() == (tmp_path / "whole" / "sequential.json").read_text()
+
+
+@pytest.mark.parametrize("args, says", [
+    (("seed=0,1",), "seeds=auto chooses the seeds itself"),
+    (("hydra.sweeper.min_seeds=2",), "min_seeds=2: at least 3"),
+    (("hydra.sweeper.metric=loss",), "hydra.sweeper.metric='loss': allowed: val, test, gap"),
+])
+def test_seeds_auto_refuses_what_it_cannot_do_in_one_line(tmp_path, args, says):
+    r = run_cli("run", "-m", *SEQ, *args, "hydra.sweep.dir=seq", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert not list(tmp_path.glob("seq/*/summary.json"))
+
+
+def test_arms_are_labelled_by_what_differs_and_the_reference_is_the_empty_stack():
+    jobs = [["+reg=none", "dataset=x"], ["+reg=dropout", "dataset=x"], ["+reg=l2", "dataset=x"]]
+    labels = arm_labels(jobs)
+    assert list(labels) == ["+reg=none", "+reg=dropout", "+reg=l2"]
+    assert pick_reference(labels, None) == "+reg=none"
+    assert pick_reference(arm_labels([["reg.l2.lam=1"], ["reg.l2.lam=2"]]), None) == "reg.l2.lam=1"
+    assert pick_reference(labels, "+reg=l2") == "+reg=l2"
+    from regablate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="one of the arms"):
+        pick_reference(labels, "+reg=l1")
