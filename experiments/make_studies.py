@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 HERE = REPO / "experiments"
 CPU_STUDIES = ("classic_table", "tiny_overfit", "sine_sparsity", "adam_vs_adamw",
                "dropout_batchnorm", "mc_dropout", "penguins", "rnn_dropout",
-               "vit_dropout_sites")
+               "vit_dropout_sites", "which_regulariser")
 SMOKE = ("seed=0", "trainer.max_epochs=1")  # replaces the seed axis of each sweep
 
 
@@ -100,6 +100,9 @@ STUDIES = {
     "vit_dropout_sites": Study(  # needs the CIFAR-10 cache: regablate data cifar10 --from ...
         sweeps=[Sweep(smoke=("++reg={},{dropout:{p:0.0,attn:0.1,proj:0.1},droppath:{p:0.1}}",
                              "dataset.n_train=null", "hydra.launcher.n_jobs=1"))],
+        reports=[Report("", plots=True), Report("test", ("--metric", "test"))]),
+    "which_regulariser": Study(  # a factorial design: every arm runs the same >= 2 seeds
+        sweeps=[Sweep(smoke=("seed=0,1",))],
         reports=[Report("", plots=True), Report("test", ("--metric", "test"))]),
 }
 
@@ -1019,9 +1022,14 @@ def vit_dropout_sites(out: Path) -> dict:
     return facts
 
 
+def which_regulariser(out: Path) -> dict:
+    return {}
+
+
 EXTRAS = {"classic_table": classic_table, "tiny_overfit": tiny_overfit, "sine_sparsity": sine_sparsity,
           "adam_vs_adamw": adam_vs_adamw, "dropout_batchnorm": dropout_batchnorm, "mc_dropout": mc_dropout,
-          "penguins": penguins, "rnn_dropout": rnn_dropout, "vit_dropout_sites": vit_dropout_sites}
+          "penguins": penguins, "rnn_dropout": rnn_dropout, "vit_dropout_sites": vit_dropout_sites,
+          "which_regulariser": which_regulariser}
 
 
 # ---------------------------------------------------------------- README

@@ -66,6 +66,17 @@ def test_experiment_composes_with_every_sweep_value(name):
         params = OmegaConf.to_container(cfg.hydra.sweeper.params)
         assert "seed" in params and len(params["seed"].split(",")) >= 5  # at least 5 seeds
         parser = OverridesParser.create()
+        if cfg.hydra.sweeper.get("design"):  # a design study: compose each arm as the sweeper runs it
+            from regablate import designs
+
+            given = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
+            arms, *fixed = parser.parse_overrides(designs.design_arguments(cfg.hydra.sweeper.design, given)[0])
+            for arm in arms.sweep_string_iterator():
+                job = designs.without_absent_settings(
+                    [f"+reg={arm}", *(o.input_line for o in fixed if o.key_or_group != "seed")])
+                c = compose("config", overrides=[f"+experiment={name}", *job])
+                load_settings(OmegaConf.to_container(c, resolve=True))
+            return
         for key, values in params.items():
             if key == "seed":
                 continue
@@ -83,7 +94,8 @@ def test_adam_vs_adamw_method_overrides_compose():
 
 
 @pytest.mark.parametrize("name", ["classic_table", "tiny_overfit", "sine_sparsity", "adam_vs_adamw",
-                                  "dropout_batchnorm", "mc_dropout", "penguins", "rnn_dropout", "vit_dropout_sites"])
+                                  "dropout_batchnorm", "mc_dropout", "penguins", "rnn_dropout", "vit_dropout_sites",
+                                  "which_regulariser"])
 def test_cpu_study_smoke(name, tmp_path, monkeypatch):
     if name == "vit_dropout_sites":  # a tiny generated CIFAR-10 cache, found through $REGABLATE_DATA
         write_fake_cifar10(tmp_path / "data" / "cifar10")
@@ -97,5 +109,5 @@ def test_cpu_study_smoke(name, tmp_path, monkeypatch):
         assert [f for f in out.glob(f"report*.{ext}") if f.stat().st_size > 0]
     meta = json.loads((out / "study.json").read_text())
     assert meta["smoke"] and meta["commands"][0].startswith(f"regablate run -m +experiment={name}")
-    if name != "classic_table":  # the studies with figures of their own
+    if name not in ("classic_table", "which_regulariser"):  # the studies with figures of their own
         assert list((out / "plots").glob("*.png"))
