@@ -300,30 +300,43 @@ def records(frame) -> list:
 STAT_FIELDS = ("mean", "std", "ci_low", "ci_high", "n")
 
 
-def summarize(runs, metric: str = "val", baseline: str | None = None, paired: bool = True):
+def summarize(runs, metric: str = "val", baseline: str | None = None, paired: bool = True,
+              test: str = "t"):
     """The report's group table as a DataFrame: one row per group of `runs` (a `load_runs`
     frame, filtered as you like), in the report's order (baseline first).
 
     Columns: label, the config settings that tell groups apart, n (completed runs averaged),
     <split>_mean / _std / _ci_low / _ci_high / _n for train, val, test and gap (sample std,
     t-based 95% interval), best_epoch (mean), delta and p (the `metric` split minus the
-    baseline's, Holm-adjusted p) and p_raw, method (paired t-test when both groups ran the same
-    seeds and `paired`, else Welch's), delta_gap, p_gap, p_gap_raw, method_gap, warnings
-    (distinct ids), not_averaged (runs of other statuses), group, reg, metric, baseline,
-    is_baseline. The same numbers as `regablate report --format csv`.
+    baseline's, Holm-adjusted p) and p_raw, method (the test; paired when both groups ran the
+    same seeds and `paired`, else Welch's), delta_gap, p_gap, p_gap_raw, method_gap, p_reason
+    and p_gap_reason (why p is NaN: fewer than 3 seeds, no test run, method None; or a spread
+    that is float rounding), p_floor and p_gap_floor (the smallest p the sign-flip or Wilcoxon
+    test can give at that n, else NaN), warnings (distinct ids), not_averaged (runs of other
+    statuses), group, reg, metric, baseline, is_baseline. The same numbers as
+    `regablate report --format csv` (`--test`).
 
     `metric`: "val", "train" or "test". `baseline`: a group's label or id; default: the group
-    with an empty stack (matched by settings outside reg.* when there are several).
+    with an empty stack (matched by settings outside reg.* when there are several). `test`:
+    "t" (paired t-test, Welch's where unpaired), "signflip" (exact paired sign-flip
+    permutation test, p >= 2/2^n) or "wilcoxon" (signed-rank); the last two need `paired`.
     """
     from regablate.report.select import choose
     from regablate.report.table import group_report
 
     if metric not in SPLITS:
         raise ValueError(f"summarize: metric={metric!r}; allowed: {', '.join(SPLITS)}")
+    from regablate.report.paired import TESTS
+
+    if test not in TESTS:
+        raise ValueError(f"summarize: test={test!r}; allowed: {', '.join(TESTS)}")
+    if test != "t" and not paired:
+        raise ValueError(f"summarize: test={test!r} is a paired test: it needs paired=True "
+                         "(paired=False is Welch's t-test)")
     groups = choose(records(runs), [], baseline)
     if not groups:
         raise ValueError("summarize: no runs in the frame")
-    return report_frame(group_report(groups, metric, paired), groups)
+    return report_frame(group_report(groups, metric, paired, test), groups)
 
 
 def report_frame(report, groups: list):
@@ -348,11 +361,15 @@ def report_frame(report, groups: list):
         flat.setdefault("not_averaged", row["not_averaged"])
         flat.update({"p_raw": row["p_raw"], "p_gap_raw": row["p_gap_raw"],
                      "method": row["method"], "method_gap": row["method_gap"],
+                     **{k: row[k] for k in ("p_reason", "p_gap_reason")},
+                     **{k: math.nan if row[k] is None else row[k]
+                        for k in ("p_floor", "p_gap_floor")},
                      "group": g.id, "reg": stack_name(g.stack), "metric": row["metric"],
                      "baseline": row["baseline"], "is_baseline": row["is_baseline"]})
         rows.append(flat)
     frame = pd.DataFrame(rows)
-    for col in ("p", "p_raw", "p_gap", "p_gap_raw", "delta", "delta_gap", "best_epoch"):
+    for col in ("p", "p_raw", "p_gap", "p_gap_raw", "p_floor", "p_gap_floor", "delta",
+                "delta_gap", "best_epoch"):
         frame[col] = frame[col].astype(float)
     frame["not_averaged"] = frame["not_averaged"].fillna("")
     frame["is_baseline"] = frame["is_baseline"].astype(bool)

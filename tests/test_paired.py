@@ -26,8 +26,11 @@ REF = {(0, 0): 98 / 144, (1, 1): 100 / 144}
 
 
 def test_issue_case_today_and_now():
-    today = compare(list(ARM.items()), list(REF.items()))
-    assert 0 < today.p < 1e-14  # 2.5e-15: rounding error read as evidence
+    # scipy reads the rounding error as evidence: p = 2.5e-15; the report's compare does not
+    assert 0 < stats.ttest_rel(list(ARM.values()), list(REF.values())).pvalue < 1e-14
+    c = compare(list(ARM.items()), list(REF.items()))
+    assert math.isnan(c.p) and c.test is None and c.reason == "fewer than 3 seeds (n = 2)"
+    assert c.delta == pytest.approx(2 / 144)
     for test in TESTS:
         r = paired_values(ARM, REF, test)
         assert r.n == 2 and r.p is None and r.reason == "fewer than 3 seeds (n = 2)"
@@ -39,7 +42,10 @@ def test_equal_differences_at_three_seeds_give_no_p():
     ref = {**REF, (2, 2): 117 / 144}
     d = [arm[k] - ref[k] for k in arm]
     assert len(set(d)) > 1  # not equal as floats: they differ in the last bits
-    assert compare(list(arm.items()), list(ref.items())).p < 1e-20
+    assert stats.ttest_rel(list(arm.values()), list(ref.values())).pvalue < 1e-20
+    for test in TESTS:
+        c = compare(list(arm.items()), list(ref.items()), test=test)
+        assert math.isnan(c.p) and c.reason == "differences equal up to float rounding"
     for test in TESTS:
         r = paired_values(arm, ref, test)
         assert r.p is None and r.reason == "differences equal up to float rounding", test
@@ -116,8 +122,20 @@ def test_wilcoxon_matches_scipy():
 
 def test_welch_groups():
     assert welch_test([1, 2], [1, 2, 3]).p is None
+    # one constant group, the other with spread: Welch's T is the one-sample T of the other
+    # group against the constant, on its n - 1 degrees of freedom: a valid test
     r = welch_test([0.5, 0.5, 0.5], [0.1, 0.2, 0.3])
-    assert r.p is None and r.reason == "values equal up to float rounding"
+    assert r.p == pytest.approx(stats.ttest_1samp([0.1, 0.2, 0.3], 0.5).pvalue)
+    assert r.reason is None and r.lo < r.estimate < r.hi
+    # ... also when its spread is float rounding (it counts as exactly constant)
+    wobbly = [0.1 + 0.2, 0.3, 0.3]
+    assert len(set(wobbly)) == 2
+    assert welch_test(wobbly, [0.4, 0.5, 0.7]).p == pytest.approx(
+        stats.ttest_1samp([0.4, 0.5, 0.7], 0.3).pvalue)
+    # both constant: no spread to test against, however far apart
+    for b in ([0.1, 0.1, 0.1], [0.5, 0.5, 0.5 + 1e-17], [0.7, 0.7, 0.7, 0.7]):
+        r = welch_test([0.5, 0.5, 0.5], b)
+        assert r.p is None and r.reason == "values equal up to float rounding within each group"
     a, b = [1.0, 2.0, 3.5], [0.1, 0.2, 0.6]
     r = welch_test(a, b)
     assert r.p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)

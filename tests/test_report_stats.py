@@ -53,9 +53,40 @@ def test_paired_when_the_same_seeds_ran():
     assert compare(pairs(keys, a), pairs(keys[:3], b[:3])).test == WELCH
 
 
-def test_no_p_value_below_two_runs():
+def test_no_test_below_three_seeds():
     c = compare([((0, 0), 0.9)], [((0, 0), 0.8), ((1, 0), 0.7)])
     assert c.delta == pytest.approx(0.15) and math.isnan(c.p) and c.test is None
+    assert c.reason == "fewer than 3 seeds (n = 1)"
+    keys = [(0, 0), (1, 0)]
+    for test in ("t", "signflip", "wilcoxon"):  # two seeds, paired: still no test
+        c = compare(pairs(keys, [0.9, 0.7]), pairs(keys, [0.8, 0.75]), test=test)
+        assert math.isnan(c.p) and c.test is None and c.reason == "fewer than 3 seeds (n = 2)"
+    c = compare(pairs(range(2), [0.9, 0.7]), pairs(range(5, 10), [0.1, 0.2, 0.3, 0.4, 0.5]))
+    assert math.isnan(c.p) and c.test is None and c.reason == "fewer than 3 seeds (n = 2)"
+
+
+def test_paired_tests_and_their_floor():
+    keys = [(s, 0) for s in range(5)]
+    a, b = [0.84, 0.85, 0.83, 0.86, 0.84], [0.80, 0.81, 0.79, 0.80, 0.82]
+    c = compare(pairs(keys, a), pairs(keys, b), test="signflip")
+    assert c.p == 1 / 16 and c.floor == 1 / 16 and c.at_floor
+    assert c.test == "paired sign-flip permutation test" and c.reason is None
+    t = compare(pairs(keys, a), pairs(keys, b))
+    assert t.floor is None and not t.at_floor
+    w = compare(pairs(keys, a), pairs(keys, b), test="wilcoxon")
+    assert w.test == "Wilcoxon signed-rank test" and w.floor == 1 / 16
+    # different seeds: only the t-test has an unpaired form (Welch's)
+    c = compare(pairs(range(3), a[:3]), pairs(range(5, 8), b[:3]), test="signflip")
+    assert math.isnan(c.p) and c.test is None and "needs the same seeds" in c.reason
+    with pytest.raises(ValueError, match="allowed"):
+        compare(pairs(keys, a), pairs(keys, b), test="sign")
+
+
+def test_cli_choices_are_the_tests():
+    from regablate.report.cli import TESTS as CLI
+    from regablate.report.paired import TESTS
+
+    assert CLI == TESTS
 
 
 def test_holm_by_hand():

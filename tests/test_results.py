@@ -167,12 +167,15 @@ def test_summarize_against_scipy_and_after_filtering(sweep, tmp_path):
     lo, hi = stats.t.interval(0.95, 2, loc=0.84, scale=stats.sem(val))
     assert (d["val_ci_low"], d["val_ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
     assert d["method"] == "paired t-test"
-    assert d["p_raw"] == pytest.approx(stats.ttest_rel(val, base).pvalue)
-    # filter in pandas: Holm over one comparison, as `report --filter reg=none,dropout`
-    two = regablate.summarize(runs[runs["reg"] != "l2"])
-    csv = _report_csv(tmp_path, sweep, "--filter", "reg=none,dropout")
-    assert two["label"].tolist() == ["none", "dropout"]
-    assert two["p"].iloc[1] == pytest.approx(stats.ttest_rel(val, base).pvalue)
+    # dropout is 0.04 above the baseline at every seed: no spread, no p (scipy's is 0.0)
+    assert pd.isna(d["p_raw"]) and d["p_reason"] == "differences equal up to float rounding"
+    l2 = [v for _, v, _ in L2]
+    assert table.loc["l2", "p_raw"] == pytest.approx(stats.ttest_rel(l2, base).pvalue)
+    # filter in pandas: Holm over one comparison, as `report --filter reg=none,l2`
+    two = regablate.summarize(runs[runs["reg"] != "dropout"])
+    csv = _report_csv(tmp_path, sweep, "--filter", "reg=none,l2")
+    assert two["label"].tolist() == ["none", "l2"]
+    assert two["p"].iloc[1] == pytest.approx(stats.ttest_rel(l2, base).pvalue)
     pd.testing.assert_frame_equal(two[NUMBERS], csv[NUMBERS], check_dtype=False)
     welch = regablate.summarize(runs, paired=False).set_index("label")
     assert welch.loc["dropout", "p_raw"] == pytest.approx(

@@ -23,6 +23,7 @@ from regablate.untrusted import escape_control
 
 DEFAULT_ROOTS = ("multirun", "outputs")
 FORMATS = ("table", "markdown", "csv", "latex", "json", "parquet")
+TESTS = ("t", "signflip", "wilcoxon")  # regablate.report.paired.TESTS, which imports scipy
 
 
 class UsageError(Exception):
@@ -37,8 +38,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="regablate report", description=(
         "Group runs over seeds and compare each group's train/val/test metric and train-val "
-        "gap with the baseline (mean ± std, t-based 95% CI, Welch's or paired t-test, "
-        "Holm-adjusted). Only completed runs are averaged."))
+        "gap with the baseline (mean ± std, t-based 95% CI, Welch's or paired t-test or "
+        "--test, Holm-adjusted; no p below 3 seeds or from a spread that is float rounding). "
+        "Only completed runs are averaged."))
     p.add_argument("paths", nargs="*", metavar="DIR",
                    help="run dirs or folders holding them (default: ./multirun and ./outputs)")
     p.add_argument("--format", choices=FORMATS, default="table",
@@ -62,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "settings outside reg.* match")
     p.add_argument("--unpaired", action="store_true",
                    help="always use Welch's t-test, even when both groups ran the same seeds")
+    p.add_argument("--test", choices=TESTS, default="t",
+                   help="test of each group against the baseline: t (default: paired t-test, "
+                        "Welch's when the seeds differ), signflip (exact paired sign-flip "
+                        "permutation test; its smallest p is 2/2^n, 1/16 at 5 seeds) or wilcoxon "
+                        "(signed-rank); the last two need the baseline's seeds")
     p.add_argument("--plot", metavar="DIR",
                    help="also write PNG figures into DIR: per-group curves, the gap, every "
                         "group's mean val curve on one axes (val_curves.png), reliability; on a design "
@@ -190,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
         filters = [parse_filter(f) for f in args.filter]
     except SelectError as e:
         raise UsageError(str(e)) from None
+    if args.unpaired and args.test != "t":
+        raise UsageError(f"--unpaired is Welch's t-test: it does not go with --test {args.test} "
+                         "(a paired test)")
     roots = _roots(args.paths)
     runs, skipped = collect(roots)
     for path, reason in skipped:
@@ -206,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     if not shown:
         raise UsageError(f"no runs under {where} match --filter {' '.join(args.filter)}")
 
-    report = run_report(shown) if args.runs else group_report(shown, args.metric, not args.unpaired)
+    report = run_report(shown) if args.runs else group_report(shown, args.metric, not args.unpaired,
+                                                                  args.test)
     if skipped:
         report.footer.insert(1, f"{len(skipped)} run dir(s) skipped as unreadable (see warnings)")
     study = None if args.runs else find_study(roots)  # an Optuna sweep dir: trials ranked, best marked

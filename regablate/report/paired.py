@@ -180,11 +180,17 @@ def _ok(v) -> bool:
 
 def welch_test(values, baseline) -> TestResult:
     """Welch's unequal-variance t-test of mean(values) − mean(baseline), for unpaired groups.
-    No p below 3 values in either group, nor when a group's values are all equal up to float
-    rounding (its spread is then rounding, not a variance). Interval: Welch–Satterthwaite."""
+    No p below 3 values in either group, nor when both groups' values are each equal up to float
+    rounding (no spread to test against: T would be infinite, or a ratio of rounding errors).
+    One constant group and one with spread is an ordinary case: T = (ā − b̄) / √(s²/n) of the
+    other group, with its n − 1 degrees of freedom (a group whose spread is rounding counts as
+    exactly constant). Interval: Welch–Satterthwaite."""
     a, b = _finite(values), _finite(baseline)
     n = min(len(a), len(b))
     est = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    scale = float(max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0)))
+    # a group whose spread is rounding has no variance: its values are its mean
+    a, b = (np.full(len(x), x.mean()) if equal_reason(x, scale) else x for x in (a, b))
     lo = hi = math.nan
     if len(a) >= 2 and len(b) >= 2:
         va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
@@ -196,9 +202,10 @@ def welch_test(values, baseline) -> TestResult:
     if n < MIN_SEEDS:
         return TestResult(n, est, lo, hi, None, f"fewer than {MIN_SEEDS} seeds (n = {n})", None,
                           "welch")
-    scale = float(max(np.abs(a).max(), np.abs(b).max()))
-    for x, what in ((a, "values"), (b, "baseline values")):
-        if reason := equal_reason(x, scale, what):
-            return TestResult(n, est, lo, hi, None, reason, None, "welch")
-    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    if a.min() == a.max() and b.min() == b.max():
+        return TestResult(n, est, lo, hi, None,
+                          "values equal up to float rounding within each group", None, "welch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's precision notes on a constant group
+        p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
     return TestResult(n, est, lo, hi, p, None, None, "welch")

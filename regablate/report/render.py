@@ -208,12 +208,15 @@ def _flat(row: dict, key: str) -> dict:
 
 
 CSV_EXTRA = ("group", "metric", "baseline", "p_raw", "p_gap_raw", "method", "method_gap")
+CSV_WHERE_SET = ("p_reason", "p_gap_reason", "p_floor", "p_gap_floor")  # when a row has one
 
 
 def to_csv(report: Report) -> str:
-    """Raw numbers, full precision, one flat column per number (mean, std, CI, n)."""
+    """Raw numbers, full precision, one flat column per number (mean, std, CI, n); why a p is
+    missing and the test's floor (p_reason, p_floor, ...) when some row has them."""
     keys = [c.key for c in report.columns if c.kind != "ci"]
     keys += [k for k in CSV_EXTRA if k not in keys and report.rows and k in report.rows[0]]
+    keys += [k for k in CSV_WHERE_SET if any(row.get(k) is not None for row in report.rows)]
     flat = [{k: v for key in keys for k, v in _flat(row, key).items()} for row in report.rows]
     out = io.StringIO()
     fields = list(flat[0]) if flat else keys

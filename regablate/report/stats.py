@@ -1,4 +1,5 @@
-"""Statistics over seeds: mean, sample std, t-based 95% interval, tests, Holm's correction.
+"""Statistics over seeds: mean, sample std, t-based 95% interval, tests (regablate.report.paired),
+Holm's correction.
 
 NaNs (a metric a run did not report) and infinities are dropped before anything is computed.
 """
@@ -6,14 +7,15 @@ NaNs (a metric a run did not report) and infinities are dropped before anything 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
+from regablate.report.paired import MIN_SEEDS, NAMES, TESTS, paired_values, welch_test
+
 LEVEL = 0.95
-WELCH, PAIRED = "Welch's t-test", "paired t-test"
+WELCH, PAIRED = NAMES["welch"], NAMES["t"]
 
 
 @dataclass(frozen=True)
@@ -42,36 +44,53 @@ def describe(values) -> Stat:
 
 @dataclass(frozen=True)
 class Comparison:
-    """`delta` = mean(values) − mean(baseline); two-sided p; the test that gave it (or None)."""
+    """`delta` = mean(values) − mean(baseline); two-sided p (NaN: none); the test that gave it
+    (None: no test was run, fewer than 3 seeds); `reason`: why there is no p; `floor`: the
+    smallest p the test can give at this n (None for the t-tests)."""
 
     delta: float
     p: float
     test: str | None
+    reason: str | None = None
+    floor: float | None = None
+
+    @property
+    def at_floor(self) -> bool:
+        """p is the smallest the test could give at this n: more seeds could make it smaller."""
+        return self.floor is not None and not math.isnan(self.p) and \
+            self.p <= self.floor * (1 + 1e-9)
 
 
-def compare(values: list, baseline: list, paired: bool = True) -> Comparison:
+def compare(values: list, baseline: list, paired: bool = True, test: str = "t") -> Comparison:
     """values and baseline are (pairing key, number) lists, the key being (seed, data_seed).
 
-    A paired t-test when allowed and both sides hold the same >= 2 keys, once each; else
-    Welch's unequal-variance t-test when each side has >= 2 values; else no p-value.
+    Paired (regablate.report.paired.paired_values, with `test`: "t", "signflip" or "wilcoxon")
+    when allowed and both sides hold the same keys, once each; else Welch's unequal-variance
+    t-test, which only `test="t"` falls back to (a sign-flip or Wilcoxon test needs pairs: no p,
+    with the reason). No p (NaN, with `reason`) below 3 seeds, whatever the test (then `test` is
+    None: no test was run), nor from paired differences, or groups, whose spread is float
+    rounding (regablate.report.paired).
     """
+    if test not in TESTS:
+        raise ValueError(f"test {test!r}: allowed: {', '.join(TESTS)}")
     a = [(k, v) for k, v in values if math.isfinite(v)]
     b = [(k, v) for k, v in baseline if math.isfinite(v)]
     if not a or not b:
         return Comparison(math.nan, math.nan, None)
     delta = float(np.mean([v for _, v in a]) - np.mean([v for _, v in b]))
     ka, kb = [k for k, _ in a], [k for k, _ in b]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # zero variance: p is NaN, said as "-"
-        if paired and len(a) >= 2 and len(set(ka)) == len(ka) and set(ka) == set(kb) \
-                and len(kb) == len(ka):
-            xb = dict(b)
-            p = stats.ttest_rel([v for _, v in a], [xb[k] for k, _ in a]).pvalue
-            return Comparison(delta, float(p), PAIRED)
-        if len(a) >= 2 and len(b) >= 2:
-            p = stats.ttest_ind([v for _, v in a], [v for _, v in b], equal_var=False).pvalue
-            return Comparison(delta, float(p), WELCH)
-    return Comparison(delta, math.nan, None)
+    if paired and len(set(ka)) == len(ka) and set(ka) == set(kb) and len(kb) == len(ka):
+        r = paired_values(dict(a), dict(b), test)
+    elif test == "t":
+        r = welch_test([v for _, v in a], [v for _, v in b])
+    else:
+        why = "--unpaired" if not paired else "the groups ran different seeds"
+        return Comparison(delta, math.nan, None,
+                          f"the {NAMES[test]} needs the same seeds as the baseline ({why}); "
+                          "the t-test falls back to Welch's", None)
+    if r.n < MIN_SEEDS:
+        return Comparison(delta, math.nan, None, r.reason, None)
+    return Comparison(delta, math.nan if r.p is None else r.p, r.name, r.reason, r.floor)
 
 
 def holm(pvalues: list[float]) -> list[float]:

@@ -93,8 +93,9 @@ def _group_row(g: Group, keys: list[str]) -> dict:
     return row
 
 
-def group_report(groups: list[Group], split: str, paired: bool) -> Report:
-    """One row per group, compared on `split` and on the gap with its baseline."""
+def group_report(groups: list[Group], split: str, paired: bool, test: str = "t") -> Report:
+    """One row per group, compared on `split` and on the gap with its baseline by `test` ("t":
+    paired t-test, or Welch's when the seeds differ or not `paired`; "signflip", "wilcoxon")."""
     runs = [r for g in groups for r in g.runs]
     keys = config_columns(groups, per_run=False)
     rows, docs = [], []
@@ -103,9 +104,11 @@ def group_report(groups: list[Group], split: str, paired: bool) -> Report:
         row = _group_row(g, keys)
         row["is_baseline"] = g.id in baseline_ids
         for name, src in (("", split), ("_gap", "gap")):
-            c = compare(_pairs(g.done, src), _pairs(g.baseline.done, src), paired) \
+            c = compare(_pairs(g.done, src), _pairs(g.baseline.done, src), paired, test) \
                 if g.baseline else compare([], [])
-            row.update({f"delta{name}": c.delta, f"p{name}_raw": c.p, f"method{name}": c.test})
+            row.update({f"delta{name}": c.delta, f"p{name}_raw": c.p, f"method{name}": c.test,
+                        f"p{name}_reason": c.reason, f"p{name}_floor": c.floor,
+                        f"p{name}_at_floor": c.at_floor})
         rows.append(row)
         docs.append({
             **{k: row[k] for k in ("name", "group", "reg", "metric", "higher_is_better", "n")},
@@ -123,10 +126,7 @@ def group_report(groups: list[Group], split: str, paired: bool) -> Report:
             row[f"p{name}"] = p
     for row, doc in zip(rows, docs, strict=True):
         doc["vs_baseline"] = None if row["baseline"] is None else {
-            f"{split}_{row['metric']}": {"delta": row["delta"], "p": row["p_raw"],
-                                         "p_holm": row["p"], "test": row["method"]},
-            "gap": {"delta": row["delta_gap"], "p": row["p_gap_raw"],
-                    "p_holm": row["p_gap"], "test": row["method_gap"]}}
+            f"{split}_{row['metric']}": _vs_json(row, ""), "gap": _vs_json(row, "_gap")}
     m = _metric_name(runs)
     columns = [Column("name", "\ngroup"), *_config_cols(keys), Column("n", "\nn", "n"),
                *_split_cols(m, "stat"), Column("gap", "gap\nmean ± std", "stat", "lower"),
@@ -140,8 +140,21 @@ def group_report(groups: list[Group], split: str, paired: bool) -> Report:
     if any(r["not_averaged"] for r in rows):
         columns.append(Column("not_averaged", "not\naveraged", drop=4))
     footer = (_counts(runs, " (only completed runs are averaged)") + _nonfinite_note(runs)
-              + _test_note(rows, split) + _seed_note(rows))
+              + _test_note(rows, split) + _no_p_note(rows, split) + _floor_note(rows)
+              + _seed_note(rows))
     return Report(columns, rows, footer, {"metric_split": split})
+
+
+def _vs_json(row: dict, name: str) -> dict:
+    """One comparison of a group with its baseline; "reason" (why p is null) and "floor" (the
+    smallest p the test can give, sign-flip and Wilcoxon only) only where they apply."""
+    out = {"delta": row[f"delta{name}"], "p": row[f"p{name}_raw"], "p_holm": row[f"p{name}"],
+           "test": row[f"method{name}"]}
+    if row[f"p{name}_reason"]:
+        out["reason"] = row[f"p{name}_reason"]
+    if row[f"p{name}_floor"] is not None:
+        out["floor"] = row[f"p{name}_floor"]
+    return out
 
 
 def _rel(path) -> str:
@@ -218,11 +231,44 @@ def _test_note(rows: list[dict], split: str) -> list[str]:
     tests = sorted({r[k] for r in rows for k in ("method", "method_gap") if r[k]})
     m = sum(not math.isnan(r["p_raw"]) for r in rows)
     lines = [f"Δ, p: {split} metric and gap minus baseline {', '.join(map(repr, bases))}; "
-             f"{' / '.join(tests) or 'no test (n < 2)'}, two-sided"
+             f"{' / '.join(tests) + ', two-sided' if tests else 'no test run'}"
              + (f", Holm-adjusted over {m} comparison{'s' * (m != 1)}" if m else "")]
     orphans = [r["name"] for r in rows if not r["baseline"] and not r["is_baseline"]]
     if orphans:
         lines.append(f"no unique baseline for {', '.join(orphans)}; name one with --baseline")
+    return lines
+
+
+def _no_p_note(rows: list[dict], split: str) -> list[str]:
+    """One line per reason a comparison has no p: "no p for <groups>: <reason>" (a group
+    named with "(Δ <split>)" or "(Δ gap)" when only that comparison has none)."""
+    by_reason: dict = {}
+    for r in rows:
+        if not r["baseline"]:
+            continue
+        for name, what in (("", f"Δ {split}"), ("_gap", "Δ gap")):
+            if reason := r[f"p{name}_reason"]:
+                by_reason.setdefault(reason, {}).setdefault(r["name"], []).append(what)
+    return [f"no p for {', '.join(g if len(w) == 2 else f'{g} ({w[0]})' for g, w in groups.items())}"
+            f": {reason}" for reason, groups in by_reason.items()]
+
+
+def _floor_note(rows: list[dict]) -> list[str]:
+    """A line per test whose raw p sits at its floor, the smallest p it can give with the seeds
+    there are (2/2^n for the sign-flip test: 1/16 at n = 5): a p no smaller data could give."""
+    at: dict = {}
+    for r in rows:
+        for name in ("", "_gap"):
+            if r[f"p{name}_at_floor"]:
+                key = (r[f"method{name}"], r[f"p{name}_floor"])
+                at.setdefault(key, {}).setdefault(r["name"], None)
+    lines = []
+    for (test, floor), groups in at.items():
+        inv = 1 / floor
+        shown = f"1/{round(inv)} = {floor:.4g}" if abs(inv - round(inv)) < 1e-6 * inv \
+            else f"{floor:.4g}"
+        lines.append(f"p at its floor for {', '.join(groups)}: the {test} cannot give a two-sided "
+                     f"p below {shown} with these seeds (2/2^n at n seeds); more seeds can")
     return lines
 
 
