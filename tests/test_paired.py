@@ -118,6 +118,19 @@ def test_wilcoxon_matches_scipy():
     d = np.array([0.3, -0.1, 0.5, 0.2, 0.45, 0.7])
     assert paired_test(d, "wilcoxon").p == pytest.approx(stats.wilcoxon(d).pvalue)
     assert paired_test([0.0, 0.0, 1.0, 2.0], "wilcoxon").p is None  # 2 non-zero differences
+    r = paired_test([1.0, 1.0, 1.0, 2.0, 3.0], "wilcoxon")  # ties, n = 5: exact, at its floor
+    assert r.p == 1 / 16 and r.floor == 1 / 16 and r.at_floor
+
+
+def test_wilcoxon_claims_no_floor_its_p_is_below(monkeypatch):
+    # a scipy whose normal approximation (ties) gives p = 0.043 < 1/16 at n = 5: no floor then
+    from types import SimpleNamespace
+
+    import regablate.report.paired as paired
+
+    monkeypatch.setattr(paired.stats, "wilcoxon", lambda d: SimpleNamespace(pvalue=0.043))
+    r = paired_test([1.0, 1.0, 1.0, 2.0, 3.0], "wilcoxon")
+    assert r.p == 0.043 and r.floor is None and not r.at_floor
 
 
 def test_welch_groups():

@@ -15,7 +15,8 @@ the same whichever test gives p; it is NaN below 2 seeds), and a two-sided p:
   n = 5 — no result at n = 5 can be "p < 0.05" — so `floor` is reported for the report to show
   when p equals it.
 - `wilcoxon`: scipy's signed-rank test (exact null distribution for small n without ties; zero
-  differences dropped); its floor is also 2/2^n', n' the non-zero differences, when exact.
+  differences dropped); its floor is also 2/2^n', n' the non-zero differences, when exact (no
+  floor where scipy's normal approximation gave a p below it).
 
 No p (None, with `reason`):
 - below `MIN_SEEDS` = 3 seeds, whatever the test: one or two seeds estimate no spread worth
@@ -161,6 +162,8 @@ def paired_test(diffs, test: str = "t", scale: float = 0.0) -> TestResult:
             warnings.simplefilter("ignore")  # scipy's "exact p not possible with ties" notes
             p = float(stats.wilcoxon(d).pvalue)
         floor = 2.0 ** (1 - nonzero) if nonzero <= WILCOXON_EXACT_MAX_N else None
+        if floor is not None and p < floor * (1 - 1e-9):
+            floor = None  # scipy's normal approximation (ties, larger n): no such floor
     return TestResult(n, est, lo, hi, min(1.0, p), None, floor, test)
 
 
