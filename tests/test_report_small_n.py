@@ -96,7 +96,7 @@ def test_signflip_floor_binds_at_five_seeds(tmp_path):
     assert "minus baseline 'none'; paired sign-flip permutation test, two-sided, " \
            "Holm-adjusted over 1 comparison" in table
     assert "p at its floor for dropout: the paired sign-flip permutation test cannot give a " \
-           "two-sided p below 1/16 = 0.0625 with these seeds (2/2^n at n seeds); more seeds " \
+           "two-sided p below 1/16 = 0.0625 with these seeds (2/2^n, at n seeds); more seeds " \
            "can" in table
     s = _summarize(root, test="signflip").loc["dropout"]
     assert s["p_raw"] == s["p_floor"] == 1 / 16 and s["method"] == cmp["test"]
@@ -113,6 +113,10 @@ def test_wilcoxon_through_the_report(tmp_path):
         warnings.simplefilter("ignore")
         assert cmp["p"] == pytest.approx(stats.wilcoxon(d).pvalue)
     assert cmp["test"] == "Wilcoxon signed-rank test"
+    table = _report(tmp_path, root, "--test", "wilcoxon")
+    assert "p at its floor for dropout: the Wilcoxon signed-rank test cannot give a two-sided p " \
+           "below 1/16 = 0.0625 with these seeds (2/2^n, n the seeds whose difference is not " \
+           "0); more seeds can" in table
 
 
 def test_one_seed_against_the_baseline_runs_no_test(tmp_path):

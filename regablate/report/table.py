@@ -267,8 +267,9 @@ def _floor_note(rows: list[dict]) -> list[str]:
         inv = 1 / floor
         shown = f"1/{round(inv)} = {floor:.4g}" if abs(inv - round(inv)) < 1e-6 * inv \
             else f"{floor:.4g}"
+        n = "n the seeds whose difference is not 0" if "Wilcoxon" in test else "at n seeds"
         lines.append(f"p at its floor for {', '.join(groups)}: the {test} cannot give a two-sided "
-                     f"p below {shown} with these seeds (2/2^n at n seeds); more seeds can")
+                     f"p below {shown} with these seeds (2/2^n, {n}); more seeds can")
     return lines
 
 
