@@ -5,7 +5,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-gpu sanity studies clean
+.PHONY: install run test test-slurm lint bench bench-gpu sanity studies clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)      ## the default experiment: sparse-synthetic, MLP, no regulari
 
 test: $(STAMP)     ## the whole test suite
 	$(BIN)/python -m pytest -n 2
+
+test-slurm: $(STAMP) ## stand up a one-node SLURM on this Debian machine (root; idempotent), then run tests/slurm against it
+	tests/slurm/start_local_slurm.sh
+	$(BIN)/python -m pytest tests/slurm -v
 
 lint: $(STAMP)
 	$(BIN)/ruff check regablate tests benchmarks experiments hydra_plugins

@@ -102,8 +102,9 @@ def _not_recorded(run_dir: Path) -> bool:
     return not (run_dir / "summary.json").exists()
 
 
-def _failed_summary(run_dir: Path, cfg: dict, error: str) -> None:
-    """In a sweep, a job refused for its config is recorded as failed; the sweep goes on."""
+def _failed_summary(run_dir: Path, cfg: dict, error: str, status: str = "failed") -> None:
+    """In a sweep, a job refused for its config is recorded as failed (the sweep goes on), and
+    a submitit job stopped before training began as interrupted."""
     from regablate.atomic import write_json
     from regablate.data import DATASETS
     from regablate.experiment import group_id
@@ -113,7 +114,7 @@ def _failed_summary(run_dir: Path, cfg: dict, error: str) -> None:
     task = getattr(DATASETS.get(dataset, (None,))[0], "task", None)
     metric = {"classification": "acc", "regression": "mse"}.get(task)
     write_json(run_dir / "summary.json", {
-        "schema": 1, "status": "failed", "task": task, "metric": metric,
+        "schema": 1, "status": status, "task": task, "metric": metric,
         "higher_is_better": None if task is None else task == "classification",
         "seed": cfg.get("seed"), "data_seed": cfg.get("data_seed"),
         "dataset": (cfg.get("dataset") or {}).get("name"), "model": (cfg.get("model") or {}).get("name"),
@@ -173,8 +174,12 @@ def stop_on_cluster_signals():
     usr = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
     names = {signal.SIGTERM: "SIGTERM", usr: f"{signal.Signals(usr).name} (time limit or preemption)"}
 
+    stopped = []
+
     def stop(signum, frame):
-        raise Terminated(names[signum])
+        if not stopped:  # once: a second signal must not cut short the checkpoint being written
+            stopped.append(signum)
+            raise Terminated(names[signum])
 
     previous = {sig: signal.signal(sig, stop) for sig in names}
     try:
@@ -200,31 +205,42 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
     sweep = hc.mode == RunMode.MULTIRUN
     container: dict = {}
     try:
-        with claim(run_dir, cfg.trainer.resume), stop_on_cluster_signals():
-            write_hydra_files(run_dir, cfg if files_cfg is None else files_cfg,
-                              HydraConfig.instance().cfg, hc.overrides.task)
-            container = OmegaConf.to_container(cfg, resolve=True)
-            place_job(container, hc)
-            summary = train(container, run_dir)
-    except KeyboardInterrupt as e:
-        if sweep and _under_submitit():  # a result the launcher reads, not a dead job
-            raise RunInterrupted(run_dir, getattr(e, "signal_name", "SIGINT")) from None
-        raise
+        with claim(run_dir, cfg.trainer.resume):
+            try:  # a sweep's job that ends here is recorded while its run dir is held
+                with stop_on_cluster_signals():
+                    write_hydra_files(run_dir, cfg if files_cfg is None else files_cfg,
+                                      HydraConfig.instance().cfg, hc.overrides.task)
+                    container = OmegaConf.to_container(cfg, resolve=True)
+                    place_job(container, hc)
+                    summary = train(container, run_dir)
+            except KeyboardInterrupt as e:
+                if not (sweep and _under_submitit()):
+                    raise
+                how = getattr(e, "signal_name", "SIGINT")
+                if container and _not_recorded(run_dir):  # stopped before training began
+                    _failed_summary(run_dir, container, f"interrupted by {how} before training began",
+                                    status="interrupted")
+                raise RunInterrupted(run_dir, how) from None  # a result the launcher reads
+            except RunRefused:
+                raise
+            except (ConfigError, UsageError) as e:
+                if sweep and _not_recorded(run_dir):  # the sweeper counts it in its closing line
+                    _failed_summary(run_dir, container, f"invalid config: {e}" if isinstance(e, ConfigError) else str(e))
+                raise
+            except Exception as e:
+                if sweep and _not_recorded(run_dir):
+                    _failed_summary(run_dir, container, f"{type(e).__name__}: {e}")
+                raise
     except RunRefused as e:  # nothing was written: the sweeper counts it, a single run says it
         if sweep:
             raise
         refuse(str(e))
     except (ConfigError, UsageError) as e:
-        message = f"invalid config: {e}" if isinstance(e, ConfigError) else str(e)
-        if sweep:  # recorded as failed; the sweeper counts it in its closing line
-            if _not_recorded(run_dir):
-                _failed_summary(run_dir, container, message)
+        if sweep:
             raise
         _remove_if_only_hydra(run_dir)
-        refuse(message)
+        refuse(f"invalid config: {e}" if isinstance(e, ConfigError) else str(e))
     except Exception as e:
-        if sweep and _not_recorded(run_dir):
-            _failed_summary(run_dir, container, f"{type(e).__name__}: {e}")
         if not sweep and isinstance(e, OSError) and e.filename:  # recorded as failed by train()
             refuse(f"cannot write {e.filename}: {e.strerror}")
         raise

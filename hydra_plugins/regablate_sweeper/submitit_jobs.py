@@ -204,6 +204,30 @@ def _record_interrupted(run_dir: Path, why: str) -> None:
         pass
 
 
+class _Job:
+    """What each submitit job runs: the Hydra launcher's own call (compose, run_job, the task),
+    with SIGTERM and submitit's warning signal stopping it from the job's first moment, as
+    `regablate.run.stop_on_cluster_signals` does once the run holds its dir; a job stopped before
+    its run began returns that, as a result. Without a `checkpoint` method: submitit does not
+    requeue it (a requeued job would meet its own run dir, and the sweep had counted it)."""
+
+    def __init__(self, launcher: Any) -> None:
+        self.launcher = launcher
+
+    def __call__(self, overrides: list, job_dir_key: str, job_num: int, job_id: str, singleton_state: dict) -> JobReturn:
+        from regablate.errors import RunInterrupted
+        from regablate.run import stop_on_cluster_signals
+
+        try:
+            with stop_on_cluster_signals():
+                return self.launcher(overrides, job_dir_key, job_num, job_id, singleton_state)
+        except KeyboardInterrupt as e:
+            ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+            run_dir = _run_dir(self.launcher, overrides, job_num)
+            ret.return_value = RunInterrupted(run_dir or f"job {job_num}", getattr(e, "signal_name", "SIGINT"))
+            return ret
+
+
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
     """hydra_submitit_launcher's BaseSubmititLauncher.launch, waiting for every job."""
     import submitit
@@ -235,7 +259,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     said = io.StringIO()  # submitit prints sbatch's stderr itself before raising it
     try:
         with contextlib.redirect_stderr(said):
-            jobs = executor.map_array(launcher, *zip(*job_params))
+            jobs = executor.map_array(_Job(launcher), *zip(*job_params))
     except (FailedJobError, FailedSubmissionError) as e:
         if launcher._EXECUTOR != "slurm":
             raise
