@@ -108,7 +108,11 @@ def test_factorial_every_kind_by_hand(factorial3):
     table = regablate.effects(regablate.load_runs(root))
     assert list(table.columns) == ["component", "kind", "delta", "lo", "hi", "p", "p_holm", "n",
                                    "reason", "design", "metric", "higher_is_better"]
-    assert table.reason.isna().all() and table.attrs == {"level": 0.95, "test": "t"}
+    assert table.reason.isna().all() and (table.attrs["level"], table.attrs["test"]) == (0.95, "t")
+    (whole,) = table.attrs["totals"]  # v(S) − v(∅), the gain the Shapley values split
+    by_seed = [v[frozenset(S3), s] - v[frozenset(), s] for s in SEEDS]
+    assert whole["n"] == len(SEEDS) and abs(whole["delta"] - np.mean(by_seed)) < 1e-12
+    assert whole["lo"] < whole["delta"] < whole["hi"]
     assert list(dict.fromkeys(table.kind)) == list(KINDS)
     assert set(table.design) == {"factorial"} and set(table.metric) == {"val_acc"}
     assert table.higher_is_better.all()

@@ -349,7 +349,7 @@ def effects(runs, metric: str = "val", design: str | None = None, components=Non
         named.append((settings, cell))
     differ = [k for k in dict.fromkeys(k for s, _ in named for k in s)
               if len({repr(s.get(k)) for s, _ in named}) > 1]
-    rows, dup = [], 0
+    rows, dup, totals = [], 0, []
     for settings, cell in named:
         where = _where({k: settings.get(k) for k in differ})
         kind_design, comps, used = _design(cell, design, components, where)
@@ -370,6 +370,12 @@ def effects(runs, metric: str = "val", design: str | None = None, components=Non
         name = next((r.metric for r in used), metric)
         if higher is None:
             higher = not name.endswith("mse")
+        full, none = values[:, col[frozenset(comps)]], values[:, col[frozenset()]]
+        ok = np.isfinite(full) & np.isfinite(none)
+        whole = paired_test(full[ok] - none[ok], test, scale=float(np.abs(np.r_[full[ok], none[ok]]).max(
+            initial=0.0)))
+        totals.append({"where": {k: settings.get(k) for k in differ}, "delta": whole.estimate,
+                       "lo": whole.lo, "hi": whole.hi, "n": whole.n})
         out = []
         for con in contrasts(kind_design, comps):
             need = [col[a] for a, w in con.weights.items() if w != 0]
@@ -396,5 +402,5 @@ def effects(runs, metric: str = "val", design: str | None = None, components=Non
     for c in ("delta", "lo", "hi", "p", "p_holm"):
         frame[c] = frame[c].astype(float)
     frame["n"] = frame["n"].astype(int)
-    frame.attrs.update(level=LEVEL, test=test)
+    frame.attrs.update(level=LEVEL, test=test, totals=totals)  # totals: v(S) − v(∅) per cell
     return frame

@@ -111,7 +111,8 @@ def _overlay(plt, groups: list[Group], path: Path) -> None:
     """Every group's mean val curve of its metric on one axes, each with its ±1 std band."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    many = len(groups) > 8  # the legend goes beside the axes, not over the curves
+    fig, ax = plt.subplots(figsize=(11 if many else 8, 5), constrained_layout=True)
     metrics = []
     for i, g in enumerate(groups):
         runs = [r for r in g.done if r.curves.get("epoch")]
@@ -120,8 +121,9 @@ def _overlay(plt, groups: list[Group], path: Path) -> None:
             continue
         metrics.append(runs[0].metric)
         x, mean, std = _mean_curve(runs, column)
-        color = f"C{i % 10}"
-        ax.plot(x, mean, color=color, label=escape_control(f"{g.name} (n={len(runs)})"))
+        color = f"C{i % 10}"  # past 10 groups the colours come round again with another line style
+        ax.plot(x, mean, color=color, linestyle=("-", "--", ":", "-.")[i // 10 % 4],
+                label=escape_control(f"{g.name} (n={len(runs)})"))
         if len(runs) > 1:
             ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
     what = escape_control(", ".join(sorted(set(metrics))))
@@ -129,7 +131,10 @@ def _overlay(plt, groups: list[Group], path: Path) -> None:
            title=f"Validation {what} per group: mean over completed seeds, ±1 std band")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    if many:
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize="small", loc="best")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -308,5 +313,5 @@ def _effects(plt, frame, path: Path) -> None:
                                 f"{' / '.join(sorted({str(r['design']) for r in rows}))} design, "
                                 "paired over seeds"))
     ax.grid(axis="x", alpha=0.3)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # long labels: keep the title whole
     plt.close(fig)

@@ -328,14 +328,16 @@ def effects_report(frame) -> Report:
         cell["rows"].setdefault(rec["component"], {})[group] = rec
     present = {g for cell in cells.values() for row in cell["rows"].values() for g in row}
     rows, sums = [], []
-    for cell in cells.values():
+    totals = {tuple(repr(t["where"].get(c)) for c in settings): t for t in frame.attrs.get("totals", [])}
+    for key, cell in cells.items():
         first = cell["rec"]
+        whole = totals.get(key[0])
         name = str(first["metric"])
         phi = [r["shapley"]["delta"] for r in cell["rows"].values() if "shapley" in r]
         total = math.fsum(phi) if phi and all(map(math.isfinite, phi)) else math.nan
         scale = max((abs(x) for x in phi), default=0.0)
         if "shapley" in present:
-            sums.append((first, total))
+            sums.append((first, total, whole))
         for component, kinds in cell["rows"].items():
             ns = [r["n"] for r in kinds.values()]
             row = {**{c: first[c] for c in settings}, "component": component,
@@ -347,8 +349,8 @@ def effects_report(frame) -> Report:
                             f"{g}_p": r["p_holm"], f"{g}_kind": r["kind"]})
             if "shapley" in kinds:
                 d = kinds["shapley"]["delta"]
-                row["share"] = d / total if math.isfinite(total) and \
-                    abs(total) > RTOL_SHARE * scale else math.nan
+                row["share"] = d / total if math.isfinite(total) and abs(total) > RTOL_SHARE * scale \
+                    and _excludes_zero(whole) else math.nan
             rows.append(row)
     columns = [Column(c, "\n".join(c.rsplit(".", 1)) if "." in c else f"\n{c}") for c in settings]
     columns += [Column("component", "\ncomponent"), Column("n", "\nn", "seeds")]
@@ -368,6 +370,16 @@ def effects_report(frame) -> Report:
 RTOL_SHARE = 1e-9  # Σφ no larger than this × the largest |φ| is rounding: no share is shown
 
 
+def _excludes_zero(whole) -> bool:
+    """Whether full − none's 95% interval excludes 0: a share of a gain that may be nothing (or
+    of the other sign) is no share at all, so none is shown then. Without the interval (an
+    effects frame from elsewhere), shares are shown as before."""
+    if whole is None:
+        return True
+    lo, hi = whole.get("lo"), whole.get("hi")
+    return lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
+
+
 def _effects_footer(frame, rows, present, sums, settings, test) -> list[str]:
     designs = sorted({r["design"] for r in rows})
     metrics = sorted({r["effect_metric"] for r in rows})
@@ -379,11 +391,18 @@ def _effects_footer(frame, rows, present, sums, settings, test) -> list[str]:
              + (" and cell" if settings else "")
              + (f"; lower {', '.join(lower)} is better" if lower else "")]
     lines.append("; ".join(EFFECT_LEGEND[g] for g, _ in EFFECT_GROUPS if g in present))
-    for rec, total in sums:
+    hidden = False
+    for rec, total, whole in sums:
         where = " ".join(f"{c}={rec[c]}" for c in settings)
+        number = (lambda x: f"{x:+.3f}") if rec["metric"].endswith("_acc") else (lambda x: f"{x:+#.4g}")
+        ci = (f" [{number(whole['lo'])}, {number(whole['hi'])}], n={whole['n']}"
+              if whole is not None and whole.get("lo") is not None and math.isfinite(whole["lo"]) else "")
         lines.append(f"full − none (Σφ){' at ' + where if where else ''}: "
-                     + ("–" if not math.isfinite(total) else
-                        f"{total:+.3f}" if rec["metric"].endswith("_acc") else f"{total:+#.4g}"))
+                     + ("–" if not math.isfinite(total) else number(total) + ci))
+        hidden |= math.isfinite(total) and not _excludes_zero(whole)
+    if hidden:
+        lines.append("share: not shown where full − none's 95% CI includes 0 (a share of a whole "
+                     "gain that may be zero, or of the other sign, means nothing)")
     missing: dict = {}
     for rec in effect_records(frame):
         p = rec["p"]
