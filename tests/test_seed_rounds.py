@@ -30,6 +30,12 @@ def test_a_harmful_dropout_is_decided_worse_well_before_max_seeds(tmp_path):
     seeds = sorted(json.loads(p.read_text())["seed"] for p in (tmp_path / "seq").glob("*/summary.json"))
     assert seeds == sorted(list(range(arm["n"])) * 2)  # both arms, the same seeds, no more
     assert "seeds=auto look 1 vs reg.dropout.p=0" in r.stderr
+    report = run_cli("report", "seq", "--format", "json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    doc = json.loads(report.stdout)
+    assert doc["sequential"] == [{**arm, "ci95": arm["ci95"]}]  # the decisions as sequential.json has them
+    assert any(line.startswith(f"  reg.dropout.p=0.95: worse after {arm['n']} seeds") for line in doc["footer"])
+    assert any("O'Brien–Fleming-type alpha spending" in line for line in doc["footer"])
 
 
 def test_a_killed_sequential_sweep_rerun_reaches_the_same_decisions(tmp_path):

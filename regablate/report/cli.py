@@ -128,6 +128,35 @@ def _terminal(report, out: str | None, extra=None) -> None:
         raise UsageError(f"--out {out!r}: {e.strerror}") from None
 
 
+def _sequential(shown) -> tuple[list, list[str]] | None:
+    """A seeds=auto sweep's decisions (its sequential.json, read bounded): (per-arm records,
+    footer lines naming each arm's decision and n, the procedure and its error rate); None for
+    any other sweep; a damaged file is a warning line."""
+    from regablate.sequential import FILE, SequentialState
+
+    roots = {r.path.parent for g in shown for r in g.runs if (r.path.parent / FILE).exists()}
+    if len(roots) != 1:
+        return None
+    (root,) = roots
+    try:
+        state = SequentialState.load(root / FILE)
+    except (OSError, ValueError) as e:
+        print(escape_control(f"regablate report: warning: {root / FILE} not read: {e}"), file=sys.stderr)
+        return None
+    s, arms = state.settings, state.summary()
+    lines = [f"seeds=auto vs {s.reference} ({s.metric}): group-sequential paired t-tests, "
+             f"O'Brien–Fleming-type alpha spending over looks at {s.schedule} seeds, Bonferroni "
+             f"over {len(arms)} arm(s): family-wise error ≤ {s.alpha:g} over arms and looks "
+             "(simulated: 0.047 for 3 arms at 0.05); p and CI are repeated (valid at every look)"]
+    for a in arms:
+        est = "" if a["delta"] is None else f", Δ {a['delta']:+.4g}"
+        ci = "" if a["ci95"][0] is None else f" [{a['ci95'][0]:+.4g}, {a['ci95'][1]:+.4g}]"
+        p = "" if a["p"] is None else f", p {a['p']:.3g}"
+        why = f" ({a['reason']})" if a["reason"] else ""
+        lines.append(f"  {a['label']}: {a['decision']} after {a['n']} seeds{est}{ci}{p}{why}")
+    return arms, lines
+
+
 def _effects(shown, metric: str):
     """The `regablate.effects` frame of the runs shown that belong to a design sweep (an
     ablation.json in their sweep root), else None; a sweep whose effects cannot be computed gets a warning line
@@ -229,6 +258,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--sort {args.sort!r}: unknown column; allowed: {', '.join(keys)}")
         render.sort_rows(report, args.sort)
 
+    sequential = None if args.runs else _sequential(shown)
+    if sequential is not None:
+        report.footer.extend(sequential[1])
     frame = components = None
     if not args.runs and (args.format != "parquet" or args.plot):
         # an effect needs every arm of its design: reg filters pick the groups shown above,
@@ -255,6 +287,8 @@ def run(args: argparse.Namespace) -> int:
                                                     for p, r in skipped]}
         if not args.runs:
             doc["runs"] = [row["doc"] for row in run_report(shown).rows]
+        if sequential is not None:
+            doc["sequential"] = sequential[0]
         if components is not None:
             from regablate.report.table import effect_records
 
