@@ -4,9 +4,11 @@ Results in Python (pandas DataFrames; pandas is imported on the first call):
 
     load_runs(*paths, status=("completed",))  one row per run dir: config, summary metrics
     load_curves(*paths)                       one row per run and epoch (metrics.csv)
-    summarize(runs, metric="val", baseline=None, paired=True)
+    summarize(runs, metric="val", baseline=None, paired=True, test="t")
                                               the report's group table (n, mean ± std, CI,
-                                              Δ vs baseline, paired/Welch t-test, Holm)
+                                              Δ vs baseline: paired t, sign-flip or Wilcoxon,
+                                              or Welch; Holm; no p below 3 seeds or from
+                                              differences equal up to float rounding)
     effects(runs, metric="val", design=None)  each regulariser's share of a stack (ablation
                                               designs: leave-one-out, add-one-in, factorial
                                               main effects, interactions, Shapley; t intervals
