@@ -49,6 +49,11 @@ class RunInterrupted(Exception):
         return type(self), (self.run_dir, self.how)
 
 
+class JobFailed(Exception):
+    """A job's error that would not come back whole from a worker process (its class takes other
+    arguments than a message): its type's name and message, as one."""
+
+
 class JobLost(Exception):
     """A job of a sweep that ended without returning (cancelled or killed before it could say
     so, out of time or memory): `why` is one line, from the scheduler where it knows."""

@@ -153,6 +153,17 @@ class RememberDir(Callback):
                           config.hydra.overrides.task)
 
 
+def _survives_pickling(error: BaseException) -> bool:
+    """Whether a job's error comes back whole from a worker process (an exception class whose
+    constructor takes other arguments than its message does not: joblib's pool breaks on it)."""
+    import pickle
+
+    try:
+        return type(pickle.loads(pickle.dumps(error))) is type(error)
+    except Exception:
+        return False
+
+
 def _under_submitit() -> bool:
     """Whether this process is a submitit job (submitit_local, submitit_slurm, cluster)."""
     return bool(os.environ.get("SUBMITIT_FOLDER"))
@@ -197,7 +208,7 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
     from hydra.types import RunMode
 
     from regablate.claim import RunRefused, claim, write_hydra_files
-    from regablate.errors import RunInterrupted
+    from regablate.errors import JobFailed, RunInterrupted
     from regablate.train import train
 
     hc = HydraConfig.get()
@@ -230,6 +241,8 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
             except Exception as e:
                 if sweep and _not_recorded(run_dir):
                     _failed_summary(run_dir, container, f"{type(e).__name__}: {e}")
+                if sweep and not _survives_pickling(e):  # joblib and submitit return it pickled
+                    raise JobFailed(f"{type(e).__name__}: {e}") from None
                 raise
     except RunRefused as e:  # nothing was written: the sweeper counts it, a single run says it
         if sweep:

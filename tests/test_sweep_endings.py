@@ -68,10 +68,16 @@ def test_one_invalid_value_in_a_parallel_sweep_is_one_line_and_the_good_jobs_com
                             "(sweep/2: invalid config: reg.dropout.p=1.5: must be in [0, 1))")
     assert r.stderr.count("regablate: error") == 1
     assert statuses(tmp_path / "sweep") == {"0": "completed", "1": "completed", "2": "failed"}
+    assert not list((tmp_path / "sweep").glob("*/*.log"))  # no (empty) job log, under any launcher
 
 
 CRASHING = """
 from torch import nn
+
+
+class OutOfLuck(Exception):
+    def __init__(self, what, how):
+        super().__init__(f"{what} {how}")
 
 
 class Net(nn.Module):
@@ -81,21 +87,22 @@ class Net(nn.Module):
 
     def forward(self, x):
         if self.crash and self.training:
-            raise RuntimeError("out of luck")
+            raise OutOfLuck("out of", "luck")
         return self.linear(x)
 """
 
 
-def test_a_crash_in_one_job_is_counted_with_its_reason_and_the_command_that_continues_it(tmp_path):
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")], ids=["basic", "joblib"])
+def test_a_crash_in_one_job_is_counted_with_its_reason_and_the_command_that_continues_it(tmp_path, launcher):
     (tmp_path / "crashing.py").write_text(CRASHING)
-    r = subprocess.run([sys.executable, "-m", "regablate", "run", "-m", "model=custom", "model.target=crashing:Net",
+    r = subprocess.run([sys.executable, "-m", "regablate", "run", "-m", *launcher, "model=custom", "model.target=crashing:Net",
                         "+model.kwargs.crash=false,true", *TINY, "hydra.sweep.dir=sweep"],
                        cwd=tmp_path, env={**ENV, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     line = last_line(r)
     assert line.startswith("regablate: error: 1 of 2 jobs did not complete: 1 failed "
-                           "(sweep/1: RuntimeError: out of luck); continue them with: regablate run -m "), line
+                           "(sweep/1: OutOfLuck: out of luck); continue them with: regablate run -m "), line
     assert line.endswith("hydra.sweep.dir=sweep trainer.resume=auto")
     assert statuses(tmp_path / "sweep") == {"0": "completed", "1": "failed"}
 

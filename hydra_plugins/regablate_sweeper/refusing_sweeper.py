@@ -101,8 +101,12 @@ def _where(ret: JobReturn, error: BaseException) -> str:
 
 
 def _first_line(error: BaseException) -> str:
+    from regablate.errors import JobFailed
+
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     text = lines[0] if lines else ""
+    if isinstance(error, JobFailed):  # already "Type: message"
+        return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
