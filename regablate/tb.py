@@ -1,8 +1,9 @@
 """`regablate tb [DIR ...]`: TensorBoard on the runs' outputs.
 
 Default dirs: ./multirun and ./outputs, those that exist. TensorBoard is shown a view of the
-runs under them (`regablate.tb_view`): runs named `<group label>/seed=<s>`, one HParams
-experiment covering exactly those runs. Runs `python -m tensorboard.main` until Ctrl-C.
+runs under them (`regablate.tb_view`): runs named `<group label>/seed=<s>`, each group's mean
+over its seeds as `<group label>/mean` (with its 95% interval as `.../mean/lo`, `.../mean/hi`),
+one HParams experiment covering exactly those runs. Runs `python -m tensorboard.main` until Ctrl-C.
 Exit codes: TensorBoard's own; 0 after Ctrl-C; 2 for bad input or no dir to show. Run dirs
 that cannot be read are skipped with a warning line each; printed text has its control
 characters escaped.
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
     n_runs, n_groups = tb_view.build(dirs, view, warn=lambda line: say(f"warning: {line}"))
     cmd = tensorboard_argv(view, args.host, args.port)
     say(f"{n_runs} runs in {n_groups} groups from {', '.join(map(str, dirs))}, "
-        f"named <group label>/seed=<s> (view: {view})")
+        f"named <group label>/seed=<s>, their means <group label>/mean (view: {view})")
     say(f"{' '.join(cmd[1:])}  (Ctrl-C to stop)")
     return serve(cmd)
 

@@ -104,3 +104,14 @@ class EventsFile:
         finally:
             os.close(fd)
         self._records.clear()
+
+
+def scalars_event(step: int, pairs, wall_time: float | None = None):
+    """One `Event` holding the scalars of `pairs` ((tag, value), a float32 `simple_value`
+    each, as SummaryWriter's `scalar` writes them; a None value is left out) at `step`."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    values = [Summary.Value(tag=tag, simple_value=float(x)) for tag, x in pairs if x is not None]
+    return Event(wall_time=time.time() if wall_time is None else wall_time, step=step,
+                 summary=Summary(value=values))

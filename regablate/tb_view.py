@@ -7,12 +7,21 @@ The view is a folder of symbolic links (in regablate's cache, never in the resul
         events.out.tfevents.session.hparams      session start (every hparam, group = label) and end
         events.out.tfevents.<…>  -> the run's tb/ event files (gap, lr, best/gap, weights/*)
         train/ val/ test/        folders of links to the files of tb/train, tb/val, tb/test
+    <view>/<group label>/mean/                   the group's mean over its completed seeds
+        events…  gap, seeds      `seeds`: how many seeds reached the epoch
+        train/ val/              loss, acc (or mse): the same tags as the seeds' sub-runs
+        lo/ hi/                  the 95% t interval of each (epochs two or more seeds reached)
 
 so TensorBoard's run filter takes regablate's words (`dropout`, `p=0.5`, `seed=3`), the
 HParams columns are the same whatever order runs are read in, every session has a value for
 every column (a strength a run does not use is 0) and no group is dropped. Links scale to
 thousands of runs; the view is rebuilt at each `regablate tb`, so it covers runs added since.
-A sweep that ends also writes its experiment at its own root (`describe_sweep`).
+A sweep that ends also writes its experiment, and its groups' means under `means/`, at its
+own root (`describe_sweep`).
+
+A group's mean is taken, epoch by epoch, over the completed runs (those the report averages)
+that reached the epoch, from their metrics.csv as the report reads it: a seed that stopped
+early counts up to its last epoch, a NaN or infinite value is left out of its point.
 
 Run dirs are read as the report reads them (unreadable ones skipped, each with a warning); only
 regular files are linked, never a symbolic link, FIFO or device under a run's tb/, so
@@ -23,6 +32,7 @@ at most 120 characters, its control characters escaped.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -34,6 +44,9 @@ from regablate import hparams as hp
 from regablate.untrusted import escape_control
 
 EXPERIMENT = "events.out.tfevents.experiment"
+MEANS = "means"  # the folder of a sweep's group means, at its root
+_MEANS_MARK = ".regablate-means"  # in MEANS: regablate wrote it, so may replace it
+MAX_STEP = 2**62  # epochs past this are not steps TensorBoard can hold
 MAX_NAME = 120  # characters of a label as a path component
 MAX_DEPTH = 3   # folders below a run's tb/ that are mirrored
 
@@ -104,6 +117,7 @@ def build(dirs: list[Path], view: Path,
             unique, i = f"{name}-{i}", i + 1
         taken.add(unique)
         _link_run(run.path / "tb", view / unique, values, g.name, run.status, warn)
+    write_means(groups, view, taken)
     hp.write(view / EXPERIMENT, [hp.experiment(sessions, _metrics(r for _, r in members))])
     return len(members), len(groups)
 
@@ -114,13 +128,83 @@ def _metrics(runs) -> list[str]:
 
 def describe_sweep(sweep_dir: Path) -> None:
     """The HParams experiment of a finished sweep at its root, for `tensorboard --logdir
-    SWEEP_DIR` without regablate: the same columns whatever order TensorBoard reads in."""
+    SWEEP_DIR` without regablate: the same columns whatever order TensorBoard reads in; and
+    its groups' means in `SWEEP_DIR/means/<label>/mean` (`write_means`), replaced at each
+    call (a `means` there that regablate did not write is left alone, and no means written)."""
     from regablate.report.collect import collect
+    from regablate.report.select import make_groups
 
     runs = [r for r in collect([sweep_dir])[0] if _real_dir(r.path / "tb")]
     if runs:
         sessions = hp.fill([_identity(r) for r in runs])
         hp.write(sweep_dir / EXPERIMENT, [hp.experiment(sessions, _metrics(runs))])
+        means = sweep_dir / MEANS
+        if os.path.lexists(means):
+            if not (_real_dir(means) and (means / _MEANS_MARK).is_file()):
+                return  # not regablate's: left alone, and no means written
+            shutil.rmtree(means)  # the means of the sweep as it was: replaced
+        means.mkdir()
+        (means / _MEANS_MARK).write_text("group means written by regablate; rewritten at "
+                                         "the end of each sweep into this dir\n")
+        write_means(make_groups(runs), means)
+
+
+def _epochs(run) -> dict[int, int]:
+    """A run's epochs (whole numbers that can be steps) -> the index of their metrics.csv
+    row; the last row of an epoch written twice."""
+    out = {}
+    for i, e in enumerate(run.curves.get("epoch", [])):
+        if math.isfinite(e) and e == int(e) and 0 <= e < MAX_STEP:
+            out[int(e)] = i
+    return out
+
+
+def write_means(groups, root: Path, taken: set[str] | None = None) -> int:
+    """For each group with completed runs, `<root>/<label>/mean` (run level: `gap`, `seeds`;
+    `train/`, `val/`: `loss`, `<metric>`) and `.../mean/lo`, `.../mean/hi` (the 95% t
+    interval where two or more seeds have a value), one point per epoch; returns how many
+    groups. `taken`: run names already used under `root`."""
+    from regablate.report.stats import describe
+    from regablate.tb_records import EventsFile, scalars_event
+
+    taken = set() if taken is None else taken
+    written = 0
+    for g in groups:
+        runs = [r for r in g.done if r.curves.get("epoch")]
+        if not runs:
+            continue
+        metric = runs[0].metric
+        tags = [("", "gap", "gap")] + [(split, tag, f"{split}_{column}")
+                                        for split in ("train", "val")
+                                        for tag, column in (("loss", "loss"), (metric, metric))]
+        rows: dict[int, list[tuple]] = {}
+        for r in runs:
+            for e, i in _epochs(r).items():
+                rows.setdefault(e, []).append((r, i))
+        name, n = f"{_safe(g.name)}/mean", 2
+        while name in taken:
+            name, n = f"{_safe(g.name)}/mean-{n}", n + 1
+        taken.add(name)
+        files: dict[tuple[str, str], EventsFile] = {}
+        for step in sorted(rows):
+            points: dict[tuple[str, str], list] = {}
+            for split, tag, column in tags:
+                values = [r.curves[column][i] for r, i in rows[step] if column in r.curves]
+                s = describe(values)  # the finite ones
+                if s.n:
+                    points.setdefault(("", split), []).append((tag, s.mean))
+                if s.n >= 2:
+                    points.setdefault(("lo", split), []).append((tag, s.lo))
+                    points.setdefault(("hi", split), []).append((tag, s.hi))
+            points.setdefault(("", ""), []).append(("seeds", len(rows[step])))
+            for where, pairs in points.items():
+                if where not in files:
+                    files[where] = EventsFile(root / name / where[0] / where[1])
+                files[where].add(scalars_event(step, pairs))
+        for f in files.values():
+            f.flush()
+        written += 1
+    return written
 
 
 def _link_run(tb: Path, into: Path, values: dict, label: str, status: str,
