@@ -19,7 +19,9 @@ imported when a function is called, so `import regablate` stays light.
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -28,7 +30,7 @@ __all__ = ["load_runs", "load_curves", "summarize", "SkippedRunWarning"]
 COMPLETED = ("completed",)
 SPLITS = ("train", "val", "test")
 CATEGORIES = ("status", "group", "label", "dataset", "model", "reg", "task", "metric", "device")
-INTEGERS = ("seed", "data_seed", "best_epoch", "epochs_run", "n_params")
+INTEGERS = ("seed", "data_seed", "trial", "best_epoch", "epochs_run", "n_params")
 BOOLEANS = ("higher_is_better", "stopped_early")
 NOT_METRICS = {"reliability", "warnings", "reg", "train", "val", "test"}  # dicts not flattened
 
@@ -127,6 +129,46 @@ def _typed(pd, frame, order: dict):
     return frame
 
 
+def _frame_name(name: str, columns) -> str:
+    """A metrics.csv column under the frames' one convention: `weights/sparsity` ->
+    `weights_sparsity`, as load_runs flattens summary.json's `weights` (unless the file has that
+    name too)."""
+    flat = name.replace("/", "_")
+    return name if flat != name and flat in columns else flat
+
+
+class _Studies:
+    """An Optuna sweep's trial and objective for each of its runs (trial_<n>/seed_<s>, with
+    optuna_study.json in the sweep dir, as the report reads them: regablate.report.study)."""
+
+    def __init__(self):
+        self.found: dict = {}
+
+    def study(self, run) -> dict | None:
+        if not re.fullmatch(r"trial_\d+", run.path.parent.name):
+            return None
+        sweep = run.path.parent.parent
+        if sweep not in self.found:
+            from regablate.report.study import find_study
+
+            self.found[sweep] = find_study([sweep])
+        return self.found[sweep]
+
+    def row(self, run) -> dict:
+        """{"trial": n, "objective": value (NaN unless completed)} of a study's run, else {}."""
+        study = self.study(run)
+        if study is None:
+            return {}
+        from regablate.objective import value
+
+        x = value(run.summary, study["objective"]) if run.status == "completed" else None
+        return {"trial": int(run.path.parent.name[6:]),
+                "objective": math.nan if x is None else float(x)}
+
+    def head(self) -> list:
+        return ["trial", "objective"] if any(s is not None for s in self.found.values()) else []
+
+
 def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -138,13 +180,14 @@ def runs_frame(runs: list, status=COMPLETED, groups: list | None = None):
 
     labels, groups = _labels(runs, groups)
     wanted = _statuses(status)
-    rows, config_keys = [], {}
+    rows, config_keys, studies = [], {}, _Studies()
     for r in runs:
         if wanted is not None and r.status not in wanted:
             continue
         s = r.summary
         label, reg = labels[id(r)]
-        config = {k: v for k, v in r.config.items() if "." in k}
+        config = {k: copy.deepcopy(r.lists[k]) if k in r.lists else v
+                  for k, v in r.config.items() if "." in k}
         config_keys.update(dict.fromkeys(config))
         rows.append({
             "run_dir": str(r.path), "status": r.status, "group": r.group, "label": label,
@@ -155,9 +198,9 @@ def runs_frame(runs: list, status=COMPLETED, groups: list | None = None):
                                      "wall_time_s", "n_params", "device")},
             "warnings": ",".join(str(w.get("id") or w.get("message")) for w in
                                  s.get("warnings") or [] if isinstance(w, dict)),
-            "error": s.get("error"), "summary_group": s.get("group")})
-    head = ["run_dir", "status", "group", "label", "seed", "data_seed", "dataset", "model",
-            "reg", "task", "metric", "higher_is_better", *config_keys]
+            "error": s.get("error"), "summary_group": s.get("group"), **studies.row(r)})
+    head = ["run_dir", "status", "group", "label", *studies.head(), "seed", "data_seed",
+            "dataset", "model", "reg", "task", "metric", "higher_is_better", *config_keys]
     frame = pd.DataFrame(rows, columns=None if rows else head)
     if rows:
         rest = [c for c in frame.columns if c not in head]
@@ -175,12 +218,15 @@ def load_runs(*paths, status=COMPLETED):
     and ./outputs), as a pandas DataFrame.
 
     Columns: run_dir, status, group (the report's group id), label (the report's readable group
-    label), seed, data_seed, dataset, model, reg (the stack, e.g. "dropout+l2" or "none"), task,
-    metric, higher_is_better; every resolved config setting as a dotted column (reg.dropout.p,
-    optim.lr, ...; NA where a run has no such setting); every numeric summary metric flattened
-    (train_acc, val_loss, test_nll, gap, weights_sparsity, mc_val_mean_std, ...); best_epoch,
-    epochs_run, stopped_early, wall_time_s, n_params, device, warnings (their ids, comma-joined),
-    error, summary_group (the group id in summary.json).
+    label, floats to 4 significant digits), for an Optuna sweep's runs trial (its number) and
+    objective (the run's value of the study's trainer.objective; NaN unless completed), seed,
+    data_seed, dataset, model, reg (the stack, e.g. "dropout+l2" or "none"), task, metric,
+    higher_is_better; every resolved config setting as a dotted column (reg.dropout.p, optim.lr,
+    ...; a list setting such as model.hidden as a list; NA where a run has no such setting);
+    every numeric summary metric flattened with `_` (train_acc, val_loss, test_nll, gap,
+    weights_sparsity, mc_val_mean_std, ...); best_epoch, epochs_run, stopped_early, wall_time_s,
+    n_params, device, warnings (their ids, comma-joined), error, summary_group (the group id in
+    summary.json).
 
     `status`: the statuses kept (default: completed only); None keeps every run, running,
     diverged and failed ones included. Unreadable dirs are skipped with a SkippedRunWarning each.
@@ -191,8 +237,11 @@ def load_runs(*paths, status=COMPLETED):
 
 def load_curves(*paths, status=None):
     """One row per run and epoch: every column of each run's metrics.csv (epoch, lr,
-    train_loss, val_acc, gap, weights/..., ...), with run_dir, status, group, label, reg, seed
-    and data_seed joined. A running run contributes the epochs it has written (a half-written
+    train_loss, val_acc, gap, train_objective, weights_norm, ...), with run_dir, status, group,
+    label, trial (an Optuna sweep's runs), reg, seed and data_seed joined. Names follow
+    load_runs: `/` becomes `_` (metrics.csv's `weights/sparsity` is `weights_sparsity`, the
+    name load_runs gives summary.json's), and an older file's `objective` is
+    `train_objective`. A running run contributes the epochs it has written (a half-written
     last line is dropped). `status` as in `load_runs`, default every run."""
     import pandas as pd
 
@@ -202,12 +251,14 @@ def load_curves(*paths, status=None):
     runs, _ = _collect(paths)
     labels, groups = _labels(runs)
     wanted = _statuses(status)
-    keys = ("run_dir", "status", "group", "label", "reg", "seed", "data_seed")
+    runs = [r for r in runs if wanted is None or r.status in wanted]
+    studies = _Studies()
+    trials = [studies.row(r).get("trial") for r in runs]
+    trial = ("trial",) if studies.head() else ()  # an Optuna sweep's runs
+    keys = ("run_dir", "status", "group", "label", *trial, "reg", "seed", "data_seed")
     data: dict = {k: [] for k in keys}
     total = 0
-    for r in runs:
-        if wanted is not None and r.status not in wanted:
-            continue
+    for r, n_trial in zip(runs, trials, strict=True):
         try:
             header, rows = read_metrics(str(r.path), r.metric, r.status)
             columns = metric_columns(header, rows)
@@ -219,11 +270,12 @@ def load_curves(*paths, status=None):
         if not n:
             continue
         label, reg = labels[id(r)]
-        for key, value in zip(keys, (str(r.path), r.status, r.group, label, reg,
-                                     r.summary.get("seed"), r.summary.get("data_seed")),
-                              strict=True):
+        joined = (str(r.path), r.status, r.group, label, *(n_trial,)[:len(trial)], reg,
+                  r.summary.get("seed"), r.summary.get("data_seed"))
+        for key, value in zip(keys, joined, strict=True):
             data[key] += [value] * n
         for name, values in columns.items():
+            name = _frame_name(name, columns)
             if name not in data:
                 data[name] = [math.nan] * total
             data[name].extend(values)
@@ -232,6 +284,8 @@ def load_curves(*paths, status=None):
             if len(values) < total:
                 values.extend([math.nan] * (total - len(values)))
     frame = pd.DataFrame(data)
+    if "trial" in frame:
+        frame["trial"] = frame["trial"].astype("Int64")
     if "epoch" in frame:
         try:
             frame["epoch"] = frame["epoch"].astype("Int64")
@@ -292,7 +346,8 @@ def records(frame) -> list:
             if done and split != "test" and metric and metric not in values:
                 values[metric] = math.nan  # NA in a completed run's frame row: NaN in its file
             summary[split] = values or (None if not done else {})
-        config = {k: v[k] for k in config_cols if v[k] is not None}
+        config = {k: str(v[k]) if isinstance(v[k], list) else v[k]  # as the reader has them
+                  for k in config_cols if v[k] is not None}
         out.append(Run(Path(v["run_dir"]), summary, config, [], {}, str(v["group"])))
     return out
 

@@ -351,7 +351,7 @@ def _fit(x: Experiment, rec: Recorder, state: dict | None) -> dict:
                     break
                 row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], f"train_{metric}": tr[metric],
                        "val_loss": va["loss"], f"val_{metric}": va[metric], "gap": gap(tr, va, metric),
-                       "objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4),
+                       "train_objective": objective, "epoch_time_s": round(time.perf_counter() - t0, 4),
                        **{f"weights/{k}": v for k, v in weight_stats(model).items()}}
                 every = x.s.eval.histogram_every
                 if every and (epoch % every == 0 or epoch == 1):

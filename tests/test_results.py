@@ -118,7 +118,7 @@ def test_load_curves_long_by_run(sweep):
     curves = quiet(regablate.load_curves, sweep)
     assert list(curves.columns[:8]) == ["run_dir", "status", "group", "label", "reg", "seed",
                                         "data_seed", "epoch"]
-    assert "weights/norm" in curves and str(curves["epoch"].dtype) == "Int64"
+    assert "weights_norm" in curves and "weights/norm" not in curves and str(curves["epoch"].dtype) == "Int64"
     per_run = curves.groupby("run_dir")["epoch"].max()
     assert len(per_run) == 11  # 9 completed, diverged, running (the early failure has none)
     live = curves[curves["status"] == "running"]

@@ -22,6 +22,7 @@ is skipped with the reason. A completed run whose metric or gap is NaN or infini
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -62,6 +63,7 @@ class Run:
     overrides: list = field(default_factory=list)
     curves: dict = field(default_factory=dict)
     group: str = ""  # the group id the report uses (see the module doc)
+    lists: dict = field(default_factory=dict)  # config settings that are lists, as lists
 
     @property
     def status(self) -> str:
@@ -100,15 +102,18 @@ class Run:
         return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"optim": {"lr": 0.1}, "reg": {}} -> {"optim.lr": 0.1}; lists become text."""
+def flatten(tree: dict, prefix: str = "", lists: dict | None = None) -> dict:
+    """{"optim": {"lr": 0.1}, "reg": {}} -> {"optim.lr": 0.1}; lists become text (and go
+    into `lists` as they are, when given)."""
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
+            flat.update(flatten(value, name + ".", lists))
         else:
             flat[name] = str(value) if isinstance(value, list) else value
+            if isinstance(value, list) and lists is not None:
+                lists[name] = value
     return flat
 
 
@@ -247,10 +252,18 @@ def read_metrics(path: str, metric: str | None, status: str) -> tuple[list, list
     return header, rows
 
 
+RENAMED = {"objective": "train_objective"}  # metrics.csv columns renamed: old -> new
+
+
 def metric_columns(header: list, rows: list, names=None) -> dict:
     """Columns of `read_metrics`' rows by name (all, or those of `names` present) as floats;
-    an empty cell is NaN."""
+    an empty cell is NaN. A column under an old name (`RENAMED`) is returned under its new one,
+    unless the file has both."""
     index = {name: i for i, name in enumerate(header)}
+    for old, new in RENAMED.items():
+        if old in index and new not in index:
+            index[new] = index.pop(old)
+            header = [new if h == old else h for h in header]
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(header)
     curves = {}
     for name in header if names is None else names:
@@ -296,21 +309,26 @@ def _read_text(path: str, name: str) -> str | None:
 
 
 @lru_cache(maxsize=1024)
-def _config_without_seeds(text: str) -> tuple[dict, str | None]:
+def _config_without_seeds(text: str) -> tuple[dict, str | None, dict]:
     tree = _parse_yaml(text, "config.yaml", dict)
     unresolved = any(isinstance(v, str) and "${" in v for v in science(tree).values())
-    return flatten(tree), None if unresolved else group_id(tree)
+    lists: dict = {}
+    flat = flatten(tree, lists=lists)
+    return flat, None if unresolved else group_id(tree), lists
 
 
-def read_config(path: str) -> tuple[dict, str | None]:
+def read_config(path: str, lists: dict | None = None) -> tuple[dict, str | None]:
     """Flattened .hydra/config.yaml ({} when absent) and its group id (None when it cannot be
-    told). Runs of a sweep differ mostly in their top-level seed lines, so the rest of the text
-    is parsed once and shared (read-only)."""
+    told); the settings that are lists go into `lists` as lists, when given. Runs of a sweep
+    differ mostly in their top-level seed lines, so the rest of the text is parsed once and
+    shared (read-only: `lists` gets copies)."""
     text = _read_text(path, "config.yaml")
     if text is None:
         return {}, None
     seeds = {k: None if v == "null" else int(v) for k, v in _SEED_LINE.findall(text)}
-    flat, group = _config_without_seeds(_SEED_LINE.sub("", text))
+    flat, group, found = _config_without_seeds(_SEED_LINE.sub("", text))
+    if lists is not None:
+        lists.update(copy.deepcopy(found))
     return {**seeds, **flat}, group
 
 
@@ -321,9 +339,10 @@ def read_run(path: Path) -> Run:
     curves = _read_curves(d, summary["metric"], summary["status"])
     overrides = _read_text(d, "overrides.yaml")
     overrides = _parse_yaml(overrides, "overrides.yaml", list) if overrides else []
-    config, group = read_config(d)
+    lists: dict = {}
+    config, group = read_config(d, lists)
     return Run(Path(path), summary, config, [str(o) for o in overrides], curves,
-               group or summary["group"])
+               group or summary["group"], lists)
 
 
 def collect(roots: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:

@@ -49,8 +49,8 @@ def cell(col: Column, row: dict) -> str:
         return "baseline" if row.get("is_baseline") and _missing(v) else _num(v, m, signed=True)
     if col.kind == "p":
         return DASH if _missing(v) else "<0.001" if v < 0.001 else f"{v:.3f}"
-    if col.kind == "epoch":
-        return DASH if _missing(v) else f"{v:.1f}"
+    if col.kind == "epoch":  # a mean over seeds: 12, 12.5
+        return DASH if _missing(v) else f"{v:.1f}".removesuffix(".0")
     if col.kind == "n":
         return f"{v}*" if v < 3 else str(v)
     if col.kind == "num":

@@ -8,7 +8,9 @@ e.g. `dropout_l2`), a summary field (`status`, `seed`, `dataset`, ...) or a flat
 Groups are runs sharing a group id (same config up to seeds and operational settings; see
 regablate.group and collect). A group's name is its stack joined with `+` (`none` when empty),
 followed by the settings that tell it apart when several groups share that stack, shortest key
-first (`dropout p=0.3`); a group without such a setting (another dataset's) does not name it.
+first (`dropout p=0.3`), floats to 4 significant digits (`l2 lam=0.0001235`; more only where 4
+would give two groups one name); a group without such a setting (another dataset's) does not
+name it.
 Seeds and operational settings are never compared: not in names, columns or baseline matching.
 
 Baseline: `--baseline NAME` for every group; else the only group with an empty stack; else,
@@ -61,6 +63,15 @@ def check_filters(filters: list[Filter], runs: list[Run]) -> None:
 
 def stack_name(stack: tuple) -> str:
     return "+".join(stack) or "none"
+
+
+def label_value(value, digits: int | None = 4) -> str:
+    """A setting as a label shows it: a float to `digits` significant digits (0.0001235, 1e-07,
+    0.5), anything else as text; the one formatting of labels (the report's group names, the
+    frames' `label`, plots, TensorBoard). `digits=None`: the float as Python writes it."""
+    if isinstance(value, float) and digits is not None:
+        return f"{value:.{digits}g}"
+    return str(value)
 
 
 def _same(value, wanted: str) -> bool:
@@ -162,9 +173,13 @@ def make_groups(runs: list[Run]) -> list[Group]:
         keys = differing([g.config for g in same]) if len(same) > 1 else []
         short = short_keys(keys)
         keys.sort(key=lambda k: (len(short[k]), short[k]))
-        for g in same:
-            extra = [f"{short[k]}={g.config[k]}" for k in keys if k in g.config]
-            g.name = " ".join([stack_name(stack), *extra])
+        for digits in (4, None):  # full precision only where 4 digits would merge groups
+            for g in same:
+                extra = [f"{short[k]}={label_value(g.config[k], digits)}" for k in keys
+                         if k in g.config]
+                g.name = " ".join([stack_name(stack), *extra])
+            if len({g.name for g in same}) == len(same):
+                break
     names = defaultdict(list)
     for g in by_id.values():
         names[g.name].append(g)

@@ -226,6 +226,9 @@ def _nonfinite_note(runs: list[Run], what: str = "left out") -> list[str]:
 
 def _test_note(rows: list[dict], split: str) -> list[str]:
     bases = sorted({r["baseline"] for r in rows if r["baseline"]})
+    if not bases and rows and not any(r["reg"] for r in rows):
+        return ["only the baseline (empty stack) here: nothing to compare the baseline with; "
+                "run a regulariser too (e.g. +reg=none,dropout)"]
     if not bases:
         return ["no baseline group (empty stack) to compare with; name one with --baseline"]
     tests = sorted({r[k] for r in rows for k in ("method", "method_gap") if r[k]})

@@ -577,7 +577,7 @@ class VectorizedTrainer:
                 row = {"epoch": epoch, "lr": lrs[k], "train_loss": tr[k]["loss"],
                        f"train_{metric}": tr[k][metric], "val_loss": va[k]["loss"],
                        f"val_{metric}": va[k][metric], "gap": gap(tr[k], va[k], metric),
-                       "objective": objective[k], "epoch_time_s": elapsed,
+                       "train_objective": objective[k], "epoch_time_s": elapsed,
                        **{f"weights/{name}": v[k] for name, v in stats.items()}}
                 every = r.m.s.eval.histogram_every
                 if r.m.s.trainer.tensorboard and every and (epoch % every == 0 or epoch == 1):
