@@ -1,0 +1,267 @@
+"""`regablate export mlflow`: a 3 regularisers x 3 seeds sweep into a real MLflow server (read
+back through its REST API) and into a sqlite store; exporting again changes nothing; runs that
+finish later are added. Skipped where mlflow is not installed (`pip install 'regablate[mlflow]'`)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from report_fixtures import write_run
+
+from regablate.export import _key, main
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network from the tests
+
+REGS = ((), ("dropout",), ("l2",))
+START_S = 90  # a busy 2-core machine: ~45 s to start (imports, migrations, uvicorn)
+
+
+def _sweep(root: Path) -> Path:
+    """3 stacks x 3 seeds, completed, with metrics.csv curves; and one l2 run still running."""
+    for i, reg in enumerate(REGS):
+        for seed in range(3):
+            write_run(root / f"{i}_{seed}", reg=reg, seed=seed, train=0.95 - 0.01 * i,
+                      val=0.8 + 0.01 * seed + 0.02 * i, test=0.79 + 0.01 * seed,
+                      best_epoch=6 + seed, epochs=8 + seed)
+    write_run(root / "2_3", reg=("l2",), seed=3, status="running")
+    return root
+
+
+def _summary(run_dir: str) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def _expected(summary: dict) -> dict:
+    m = summary["metric"]
+    return {f"{split}_{k}": summary[split][k] for split in ("train", "val", "test")
+            for k in ("loss", m)} | {"gap": summary["gap"], "best_epoch": summary["best_epoch"],
+                                     "epochs_run": summary["epochs_run"]}
+
+
+def _column(run_dir: str, name: str) -> tuple[list, list]:
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [int(r["epoch"]) for r in rows], [float(r[name]) for r in rows]
+
+
+def _export(*args) -> int:
+    return main(["mlflow", *map(str, args)])
+
+
+# ---- without mlflow, and names ----
+
+def test_without_mlflow_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
+    assert _export(tmp_path, "--tracking-uri", "sqlite:///x.db") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'regablate[mlflow]'" in err[0]
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    assert main(["wandb", str(tmp_path)]) == 2
+    assert _export(tmp_path) == 2  # no --tracking-uri
+    assert main([]) == 2
+    assert "--tracking-uri" in capsys.readouterr().err
+
+
+def test_keys_mlflow_accepts():
+    assert _key("reg.dropout.p") == "reg.dropout.p"
+    assert _key("val_acc", "curve/") == "curve/val_acc"
+    for hostile in ("../../x", "/abs", "a//b", "a/", "é:x\n$", "", ".", "a/../b", "x" * 300):
+        k = _key(hostile, "curve/") if hostile else _key(hostile)
+        assert len(k) <= 250 and all(c.isalnum() or c in "_-./ " for c in k)
+        assert not k.startswith(("/", "..")) and os.path.normpath(k) == k
+
+
+# ---- a sqlite store, no server ----
+
+def test_sqlite_store_once_and_again(tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    root = _sweep(tmp_path / "sweep")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = (root, "--tracking-uri", uri, "--artifact-location", tmp_path / "artifacts",
+            "--no-plots")
+    assert _export(*args) == 0
+    out = capsys.readouterr().out
+    assert "exported 9 run(s) (3 new group(s))" in out and "1 running" in out
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("regablate").experiment_id
+
+    def runs():
+        return {r.info.run_id: r for r in client.search_runs([exp], max_results=1000)}
+
+    first = runs()
+    kids = [r for r in first.values() if r.data.tags["regablate.kind"] == "seed"]
+    assert len(first) == 12 and len(kids) == 9
+    for r in kids:
+        summary = _summary(r.data.tags["regablate.run_dir"])
+        assert r.data.metrics.items() >= _expected(summary).items()
+        assert r.data.params["seed"] == str(summary["seed"])
+        assert r.data.tags["mlflow.parentRunId"] in first
+        assert r.info.status == "FINISHED"
+
+    # an export killed while writing a run left it RUNNING: the next one writes it anew
+    stray = kids[0]
+    client.set_terminated(stray.info.run_id, "RUNNING")
+    assert _export(*args) == 0
+    again = runs()
+    assert len(again) == 12 and stray.info.run_id not in again
+    assert "exported 1 run(s) (0 new group(s))" in capsys.readouterr().out
+    before = {k: (r.info.end_time, r.data.metrics, r.data.params, r.data.tags)
+              for k, r in again.items()}
+    assert _export(*args) == 0
+    assert {k: (r.info.end_time, r.data.metrics, r.data.params, r.data.tags)
+            for k, r in runs().items()} == before
+    assert "exported 0 run(s) (0 new group(s))" in capsys.readouterr().out
+
+
+# ---- a real server, read back through its REST API ----
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _server_process(tmp_path_factory):
+    """A real `mlflow server` on a free loopback port (sqlite backend, artifacts in tmp),
+    started as the module begins so that its start-up (tens of seconds on a busy machine)
+    overlaps the tests before the one that needs it; killed with the workers it started."""
+    if importlib.util.find_spec("mlflow") is None:
+        yield None
+        return
+    tmp = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp}/server.db",
+         "--default-artifact-root", str(tmp / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        yield proc, f"http://127.0.0.1:{port}", tmp / "server.log", time.monotonic()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def server(_server_process):
+    """The server's URL once /health answers; skipped when it does not within START_S of its
+    start."""
+    pytest.importorskip("mlflow")
+    proc, url, log, started = _server_process
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return url
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() - started > START_S:
+            pytest.skip(f"mlflow server did not answer /health within {START_S} s: "
+                        + log.read_text(errors="replace")[-300:])
+        time.sleep(0.3)
+
+
+def _rest(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    full = f"{url}/api/2.0/mlflow/{endpoint}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(full, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _runs(url: str, name: str) -> dict:
+    exp = _rest(url, "experiments/get-by-name", experiment_name=name)["experiment"]
+    found = _rest(url, "runs/search", {"experiment_ids": [exp["experiment_id"]],
+                                       "max_results": 1000}).get("runs", [])
+    out = {}
+    for r in found:
+        data = r["data"]
+        out[r["info"]["run_id"]] = {
+            "info": r["info"],
+            "metrics": {m["key"]: m["value"] for m in data.get("metrics", [])},
+            "steps": {m["key"]: m["step"] for m in data.get("metrics", [])},
+            "params": {p["key"]: p["value"] for p in data.get("params", [])},
+            "tags": {t["key"]: t["value"] for t in data.get("tags", [])}}
+    return out
+
+
+def test_server_sweep_parents_children_and_again(server, tmp_path, capsys):
+    root = _sweep(tmp_path / "sweep")
+    args = (root, "--tracking-uri", server, "--experiment", "sweep")
+    assert _export(*args) == 0
+    assert "exported 9 run(s) (3 new group(s))" in capsys.readouterr().out
+    runs = _runs(server, "sweep")
+    parents = {k: r for k, r in runs.items() if r["tags"]["regablate.kind"] == "group"}
+    kids = {k: r for k, r in runs.items() if r["tags"]["regablate.kind"] == "seed"}
+    assert len(parents) == 3 and len(kids) == 9
+    assert sorted(p["params"]["reg"] for p in parents.values()) == ["dropout", "l2", "none"]
+    assert sorted(p["tags"]["mlflow.runName"] for p in parents.values()) == ["dropout", "l2",
+                                                                           "none"]
+    for r in kids.values():
+        parent = parents[r["tags"]["mlflow.parentRunId"]]
+        assert r["tags"]["regablate.group"] == parent["tags"]["regablate.group"]
+        assert r["params"]["reg"] == parent["params"]["reg"]
+        run_dir = r["tags"]["regablate.run_dir"]
+        summary = _summary(run_dir)
+        assert {k: r["metrics"][k] for k in _expected(summary)} == _expected(summary)
+        assert r["params"]["seed"] == str(summary["seed"])
+        assert r["tags"]["mlflow.runName"] == f"{parent['params']['reg']}/seed={summary['seed']}"
+        epochs, values = _column(run_dir, "val_acc")
+        history = _rest(server, "metrics/get-history", run_id=r["info"]["run_id"],
+                        metric_key="curve/val_acc")["metrics"]
+        assert [m["step"] for m in history] == epochs
+        assert [m["value"] for m in history] == pytest.approx(values, rel=1e-12)
+        files = _rest(server, "artifacts/list", run_id=r["info"]["run_id"]).get("files", [])
+        assert [f["path"] for f in files] == ["summary.json"]
+    for p in parents.values():
+        files = _rest(server, "artifacts/list", run_id=p["info"]["run_id"],
+                      path="plots").get("files", [])
+        assert [f["path"] for f in files] == [f"plots/curves_{p['params']['reg']}_"
+                                              f"{p['tags']['regablate.group']}.png"]
+
+    # again: no run added, none changed
+    assert _export(*args) == 0
+    assert "exported 0 run(s) (0 new group(s)) " in capsys.readouterr().out
+    assert _runs(server, "sweep") == runs
+
+    # the running run completes and another seed is added: both are added, nothing else moves
+    write_run(root / "2_3", reg=("l2",), seed=3, val=0.9)
+    write_run(root / "1_3", reg=("dropout",), seed=3, val=0.7)
+    assert _export(*args, "--no-plots") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("exported 2 run(s) (0 new group(s))") and out.endswith(
+        "; 9 already there\n")  # one line: nothing left running
+    now = _runs(server, "sweep")
+    assert len(now) == 14 and {k: now[k] for k in runs} == runs
+    added = [r for k, r in now.items() if k not in runs]
+    by_dir = {r["tags"]["regablate.run_dir"]: r for r in added}
+    assert set(by_dir) == {str((root / "2_3").resolve()), str((root / "1_3").resolve())}
+    for run_dir, r in by_dir.items():
+        assert r["tags"]["mlflow.parentRunId"] in parents
+        assert r["metrics"]["val_acc"] == _summary(run_dir)["val"]["acc"]
