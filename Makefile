@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,studies]"
+	$(BIN)/pip install --quiet -e ".[dev,studies,mlflow]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv: torch first (pinned), then regablate and its dev tools
