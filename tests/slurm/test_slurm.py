@@ -108,6 +108,9 @@ def test_one_bad_value_is_one_line_and_the_other_jobs_complete(tmp_path):
     assert last_line(r) == ("regablate: error: 1 of 3 jobs did not complete: 1 failed "
                             "(sweep/2: invalid config: reg.dropout.p=1.5: must be in [0, 1))")
     assert statuses(tmp_path / "sweep") == {"0": "completed", "1": "completed", "2": "failed"}
+    # no cpus_per_task asked: SLURM gives a job one CPU, and torch one thread (not the node's cores)
+    threads = {json.loads(p.read_text()).get("threads") for p in (tmp_path / "sweep").glob("[01]/summary.json")}
+    assert threads == {1}
 
 
 def test_scancel_of_one_of_four_jobs_ends_with_one_line_and_its_command_completes_the_run(tmp_path):
@@ -146,6 +149,26 @@ def test_scancel_of_one_of_four_jobs_ends_with_one_line_and_its_command_complete
     a, b = (json.loads((d / "summary.json").read_text()) for d in (sweep / "1", tmp_path / "full"))
     for key in ("best_epoch", "epochs_run", "train", "val", "test", "gap"):
         assert a[key] == b[key], key
+
+
+def test_a_job_cancelled_before_it_ran_is_counted_as_cancelled_and_the_others_complete(tmp_path):
+    args = ("run", "-m", "hydra/launcher=submitit_slurm", "hydra.launcher.array_parallelism=1", "seed=0,1", *TINY,
+            "hydra.sweep.dir=sweep")
+    proc = subprocess.Popen([sys.executable, "-m", "regablate", *args], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep, deadline = tmp_path / "sweep", time.time() + 120
+    while time.time() < deadline and not ((sweep / ".submitit").is_dir() and any(
+            p.name[0].isdigit() for p in (sweep / ".submitit").iterdir())):
+        time.sleep(0.1)
+    pending = f"{array_id(sweep)}_1"  # one job at a time: the second waits for the first
+    subprocess.run(["scancel", pending], check=True, timeout=60)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("regablate: error: 1 of 2 jobs did not complete: 1 cancelled (sweep/1: cancelled "
+                           "(SLURM state CANCELLED"), line
+    assert "continue them with: regablate run -m " in line
+    assert statuses(sweep) == {"0": "completed"}
 
 
 def test_a_job_that_reaches_its_time_limit_is_interrupted_not_failed(tmp_path):
