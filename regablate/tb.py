@@ -66,6 +66,14 @@ def tensorboard_argv(view: Path, host: str, port: int) -> list[str]:
             "--port", str(port)]
 
 
+def means_url(host: str, port: int) -> str:
+    """TensorBoard's Time Series on the group means of the val split: each regulariser's mean
+    and its 95% band (`/mean/lo`, `/mean/hi`) in one colour, no smoothing."""
+    shown = "localhost" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    return (f"http://{shown}:{port}/?runFilter=mean.*val&runColorGroup=regex:(.*)/mean"
+            "&smoothing=0#timeseries")
+
+
 def main(argv: list[str]) -> int:
     """Entry point for `regablate tb ...`; returns the exit code."""
     try:
@@ -89,6 +97,7 @@ def main(argv: list[str]) -> int:
     say(f"{n_runs} runs in {n_groups} groups from {', '.join(map(str, dirs))}, "
         f"named <group label>/seed=<s>, their means <group label>/mean (view: {view})")
     say(f"{' '.join(cmd[1:])}  (Ctrl-C to stop)")
+    say(f"group means with their 95% bands: {means_url(args.host, args.port)}")
     return serve(cmd)
 
 

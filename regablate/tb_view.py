@@ -1,6 +1,7 @@
 """What `regablate tb` shows TensorBoard: a view of the runs, named by what they are.
 
-The view is a folder of symbolic links (in regablate's cache, never in the results):
+The view is a folder of symbolic links to the runs' files, plus the events files of the group
+means it computes (in regablate's cache, never in the results):
 
     <view>/events.out.tfevents.experiment        the HParams experiment of exactly these runs
     <view>/<group label>/seed=<s>/

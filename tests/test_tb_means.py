@@ -188,3 +188,15 @@ def test_a_means_folder_regablate_did_not_write_is_left_alone(tmp_path):
     tb_view.describe_sweep(tmp_path)
     assert [p.name for p in (tmp_path / tb_view.MEANS).iterdir()] == ["notes.txt"]
     assert (tmp_path / tb_view.EXPERIMENT).exists()
+
+
+def test_regablate_tb_says_where_the_means_are(tmp_path, monkeypatch, capsys):
+    from regablate import tb
+
+    monkeypatch.setenv("REGABLATE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tb, "serve", lambda cmd: 0)
+    assert tb.main([str(tmp_path), "--port", "6010"]) == 0
+    url = "http://localhost:6010/?runFilter=mean.*val&runColorGroup=regex:(.*)/mean&smoothing=0#timeseries"
+    assert f"group means with their 95% bands: {url}" in capsys.readouterr().err
+    assert tb.means_url("0.0.0.0", 1).startswith("http://localhost:1/")
+    assert tb.means_url("::1", 1).startswith("http://[::1]:1/")
