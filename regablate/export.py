@@ -144,6 +144,23 @@ def _experiment(client, name: str, artifact_location: str | None) -> str:
     return found.experiment_id
 
 
+def _reach(tracking_uri: str) -> None:
+    """A server URI whose host does not answer is said in one line at once, not after the
+    minutes of retries MLflow's client spends on it (which stay, for a server that falters)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=10).close()
+    except OSError as e:
+        raise ExportError(f"cannot reach {parts.hostname}:{port}: "
+                          f"{e.strerror or e.__class__.__name__}") from None
+
+
 def _read(paths: list[str]):
     """Run records, their groups (the report's) and the `load_runs` frame of every run (any
     status), read once; skipped dirs come back as warnings."""
@@ -206,6 +223,7 @@ def _export(paths, tracking_uri, experiment, artifact_location, plots) -> dict:
     from regablate.report.select import stack_name
     from regablate.results import load_curves
 
+    _reach(tracking_uri)
     runs, groups, frame = _read(paths)
     by_path = {str(r.path): r for r in runs}
     group_of = {id(r): g for g in groups for r in g.runs}

@@ -87,12 +87,18 @@ def test_keys_mlflow_accepts():
 
 # ---- a sqlite store, no server ----
 
-def test_sqlite_store_once_and_again(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory):
+    """One sqlite store for the module (MLflow creates its tables once: seconds)."""
     pytest.importorskip("mlflow")
+    return f"sqlite:///{tmp_path_factory.mktemp('sqlite_store')}/mlflow.db"
+
+
+def test_sqlite_store_once_and_again(sqlite_uri, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     root = _sweep(tmp_path / "sweep")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     args = (root, "--tracking-uri", uri, "--artifact-location", tmp_path / "artifacts",
             "--no-plots")
     assert _export(*args) == 0
@@ -127,6 +133,33 @@ def test_sqlite_store_once_and_again(tmp_path, capsys):
     assert {k: (r.info.end_time, r.data.metrics, r.data.params, r.data.tags)
             for k, r in runs().items()} == before
     assert "exported 0 run(s) (0 new group(s))" in capsys.readouterr().out
+
+
+def test_hostile_names_are_made_mlflow_keys(sqlite_uri, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    run = write_run(tmp_path / "odd", config={"we:ird": {"../k": 1, "$x": "a\nb"}})
+    text = (run / "metrics.csv").read_text().replace("weights/norm", "x/../../y:z", 1)
+    (run / "metrics.csv").write_text(text)
+    assert _export(run, "--tracking-uri", sqlite_uri, "--experiment", "odd",
+                   "--artifact-location", tmp_path / "artifacts", "--no-plots") == 0
+    client = MlflowClient(sqlite_uri)
+    exp = client.get_experiment_by_name("odd").experiment_id
+    by_kind = {r.data.tags["regablate.kind"]: r for r in client.search_runs([exp])}
+    assert by_kind["group"].data.params["we_ird.../k"] == "1"
+    assert by_kind["group"].data.params["we_ird._x"] == "a\nb"
+    curves = [k for k in by_kind["seed"].data.metrics if k.startswith("curve/")]
+    assert "curve/x_.._.._y_z" in curves and "curve/val_acc" in curves
+
+
+def test_a_server_that_does_not_answer_is_one_line(tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    write_run(tmp_path / "r")
+    start = time.monotonic()
+    assert _export(tmp_path, "--tracking-uri", f"http://127.0.0.1:{_free_port()}") == 1
+    assert time.monotonic() - start < 30  # not MLflow's minutes of retries
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach 127.0.0.1:" in err[0]
 
 
 # ---- a real server, read back through its REST API ----
