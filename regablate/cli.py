@@ -16,6 +16,7 @@ commands:
   report [DIRS]     the ablation table over run dirs (default: ./multirun and ./outputs)
   status [DIRS]     where runs stand: counts by status, stale jobs, errors, the command to continue
   plan DIR --delta D   seeds needed per comparison with the baseline, from a pilot sweep
+  export mlflow DIRS --tracking-uri URI   completed runs into MLflow (pip install 'regablate[mlflow]')
   tb [DIR]          TensorBoard on the outputs
   data cifar10      prepare CIFAR-10 (--download, or --from an archive or folder)
   data image_folder PATH   decode your own image folder's cache once (optional, before a sweep)
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     if command == "run":
         sys.exit(run(rest))
     modules = {"report": "regablate.report.cli", "tb": "regablate.tb", "lint": "regablate.lint",
-               "data": "regablate.data.cli", "status": "regablate.status", "plan": "regablate.plan"}
+               "data": "regablate.data.cli", "status": "regablate.status", "plan": "regablate.plan",
+               "export": "regablate.export"}
     if command not in modules:
         sys.exit(_error(f"unknown command {command!r}; allowed: run, " + ", ".join(modules)))
     import importlib

@@ -72,14 +72,15 @@ def test_hydra_flags_keep_working_and_unknown_command(tmp_path):
     assert r.returncode == 2 and "unknown command 'frobnicate'; allowed: run, report" in r.stderr
 
 
-@pytest.mark.parametrize("command", ["status", "plan"])
+@pytest.mark.parametrize("command", ["status", "plan", "export"])
 def test_status_and_plan_are_commands(tmp_path, capsys, command):
-    """`regablate status` and `regablate plan` reach their modules through the one entry point."""
+    """`regablate status`, `plan` and `export` reach their modules through the one entry point."""
     from regablate import cli
 
     (tmp_path / "sweep").mkdir()
     with pytest.raises(SystemExit) as e:
-        cli.main([command, str(tmp_path / "nowhere"), *(["--delta", "0.1"] if command == "plan" else [])])
+        args = {"status": [], "plan": ["--delta", "0.1"], "export": ["--tracking-uri", "sqlite:///x.db"]}[command]
+        cli.main([*([command, "mlflow"] if command == "export" else [command]), str(tmp_path / "nowhere"), *args])
     assert e.value.code == 2 and "nowhere" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
