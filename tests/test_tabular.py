@@ -14,7 +14,7 @@ import torch
 
 from conftest import run_cli
 from regablate.data.tabular import TabularSettings, encode, make_tabular, split_rows
-from regablate.errors import ConfigError
+from regablate.errors import ConfigError, UsageError
 
 
 def patients(n: int = 100, seed: int = 0) -> pd.DataFrame:
@@ -171,3 +171,84 @@ def test_end_to_end_run_and_report(tmp_path):
     rep = run_cli("report", "run", "--format", "json", cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     assert json.loads(rep.stdout)["groups"][0]["n"] == 1
+
+
+# ---- real tables: identifiers, dates, dataset.exclude
+
+def customers(n: int = 100) -> pd.DataFrame:
+    """patients() with what an export carries too: a row id, a customer id, a signup date."""
+    df = patients(n)
+    df.insert(0, "id", np.arange(1, n + 1))
+    df.insert(1, "customer_id", [f"C{7000 + 13 * i}" for i in range(n)])
+    df["signup"] = pd.date_range("2021-01-04", periods=n, freq="D").strftime("%Y-%m-%d")
+    return df
+
+
+@pytest.mark.parametrize("column, kind", [("id", "an identifier"), ("customer_id", "an identifier"),
+                                          ("signup", "dates")])
+def test_an_identifier_or_date_column_is_refused_with_a_hint(csv, column, kind):
+    df = customers()[["age", "ward", column, "readmitted"]]
+    with pytest.raises(UsageError) as e:
+        make_tabular(settings(csv(df)), 0)
+    msg = str(e.value)
+    assert f"column {column!r}" in msg and kind in msg and "\n" not in msg
+    assert f"dataset.exclude=[{column}]" in msg
+
+
+def test_exclude_drops_columns_and_the_rest_are_features(csv):
+    path = csv(customers())
+    d = make_tabular(settings(path, exclude=["id", "customer_id", "signup"]), 0)
+    assert d.in_shape == (1 + 3 + 2,)  # age, ward, smoker: as patients() alone
+    same = make_tabular(settings(csv(patients(), "plain.csv")), 0)
+    assert torch.equal(d.train.x, same.train.x) and torch.equal(d.test.y, same.test.y)
+
+
+def test_the_hint_adds_to_the_columns_already_excluded(csv):
+    with pytest.raises(UsageError, match=r"dataset\.exclude=\[id,customer_id\]"):
+        make_tabular(settings(csv(customers()), exclude=["id"]), 0)
+
+
+def test_exclude_with_features_and_its_refusals(csv):
+    path = csv(customers())
+    d = make_tabular(settings(path, features=["age", "ward", "id"], exclude=["id"]), 0)
+    assert d.in_shape == (1 + 3,)
+    with pytest.raises(ConfigError, match=r"^dataset\.exclude=\['nope'\]: not columns of .*patients\.csv"):
+        make_tabular(settings(path, exclude=["nope"]), 0)
+    with pytest.raises(ConfigError, match=r"^dataset\.exclude='readmitted': includes the target"):
+        make_tabular(settings(path, exclude=["readmitted"]), 0)
+
+
+def test_a_named_feature_is_used_even_if_unique_but_never_a_date(csv):
+    path = csv(customers())
+    d = make_tabular(settings(path, features=["age", "id"]), 0)  # a unique integer, asked for
+    assert d.in_shape == (2,)
+    with pytest.raises(UsageError, match=r"column 'signup' holds dates .*drop it from dataset\.features"):
+        make_tabular(settings(path, features=["age", "signup"]), 0)
+
+
+def test_what_is_not_an_identifier_or_a_date(csv):
+    df = patients()
+    df["score"] = np.random.default_rng(1).normal(size=len(df))  # unique floats: a measurement
+    df["visits"] = np.arange(len(df)) % 7  # integers that repeat
+    df["room"] = [f"R{i % 9}" for i in range(len(df))]  # text codes with digits, not dates
+    df["month"] = np.where(np.arange(len(df)) % 2, "March", "May")  # no year: a category
+    d = make_tabular(settings(csv(df)), 0)
+    assert d.in_shape == (1 + 3 + 2 + 1 + 1 + 9 + 2,)
+    small = patients(8)
+    without = make_tabular(settings(csv(small, "small.csv"), val_fraction=0.25,
+                                    test_fraction=0.25), 0)
+    small["id"] = np.arange(8)  # too few rows to tell
+    d = make_tabular(settings(csv(small, "small.csv"), val_fraction=0.25, test_fraction=0.25), 0)
+    assert d.in_shape[0] == without.in_shape[0] + 1
+
+
+def test_cli_refuses_an_id_column_in_one_line_and_runs_with_exclude(tmp_path):
+    customers(60).to_csv(tmp_path / "customers.csv", index=False)
+    err = _bad(tmp_path, "dataset.path=customers.csv", "dataset.target=readmitted")
+    assert "column 'id' looks like an identifier" in err and "dataset.exclude=[id]" in err
+    out = run_cli("run", "dataset=tabular", "dataset.path=customers.csv",
+                  "dataset.target=readmitted", "dataset.exclude=[id,customer_id,signup]",
+                  "trainer.max_epochs=1", "trainer.progress=none", "trainer.tensorboard=false",
+                  "hydra.run.dir=run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"

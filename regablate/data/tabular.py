@@ -3,6 +3,11 @@
 - task: `classification` or `regression`; inferred when unambiguous (a text/boolean target, or
   one with exactly two values, is classification; a numeric target with fractional values is
   regression); an integer target with more than two values must be named with `dataset.task`.
+- features: every column but the target, less `exclude`, unless `features` names them. Columns
+  that cannot be features are refused in one line naming the column and the setting that drops
+  it: dates (datetime values, or text whose sampled values all parse as dates with a year) and,
+  among the columns not named in `features`, identifiers (an integer or text column whose values
+  are all distinct, one per row, in a table of at least ID_MIN_ROWS rows: `id`, `customer_id`).
 - splits: `val_fraction` and `test_fraction` of the rows, drawn from `data_seed`, stratified by
   class for classification; `n_train` optionally keeps a (stratified) subset of the rest.
 - numeric features are standardised with the training split's mean and std; non-numeric
@@ -43,6 +48,7 @@ class TabularSettings:
     target: str | None = None  # the column to predict; required
     task: Literal["classification", "regression"] | None = None  # null = inferred
     features: list[str] | None = None  # input columns; null = every column but the target
+    exclude: list[str] | None = None  # columns left out of the features (an id, a date, ...)
     impute: Literal["none", "median"] = "none"  # none = refuse missing values
     val_fraction: float = fraction(0.2)  # share of the rows held out for validation
     test_fraction: float = fraction(0.2)  # share of the rows held out for the test split
@@ -130,9 +136,78 @@ def _columns(df, s: TabularSettings, path: str) -> list[str]:
         raise ConfigError("dataset.features", unknown, f"not columns of {path}; columns: {listing}")
     if s.target in features:
         raise ConfigError("dataset.features", s.target, "includes the target column")
+    exclude = list(s.exclude or [])
+    unknown = [c for c in exclude if c not in df.columns]
+    if unknown:
+        raise ConfigError("dataset.exclude", unknown, f"not columns of {path}; columns: {listing}")
+    if s.target in exclude:
+        raise ConfigError("dataset.exclude", s.target, "includes the target column (dataset.target)")
+    features = [c for c in features if c not in exclude]
     if not features:
         raise ConfigError("dataset.features", features, f"no input columns left in {path}")
+    for c in features:
+        _not_a_date(df[c], c, s, path)
+        if s.features is None:  # a column named in dataset.features is used as given
+            _not_an_identifier(df[c], c, s, path)
     return features
+
+
+DATE_SAMPLE = 100  # values of a text column tried as dates
+ID_MIN_ROWS = 10  # fewer rows: all-distinct values say nothing
+
+
+def _drop_hint(c, s: TabularSettings) -> str:
+    """How to leave column `c` out: the setting, with what it holds already."""
+    if s.features is not None:
+        return "drop it from dataset.features"
+    return f"leave it out with dataset.exclude=[{','.join(map(str, [*(s.exclude or []), c]))}]"
+
+
+def _not_a_date(col, c, s: TabularSettings, path: str) -> None:
+    """UsageError for a column of dates or times (datetime values, or text that parses as dates
+    with a year: the first DATE_SAMPLE distinct values tried): as text it would be one-hot
+    encoded, one category per day."""
+    import warnings
+
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(col):
+        example = col.dropna().iloc[0] if col.notna().any() else None
+    elif _is_numeric(col) or pd.api.types.is_bool_dtype(col):
+        return
+    else:
+        values = pd.Series(col.dropna().unique()[:DATE_SAMPLE])
+        if values.empty or not all(isinstance(v, str) for v in values) \
+                or not values.str.contains(r"\d").all():
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed = pd.to_datetime(values, errors="coerce", format="mixed")
+        except (ValueError, TypeError, OverflowError):  # mixed time zones, say: not one kind
+            return
+        if parsed.isna().any() or not (parsed.dt.year > 1).all():  # "1st", "March": no year
+            return
+        example = values.iloc[0]
+    raise UsageError(f"{path}: column {c!r} holds dates (e.g. {str(example)!r}), which are not a "
+                     f"feature; {_drop_hint(c, s)} (or add numeric columns made from it to the file)")
+
+
+def _not_an_identifier(col, c, s: TabularSettings, path: str) -> None:
+    """UsageError for an integer or text column whose values are all distinct, one per row (an
+    `id`, a `customer_id`): it identifies rows, it tells nothing about new ones."""
+    import pandas as pd
+
+    n = len(col)
+    if n < ID_MIN_ROWS or col.isna().any():
+        return
+    if not (pd.api.types.is_integer_dtype(col) and not pd.api.types.is_bool_dtype(col)) \
+            and not all(isinstance(v, str) for v in col):
+        return
+    if col.nunique() == n:
+        raise UsageError(f"{path}: column {c!r} looks like an identifier ({n} distinct values in "
+                         f"{n} rows), which is not a feature; {_drop_hint(c, s)} (or name the "
+                         "columns to use with dataset.features=[...])")
 
 
 def infer_task(y, s: TabularSettings, path: str) -> str:
