@@ -170,53 +170,73 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _server_process(tmp_path_factory):
+class _Server:
     """A real `mlflow server` on a free loopback port (sqlite backend, artifacts in tmp),
-    started as the module begins so that its start-up (tens of seconds on a busy machine)
-    overlaps the tests before the one that needs it; killed with the workers it started."""
+    started once; stopped with the uvicorn worker it starts (its own process group)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.proc = tmp, None
+
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        port = _free_port()
+        self.url, self.log = f"http://127.0.0.1:{port}", self.tmp / "server.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+                 str(port), "--backend-store-uri", f"sqlite:///{self.tmp}/server.db",
+                 "--default-artifact-root", str(self.tmp / "artifacts"), "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        self.started = time.monotonic()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mlflow_server(tmp_path_factory):
+    """Started as the module begins, so that its start-up (tens of seconds on a busy machine)
+    overlaps the tests before the one that needs it; under pytest-xdist, where that test may
+    run on another worker, only when that test asks for it."""
     if importlib.util.find_spec("mlflow") is None:
         yield None
         return
-    tmp = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp}/server.db",
-         "--default-artifact-root", str(tmp / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
-             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    srv = _Server(tmp_path_factory.mktemp("mlflow_server"))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        srv.start()
     try:
-        yield proc, f"http://127.0.0.1:{port}", tmp / "server.log", time.monotonic()
+        yield srv
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+        srv.stop()
 
 
 @pytest.fixture
-def server(_server_process):
+def server(_mlflow_server):
     """The server's URL once /health answers; skipped when it does not within START_S of its
     start."""
     pytest.importorskip("mlflow")
-    proc, url, log, started = _server_process
+    srv = _mlflow_server
+    srv.start()
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{srv.url}/health", timeout=2) as r:
                 if r.status == 200:
-                    return url
+                    return srv.url
         except OSError:
             pass
-        if proc.poll() is not None or time.monotonic() - started > START_S:
+        if srv.proc.poll() is not None or time.monotonic() - srv.started > START_S:
             pytest.skip(f"mlflow server did not answer /health within {START_S} s: "
-                        + log.read_text(errors="replace")[-300:])
+                        + srv.log.read_text(errors="replace")[-300:])
         time.sleep(0.3)
 
 
