@@ -100,18 +100,18 @@ def _finite(x) -> float | None:
 
 
 def _log(client, run_id: str, metrics=(), params=None, tags=None) -> None:
-    """log_batch within MLflow's limits: 100 params or tags, 1000 metrics per call."""
+    """As few log_batch calls as MLflow's limits allow: each at most 100 params, 100 tags and
+    1000 entities in all."""
     from mlflow.entities import Param, RunTag
 
     params = [Param(k, _text(v, MAX_PARAM)) for k, v in (params or {}).items()]
     tags = [RunTag(k, _text(v, MAX_TAG)) for k, v in (tags or {}).items()]
-    for i in range(0, len(params), MAX_PARAMS):
-        client.log_batch(run_id, params=params[i:i + MAX_PARAMS])
-    for i in range(0, len(tags), MAX_PARAMS):
-        client.log_batch(run_id, tags=tags[i:i + MAX_PARAMS])
     metrics = list(metrics)
-    for i in range(0, len(metrics), MAX_METRICS):
-        client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS])
+    while params or tags or metrics:
+        p, t = params[:MAX_PARAMS], tags[:MAX_PARAMS]
+        m = metrics[:MAX_METRICS - len(p) - len(t)]
+        client.log_batch(run_id, metrics=m, params=p, tags=t)
+        params, tags, metrics = params[len(p):], tags[len(t):], metrics[len(m):]
 
 
 def _existing(client, experiment_id: str, kind: str, key: str) -> dict:
