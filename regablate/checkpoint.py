@@ -405,4 +405,6 @@ def _check_history(packed: Any, epoch: int) -> list[dict]:
         if not (isinstance(row, dict) and row.get("epoch") == i and list(row) == list(rows[0])
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values())):
             raise DamagedCheckpoint(f"history row {i} is not epoch {i}'s numbers")
-    return rows
+    # metrics.csv's `objective` is `train_objective` since 0.1: a run resumed across the rename
+    # keeps one column, under the new name, so its later epochs are not written blank
+    return [{("train_objective" if k == "objective" else k): v for k, v in row.items()} for row in rows]

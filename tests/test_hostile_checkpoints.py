@@ -253,3 +253,21 @@ def test_resume_reads_a_hostile_summary_without_hanging_and_refuses_it(tmp_path,
         summary.write_text('{"seed": ' + "9" * 400 + "}")
     with pytest.raises(RunRefused, match="summary.json is damaged"):
         train(resume(cfg), tmp_path / "run")
+
+
+def test_a_checkpoint_from_before_the_objective_rename_resumes_into_one_column(tmp_path):
+    """last.pt's history written as `objective` (earlier versions): the resumed metrics.csv has
+    one train_objective column, filled in every epoch."""
+    import csv
+
+    cfg, ckpt = interrupted_run(tmp_path / "run")
+    state = checkpoint.load_last(tmp_path / "run")
+    rows = json.loads(state["history"])[:2]
+    state["history"] = json.dumps([{("objective" if k == "train_objective" else k): v for k, v in r.items()}
+                                   for r in rows])
+    state["epoch"], state["stopper"]["best_epoch"], state["stopper"]["bad_epochs"] = 2, 2, 0
+    torch.save(state, ckpt / "last.pt")
+    train(resume(cfg), tmp_path / "run")
+    got = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert "objective" not in got[0] and [r["epoch"] for r in got] == ["1", "2", "3", "4"]
+    assert all(r["train_objective"] not in ("", None) for r in got)
