@@ -34,7 +34,6 @@ import fcntl
 import json
 import os
 import re
-import stat
 import sys
 import time
 
@@ -45,6 +44,7 @@ from regablate.untrusted import (
     escape_control,
     load_json_safe,
     load_yaml_safe,
+    open_regular,
     read_bounded,
 )
 
@@ -164,23 +164,8 @@ def _head_and_tail(path: str, within: str) -> tuple[bytes, bytes, int]:
     """The first HEAD_CAP bytes of `path`, its last TAIL_CAP bytes and where they start, read
     as `regablate.untrusted.read_bounded` reads (a regular file inside `within`, opened without
     following a link or blocking), but never more than those bytes however large the file."""
-    real, root = os.path.realpath(path), os.path.realpath(within)
-    if not os.path.lexists(path):
-        raise FileNotFoundError(2, "No such file or directory", path)
-    if not (real == root or real.startswith(root.rstrip(os.sep) + os.sep)):
-        raise RefusedFile(path, f"a path out of its run dir (to {real}), not read")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
-        | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd, info = open_regular(path, within=within)
     try:
-        fd = os.open(real, flags)
-    except OSError as e:
-        if os.path.exists(real) and not os.path.isfile(real):  # a socket: ENXIO
-            raise RefusedFile(path, "not a regular file; not read") from None
-        raise e
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise RefusedFile(path, "not a regular file; not read")
         head = os.pread(fd, HEAD_CAP, 0)
         if info.st_size <= HEAD_CAP:
             return head, head, 0

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RefusedFile", "RefusedValue", "read_bounded", "load_json_safe", "load_yaml_safe",
-           "check_tree", "is_sane_number", "escape_control", "SMALL_CAP", "LARGE_CAP",
+__all__ = ["RefusedFile", "RefusedValue", "open_regular", "read_bounded", "load_json_safe",
+           "load_yaml_safe", "check_tree", "is_sane_number", "escape_control", "SMALL_CAP", "LARGE_CAP",
            "INT_LIMIT", "FLOAT_LIMIT"]
 
 MiB = 1 << 20
@@ -64,14 +64,13 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def read_bounded(path, cap: int = SMALL_CAP, *, within=None) -> bytes:
-    """The bytes of `path`, a regular file of at most `cap` bytes.
-
-    A symbolic link as the last component is refused, unless `within` (a directory) is given
-    and the link's real target lies inside it; with `within`, any path whose real location is
-    outside it is refused. FIFOs, devices, sockets and directories are refused without
-    blocking. Raises RefusedFile (an OSError) for those, FileNotFoundError when absent,
-    another OSError when reading fails."""
+def open_regular(path, *, within=None) -> tuple[int, os.stat_result]:
+    """An open descriptor of `path` and its fstat, when it is a regular file (the caller
+    closes it). A symbolic link as the last component is refused, unless `within` (a
+    directory) is given and the link's real target lies inside it; with `within`, any path
+    whose real location is outside it is refused. FIFOs, devices, sockets and directories are
+    refused without blocking. Raises RefusedFile (an OSError) for those, FileNotFoundError
+    when absent."""
     path = os.fspath(path)
     target = path
     if within is not None:
@@ -93,10 +92,20 @@ def read_bounded(path, cap: int = SMALL_CAP, *, within=None) -> bytes:
         if os.path.exists(target) and not os.path.isfile(target):  # a socket: ENXIO
             raise RefusedFile(path, f"{_kind(os.stat(target).st_mode)}, not read") from None
         raise e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise RefusedFile(path, f"{_kind(info.st_mode)}, not a regular file; not read")
+    return fd, info
+
+
+def read_bounded(path, cap: int = SMALL_CAP, *, within=None) -> bytes:
+    """The bytes of `path`, a regular file (`open_regular`'s rules) of at most `cap` bytes.
+    Raises RefusedFile (an OSError) for a file refused or too large, FileNotFoundError when
+    absent, another OSError when reading fails."""
+    path = os.fspath(path)
+    fd, info = open_regular(path, within=within)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise RefusedFile(path, f"{_kind(info.st_mode)}, not a regular file; not read")
         if info.st_size > cap:
             raise RefusedFile(path, f"{_size(info.st_size)}, over the {_size(cap)} limit; "
                                     "not read")

@@ -188,7 +188,7 @@ def test_last_epoch_reads_only_whole_lines_of_a_bounded_tail(tmp_path):
     assert last_epoch(str(run)) == (None, "metrics.csv: the last epoch is '\\x1b[2J', not a number")
     (run / "metrics.csv").unlink()
     os.mkfifo(run / "metrics.csv")
-    assert last_epoch(str(run)) == (None, "metrics.csv: not a regular file; not read")
+    assert last_epoch(str(run)) == (None, "metrics.csv: a FIFO, not a regular file; not read")
     (run / "metrics.csv").unlink()
     (run / "metrics.csv").symlink_to("/dev/zero")
     why = last_epoch(str(run))[1]
