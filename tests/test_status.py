@@ -192,7 +192,7 @@ def test_last_epoch_reads_only_whole_lines_of_a_bounded_tail(tmp_path):
     (run / "metrics.csv").unlink()
     (run / "metrics.csv").symlink_to("/dev/zero")
     why = last_epoch(str(run))[1]
-    assert why.startswith("metrics.csv: a path out of its run dir")
+    assert why.startswith("metrics.csv: a symbolic link out of its run dir")
 
 
 def test_links_are_never_followed_and_an_empty_tree_has_no_groups(tmp_path, capsys):
