@@ -209,6 +209,7 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
 
     from regablate.claim import RunRefused, claim, write_hydra_files
     from regablate.errors import JobFailed, RunInterrupted
+    from regablate.lint import ModelInputError
     from regablate.train import train
 
     hc = HydraConfig.get()
@@ -235,7 +236,9 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
             except RunRefused:
                 raise
             except (ConfigError, UsageError) as e:
-                if sweep and _not_recorded(run_dir):  # the sweeper counts it in its closing line
+                # a sweep's job: the sweeper counts it in its closing line; a model that fails on
+                # the data's inputs is a run that failed, single or not (its config was valid)
+                if (sweep or isinstance(e, ModelInputError)) and _not_recorded(run_dir):
                     _failed_summary(run_dir, container, f"invalid config: {e}" if isinstance(e, ConfigError) else str(e))
                 raise
             except Exception as e:
@@ -251,7 +254,8 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
     except (ConfigError, UsageError) as e:
         if sweep:
             raise
-        _remove_if_only_hydra(run_dir)
+        if not isinstance(e, ModelInputError):  # recorded as failed: its run dir stays
+            _remove_if_only_hydra(run_dir)
         refuse(f"invalid config: {e}" if isinstance(e, ConfigError) else str(e))
     except Exception as e:
         if not sweep and isinstance(e, OSError) and e.filename:  # recorded as failed by train()

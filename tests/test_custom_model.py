@@ -208,8 +208,6 @@ def test_cli_a_model_that_fails_on_the_datas_shape_is_one_line_and_in_a_sweep_fa
         assert (s["status"], s["error"], s["model"], s["seed"]) == ("failed", FIXED_WIDTH, "custom", seed)
 
 
-@pytest.mark.xfail(strict=True, reason="a single run refused before its Recorder exists leaves no summary.json: "
-                                       "recording it as failed needs a change in regablate/train.py or run.py")
 def test_cli_a_single_run_of_a_model_that_fails_on_the_datas_shape_is_recorded_as_failed(tmp_path):
     r = _cli(tmp_path, *custom("FixedWidth"))
     assert r.returncode == 2
