@@ -51,7 +51,11 @@ def _options_of_missing(message: str) -> str:
 
 
 def _error(message: str, code: int = 2) -> int:
-    print(f"regablate: error: {_one_line(message)}", file=sys.stderr)
+    """One line on stderr, its control characters shown escaped (a path or value from a run
+    dir or a config can hold escape sequences a terminal would act on)."""
+    from regablate.untrusted import escape_control
+
+    print(f"regablate: error: {escape_control(_one_line(message))}", file=sys.stderr)
     return code
 
 

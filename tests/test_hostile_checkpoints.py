@@ -271,3 +271,12 @@ def test_a_checkpoint_from_before_the_objective_rename_resumes_into_one_column(t
     got = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert "objective" not in got[0] and [r["epoch"] for r in got] == ["1", "2", "3", "4"]
     assert all(r["train_objective"] not in ("", None) for r in got)
+
+
+def test_an_error_line_shows_control_characters_escaped(tmp_path):
+    """A run dir named with an escape sequence, refused: the one line shows it, never sends it."""
+    cfg, ckpt = interrupted_run(tmp_path / "run\x1b]0;pwned\x07")
+    (ckpt / "last.pt").write_bytes(b"not a checkpoint")
+    r = run_cli("run", *SMALL, "hydra.run.dir=run\x1b]0;pwned\x07", "trainer.resume=auto", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr and "run\\x1b]0;pwned\\x07" in r.stderr
