@@ -57,6 +57,11 @@ class VectorizedLauncherConf:
     # OmegaConf reads this dataclass: Optional, not `int | None`
     max_members: Optional[int] = None  # noqa: UP045  members per chunk; null = as many as fit in memory
     memory_fraction: float = 0.5  # share of free memory the default max_members may plan for
+    # local: chunks train in this process; slurm: each chunk is one SLURM job, through submitit
+    executor: str = "local"
+    # submitit's settings of those jobs: partition, timeout_min, cpus_per_task, mem_gb,
+    # gpus_per_node, and any other of submitit's SlurmExecutor (account, qos, constraint, ...)
+    slurm: Optional[dict] = None  # noqa: UP045
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,
@@ -72,6 +77,33 @@ class _Job:
     resolved: Optional[DictConfig] = None  # noqa: UP045  the task's config, resolved once
     task: Optional[DictConfig] = None  # noqa: UP045  the task's config without `hydra`, unresolved
     hydra: Optional[DictConfig] = None  # noqa: UP045  HydraConfig's copy of the job's `hydra` node
+
+
+EXECUTORS = ("local", "slurm")
+
+
+def _slurm_parameters(slurm: Any) -> dict:
+    """hydra.launcher.slurm as submitit.AutoExecutor's parameters (`partition` ->
+    `slurm_partition`); a ConfigError naming a key submitit does not know."""
+    import submitit
+
+    from regablate.errors import ConfigError
+
+    given = OmegaConf.to_container(slurm, resolve=True) if isinstance(slurm, DictConfig) else dict(slurm or {})
+    generic = submitit.AutoExecutor._valid_parameters()
+    specific = submitit.SlurmExecutor._valid_parameters()
+    params = {"name": "regablate-stacked"}
+    for key, value in given.items():
+        bare = key[len("slurm_"):] if key.startswith("slurm_") else key
+        if key in generic:
+            params[key] = value
+        elif bare in specific:
+            params[f"slurm_{bare}"] = value
+        else:
+            raise ConfigError(f"hydra.launcher.slurm.{key}", value,
+                              "not a setting of submitit's SLURM executor; allowed: "
+                              + ", ".join(sorted(generic | specific)))
+    return params
 
 
 def _resolved_config(container: dict) -> Optional[DictConfig]:  # noqa: UP045
@@ -201,8 +233,11 @@ def _refusal(run_dir: Path, cfg: dict) -> Any:
 
 
 class VectorizedLauncher(Launcher):
-    def __init__(self, max_members: int | None = None, memory_fraction: float = 0.5) -> None:
+    def __init__(self, max_members: int | None = None, memory_fraction: float = 0.5,
+                 executor: str = "local", slurm: Any = None) -> None:
         super().__init__()
+        self.executor, self.slurm = executor, slurm
+        self.submitted: list[tuple[list[Any], list[_Job], list[Any]]] = []  # chunks sent to SLURM
         if max_members is not None and max_members < 1:
             raise ValueError(f"hydra.launcher.max_members must be >= 1, got {max_members}")
         if not 0 < memory_fraction <= 1:
@@ -214,6 +249,11 @@ class VectorizedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
+        from regablate.errors import ConfigError
+
+        if self.executor not in EXECUTORS:  # here, not in __init__: Hydra wraps what that raises
+            raise ConfigError("hydra.launcher.executor", self.executor, "allowed: " + ", ".join(EXECUTORS))
+        self.slurm_params = _slurm_parameters(self.slurm) if self.executor == "slurm" else {}
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self._remember_compositions(hydra_context.config_loader)
 
@@ -290,11 +330,15 @@ class VectorizedLauncher(Launcher):
             else:
                 members.append(kind)
         by_job = {job.idx: job for job in jobs}
+        self.submitted = []
         for number, grp in enumerate(grouping.group(members), 1):
             results.update(self._launch_group(number, grp, by_job))
-        for job, reason in ordinary:
+        pending = self._submit() if self.submitted else None
+        for job, reason in ordinary:  # in this process, while SLURM trains the chunks
             log.info(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))}  [ordinary: {reason}]")
             results[job.idx] = self._run_ordinary(job)
+        if pending is not None:
+            results.update(self._collect(pending))
         return [results[job.idx] for job in jobs]
 
     def _compose(self, idx: int, overrides: list[str]) -> _Job:
@@ -388,7 +432,10 @@ class VectorizedLauncher(Launcher):
             log.info(f"\t#{m.job} : {' '.join(filter_overrides(by_job[m.job].overrides))}")
         results = {}
         for c, part in enumerate(parts, 1):
-            results.update(self._launch_chunk(part, [by_job[m.job] for m in part], c, len(parts)))
+            if self.executor == "slurm":  # trained by `_submit`'s job, which claims the run dirs
+                self.submitted.append((part, [by_job[m.job] for m in part], []))
+            else:
+                results.update(self._launch_chunk(part, [by_job[m.job] for m in part], c, len(parts)))
         return results
 
     def _launch_chunk(self, members: list[Any], jobs: list[_Job], c: int, n: int) -> dict[int, JobReturn]:
@@ -444,10 +491,137 @@ class VectorizedLauncher(Launcher):
             self.hydra_context.callbacks.on_job_end(config=job.config, job_return=ret)
         return {job.idx: ret for job, ret in zip(jobs, rets)}
 
-    def _open_job(self, job: _Job) -> JobReturn:
+    # -- chunks as SLURM jobs (executor=slurm) ----------------------------------------------
+    def _specs(self, members: list[Any], jobs: list[_Job]) -> list[Any]:
+        """What the chunk's job needs of each member: its resolved config, run dir and Hydra's
+        files as text (written there, once the job holds the dir)."""
+        from regablate.vectorized.remote import Spec
+
+        specs = []
+        for m, job in zip(members, jobs):
+            config = job.config
+            task_cfg = job.task
+            if task_cfg is None:
+                task_cfg = copy.deepcopy(config)
+                with read_write(task_cfg), open_dict(task_cfg):
+                    del task_cfg["hydra"]
+            hydra_cfg = job.hydra if job.hydra is not None else config.hydra
+            files = {"config.yaml": _to_yaml(task_cfg), "hydra.yaml": _to_yaml(hydra_cfg),
+                     "overrides.yaml": _to_yaml(config.hydra.overrides.task)}
+            subdir = None if config.hydra.output_subdir is None else str(config.hydra.output_subdir)
+            specs.append(Spec(job.idx, m.cfg, str(job.run_dir), files, subdir))
+        return specs
+
+    def _submit(self) -> list[Any]:
+        """Every chunk of `self.submitted` as one SLURM job (one job array, one sbatch); an
+        sbatch that refuses them, or a job SLURM will never start, is one line (UsageError)."""
+        import contextlib
+        import io
+
+        import submitit
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+        from hydra_plugins.regablate_sweeper.submitit_jobs import _never_starts, sbatch_refusal
+        from regablate.errors import UsageError
+        from regablate.vectorized.remote import train_chunk
+
+        assert self.config is not None
+        folder = Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j"
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(**self.slurm_params)
+        chunks = [self._specs(members, jobs) for members, jobs, _ in self.submitted]
+        cpus = self.slurm_params.get("cpus_per_task")
+        # the settings by the names sbatch_refusal knows, to be named as hydra.launcher.slurm.*
+        named = {k[len("slurm_"):] if k.startswith("slurm_") else k: v for k, v in self.slurm_params.items()}
+
+        def one_line(text: str) -> str:
+            return text.replace("hydra.launcher.", "hydra.launcher.slurm.")
+
+        said = io.StringIO()  # submitit prints sbatch's stderr itself before raising it
+        try:
+            with contextlib.redirect_stderr(said):
+                jobs = executor.map_array(train_chunk, chunks, [cpus] * len(chunks))
+        except (FailedJobError, FailedSubmissionError) as e:
+            raise UsageError(one_line(sbatch_refusal(str(e) or said.getvalue(), named))) from None
+        never = _never_starts(str(jobs[0].job_id).split("_")[0], named) if jobs else None
+        if never:
+            raise UsageError(one_line(never))
+        log.info(f"{len(chunks)} stacked chunk(s) submitted to SLURM as job array "
+                 f"{str(jobs[0].job_id).split('_')[0]}: {folder.parent}")
+        return jobs
+
+    def _collect(self, submitted_jobs: list[Any]) -> dict[int, JobReturn]:
+        """Wait for every chunk's job; each member's JobReturn from its run's summary.json."""
+        from hydra_plugins.regablate_sweeper.submitit_jobs import _record_interrupted, _state
+        from regablate.errors import JobLost
+
+        assert self.config is not None and self.hydra_context is not None
+        results = {}
+        for (members, jobs, _), sjob in zip(self.submitted, submitted_jobs):
+            try:
+                outcome, lost = sjob.result(), None
+            except Exception as e:  # UncompletedJobError, FailedJobError: it returned nothing
+                outcome, state = {}, _state(sjob)
+                label = ("timed out" if "TIMEOUT" in state else
+                         "cancelled" if "CANCEL" in state or "PREEMPT" in state else "failed")
+                why = (f"{label} (SLURM state {state})" if state not in ("UNKNOWN", "")
+                       else f"{label}: {type(e).__name__}")
+                if type(e).__name__ == "FailedJobError":  # it raised outside the chunk: its last line
+                    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+                    why = f"failed: {lines[-1].strip()}" if lines else why
+                lost = (label, why)
+            for m, job in zip(members, jobs):
+                kind, value = outcome.get(job.idx, ("lost", None))
+                if kind == "refused":
+                    results[job.idx] = self._refuse(job, value)
+                    continue
+                if kind == "lost":
+                    label, why = lost or ("failed", "the chunk's job returned no outcome for it")
+                    _record_interrupted(job.run_dir, why)
+                    value = JobLost(str(job.run_dir), why, label)
+                results[job.idx] = self._member_return(m, job, kind, value)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return results
+
+    def _member_return(self, m: Any, job: _Job, kind: str, value: Any) -> JobReturn:
+        """The JobReturn of a member its chunk's job trained (kind "ran": as its summary.json
+        says), failed, was interrupted in, or lost."""
+        from regablate.errors import JobFailed, RunInterrupted
+        from regablate.objective import value as objective_value
+        from regablate.run import describe
+        from regablate.untrusted import RefusedValue, load_json_safe, read_bounded
+
+        assert self.hydra_context is not None
+        ret = self._open_job(job, write=False)
+        ret.status = JobStatus.FAILED
+        if kind == "ran":
+            try:
+                summary = load_json_safe(read_bounded(job.run_dir / "summary.json", within=job.run_dir))
+            except (OSError, RefusedValue) as e:
+                summary = {"status": "failed", "error": f"its summary.json could not be read ({e})"}
+            status = summary.get("status") if isinstance(summary, dict) else None
+            if status == "completed":
+                ret.status = JobStatus.COMPLETED
+                ret.return_value = objective_value(summary, m.s.trainer.objective)
+                if m.s.trainer.progress != "none":
+                    print(describe(summary, m.run_dir), flush=True)
+            elif status == "interrupted":
+                ret.return_value = RunInterrupted(str(job.run_dir), str(summary.get("error", "a signal")))
+            else:
+                ret.return_value = JobFailed(str(summary.get("error") if isinstance(summary, dict) else "")
+                                             or f"{job.run_dir}: run status {status!r}")
+        elif kind == "interrupted":
+            ret.return_value = RunInterrupted(str(job.run_dir), str(value))
+        else:  # failed (the job's error), lost (JobLost)
+            ret.return_value = value
+        self.hydra_context.callbacks.on_job_end(config=job.config, job_return=ret)
+        return ret
+
+    def _open_job(self, job: _Job, write: bool = True) -> JobReturn:
         """What run_job does before calling the task: Hydra's files, the job log, callbacks.
         HydraConfig's node is the one `_task_container` made for this job (set_config copies
-        it); it is this job's alone, so it is the return's hydra_cfg without another copy."""
+        it); it is this job's alone, so it is the return's hydra_cfg without another copy.
+        write=False: no files (a chunk's SLURM job wrote them, holding the run dir)."""
         from regablate.claim import write_hydra_files
 
         assert self.hydra_context is not None
@@ -471,12 +645,12 @@ class VectorizedLauncher(Launcher):
             job.run_dir.mkdir(parents=True, exist_ok=True)
             ret.working_dir = os.getcwd()
             configure_log(config.hydra.job_logging, config.hydra.verbose)
-            if config.hydra.output_subdir is not None:  # Hydra's own way, where a config asks for it
+            if write and config.hydra.output_subdir is not None:  # Hydra's own way, where a config asks for it
                 out = job.run_dir / str(config.hydra.output_subdir)
                 _save_yaml(task_cfg, "config.yaml", out)
                 _save_yaml(hydra_cfg, "hydra.yaml", out)
                 _save_yaml(config.hydra.overrides.task, "overrides.yaml", out)
-            else:  # regablate's: the member's run dir is held (`_launch_chunk` claimed it)
+            elif write:  # regablate's: the member's run dir is held (`_launch_chunk` claimed it)
                 write_hydra_files(job.run_dir, task_cfg, hydra_cfg, config.hydra.overrides.task, to_yaml=_to_yaml)
             self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
             ret.task_name = JobRuntime.instance().get("name")
