@@ -347,3 +347,17 @@ def test_job_files_are_emitted_as_omegaconf_emits_them():
         cfg = compose("config", overrides=["+reg=dropout_l2", "seed=3"], return_hydra_config=True)
     for node in (awkward, cfg, cfg.hydra, cfg.hydra.overrides.task):
         assert _to_yaml(node) == OmegaConf.to_yaml(node)
+
+
+def test_a_bad_executor_or_slurm_setting_is_one_line_and_exit_2(tmp_path):
+    r = run_cli("run", "-m", "hydra/launcher=vectorized", "hydra.launcher.executor=ssh", "+reg=none", *TINY,
+                "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == ("regablate: error: invalid config: "
+                                                 "hydra.launcher.executor='ssh': allowed: local, slurm")
+    r = run_cli("run", "-m", "hydra/launcher=vectorized", "hydra.launcher.executor=slurm",
+                "+hydra.launcher.slurm.partitio=gpu", "+reg=none", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "regablate: error: invalid config: hydra.launcher.slurm.partitio='gpu': not a setting of submitit's")
+    assert not (tmp_path / "sweep").exists()  # refused before any job was composed or written

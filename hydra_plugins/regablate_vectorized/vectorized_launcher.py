@@ -29,7 +29,7 @@ import os
 import pickle
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -61,7 +61,10 @@ class VectorizedLauncherConf:
     executor: str = "local"
     # submitit's settings of those jobs: partition, timeout_min, cpus_per_task, mem_gb,
     # gpus_per_node, and any other of submitit's SlurmExecutor (account, qos, constraint, ...)
-    slurm: Optional[dict] = None  # noqa: UP045
+    # (hydra.launcher.slurm.partition=gpu, or +hydra.launcher.slurm.qos=high for one not listed)
+    slurm: dict[str, Any] = field(default_factory=lambda: {
+        "partition": None, "timeout_min": 60, "cpus_per_task": None, "mem_gb": None,
+        "gpus_per_node": "${regablate_gpus:${trainer.device}}"})  # 1 with trainer.device=cuda, as cluster.yaml
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,
@@ -94,6 +97,8 @@ def _slurm_parameters(slurm: Any) -> dict:
     specific = submitit.SlurmExecutor._valid_parameters()
     params = {"name": "regablate-stacked"}
     for key, value in given.items():
+        if value is None:  # not set: submitit's default
+            continue
         bare = key[len("slurm_"):] if key.startswith("slurm_") else key
         if key in generic:
             params[key] = value
