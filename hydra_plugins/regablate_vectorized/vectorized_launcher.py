@@ -17,6 +17,13 @@ invalid config, a run that trainer.resume=auto skips or continues) runs the ordi
 `hydra.core.utils.run_job` and the task function, with a one-line note; the task gets the config
 already resolved.
 
+`executor=slurm` sends each chunk to SLURM as one submitit job (`regablate.vectorized.remote`,
+one job array per sweep): the job claims the members' run dirs, writes Hydra's files, trains the
+chunk and stops on SIGTERM/SIGUSR2 with every member `interrupted`; the launcher waits for every
+chunk and makes each member's JobReturn from its summary.json (a job that returned nothing:
+JobLost, its runs left `running` recorded `interrupted`). Refused and ordinary jobs are handled
+here as under `local`, the ordinary ones in this process while SLURM trains the chunks.
+
 This module is imported by Hydra's plugin discovery on every `regablate` command, so it
 imports torch and the trainer only when a sweep is launched. Hydra executes it without an
 entry in sys.modules, so no `from __future__ import annotations` here: dataclasses would fail.
@@ -64,7 +71,7 @@ class VectorizedLauncherConf:
     # (hydra.launcher.slurm.partition=gpu, or +hydra.launcher.slurm.qos=high for one not listed)
     slurm: dict[str, Any] = field(default_factory=lambda: {
         "partition": None, "timeout_min": 60, "cpus_per_task": None, "mem_gb": None,
-        "gpus_per_node": "${regablate_gpus:${trainer.device}}"})  # 1 with trainer.device=cuda, as cluster.yaml
+        "gpus_per_node": None})
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,
@@ -242,7 +249,7 @@ class VectorizedLauncher(Launcher):
                  executor: str = "local", slurm: Any = None) -> None:
         super().__init__()
         self.executor, self.slurm = executor, slurm
-        self.submitted: list[tuple[list[Any], list[_Job], list[Any]]] = []  # chunks sent to SLURM
+        self.submitted: list[tuple[list[Any], list[_Job]]] = []  # chunks sent to SLURM
         if max_members is not None and max_members < 1:
             raise ValueError(f"hydra.launcher.max_members must be >= 1, got {max_members}")
         if not 0 < memory_fraction <= 1:
@@ -438,7 +445,7 @@ class VectorizedLauncher(Launcher):
         results = {}
         for c, part in enumerate(parts, 1):
             if self.executor == "slurm":  # trained by `_submit`'s job, which claims the run dirs
-                self.submitted.append((part, [by_job[m.job] for m in part], []))
+                self.submitted.append((part, [by_job[m.job] for m in part]))
             else:
                 results.update(self._launch_chunk(part, [by_job[m.job] for m in part], c, len(parts)))
         return results
@@ -534,7 +541,7 @@ class VectorizedLauncher(Launcher):
         folder = Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j"
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         executor.update_parameters(**self.slurm_params)
-        chunks = [self._specs(members, jobs) for members, jobs, _ in self.submitted]
+        chunks = [self._specs(members, jobs) for members, jobs in self.submitted]
         cpus = self.slurm_params.get("cpus_per_task")
         # the settings by the names sbatch_refusal knows, to be named as hydra.launcher.slurm.*
         named = {k[len("slurm_"):] if k.startswith("slurm_") else k: v for k, v in self.slurm_params.items()}
@@ -562,7 +569,7 @@ class VectorizedLauncher(Launcher):
 
         assert self.config is not None and self.hydra_context is not None
         results = {}
-        for (members, jobs, _), sjob in zip(self.submitted, submitted_jobs):
+        for (members, jobs), sjob in zip(self.submitted, submitted_jobs):
             try:
                 outcome, lost = sjob.result(), None
             except Exception as e:  # UncompletedJobError, FailedJobError: it returned nothing
