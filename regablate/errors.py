@@ -77,3 +77,19 @@ class SweepFailed(Exception):
 
     def __reduce__(self):
         return type(self), (self.message, self.code, self.resumable)
+
+
+def survives_pickling(error: BaseException) -> bool:
+    """Whether `error` comes back whole from a worker process that returns it pickled: it
+    pickles (its class importable, its arguments plain), and its `__reduce__` rebuilds it (an
+    exception whose constructor takes other arguments than its message does not: joblib's pool
+    breaks on it). `copy.deepcopy` rebuilds through the same `__reduce_ex__` a pickle does,
+    without loading a pickle."""
+    import copy
+    import pickle
+
+    try:
+        pickle.dumps(error)
+        return type(copy.deepcopy(error)) is type(error)
+    except Exception:
+        return False

@@ -13,7 +13,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from regablate.errors import ConfigError, UsageError
+from regablate.errors import ConfigError, UsageError, survives_pickling
 from regablate.objective import value as objective_value
 from regablate.paths import CONF_DIR
 
@@ -153,17 +153,6 @@ class RememberDir(Callback):
                           config.hydra.overrides.task)
 
 
-def _survives_pickling(error: BaseException) -> bool:
-    """Whether a job's error comes back whole from a worker process (an exception class whose
-    constructor takes other arguments than its message does not: joblib's pool breaks on it)."""
-    import pickle
-
-    try:
-        return type(pickle.loads(pickle.dumps(error))) is type(error)
-    except Exception:
-        return False
-
-
 def _under_submitit() -> bool:
     """Whether this process is a submitit job (submitit_local, submitit_slurm, cluster)."""
     return bool(os.environ.get("SUBMITIT_FOLDER"))
@@ -244,7 +233,7 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
             except Exception as e:
                 if sweep and _not_recorded(run_dir):
                     _failed_summary(run_dir, container, f"{type(e).__name__}: {e}")
-                if sweep and not _survives_pickling(e):  # joblib and submitit return it pickled
+                if sweep and not survives_pickling(e):  # joblib and submitit return it pickled
                     raise JobFailed(f"{type(e).__name__}: {e}") from None
                 raise
     except RunRefused as e:  # nothing was written: the sweeper counts it, a single run says it

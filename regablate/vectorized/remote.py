@@ -17,7 +17,6 @@ for the rest.
 
 from __future__ import annotations
 
-import pickle
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -36,13 +35,9 @@ class Spec:
 
 def _portable(e: BaseException) -> BaseException:
     """`e` if it comes back whole through a pickle, else a JobFailed with its type and message."""
-    from regablate.errors import JobFailed
+    from regablate.errors import JobFailed, survives_pickling
 
-    try:
-        pickle.loads(pickle.dumps(e))
-        return e
-    except Exception:
-        return JobFailed(f"{type(e).__name__}: {e}")
+    return e if survives_pickling(e) else JobFailed(f"{type(e).__name__}: {e}")
 
 
 def _write_files(spec: Spec) -> None:
