@@ -17,7 +17,7 @@ node_up() {
     case "$state" in idle*|mix*|alloc*|completing*) return 0 ;; *) return 1 ;; esac
 }
 
-if node_up; then
+if node_up && timeout 10 sacct -n -X -S now >/dev/null 2>&1; then  # the node and its accounting
     log "SLURM is already up"; exit 0
 fi
 [ "$(id -u)" = 0 ] || { log "needs root (apt-get, daemons)"; exit 1; }
