@@ -171,6 +171,7 @@ def test_a_whole_best_epoch_prints_without_decimals(tmp_path, capsys, monkeypatc
     write_run(tmp_path / "1", reg=("dropout",), best_epoch=12)
     write_run(tmp_path / "2", reg=("dropout",), seed=1, best_epoch=13)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "400")  # the whole table: a narrow one drops the best epoch first
     assert main([".", "--format", "table"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(("none", "dropout"))}
