@@ -116,3 +116,14 @@ DROPOUT = [(0.95, 0.84, 0.83), (0.95, 0.85, 0.84), (0.94, 0.83, 0.83), (0.96, 0.
            (0.95, 0.84, 0.84)]
 L2 = [(0.97, 0.81, 0.80), (0.98, 0.83, 0.81), (0.97, 0.80, 0.80), (0.97, 0.82, 0.82),
       (0.98, 0.81, 0.80)]
+
+
+def report(tmp_path: Path, *args, fmt: str = "json"):
+    """`regablate report ARGS --format FMT` in-process, written to a file and read back (JSON
+    parsed)."""
+    from regablate.report.cli import main
+
+    out = tmp_path / f"out.{fmt}"
+    assert main([*map(str, args), "--format", fmt, "--out", str(out)]) == 0
+    text = out.read_text()
+    return json.loads(text) if fmt == "json" else text

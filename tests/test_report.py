@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from report_fixtures import DROPOUT, L2, NONE, ablation, write_failed_early, write_run
+from report_fixtures import DROPOUT, L2, NONE, ablation, report, write_failed_early, write_run
 from rich.console import Console
 from scipy import stats
 
@@ -27,13 +27,6 @@ def sweep(tmp_path_factory):
     write_run(where / "91", reg=("dropout",), seed=6, status="running")
     write_run(where / "92", reg=("l2",), seed=7, status="failed")
     return root
-
-
-def report(tmp_path, *args, fmt="json"):
-    out = tmp_path / f"out.{fmt}"
-    assert main([*map(str, args), "--format", fmt, "--out", str(out)]) == 0
-    text = out.read_text()
-    return json.loads(text) if fmt == "json" else text
 
 
 def by_name(doc):

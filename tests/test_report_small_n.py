@@ -4,12 +4,11 @@ and the sign-flip test's floor."""
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 
 import pytest
-from report_fixtures import DROPOUT, NONE, ablation, write_run
+from report_fixtures import DROPOUT, NONE, ablation, report, write_run
 from scipy import stats
 
 import regablate
@@ -31,10 +30,7 @@ def _custom_sweep(root, seeds):
 
 
 def _report(tmp_path, *args, fmt="table"):
-    out = tmp_path / f"out.{fmt}"
-    assert main([*map(str, args), "--format", fmt, "--out", str(out)]) == 0
-    text = out.read_text()
-    return json.loads(text) if fmt == "json" else text
+    return report(tmp_path, *args, fmt=fmt)
 
 
 def _summarize(path, **kw):
