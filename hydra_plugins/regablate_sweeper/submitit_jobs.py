@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,8 @@ def _lost(launcher: Any, overrides: Sequence[str], idx: int, job: Any, error: Ex
     state = _state(job)
     label = ("timed out" if "TIMEOUT" in state else "cancelled" if "CANCEL" in state or "PREEMPT" in state
              else "failed")
+    if isinstance(error, _Vanished):  # scancel of a task still inside its pending array record
+        state, label = "CANCELLED (before it was scheduled: no squeue or sacct record)", "cancelled"
     why = f"{label} (SLURM state {state})" if state not in ("UNKNOWN", "") else f"{label}: {type(error).__name__}"
     if "FailedJobError" == type(error).__name__:  # the job raised outside the task: its last line
         lines = [ln for ln in str(error).splitlines() if ln.strip()]
@@ -270,9 +273,50 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             raise UsageError(never)
     returns = []
     for (overrides, _, idx, _, _), job in zip(job_params, jobs):
+        if launcher._EXECUTOR == "slurm" and _vanished(job):
+            returns.append(_lost(launcher, overrides, idx, job, _Vanished()))
+            continue
         try:
             returns.append(job.results()[0])
         except Exception as e:  # UncompletedJobError, FailedJobError: the job returned nothing
             returns.append(_lost(launcher, overrides, idx, job, e))
     return returns
+
+
+class _Vanished(Exception):
+    """An array task cancelled before SLURM split it off its array: no squeue, no sacct record."""
+
+
+VANISHED_AFTER_S = 20  # a task in neither squeue nor sacct this long is gone
+
+
+def _known_to_slurm(job_id: str) -> bool:
+    """Whether squeue or sacct has a record of `job_id` (an array task: ARRAY_TASK)."""
+    import subprocess
+
+    for cmd in (["squeue", "-h", "-j", job_id], ["sacct", "-n", "-X", "-j", job_id, "-o", "JobID"]):
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return True  # cannot tell: leave it to submitit's own wait
+        if done.returncode != 0 or done.stdout.strip():  # an error (accounting down): cannot tell
+            return True
+    return False
+
+
+def _vanished(job: Any) -> bool:
+    """Wait for `job` to finish, as `job.results()` would, but say True instead of waiting for
+    ever when the task has no record in squeue or sacct for VANISHED_AFTER_S seconds: a task
+    of an array cancelled while the array was still one pending record never gets one, and
+    submitit would wait on its state for good."""
+    unknown_since = None
+    while not job.done():
+        if _known_to_slurm(str(job.job_id)):
+            unknown_since = None
+        elif unknown_since is None:
+            unknown_since = time.monotonic()
+        elif time.monotonic() - unknown_since > VANISHED_AFTER_S:
+            return True
+        time.sleep(2)
+    return False
 

@@ -157,8 +157,8 @@ def test_a_job_cancelled_before_it_ran_is_counted_as_cancelled_and_the_others_co
     proc = subprocess.Popen([sys.executable, "-m", "regablate", *args], cwd=tmp_path, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sweep, deadline = tmp_path / "sweep", time.time() + 120
-    while time.time() < deadline and not ((sweep / ".submitit").is_dir() and any(
-            p.name[0].isdigit() for p in (sweep / ".submitit").iterdir())):
+    while time.time() < deadline and not ((sweep / ".submitit").is_dir() and any(  # an array task's
+            p.name[0].isdigit() and "_" in p.name for p in (sweep / ".submitit").iterdir())):  # folder
         time.sleep(0.1)
     pending = f"{array_id(sweep)}_1"  # one job at a time: the second waits for the first
     subprocess.run(["scancel", pending], check=True, timeout=60)
