@@ -299,25 +299,11 @@ def load_curves(*paths, status=None):
 
 # ---- the report's statistics on a frame ----
 
-def _value(x):
-    """A frame cell as a plain Python value; NA -> None."""
-    if x is None:
-        return None
-    try:
-        import pandas as pd
-
-        if pd.isna(x):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return x.item() if hasattr(x, "item") else x
-
-
 def records(frame) -> list:
     """Run records (regablate.report.collect.Run) of a `load_runs` frame's rows: what the
     report's grouping and statistics read. Config settings come from the dotted columns
     (NA = absent), split metrics from the train_/val_/test_ columns."""
-    from regablate.report.collect import Run
+    from regablate.report.collect import Run, plain_value
 
     need = {"run_dir", "status", "group", "reg", "metric", "seed", "data_seed"}
     if missing := sorted(need - set(frame.columns)):
@@ -327,7 +313,7 @@ def records(frame) -> list:
     split_cols = {s: [c for c in frame.columns if c.startswith(f"{s}_")] for s in SPLITS}
     out = []
     for row in frame.to_dict("records"):
-        v = {k: _value(x) for k, x in row.items()}
+        v = {k: plain_value(x) for k, x in row.items()}
         metric = v["metric"]
         status = v["status"]
         done = status == "completed"

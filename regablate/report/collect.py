@@ -361,3 +361,17 @@ def collect(roots: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
             except Unreadable as e:
                 skipped.append((path, str(e)))
     return runs, skipped
+
+
+def plain_value(x):
+    """A frame cell as a plain Python value; NA -> None."""
+    if x is None:
+        return None
+    try:
+        import pandas as pd
+
+        if pd.isna(x):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return x.item() if hasattr(x, "item") else x

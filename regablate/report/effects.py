@@ -159,7 +159,7 @@ def _holm(pvalues: list) -> list:
 # ---- from a runs frame to cells ----
 
 def _value(x):
-    from regablate.results import _value as plain
+    from regablate.report.collect import plain_value as plain
 
     return plain(x)
 

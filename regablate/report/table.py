@@ -308,7 +308,7 @@ def effect_settings(frame) -> list[str]:
 def effect_records(frame) -> list[dict]:
     """The rows of an `effects` frame as plain Python values (NaN and pandas' NA as None, as
     JSON writes them), columns as in the frame."""
-    from regablate.results import _value
+    from regablate.report.collect import plain_value as _value
 
     return [{k: _value(v) for k, v in rec.items()} for rec in frame.to_dict("records")]
 
