@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from regablate.data.cifar10 import Normalize
+from regablate.data.normalize import Normalize
 from regablate.models.resnet import ResNetSettings, build_resnet
 from regablate.regularisers import build_stack
 from regablate.regularisers.base import ModelSpec

@@ -2,7 +2,7 @@
 
 For a convnet and a resnet20 on CIFAR-10-shaped data (random uint8 images in a prepared cache
 in a temporary directory, split by the cifar10 data module as a run splits it): regablate's
-closing evaluation as the runner does it (`regablate.train.closing_fields`: the eval
+closing evaluation as the runner does it (`regablate.training.loop.closing_fields`: the eval
 determinism self-check, train/val/test on the full splits, calibration and reliability on
 val/test, weight statistics), at the configured `trainer.eval_batch_size`, against the loop a
 user writes: model.eval(), inference_mode, uint8 -> normalised float per batch, loss and
@@ -72,10 +72,10 @@ def timed(fn):
 
 
 def bench(model_name: str, root: Path, args) -> tuple[float, float]:
-    from regablate.compose import compose_config
-    from regablate.experiment import build_experiment
-    from regablate.settings import load_settings
-    from regablate.train import closing_fields
+    from regablate.config.compose import compose_config
+    from regablate.config.settings import load_settings
+    from regablate.training.experiment import build_experiment
+    from regablate.training.loop import closing_fields
 
     cfg = compose_config(["dataset=cifar10", f"dataset.root={root}", f"dataset.n_train={args.n_train}",
                           "trainer.device=cpu", "trainer.progress=none", *MODELS[model_name]])

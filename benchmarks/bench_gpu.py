@@ -179,11 +179,11 @@ def resnet(sizes: Sizes, device: torch.device) -> nn.Module:
 
 
 def section_resnet(device: torch.device, sizes: Sizes, smoke: bool) -> None:
-    from regablate.compose import compose_config
-    from regablate.experiment import build_experiment
-    from regablate.optim import decay_groups
-    from regablate.settings import load_settings
-    from regablate.train import train_epoch
+    from regablate.config.compose import compose_config
+    from regablate.config.settings import load_settings
+    from regablate.training.experiment import build_experiment
+    from regablate.training.loop import train_epoch
+    from regablate.training.optim import decay_groups
 
     amp = device.type == "cuda"
     bs, n = sizes.batch, sizes.batch * sizes.steps
@@ -293,8 +293,8 @@ def allow_open_files(n: int) -> None:
 
 
 def section_mlp(device: torch.device, sizes: Sizes, smoke: bool) -> None:
-    from regablate.compose import compose_config
-    from regablate.settings import load_settings
+    from regablate.config.compose import compose_config
+    from regablate.config.settings import load_settings
     from regablate.vectorized.grouping import group, make_member
     from regablate.vectorized.trainer import VectorizedTrainer
 
@@ -337,7 +337,7 @@ def section_mlp(device: torch.device, sizes: Sizes, smoke: bool) -> None:
 # -- 4. resnet20, stacked -------------------------------------------------------------------------
 def section_stacked(device: torch.device, sizes: Sizes, smoke: bool) -> None:
     try:
-        from regablate.vectorized.functional import StackedModule
+        from regablate.vectorized.stacked_conv import StackedModule
     except ImportError:
         row(f"resnet{sizes.depth} stacked", "skipped: regablate.vectorized.functional not available")
         return

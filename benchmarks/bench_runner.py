@@ -36,8 +36,8 @@ def _plain():
 
 
 def training_time(repeats: int, extra: tuple[str, ...] = ()) -> tuple[float, float]:
-    from regablate.compose import compose_config
-    from regablate.train import train
+    from regablate.config.compose import compose_config
+    from regablate.training.loop import train
 
     cfg = compose_config(OVERRIDES + list(extra))
     plain = _plain()

@@ -96,8 +96,8 @@ def overrides(root: Path, epochs: int, n_train: int) -> list[str]:
 
 
 def ours(root: Path, epochs: int, n_train: int, out: Path) -> float:
-    from regablate.compose import compose_config
-    from regablate.train import train
+    from regablate.config.compose import compose_config
+    from regablate.training.loop import train
 
     summary = train(compose_config(overrides(root, epochs, n_train)), out)
     assert summary["status"] == "completed", summary.get("error")

@@ -164,7 +164,7 @@ def report(*args: str) -> None:
     """`regablate report ARGS`: the CLI's own entry point, in this process (no start-up cost)."""
     import os
 
-    from regablate.report.cli import main as report_main
+    from regablate.cli.report import main as report_main
 
     say("regablate report " + " ".join(shlex.quote(a) for a in args))
     cwd = os.getcwd()
@@ -218,7 +218,7 @@ def summaries(out: Path) -> list[dict]:
     """Every completed run's summary.json, with its flattened config under "_cfg"."""
     import yaml
 
-    from regablate.experiment import flatten
+    from regablate.training.experiment import flatten
 
     found = []
     for path in sorted((out / "runs").rglob("summary.json")):
@@ -596,8 +596,8 @@ def variance_shift(run_dir: Path) -> list[float]:
     from omegaconf import OmegaConf
     from torch import nn
 
-    from regablate.experiment import build_experiment
-    from regablate.settings import load_settings
+    from regablate.config.settings import load_settings
+    from regablate.training.experiment import build_experiment
 
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
     cfg["trainer"]["device"] = "cpu"

@@ -17,8 +17,7 @@ Results in Python (pandas DataFrames; pandas is imported on the first call):
 The command line is `regablate run` / `regablate report` (see `regablate --help`).
 """
 
-from regablate.ablations import effects
-from regablate.results import load_curves, load_runs, summarize
+from regablate.report.frames import effects, load_curves, load_runs, summarize
 
 __version__ = "0.1.0"
 __all__ = ["load_runs", "load_curves", "summarize", "effects", "__version__"]

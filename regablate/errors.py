@@ -6,6 +6,8 @@ the message."""
 
 from __future__ import annotations
 
+import sys
+
 
 class ConfigError(ValueError):
     """A config value is invalid: names the key, the value and what is allowed."""
@@ -93,3 +95,21 @@ def survives_pickling(error: BaseException) -> bool:
         return type(copy.deepcopy(error)) is type(error)
     except Exception:
         return False
+
+
+def one_line(text: object) -> str:
+    """An error message as one line: its lines joined, without Hydra's and OmegaConf's
+    trailers (full_key, object_type, the config search path)."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "Set the environment"))]
+    return " ".join(lines).split(" Config search path:")[0]
+
+
+def print_error(message: object, code: int = 2) -> int:
+    """`regablate: error: <message>` as one line on stderr, its control characters shown
+    escaped (a path or value from a run dir or a config can hold escape sequences a terminal
+    would act on); returns `code`, the exit status."""
+    from regablate.rundir.untrusted import escape_control
+
+    print(f"regablate: error: {escape_control(one_line(message))}", file=sys.stderr)
+    return code

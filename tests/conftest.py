@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from regablate.compose import compose_config
+from regablate.config.compose import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from regablate.calibration import calibration, ece, nll, reliability
+from regablate.metrics.calibration import calibration, ece, nll, reliability
 
 
 def two_class(confidences: list[float], correct: list[bool]):

@@ -9,9 +9,9 @@ import os
 import pytest
 import torch
 
-from regablate import checkpoint
-from regablate import train as train_module
-from regablate.train import train
+from regablate.training import checkpoint
+from regablate.training import loop as train_module
+from regablate.training.loop import train
 
 PLAIN = ("trainer.max_epochs=5", "trainer.early_stopping.patience=0", "trainer.tensorboard=false")
 

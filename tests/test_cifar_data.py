@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from regablate.cli.data import main
 from regablate.data import cifar10
 from regablate.data.cifar10 import CLASSES, Cifar10Settings, make_cifar10, stratified
-from regablate.data.cli import main
 from regablate.errors import UsageError
 
 PER_BATCH, N_TEST = 20, 30
@@ -270,7 +270,7 @@ def test_prepare_normalises_with_train_statistics(prepared):
 def test_root_comes_from_the_environment(monkeypatch):
     from omegaconf import OmegaConf
 
-    from regablate.paths import CONF_DIR
+    from regablate.config.paths import CONF_DIR
 
     node = OmegaConf.load(CONF_DIR / "dataset" / "cifar10.yaml")
     monkeypatch.setenv("REGABLATE_DATA", "/data/here")

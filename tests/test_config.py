@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import compose_cfg
+from regablate.config.paths import CONF_DIR
+from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
-from regablate.paths import CONF_DIR
 from regablate.regularisers import REGISTRY
-from regablate.settings import load_settings
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "reg").glob("*.yaml"))
 
@@ -78,7 +78,7 @@ def test_unknown_regulariser_lists_the_allowed_ones():
 
 
 def test_two_norms_and_norm_conflict_are_refused():
-    from regablate.experiment import build_experiment
+    from regablate.training.experiment import build_experiment
 
     with pytest.raises(ConfigError, match="conflicts with model.norm"):
         build_experiment(load_settings(compose_cfg("+reg=[batchnorm,layernorm]")))
@@ -87,14 +87,14 @@ def test_two_norms_and_norm_conflict_are_refused():
 
 
 def test_classification_only_regularisers_are_refused_on_regression():
-    from regablate.experiment import build_experiment
+    from regablate.training.experiment import build_experiment
 
     with pytest.raises(ConfigError, match="reg.label_smoothing.*needs a classification dataset"):
         build_experiment(load_settings(compose_cfg("dataset=sine", "+reg=label_smoothing")))
 
 
 def test_spatial_regularisers_on_the_mlp_are_refused_at_build():
-    from regablate.experiment import build_experiment
+    from regablate.training.experiment import build_experiment
 
     with pytest.raises(ConfigError, match="reg.dropblock.*needs a conv model"):
         build_experiment(load_settings(compose_cfg("+reg=dropblock")))

@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from conftest import write_fake_cifar10
-from regablate.compose import compose_config
+from regablate.config.compose import compose_config
 from regablate.errors import ConfigError
 from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.resnet import ResNetSettings, build_resnet
 from regablate.regularisers.base import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
-from regablate.train import train
+from regablate.training.loop import train
 
 SMALL = {"convnet": ["model.widths=[4,8,8]", "model.hidden=[16]"],
          "resnet": ["model.depth=8", "model.width=4"]}
@@ -92,8 +92,8 @@ def test_resnet_sizes_match_the_paper():
     # He et al. 2016, Table 6: 0.27M, 0.46M, 0.85M (option A shortcuts: no parameters)
     assert [round(n_params(d) / 1e6, 2) for d in (20, 32, 56)] == [0.27, 0.46, 0.85]
     with pytest.raises(ConfigError, match="model.depth"):
+        from regablate.config.schema import parse
         from regablate.models.resnet import ResNetSettings as S
-        from regablate.schema import parse
 
         parse(S, {"depth": 21}, "model")
 

@@ -13,17 +13,17 @@ import torch
 from torch import nn
 
 import regablate.nn as rnn
+from regablate.checks.lint import build_model as lint_build
+from regablate.checks.lint import lint
+from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
-from regablate.experiment import build_experiment
-from regablate.lint import build_model as lint_build
-from regablate.lint import lint
+from regablate.metrics.uncertainty import is_dropout
 from regablate.models import build_model
 from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.custom import CustomSettings
 from regablate.models.resnet import ResNetSettings, build_resnet
 from regablate.regularisers import ModelSpec, build_stack
-from regablate.settings import load_settings
-from regablate.uncertainty import is_dropout
+from regablate.training.experiment import build_experiment
 from regablate.vectorized.grouping import not_stackable
 from tests.conftest import FAST, REPO, run_cli
 
@@ -191,7 +191,7 @@ FIXED_WIDTH = ("model=custom (custom_models:FixedWidth) fails on the data's inpu
 
 
 def test_lint_command_on_a_model_that_fails_on_the_datas_shape(capsys):
-    from regablate.lint import main
+    from regablate.checks.lint import main
 
     assert main([*custom("FixedWidth"), *SMALL]) == 2
     assert capsys.readouterr().err == f"regablate: error: {FIXED_WIDTH}\n"

@@ -70,8 +70,8 @@ def test_a_design_that_does_not_make_sense_is_one_line_and_runs_nothing(tmp_path
 def test_design_arguments_refuse_in_one_line(args, says):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from regablate.designs import design_arguments
     from regablate.errors import UsageError
+    from regablate.sweep.designs import design_arguments
 
     with pytest.raises(UsageError, match=re.escape(says)):
         design_arguments("factorial", OverridesParser.create().parse_overrides(list(args)))
@@ -80,7 +80,7 @@ def test_design_arguments_refuse_in_one_line(args, says):
 def test_design_arguments_sweep_the_arms_and_drop_absent_components_settings():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from regablate.designs import design_arguments, without_absent_settings
+    from regablate.sweep.designs import design_arguments, without_absent_settings
 
     args, doc = design_arguments("add_one_in", OverridesParser.create().parse_overrides(
         ["+reg=[dropout,l2]", "seed=range(3)", "reg.dropout.p=0.3", "model=mlp"]))

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from regablate.designs import (
+from regablate.errors import ConfigError, UsageError
+from regablate.sweep.designs import (
     ABLATION_JSON,
     KEY,
     ablation_doc,
@@ -20,7 +21,6 @@ from regablate.designs import (
     validate,
     write_ablation_json,
 )
-from regablate.errors import ConfigError, UsageError
 
 S3 = ["dropout", "l2", "mixup"]
 

@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from conftest import ENV, compose_cfg, run_cli
-from regablate import atomic
-from regablate.train import train
+from regablate.rundir import atomic
+from regablate.training.loop import train
 
 RESUMABLE = ("dataset.n=1000", "dataset.n_test=200", "model.hidden=[256,256]", "sched=cosine",
              "trainer.max_epochs=8", "trainer.early_stopping.patience=0", "trainer.progress=plain",
@@ -110,7 +110,7 @@ def test_one_sync_makes_a_batch_of_atomic_writes_durable_with_one_sync(tmp_path,
 
 
 def test_a_crash_during_training_is_recorded_as_failed(tmp_path, monkeypatch):
-    import regablate.train as trainer
+    import regablate.training.loop as trainer
 
     def boom(*a, **k):
         raise RuntimeError("CUDA error: device-side assert triggered")

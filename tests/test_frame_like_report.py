@@ -14,9 +14,9 @@ import pytest
 from report_fixtures import write_run
 
 import regablate
-from regablate.report.cli import main
+from regablate.cli.report import main
+from regablate.report.frames import SkippedRunWarning
 from regablate.report.select import make_groups
-from regablate.results import SkippedRunWarning
 
 LAMS = (0.00012345678901234, 0.0123456789012345)
 
@@ -146,7 +146,7 @@ def test_old_objective_column_reads_as_train_objective(tmp_path):
 
 
 def test_the_trainer_writes_train_objective(small_cfg, tmp_path):
-    from regablate.train import train
+    from regablate.training.loop import train
 
     train(small_cfg("+reg=l2", "trainer.max_epochs=2"), tmp_path)
     header = next(csv.reader(open(tmp_path / "metrics.csv")))
@@ -154,7 +154,7 @@ def test_the_trainer_writes_train_objective(small_cfg, tmp_path):
 
 
 def test_the_vectorized_trainer_writes_train_objective(small_cfg, tmp_path):
-    from regablate.settings import load_settings
+    from regablate.config.settings import load_settings
     from regablate.vectorized.grouping import group, make_member
     from regablate.vectorized.trainer import VectorizedTrainer
 

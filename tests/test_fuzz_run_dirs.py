@@ -20,7 +20,7 @@ import pytest
 
 from conftest import compose_cfg
 from regablate.errors import UsageError
-from regablate.train import train
+from regablate.training.loop import train
 
 TINY = ("dataset=tiny_binary", "trainer.max_epochs=3", "trainer.early_stopping.patience=0",
         "trainer.progress=none", "trainer.tensorboard=true")
@@ -119,9 +119,9 @@ def time_limit(seconds: int):
 def read_everything(root: Path, view: Path) -> tuple[set, dict, str]:
     """The readers over `root`: (run dirs read, skipped dir -> reason, report's output)."""
     import regablate
-    from regablate import tb_view
-    from regablate.report.cli import main as report
+    from regablate.cli.report import main as report
     from regablate.report.collect import collect
+    from regablate.tensorboard import view as tb_view
 
     runs, skipped = collect([root])
     with warnings.catch_warnings():

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import FAST, compose_cfg, run_cli
-from regablate.group import OPERATIONAL, flatten, group_id
+from regablate.rundir.group import OPERATIONAL, flatten, group_id
 
 # key -> a value other than the default (dataset.root only exists for cifar10)
 CHANGED = {"trainer.device": "cpu", "trainer.threads": 3, "trainer.eval_batch_size": 100,

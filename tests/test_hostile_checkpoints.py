@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from conftest import REPO, compose_cfg, run_cli
-from regablate import checkpoint
-from regablate.claim import RunRefused
-from regablate.train import train
+from regablate.rundir.claim import RunRefused
+from regablate.training import checkpoint
+from regablate.training.loop import train
 
 SMALL = ("dataset=tiny_binary", "trainer.max_epochs=4", "trainer.early_stopping.patience=0",
          "trainer.progress=none", "trainer.tensorboard=false")
@@ -211,7 +211,7 @@ def test_a_damaged_checkpoint_through_the_cli_is_one_line_and_the_run_stays_inte
 def test_an_earlier_versions_checkpoint_resumes_exactly(tmp_path, monkeypatch):
     """last.pt as versions before this one wrote it (python's and numpy's RNG states as pickle
     bytes) continues to the numbers of an uninterrupted run."""
-    from regablate import train as train_module
+    from regablate.training import loop as train_module
 
     cfg = compose_cfg(*SMALL, "+reg=dropout", "trainer.max_epochs=5")
     full = train(cfg, tmp_path / "full")

@@ -20,8 +20,10 @@ import pytest
 from PIL import Image, ImageFile
 
 from conftest import compose_cfg, run_cli
+from regablate.cli.data import main as data_main
+from regablate.config.schema import parse
+from regablate.config.settings import load_settings
 from regablate.data import cifar10
-from regablate.data.cli import main as data_main
 from regablate.data.image_folder import (
     FILE_SLACK,
     MAX_IMAGE_PIXELS,
@@ -32,8 +34,6 @@ from regablate.data.image_folder import (
 )
 from regablate.data.tabular import TabularSettings, make_tabular
 from regablate.errors import ConfigError, UsageError
-from regablate.schema import parse
-from regablate.settings import load_settings
 
 GiB = 1 << 30
 

@@ -17,7 +17,7 @@ import pytest
 from report_fixtures import DROPOUT, NONE, ablation, write_run
 
 from conftest import ENV, REPO
-from regablate.untrusted import (
+from regablate.rundir.untrusted import (
     RefusedFile,
     RefusedValue,
     check_tree,
@@ -58,8 +58,8 @@ import json, sys, warnings
 from pathlib import Path
 
 import regablate
-from regablate import tb_view
-from regablate.report.cli import main
+from regablate.tensorboard import view as tb_view
+from regablate.cli.report import main
 
 root, out, view = map(Path, sys.argv[1:4])
 rc = main([str(root), "--format", "json", "--out", str(out), *sys.argv[4:]])
@@ -73,7 +73,7 @@ print(json.dumps({
     "rc": rc, "runs": sorted(Path(d).name for d in runs.run_dir),
     "val": {k: v.tolist() for k, v in runs.groupby("reg", observed=True)["val_acc"]},
     "warned": [str(w.message) for w in caught
-               if issubclass(w.category, regablate.results.SkippedRunWarning)],
+               if issubclass(w.category, regablate.report.frames.SkippedRunWarning)],
     "curves": sorted({Path(d).name for d in curves.run_dir}), "tb": list(shown), "tb_warn": said}))
 """
 
@@ -209,7 +209,7 @@ def test_a_fifo_summary_does_not_hang_the_report_command(tmp_path):
 def test_non_finite_metrics_are_not_averaged_and_the_runs_are_named(tmp_path, capsys,
                                                                     monkeypatch):
     import regablate
-    from regablate.report.cli import main
+    from regablate.cli.report import main
 
     root = _good(tmp_path / "multirun")
     nan = write_run(root / "odd" / "nan", reg=("dropout",), seed=7)
@@ -280,7 +280,8 @@ def test_control_characters_from_run_dirs_are_printed_escaped(tmp_path, args):
 
 
 def test_tb_messages_and_view_names_are_escaped_and_short(tmp_path, monkeypatch, capsys):
-    from regablate import tb, tb_view
+    from regablate.cli import tb
+    from regablate.tensorboard import view as tb_view
 
     root = _escape_tree(tmp_path / "multirun")
     for seed in range(2):  # a label far longer than a file name may be
@@ -301,7 +302,7 @@ def test_tb_messages_and_view_names_are_escaped_and_short(tmp_path, monkeypatch,
 
 
 def test_tb_view_links_only_regular_files_inside_the_run(tmp_path):
-    from regablate import tb_view
+    from regablate.tensorboard import view as tb_view
 
     root = _good(tmp_path / "multirun")
     run = root / "2026-11-23" / "10-00-00" / "0"

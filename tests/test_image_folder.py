@@ -142,7 +142,7 @@ def test_cache_is_reused_and_invalidated_by_edits(tmp_path, monkeypatch):
 
 
 def test_data_command_decodes_the_cache_runs_reuse(tmp_path, monkeypatch, capsys):
-    from regablate.data.cli import main
+    from regablate.cli.data import main
 
     write_images(tmp_path / "img", {"train": 2, "test": 1})
     args = ["image_folder", str(tmp_path / "img"), "--image-size", "8", "--root", str(tmp_path / "c")]

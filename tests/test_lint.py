@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from regablate.compose import compose_config
-from regablate.experiment import build_experiment
-from regablate.lint import Finding, ModelInputError, build_model, format_findings, lint, main
-from regablate.paths import CONF_DIR
-from regablate.settings import load_settings
+from regablate.checks.lint import Finding, ModelInputError, build_model, format_findings, lint, main
+from regablate.config.compose import compose_config
+from regablate.config.paths import CONF_DIR
+from regablate.config.settings import load_settings
+from regablate.training.experiment import build_experiment
 
 # Presets for dense models; each must lint clean on the default MLP.
 MLP_PRESETS = ["none", "batchnorm", "batchnorm_l2", "dropconnect", "dropout", "dropout_l2",

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regablate.experiment import training_loss
 from regablate.regularisers import ModelSpec, build_stack
 from regablate.regularisers.mixing import crop_flip, cutmix, cutmix_box, cutout, mixup, probs
+from regablate.training.experiment import training_loss
 
 
 def test_crop_flip_takes_a_window_of_the_padded_image():

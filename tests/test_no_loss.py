@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ENV, compose_cfg, run_cli
-from regablate import checkpoint, recorder
-from regablate.train import train
+from regablate.rundir import recorder
+from regablate.training import checkpoint
+from regablate.training.loop import train
 
 TINY = ("dataset=tiny_binary", "trainer.max_epochs=2", "trainer.progress=none")
 # a model whose checkpoints are big (hundreds of kB) next to summary.json and metrics.csv
@@ -299,7 +300,7 @@ def test_two_processes_never_write_one_run_dir(tmp_path):
 
 
 def test_claim_refuses_a_locked_dir_in_process(tmp_path):
-    from regablate.claim import RunRefused, claim
+    from regablate.rundir.claim import RunRefused, claim
 
     with claim(tmp_path / "run"):
         with pytest.raises(RunRefused, match="being written by another process"):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
-from regablate.experiment import build_experiment
-from regablate.optim import build_optimizer, held_groups, state_dict_of
-from regablate.settings import load_settings
+from regablate.training.experiment import build_experiment
+from regablate.training.optim import build_optimizer, held_groups, state_dict_of
 
 
 @pytest.mark.parametrize("overrides", [("optim=adamw", "+reg=weight_decay"), ("optim=adam",),
@@ -51,7 +51,7 @@ def test_what_torch_would_refuse_is_refused_before_anything_is_built(small_cfg):
 
 def test_parameter_groups_hold_lists_as_torch_makes_them(small_cfg):
     """One tensor or a generator as a group's params: a list, read as often as needed."""
-    from regablate.experiment import _listed
+    from regablate.training.experiment import _listed
 
     w = torch.nn.Parameter(torch.ones(2, 2))
     assert _listed({"params": w, "lr": 0.1})["params"] == [w]

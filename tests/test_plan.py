@@ -1,4 +1,4 @@
-"""`regablate plan`: seeds needed from a pilot sweep (regablate.plan)."""
+"""`regablate plan`: seeds needed from a pilot sweep (regablate.report.plan)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from regablate.plan import detectable_delta, main, n_needed, t_power
+from regablate.report.plan import detectable_delta, main, n_needed, t_power
 from tests.report_fixtures import DROPOUT, L2, NONE, ablation
 
 

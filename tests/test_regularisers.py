@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from regablate.models.mlp import MLPSettings, build_mlp
-from regablate.optim import AdamSettings, build_optimizer, decay_groups, decoupled_decay_
 from regablate.regularisers import ModelSpec, build_stack
 from regablate.regularisers.dropout import DropConnectLinear
+from regablate.training.optim import AdamSettings, build_optimizer, decay_groups, decoupled_decay_
 
 
 def mlp_with(reg: dict, norm: str = "none", hidden=(32, 16)) -> tuple[nn.Module, object]:
@@ -143,7 +143,7 @@ def test_grad_clip_bounds_global_norm():
 
 
 def test_label_smoothing_sets_the_training_loss():
-    from regablate.experiment import training_loss
+    from regablate.training.experiment import training_loss
 
     stack = build_stack({"label_smoothing": {"eps": 0.2}})
     loss = training_loss("classification", stack.loss_spec().label_smoothing)

@@ -17,9 +17,9 @@ import pytest
 from report_fixtures import write_run
 
 import regablate
-from regablate import tb_view
-from regablate.designs import arms, write_ablation_json
-from regablate.report.cli import main
+from regablate.cli.report import main
+from regablate.sweep.designs import arms, write_ablation_json
+from regablate.tensorboard import view as tb_view
 
 S3 = ("dropout", "l2", "weight_decay")
 EFFECT = {"dropout": 0.04, "l2": 0.01, "weight_decay": 0.0}

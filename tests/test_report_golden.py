@@ -1,5 +1,5 @@
 """`regablate report`'s output, byte for byte, on fixed fixtures: captured from the report as it
-was before it was rebuilt on regablate.results, and checked after. Set REGABLATE_REGOLD=1 to
+was before it was rebuilt on regablate.report.frames, and checked after. Set REGABLATE_REGOLD=1 to
 rewrite the files in tests/golden/report/ (only after a deliberate change of output)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from report_fixtures import DROPOUT, L2, NONE, ablation, write_failed_early, write_run
 
-from regablate.report.cli import main
+from regablate.cli.report import main
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 CASES = {

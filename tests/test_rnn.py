@@ -11,14 +11,14 @@ from torch import nn
 
 import regablate.nn as rnn
 from conftest import compose_cfg
+from regablate.config.settings import load_settings
 from regablate.data import DATASETS
 from regablate.errors import ConfigError
+from regablate.metrics.uncertainty import dropout_modules, mc_dropout
 from regablate.models import build_model
 from regablate.models.rnn import LSTMSettings, build_rnn
 from regablate.regularisers import ModelSpec, build_stack
-from regablate.settings import load_settings
-from regablate.train import train
-from regablate.uncertainty import dropout_modules, mc_dropout
+from regablate.training.loop import train
 
 REGS = {"none": {}, "dropout": {"dropout": {"p": 0.3}},
         "variational_dropout": {"variational_dropout": {"p_in": 0.2, "p_hidden": 0.3, "p_out": 0.3}},

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import ENV, run_cli
-from regablate.seed_rounds import arm_labels, pick_reference
+from regablate.sweep.seed_rounds import arm_labels, pick_reference
 
 SEQ = ("+reg=dropout", "reg.dropout.p=0,0.95", "hydra.sweeper.seeds=auto", "dataset=tiny_binary",
        "trainer.max_epochs=20", "trainer.progress=none", "trainer.tensorboard=false")

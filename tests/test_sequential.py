@@ -1,4 +1,4 @@
-"""Sequential seeds (regablate.sequential): error rate by simulation, rounds, sequential.json."""
+"""Sequential seeds (regablate.sweep.sequential): error rate by simulation, rounds, sequential.json."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from regablate.sequential import (
+from regablate.rundir.untrusted import RefusedFile
+from regablate.sweep.sequential import (
     CODES,
     FILE,
     SequentialState,
@@ -23,7 +24,6 @@ from regablate.sequential import (
     spend,
     t_boundaries,
 )
-from regablate.untrusted import RefusedFile
 
 S = Settings(reference="none", metric="val_acc")
 

@@ -14,7 +14,8 @@ from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.resnet import ResNetSettings, build_resnet
 from regablate.models.vit import ViTSettings, build_vit
 from regablate.regularisers.base import ModelSpec
-from regablate.vectorized.functional import StackedModule, skeleton, stack_reason
+from regablate.vectorized.functional import skeleton, stack_reason
+from regablate.vectorized.stacked_conv import StackedModule
 
 CPU = torch.device("cpu")
 SHAPE = (3, 8, 8)
@@ -375,13 +376,13 @@ def test_without_generators_members_draw_from_the_global_rng():
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_evaluation_in_slices_is_evaluation_of_the_whole_batch(monkeypatch, shared):
-    import regablate.vectorized.functional as functional
+    import regablate.vectorized.stacked_conv as stacked_conv
 
     stack = StackedModule(_three("resnet"), CPU)
     x = torch.randn(7, *SHAPE) if shared else torch.randn(3, 7, *SHAPE)
     with torch.no_grad():
         whole = stack.forward(x, False, shared=shared)
-        monkeypatch.setattr(functional, "CPU_EVAL_SAMPLES", 6)  # slices of 2 samples per member
+        monkeypatch.setattr(stacked_conv, "CPU_EVAL_SAMPLES", 6)  # slices of 2 samples per member
         sliced = stack.forward(x, False, shared=shared)
     assert sliced.shape == whole.shape == (3, 7, 5)
     assert_near(sliced, whole, 5e-6)

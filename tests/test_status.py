@@ -1,4 +1,4 @@
-"""`regablate status`: a sweep's state from its run dirs alone (regablate.status)."""
+"""`regablate status`: a sweep's state from its run dirs alone (regablate.cli.status)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from regablate.status import last_epoch, main, sweep_status
-from regablate.train import train
+from regablate.cli.status import last_epoch, main, sweep_status
+from regablate.training.loop import train
 from tests.conftest import ENV, REPO, compose_cfg
 
 TINY = ("dataset=tiny_binary", "trainer.max_epochs=2", "trainer.progress=none",
@@ -60,7 +60,7 @@ def sweep(tmp_path_factory):
 def held(sweep):
     """Run 5's lock held by another live process, as a job's `claim` holds it."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom regablate.claim import claim\n"
+        [sys.executable, "-c", "import sys\nfrom regablate.rundir.claim import claim\n"
          "with claim(sys.argv[1], 'auto'):\n    print('held', flush=True)\n    sys.stdin.read()",
          str(sweep / "5")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
         cwd=REPO)
@@ -128,7 +128,7 @@ def test_json_for_machines(sweep, capsys):
 
 
 def test_a_fifo_summary_does_not_hang_a_fresh_process(sweep):
-    done = subprocess.run([sys.executable, "-m", "regablate.status", str(sweep)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "regablate.cli.status", str(sweep)], cwd=REPO,
                           env=ENV, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr == ""
     assert "Traceback" not in done.stdout and "a FIFO" in done.stdout

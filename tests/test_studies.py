@@ -15,8 +15,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import REPO, write_fake_cifar10
-from regablate.paths import CONF_DIR
-from regablate.settings import load_settings
+from regablate.config.paths import CONF_DIR
+from regablate.config.settings import load_settings
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 STUDIES_PY = REPO / "experiments" / "make_studies.py"
@@ -67,7 +67,7 @@ def test_experiment_composes_with_every_sweep_value(name):
         assert "seed" in params and len(params["seed"].split(",")) >= 5  # at least 5 seeds
         parser = OverridesParser.create()
         if cfg.hydra.sweeper.get("design"):  # a design study: compose each arm as the sweeper runs it
-            from regablate import designs
+            from regablate.sweep import designs
 
             given = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
             arms, *fixed = parser.parse_overrides(designs.design_arguments(cfg.hydra.sweeper.design, given)[0])

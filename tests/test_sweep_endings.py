@@ -21,9 +21,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import ENV, compose_cfg, run_cli
-from regablate.claim import RunRefused
 from regablate.errors import ConfigError, JobLost, RunInterrupted, SweepFailed, Terminated
-from regablate.train import train
+from regablate.rundir.claim import RunRefused
+from regablate.training.loop import train
 
 TINY = ("dataset=tiny_binary", "trainer.max_epochs=2", "trainer.progress=none", "trainer.tensorboard=false")
 # a job that runs long enough to be signalled in the middle (about 0.1 s an epoch)
@@ -111,7 +111,7 @@ def test_a_crash_in_one_job_is_counted_with_its_reason_and_the_command_that_cont
 # -- item 8: nothing is written into a run dir before its lock is held ---------------------------
 
 def hold(run_dir: Path) -> int:
-    """Lock `run_dir` as a run writing it does (regablate.claim)."""
+    """Lock `run_dir` as a run writing it does (regablate.rundir.claim)."""
     run_dir.mkdir(parents=True)
     fd = os.open(run_dir, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -173,7 +173,7 @@ def test_a_refused_submitit_resubmission_changes_no_byte_of_the_runs_logs_includ
     ({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "2"}, {"n_jobs": 2}, 1),
 ])
 def test_auto_threads_follow_the_cpus_the_slurm_job_was_given(monkeypatch, env, launcher, threads):
-    from regablate.run import job_cpus, place_job
+    from regablate.cli.run import job_cpus, place_job
 
     for key in ("SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
         monkeypatch.delenv(key, raising=False)
@@ -187,7 +187,7 @@ def test_auto_threads_follow_the_cpus_the_slurm_job_was_given(monkeypatch, env, 
 
 
 def test_outside_slurm_the_cpus_are_the_processs_affinity(monkeypatch):
-    from regablate.run import job_cpus
+    from regablate.cli.run import job_cpus
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
@@ -197,7 +197,7 @@ def test_outside_slurm_the_cpus_are_the_processs_affinity(monkeypatch):
 # -- item 3: the cluster launcher as shipped -----------------------------------------------------
 
 def test_the_cluster_launcher_asks_for_a_gpu_only_for_cuda_runs():
-    from regablate.claim import gpus_for
+    from regablate.rundir.claim import gpus_for
 
     assert [gpus_for(d) for d in ("auto", "cpu", "cuda", "cuda:1")] == [None, None, 1, 1]
     text = (Path(__file__).parents[1] / "conf" / "hydra" / "launcher" / "cluster.yaml").read_text()

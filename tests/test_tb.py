@@ -13,8 +13,9 @@ import urllib.request
 import pytest
 
 from conftest import run_cli
-from regablate import tb, tb_view
-from regablate.group import OPERATIONAL
+from regablate.cli import tb
+from regablate.rundir.group import OPERATIONAL
+from regablate.tensorboard import view as tb_view
 
 
 def test_no_dir_is_exit_2(tmp_path, monkeypatch, capsys):

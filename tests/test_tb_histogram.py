@@ -10,7 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import histogram as torch_histogram
 from torch.utils.tensorboard.summary import make_histogram
 
-from regablate.tb_histogram import EDGES, histogram
+from regablate.tensorboard.histogram import EDGES, histogram
 
 
 def torchs(values: np.ndarray) -> bytes | str:

@@ -14,8 +14,8 @@ from report_fixtures import write_run
 from scipy import stats
 from test_tb import Server, _free_port
 
-from regablate import tb_view
-from regablate.tb_records import EventsFile, scalars_event
+from regablate.tensorboard import view as tb_view
+from regablate.tensorboard.records import EventsFile, scalars_event
 
 REGS = {"none": (), "dropout": ("dropout",), "weight_decay": ("weight_decay",)}
 EPOCHS = 6
@@ -191,7 +191,7 @@ def test_a_means_folder_regablate_did_not_write_is_left_alone(tmp_path):
 
 
 def test_regablate_tb_says_where_the_means_are(tmp_path, monkeypatch, capsys):
-    from regablate import tb
+    from regablate.cli import tb
 
     monkeypatch.setenv("REGABLATE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(tb, "serve", lambda cmd: 0)

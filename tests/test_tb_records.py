@@ -13,7 +13,7 @@ import time
 import pytest
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
 
-from regablate.tb_records import EventsFile, masked_crc32c, use_fast_checksums
+from regablate.tensorboard.records import EventsFile, masked_crc32c, use_fast_checksums
 
 
 def test_the_checksum_is_tensorboards_own():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from regablate.train import EarlyStopper, train
+from regablate.training.loop import EarlyStopper, train
 
 
 def load_plain():
@@ -117,7 +117,7 @@ def test_weights_are_left_finite_and_model_in_eval_for_summary(small_cfg, tmp_pa
 
 def test_group_ignores_seeds_and_number_spelling():
     from conftest import compose_cfg
-    from regablate.experiment import group_id
+    from regablate.training.experiment import group_id
 
     base = compose_cfg()
     assert group_id(base) == group_id(compose_cfg("seed=3")) == group_id(compose_cfg("optim.weight_decay=0"))
@@ -158,8 +158,8 @@ def test_tensorboard_scalars_and_hparams_session_group(small_cfg, tmp_path):
 
 def test_long_work_shows_its_progress_within_epochs_and_the_closing_evaluation(small_cfg, tmp_path, monkeypatch,
                                                                                  capsys):
-    from regablate import progress
-    from regablate import train as train_module
+    from regablate.training import loop as train_module
+    from regablate.training import progress
 
     # every task "takes long": nothing is shown before `delay`, then a line every `every` s
     monkeypatch.setattr(train_module, "make_progress",

@@ -12,11 +12,11 @@ from regablate.data.synthetic import (
     make_sine,
     make_sparse_synthetic,
 )
-from regablate.evaluate import evaluate
+from regablate.metrics.uncertainty import drop_rate, dropout_modules, is_dropout, mc_dropout
 from regablate.models.mlp import MLPSettings, build_mlp
 from regablate.regularisers import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
-from regablate.uncertainty import drop_rate, dropout_modules, is_dropout, mc_dropout
+from regablate.training.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ENV, FAST, run_cli
-from regablate.paths import CONF_DIR
-from regablate.report.cli import main as report_main
+from regablate.cli.report import main as report_main
+from regablate.config.paths import CONF_DIR
 
 # dataset.k=60 > d=50 is refused when the data is built: those jobs are recorded as failed
 SWEEP = ("+reg=none,dropout,batchnorm,mixup", "dataset.k=10,60", "dataset.n=300", "dataset.n_test=100",
@@ -110,7 +110,7 @@ def foreign(cfg):
 
 
 if __name__ == "__main__":
-    from regablate.run import hydra_main
+    from regablate.cli.run import hydra_main
 
     {"foreign": foreign, "regablate": hydra_main}[sys.argv.pop(1)]()
 '''

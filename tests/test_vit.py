@@ -14,15 +14,15 @@ from PIL import Image
 
 import regablate.nn as rnn
 from conftest import write_fake_cifar10
-from regablate.compose import compose_config
+from regablate.checks.lint import build_model as lint_build
+from regablate.checks.lint import lint
+from regablate.config.compose import compose_config
+from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
-from regablate.lint import build_model as lint_build
-from regablate.lint import lint
 from regablate.models import build_model
 from regablate.models.vit import Attention, ViT, ViTSettings
 from regablate.regularisers import build_stack
-from regablate.settings import load_settings
-from regablate.train import train
+from regablate.training.loop import train
 from regablate.vectorized.grouping import not_stackable
 
 SMALL = ("model.patch_size=8", "model.width=16", "model.depth=2", "model.heads=2")

@@ -16,7 +16,7 @@ Every other override is fixed for every trial. A trial is `seeds_per_trial` jobs
 same for every trial, so trials are paired), run dirs `trial_<number>/seed_<seed>` under the sweep
 dir; `n_jobs` trials are asked at once and their trials x seeds jobs go to the launcher as one
 batch (under hydra/launcher=vectorized a batch trains as one stacked group). Each job's objective
-(`trainer.objective`, `regablate.objective`) is read from its summary.json; Optuna is told the
+(`trainer.objective`, `regablate.config.objective`) is read from its summary.json; Optuna is told the
 mean over the seeds, and the per-seed values, statuses and run dir are the trial's user
 attributes. A trial with a seed that did not complete (diverged or failed) is told FAIL: a
 mean over the seeds that survived would flatter it, and a penalty value would be invented; TPE
@@ -30,7 +30,7 @@ metric is higher-is-better (acc), from the dataset's task. Storage: in memory by
 study's total, so re-running the command runs only the trials still missing (finished ones are
 kept, none repeated; trials a killed process left running are run again under their own number,
 with trainer.resume=auto). A stored study keeps the problem it was made for (its `problem` user
-attribute: the config's science as regablate.group defines it, with the searched keys replaced by
+attribute: the config's science as regablate.rundir.group defines it, with the searched keys replaced by
 their ranges or choices, and the objective, direction and seeds); another is refused in one line
 naming what differs, before anything is added to the study. With `sampler_seed`, the sampler's
 random states are seeded again before each trial from (sampler_seed, trial number): a continued
@@ -61,7 +61,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.regablate_sweeper.refusing_sweeper import refusals, refused_message
-from regablate.claim import register_resolver
+from regablate.rundir.claim import register_resolver
 
 register_resolver()
 log = logging.getLogger(__name__)
@@ -280,9 +280,9 @@ class OptunaSweeper(Sweeper):
     # -- what is searched, and which way -----------------------------------------------------
     def _objective(self) -> tuple[str, str]:
         """(trainer.objective, minimize | maximize)."""
+        from regablate.config.objective import is_valid, maximised
         from regablate.data import DATASETS
         from regablate.errors import UsageError
-        from regablate.objective import is_valid, maximised
 
         assert self.config is not None
         objective = str(OmegaConf.select(self.config, "trainer.objective", default="val_loss"))
@@ -300,10 +300,10 @@ class OptunaSweeper(Sweeper):
 
     def _problem(self, objective: str, direction: str, space: dict) -> dict[str, str]:
         """What makes the study's trials comparable, as `key -> value as shown`: the composed
-        config's science (`regablate.group.science`: dataset, model, regularisers, optimiser, the
+        config's science (`regablate.rundir.group.science`: dataset, model, regularisers, optimiser, the
         fixed overrides...; operational settings and the searched keys left out), data_seed as
         written, every searched parameter's range or choices, the objective, direction and seeds."""
-        from regablate.group import science
+        from regablate.rundir.group import science
 
         assert self.config is not None
         task = OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"])
@@ -430,14 +430,14 @@ class OptunaSweeper(Sweeper):
 
     @staticmethod
     def _value(summary: dict, objective: str) -> Optional[float]:  # noqa: UP045
-        from regablate.objective import value
+        from regablate.config.objective import value
 
         v = value(summary, objective)
         return v if v is not None and math.isfinite(v) else None
 
     # -- what the sweep leaves ---------------------------------------------------------------
     def _write(self, study: Any, objective: str, direction: str, space: Optional[dict]) -> None:  # noqa: UP045
-        from regablate.atomic import write_json
+        from regablate.rundir.atomic import write_json
 
         trials = []
         for t in study.get_trials(deepcopy=False):
@@ -455,7 +455,7 @@ class OptunaSweeper(Sweeper):
             "best": None if best is None else best["number"], "trials": trials})
 
     def _describe(self) -> None:
-        from regablate.tb_view import describe_sweep
+        from regablate.tensorboard.view import describe_sweep
 
         try:
             describe_sweep(self.sweep_dir)

@@ -4,14 +4,14 @@ Hydra's basic sweeper re-raises the first failed job's error (a traceback, under
 submitit often a launcher's own) and says nothing of the others. This one runs every batch,
 then counts from the JobReturns (so it works under any launcher: basic, joblib, submitit_local,
 submitit_slurm, vectorized) the jobs that failed (each with its one-line reason), were refused
-(their run dir already holds a run or another process is writing it, `regablate.claim`: a refused
+(their run dir already holds a run or another process is writing it, `regablate.rundir.claim`: a refused
 job touches nothing), were interrupted (SIGTERM, SIGUSR2, preemption: recorded `interrupted`),
 cancelled or timed out, and raises one `SweepFailed`: `regablate run` prints it as one line,
 with the command that continues the sweep where one does, exit 2 when every such job was a
 config error or a refusal, 1 otherwise. Under the submitit launchers the batch is launched by
 `submitit_jobs.launch`, which waits for every job. `multirun.yaml` stays as the launch that made the sweep dir wrote it
 (a refused or resuming launch does not relabel the sweep). A sweep that ran writes its TensorBoard HParams experiment at its root
-(`regablate.tb_view.describe_sweep`); a refused one writes nothing.
+(`regablate.tensorboard.view.describe_sweep`); a refused one writes nothing.
 
 Hydra executes this module without an entry in sys.modules: no `from __future__ import
 annotations` here (dataclasses would fail).
@@ -27,7 +27,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweepe
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
 
-from regablate.claim import register_resolver
+from regablate.rundir.claim import register_resolver
 
 register_resolver()
 
@@ -37,7 +37,7 @@ class RefusingSweeperConf(BasicSweeperConf):
     _target_: str = "hydra_plugins.regablate_sweeper.refusing_sweeper.RefusingSweeper"
     # an ablation design over the +reg=[...] stack: factorial | leave_one_out | add_one_in
     design: Optional[str] = None  # noqa: UP045
-    # auto: add seeds in rounds until each arm is decided against the reference (regablate.seed_rounds)
+    # auto: add seeds in rounds until each arm is decided against the reference (regablate.sweep.seed_rounds)
     seeds: Optional[str] = None  # noqa: UP045
     min_seeds: int = 3  # seeds of every arm in round 1
     max_seeds: int = 20  # no arm runs more
@@ -54,7 +54,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="regablate", node=Refus
 
 def refusals(results: Sequence[JobReturn]) -> list:
     """The RunRefused errors among a batch's results."""
-    from regablate.claim import RunRefused
+    from regablate.rundir.claim import RunRefused
 
     return [r._return_value for r in results
             if r.status == JobStatus.FAILED and isinstance(r._return_value, RunRefused)]
@@ -69,7 +69,7 @@ def _refused_reasons(refused: list) -> str:
 
 
 def _refused_ways(refused: list) -> str:
-    from regablate.claim import WAYS_ON
+    from regablate.rundir.claim import WAYS_ON
 
     own = [e.ways_on for e in refused if not e.busy and e.ways_on != WAYS_ON]  # e.g. another config
     return ("wait for them, or choose another hydra.sweep.dir" if all(e.busy for e in refused) else
@@ -118,8 +118,8 @@ def _listed(by_why: dict[str, list[str]]) -> str:
 
 def closing_error(results: Sequence[JobReturn]) -> Optional[Exception]:  # noqa: UP045
     """The one closing error of a sweep whose jobs did not all complete, else None."""
-    from regablate.claim import RunRefused
     from regablate.errors import ConfigError, JobLost, RunInterrupted, SweepFailed, UsageError
+    from regablate.rundir.claim import RunRefused
 
     failed = [r for r in results if r.status == JobStatus.FAILED]
     if not failed:
@@ -189,8 +189,8 @@ class RefusingSweeper(BasicSweeper):
         from omegaconf import OmegaConf
 
         from hydra_plugins.regablate_sweeper import submitit_jobs
-        from regablate.atomic import write_atomic
-        from regablate.tb_view import describe_sweep
+        from regablate.rundir.atomic import write_atomic
+        from regablate.tensorboard.view import describe_sweep
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         if submitit_jobs.is_submitit(self.launcher):
@@ -198,8 +198,8 @@ class RefusingSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         ablation, auto = None, self._auto_seeds(overrides)
-        if self.design is not None:  # the stack's arms replace it (regablate.designs)
-            from regablate import designs
+        if self.design is not None:  # the stack's arms replace it (regablate.sweep.designs)
+            from regablate.sweep import designs
 
             planned = range(self.sequential.get("max_seeds", 20)) if auto else None
             design_arguments, ablation = designs.design_arguments(self.design, overrides, planned)
@@ -229,7 +229,7 @@ class RefusingSweeper(BasicSweeper):
                 return ret
 
             if auto:
-                from regablate.seed_rounds import run_rounds
+                from regablate.sweep.seed_rounds import run_rounds
 
                 jobs = [job for batch in self.overrides for job in batch]
                 returns = run_rounds(launch, sweep_dir, jobs, self.reference, **self.sequential)

@@ -11,7 +11,7 @@ record it) is recorded `interrupted`, so that `trainer.resume=auto` continues it
 refuses the jobs (a partition, a GPU request, more CPUs than a node has) is one line naming
 the settings to change (`UsageError`, exit 2).
 
-The jobs themselves stop on SIGTERM, SIGUSR2 and preemption through `regablate.run`.
+The jobs themselves stop on SIGTERM, SIGUSR2 and preemption through `regablate.cli.run`.
 Imported by regablate's sweeper only when a sweep uses a submitit launcher.
 """
 
@@ -191,8 +191,8 @@ def _record_interrupted(run_dir: Path, why: str) -> None:
     from its last checkpoint); anything else in the dir is left as it is."""
     import json
 
-    from regablate.atomic import write_json
-    from regablate.claim import RunRefused, claim
+    from regablate.rundir.atomic import write_json
+    from regablate.rundir.claim import RunRefused, claim
 
     summary_file = run_dir / "summary.json"
     if not summary_file.is_file():
@@ -210,7 +210,7 @@ def _record_interrupted(run_dir: Path, why: str) -> None:
 class _Job:
     """What each submitit job runs: the Hydra launcher's own call (compose, run_job, the task),
     with SIGTERM and submitit's warning signal stopping it from the job's first moment, as
-    `regablate.run.stop_on_cluster_signals` does once the run holds its dir; a job stopped before
+    `regablate.cli.run.stop_on_cluster_signals` does once the run holds its dir; a job stopped before
     its run began returns that, as a result. Without a `checkpoint` method: submitit does not
     requeue it (a requeued job would meet its own run dir, and the sweep had counted it)."""
 
@@ -218,8 +218,8 @@ class _Job:
         self.launcher = launcher
 
     def __call__(self, overrides: list, job_dir_key: str, job_num: int, job_id: str, singleton_state: dict) -> JobReturn:
+        from regablate.cli.run import stop_on_cluster_signals
         from regablate.errors import RunInterrupted
-        from regablate.run import stop_on_cluster_signals
 
         try:
             with stop_on_cluster_signals():

@@ -2,13 +2,13 @@
 
     regablate run -m hydra/launcher=vectorized +reg=none,dropout,batchnorm seed=0,1,2,3,4
 
-Only jobs of regablate's own task function (`regablate.run.hydra_main`) stack: a sweep of any
+Only jobs of regablate's own task function (`regablate.cli.run.hydra_main`) stack: a sweep of any
 other Hydra app (one that reuses regablate's configs, say) runs through its own task function,
 job by job, exactly as under Hydra's basic launcher.
 
 Every job's config is composed as BasicLauncher composes it (same sweep dir, same subdir
 numbering, the same `.hydra/` files and job log) and resolved once. A job whose run dir
-`regablate.claim` refuses (it holds a run, or another process writes it) is refused here: nothing
+`regablate.rundir.claim` refuses (it holds a run, or another process writes it) is refused here: nothing
 is written, and its JobReturn is FAILED with the RunRefused. Jobs that can share a stacked model
 are grouped (`regablate.vectorized.grouping`), split into chunks of at most `max_members`, and
 each chunk claims its members' run dirs and trains as one job of K members that writes every
@@ -232,7 +232,7 @@ def _save_yaml(cfg: Any, filename: str, output_dir: Path) -> None:
 def _refusal(run_dir: Path, cfg: dict) -> Any:
     """The RunRefused that `claim` raises for this existing run dir now, else None (it
     touches nothing: an existing dir is only locked and looked at)."""
-    from regablate.claim import RunRefused, claim
+    from regablate.rundir.claim import RunRefused, claim
 
     if not run_dir.is_dir():
         return None
@@ -301,7 +301,7 @@ class VectorizedLauncher(Launcher):
     # -- the sweep ---------------------------------------------------------------------------
     def _runs_regablate(self) -> bool:
         """Whether the task function is regablate's own (hydra.main hands it over undecorated)."""
-        from regablate.run import hydra_main
+        from regablate.cli.run import hydra_main
 
         return self.task_function is getattr(hydra_main, "__wrapped__", None)
 
@@ -314,7 +314,7 @@ class VectorizedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 
-        from regablate.claim import RunRefused
+        from regablate.rundir.claim import RunRefused
         from regablate.vectorized import grouping
 
         if not self._runs_regablate():
@@ -385,8 +385,8 @@ class VectorizedLauncher(Launcher):
         """A grouping.Member, the RunRefused that refuses the job, or the reason the job runs
         the ordinary way. Resolves the job's config (once: an ordinary job's task gets it).
         `shared`: data sets by `grouping.data_key`, so members of one data set hold one copy."""
+        from regablate.config.settings import load_settings
         from regablate.errors import ConfigError
-        from regablate.settings import load_settings
         from regablate.vectorized.grouping import make_member, not_stackable
 
         try:
@@ -453,7 +453,7 @@ class VectorizedLauncher(Launcher):
     def _launch_chunk(self, members: list[Any], jobs: list[_Job], c: int, n: int) -> dict[int, JobReturn]:
         """Claim every member's run dir, train those claimed while holding them; a member
         refused here (another process took its dir since) is left untouched."""
-        from regablate.claim import RunRefused, claim
+        from regablate.rundir.claim import RunRefused, claim
 
         results, kept_members, kept_jobs = {}, [], []
         with ExitStack() as held:
@@ -470,14 +470,14 @@ class VectorizedLauncher(Launcher):
         return results
 
     def _train_chunk(self, members: list[Any], jobs: list[_Job], c: int, n: int) -> dict[int, JobReturn]:
-        from regablate.run import describe
+        from regablate.cli.run import describe
         from regablate.vectorized.trainer import VectorizedTrainer
 
         assert self.config is not None and self.hydra_context is not None
         rets = [self._open_job(job) for job in jobs]
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         threads = max(m.s.trainer.threads for m in members)
-        if threads:  # as regablate.run.place_job does for an ordinary job
+        if threads:  # as regablate.cli.run.place_job does for an ordinary job
             import torch
 
             torch.set_num_threads(threads)
@@ -492,7 +492,7 @@ class VectorizedLauncher(Launcher):
             log.info(f"  chunk {c}/{n}: K={k}, {stats.steps} steps in {stats.seconds:.1f} s: "
                      f"{stats.per_member_step_s * 1e3:.3f} ms per member-step, "
                      f"{k * stats.steps / max(stats.seconds, 1e-9):,.0f} member-steps/s")
-            from regablate.objective import value as objective_value
+            from regablate.config.objective import value as objective_value
 
             for ret, summary, m in zip(rets, summaries, members):  # what hydra_main returns
                 ret.status = JobStatus.COMPLETED
@@ -598,10 +598,10 @@ class VectorizedLauncher(Launcher):
     def _member_return(self, m: Any, job: _Job, kind: str, value: Any) -> JobReturn:
         """The JobReturn of a member its chunk's job trained (kind "ran": as its summary.json
         says), failed, was interrupted in, or lost."""
+        from regablate.cli.run import describe
+        from regablate.config.objective import value as objective_value
         from regablate.errors import JobFailed, RunInterrupted
-        from regablate.objective import value as objective_value
-        from regablate.run import describe
-        from regablate.untrusted import RefusedValue, load_json_safe, read_bounded
+        from regablate.rundir.untrusted import RefusedValue, load_json_safe, read_bounded
 
         assert self.hydra_context is not None
         ret = self._open_job(job, write=False)
@@ -634,7 +634,7 @@ class VectorizedLauncher(Launcher):
         HydraConfig's node is the one `_task_container` made for this job (set_config copies
         it); it is this job's alone, so it is the return's hydra_cfg without another copy.
         write=False: no files (a chunk's SLURM job wrote them, holding the run dir)."""
-        from regablate.claim import write_hydra_files
+        from regablate.rundir.claim import write_hydra_files
 
         assert self.hydra_context is not None
         config = job.config

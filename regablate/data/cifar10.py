@@ -35,9 +35,11 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
+from regablate.config.schema import check, fraction
 from regablate.data.base import Data, Split
+from regablate.data.normalize import Normalize, channel_stats
+from regablate.data.splits import keep_n_train, stratified
 from regablate.errors import ConfigError, UsageError
-from regablate.schema import check, fraction
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -334,7 +336,7 @@ def prepare(root: Path, source: Path | None = None, fetch: bool = False, verify:
         log("image-folder layout: no official checksum applies, the images are not verified")
     payload = {k: torch.from_numpy(v) for k, v in arrays.items()}
     payload.update(classes=list(CLASSES), source=str(source), kind=kind, verified=verified)
-    from regablate.atomic import write_atomic
+    from regablate.rundir.atomic import write_atomic
 
     root.mkdir(parents=True, exist_ok=True)
     write_atomic(cache, lambda f: torch.save(payload, f), mode="wb")
@@ -363,64 +365,6 @@ def load_cache(root: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- at run time
-
-def stratified(labels: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    """Sorted indices of `n` items, each class taking its share (largest remainder), drawn
-    at random within the class."""
-    classes, counts = labels.unique(return_counts=True)
-    exact = counts.double() * n / len(labels)
-    quota = exact.floor().long()
-    rest = n - int(quota.sum())
-    if rest:
-        order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]).item(), i))
-        for i in order[:rest]:
-            quota[i] += 1
-    picks = []
-    for c, q in zip(classes, quota, strict=True):
-        idx = (labels == c).nonzero().squeeze(1)
-        picks.append(idx[torch.randperm(len(idx), generator=gen)[:q]])
-    return torch.cat(picks).sort().values
-
-
-def keep_n_train(train: torch.Tensor, labels: torch.Tensor, n_train: int | None, gen: torch.Generator,
-                 left: str) -> torch.Tensor:
-    """`dataset.n_train` of the training indices `train` (stratified by `labels`), all if null;
-    `left` says what `train` is, for the error when there are fewer."""
-    if n_train is None:
-        return train
-    if n_train > len(train):
-        raise ConfigError("dataset.n_train", n_train, f"must be <= {len(train)} ({left}) or null")
-    return train[stratified(labels[train], n_train, gen)]
-
-
-class Normalize:
-    """uint8 (B, 3, H, W) pixels -> float32 (x − mean) / std per channel, on x's device;
-    channels_last on CUDA. Already-float inputs are taken as pixel values (0..255) too."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
-        self.mean, self.inv_std = mean.view(1, -1, 1, 1).float(), (1 / std).view(1, -1, 1, 1).float()
-        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device not in self._on:
-            self._on[x.device] = (self.mean.to(x.device), self.inv_std.to(x.device))
-        mean, inv_std = self._on[x.device]
-        out = (x.float() - mean) * inv_std
-        return out.contiguous(memory_format=torch.channels_last) if x.is_cuda else out
-
-
-def channel_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (pixel units) of uint8 images, accumulated in float64."""
-    s = torch.zeros(x.shape[1], dtype=torch.float64)
-    s2 = torch.zeros_like(s)
-    for i in range(0, len(x), chunk):
-        v = x[i : i + chunk].double()
-        s += v.sum((0, 2, 3))
-        s2 += v.pow(2).sum((0, 2, 3))
-    n = len(x) * x.shape[2] * x.shape[3]
-    mean = s / n
-    return mean, (s2 / n - mean**2).clamp_min(1e-12).sqrt()
-
 
 @dataclass
 class Cifar10Settings:

@@ -39,10 +39,10 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
+from regablate.config.schema import check, fraction, positive
 from regablate.data.base import Data, Split
+from regablate.data.memory import available_memory
 from regablate.errors import ConfigError, UsageError
-from regablate.memory import available_memory
-from regablate.schema import check, fraction, positive
 
 SPLITS = ("train", "val", "test")
 VERSION = 1  # bump when the decoding changes, so old caches are not reused
@@ -405,7 +405,7 @@ def load_or_decode(path: Path, s: ImageFolderSettings) -> dict:
     print(f"regablate: decoding {n} images of {path} at {s.channels}x{s.image_size}x"
           f"{s.image_size} into {cache}", flush=True)
     d = decode(src, classes, s)
-    from regablate.atomic import write_atomic
+    from regablate.rundir.atomic import write_atomic
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(cache, lambda f: torch.save(d, f), mode="wb")
@@ -421,7 +421,7 @@ def load_or_decode(path: Path, s: ImageFolderSettings) -> dict:
 def _carve(y: torch.Tensor, keep: torch.Tensor, n: int, g: torch.Generator, key: str,
            value: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Split indices `keep` into (carved: n stratified, rest)."""
-    from regablate.data.cifar10 import stratified
+    from regablate.data.splits import stratified
 
     if not 0 < n < len(keep):
         raise ConfigError(key, value, f"leaves no images in a split ({len(keep)} to carve from)")
@@ -432,7 +432,7 @@ def _carve(y: torch.Tensor, keep: torch.Tensor, n: int, g: torch.Generator, key:
 
 
 def make_image_folder(s: ImageFolderSettings, data_seed: int) -> Data:
-    from regablate.data.cifar10 import Normalize, channel_stats
+    from regablate.data.normalize import Normalize, channel_stats
 
     if not s.path:
         raise ConfigError("dataset.path", s.path, "set it to a folder or .tar.gz laid out as "

@@ -17,8 +17,8 @@ from typing import ClassVar, Literal
 
 import torch
 
+from regablate.config.schema import nonneg, positive
 from regablate.data.base import Data, Split
-from regablate.schema import nonneg, positive
 
 
 @dataclass

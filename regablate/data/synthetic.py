@@ -14,8 +14,8 @@ from typing import ClassVar, Literal
 
 import torch
 
+from regablate.config.schema import check, fraction, nonneg, positive
 from regablate.data.base import Data, Split
-from regablate.schema import check, fraction, nonneg, positive
 
 
 @dataclass

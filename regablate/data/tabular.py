@@ -35,10 +35,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from regablate.config.schema import check, fraction, positive
 from regablate.data.base import Data, Split
-from regablate.data.cifar10 import keep_n_train, stratified
+from regablate.data.splits import keep_n_train, stratified
 from regablate.errors import ConfigError, UsageError
-from regablate.schema import check, fraction, positive
 
 
 @dataclass

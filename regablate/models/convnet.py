@@ -15,11 +15,11 @@ from typing import Literal
 from torch import nn
 
 import regablate.nn as rnn
+from regablate.config.schema import check
 from regablate.errors import ConfigError
 from regablate.models.mlp import ACTIVATIONS, per_layer
 from regablate.regularisers.base import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
-from regablate.schema import check
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 from torch import nn
 
+from regablate.config.schema import check
 from regablate.errors import ConfigError
 from regablate.regularisers.base import ModelSpec
-from regablate.schema import check
 
 
 @dataclass

@@ -9,10 +9,10 @@ from typing import Literal
 from torch import nn
 
 import regablate.nn as rnn
+from regablate.config.schema import check
 from regablate.errors import ConfigError
 from regablate.regularisers.base import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
-from regablate.schema import check
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import regablate.nn as rnn
+from regablate.config.schema import check, positive
 from regablate.models.convnet import classifier_head, conv3x3, image_shape, norm2d
 from regablate.regularisers.base import ModelSpec
-from regablate.schema import check, positive
 
 
 @dataclass

@@ -23,10 +23,10 @@ from typing import Literal
 from torch import nn
 
 import regablate.nn as rnn
+from regablate.config.schema import positive
 from regablate.errors import ConfigError
 from regablate.models.mlp import per_layer
 from regablate.regularisers.base import ModelSpec
-from regablate.schema import positive
 
 RECURRENT_REGS = ("variational_dropout", "weight_drop")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from regablate.config.schema import parse
 from regablate.errors import ConfigError
 from regablate.regularisers import (  # noqa: F401  (each module registers its classes)
     constraints,
@@ -17,7 +18,6 @@ from regablate.regularisers import (  # noqa: F401  (each module registers its c
     spatial,
 )
 from regablate.regularisers.base import REGISTRY, LossSpec, ModelSpec, Regulariser, Stack
-from regablate.schema import parse
 
 
 def build_stack(reg: Mapping | None) -> Stack:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from regablate.config.schema import nonneg
 from regablate.regularisers.base import Regulariser, register
-from regablate.schema import nonneg
 
 
 @dataclass
@@ -26,7 +26,7 @@ class WeightDecay(Regulariser):
     key, Settings = "weight_decay", DecaySettings
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        from regablate.optim import decay_split
+        from regablate.training.optim import decay_split
 
         decay, keep = decay_split(model)
         return [{"params": decay, "decoupled_decay": self.s.lam},

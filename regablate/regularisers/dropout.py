@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regablate.config.schema import prob
 from regablate.regularisers.base import ModelSpec, Regulariser, register
-from regablate.schema import prob
 
 
 @dataclass

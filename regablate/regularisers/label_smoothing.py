@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from regablate.config.schema import prob
 from regablate.regularisers.base import LossSpec, Regulariser, register
-from regablate.schema import prob
 
 
 @dataclass

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from regablate.config.schema import check, nonneg, positive
 from regablate.regularisers.base import ModelSpec, Regulariser, register
-from regablate.schema import check, nonneg, positive
 
 
 def crop_flip(x: torch.Tensor, pad: int, flip: bool = True, generator: torch.Generator | None = None

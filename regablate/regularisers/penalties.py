@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from regablate.config.schema import nonneg
 from regablate.regularisers.base import Regulariser, register, weight_matrices
-from regablate.schema import nonneg
 
 
 @dataclass

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from regablate.config.schema import prob
 from regablate.regularisers.base import ModelSpec, Regulariser, register
-from regablate.schema import prob
 
 
 @dataclass

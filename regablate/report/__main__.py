@@ -2,6 +2,6 @@
 
 import sys
 
-from regablate.report.cli import main
+from regablate.cli.report import main
 
 sys.exit(main(sys.argv[1:]))

@@ -13,7 +13,7 @@ written when operational settings were still part of summary.json's `group` join
 same science; without a config, or with an unresolved `${...}` in a science setting (two runs
 would read alike), the summary's `group` is kept.
 
-A run dir may come from someone else (regablate.untrusted): its files are read only when they
+A run dir may come from someone else (regablate.rundir.untrusted): its files are read only when they
 are regular files inside the run dir and under a size cap, YAML without aliases, numbers only of
 sane size, each summary field of the type the contract gives it; a dir that fails any of these
 is skipped with the reason. A completed run whose metric or gap is NaN or infinite is kept
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from regablate.group import group_id, science
-from regablate.untrusted import (
+from regablate.rundir.group import group_id, science
+from regablate.rundir.untrusted import (
     FLOAT_LIMIT,
     LARGE_CAP,
     SMALL_CAP,
@@ -133,7 +133,7 @@ def find_run_dirs(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 def _read(path: str, name: str, cap: int) -> bytes | None:
-    """The bytes of `name` in the run dir `path` (regablate.untrusted.read_bounded); None when
+    """The bytes of `name` in the run dir `path` (regablate.rundir.untrusted.read_bounded); None when
     absent; Unreadable naming the file otherwise."""
     try:
         return read_bounded(os.path.join(path, name), cap, within=path)

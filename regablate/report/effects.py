@@ -47,9 +47,15 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from regablate.designs import DESIGNS, arms, find_ablation_json, infer_design, read_ablation_json
 from regablate.errors import ConfigError, UsageError
 from regablate.report.paired import MIN_SEEDS, RTOL, TESTS, paired_test
+from regablate.sweep.designs import (
+    DESIGNS,
+    arms,
+    find_ablation_json,
+    infer_design,
+    read_ablation_json,
+)
 
 __all__ = ["KINDS", "METRICS", "COLUMNS", "Contrast", "kinds_of", "contrasts", "summarise",
            "effects"]
@@ -197,7 +203,7 @@ class _Run:
 
 
 def _runs(frame, metric: str) -> list[_Run]:
-    from regablate.group import NOT_IN_GROUP
+    from regablate.rundir.group import NOT_IN_GROUP
 
     need = {"reg", "seed", "metric"}
     if missing := sorted(need - set(frame.columns)):
@@ -313,7 +319,7 @@ def effects(runs, metric: str = "val", design: str | None = None, components=Non
     """Each regulariser's effect on `metric` with its interval over seeds, one row per
     estimate (see the module doc for the maths).
 
-    runs: a `regablate.load_runs` frame (or run dirs / sweep roots to load). metric: "val",
+    runs: a `regablate.load_runs` frame (`regablate.effects` also takes run dirs). metric: "val",
     "test", "train" (the task's acc or mse on that split) or "gap". design: "factorial",
     "leave_one_out" or "add_one_in" for every cell (runs in other arms ignored), over
     `components` (default: every component present); default: each cell's ablation.json,
@@ -334,11 +340,6 @@ def effects(runs, metric: str = "val", design: str | None = None, components=Non
         raise ConfigError("test", test, f"allowed: {', '.join(TESTS)}")
     if design is not None and design not in DESIGNS:
         raise ConfigError("design", design, f"allowed: {', '.join(DESIGNS)}")
-    if not hasattr(runs, "columns"):
-        from regablate.results import load_runs
-
-        paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
-        runs = load_runs(*paths)
     cells = _cells(_runs(runs, metric))
     named = []
     for _, cell in cells:

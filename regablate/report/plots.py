@@ -28,7 +28,7 @@ import numpy as np
 
 from regablate.report.select import Group, stack_name
 from regablate.report.stats import describe
-from regablate.untrusted import escape_control, is_sane_number
+from regablate.rundir.untrusted import escape_control, is_sane_number
 
 
 def _mean_curve(runs, column: str):

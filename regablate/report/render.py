@@ -3,7 +3,7 @@
 The best value of a column is highlighted in its direction (higher acc; lower loss, mse, gap),
 comparing only rows of the same metric. Columns are hidden, least useful first, until the
 terminal table fits its width; the footer says which. Text from run dirs (labels, settings,
-paths) is printed with its control characters escaped (regablate.untrusted.escape_control),
+paths) is printed with its control characters escaped (regablate.rundir.untrusted.escape_control),
 in every format; json escapes them itself.
 """
 
@@ -17,7 +17,7 @@ import math
 from regablate.report.collect import SPLITS
 from regablate.report.stats import Stat
 from regablate.report.table import Column, Report
-from regablate.untrusted import escape_control
+from regablate.rundir.untrusted import escape_control
 
 DASH = "–"
 

@@ -6,7 +6,7 @@ e.g. `dropout_l2`), a summary field (`status`, `seed`, `dataset`, ...) or a flat
 (`optim.lr`). Numbers compare as numbers (`optim.lr=1e-2` matches 0.01).
 
 Groups are runs sharing a group id (same config up to seeds and operational settings; see
-regablate.group and collect). A group's name is its stack joined with `+` (`none` when empty),
+regablate.rundir.group and collect). A group's name is its stack joined with `+` (`none` when empty),
 followed by the settings that tell it apart when several groups share that stack, shortest key
 first (`dropout p=0.3`), floats to 4 significant digits (`l2 lam=0.0001235`; more only where 4
 would give two groups one name); a group without such a setting (another dataset's) does not
@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from regablate.group import NOT_IN_GROUP
 from regablate.report.collect import Run
+from regablate.rundir.group import NOT_IN_GROUP
 
 SUMMARY_KEYS = ("status", "group", "dataset", "model", "task", "metric", "seed", "data_seed")
 _MISSING = object()

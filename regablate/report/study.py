@@ -3,7 +3,7 @@
 `hydra/sweeper=optuna` leaves `optuna_study.json` at the sweep dir; every trial is an ordinary
 group of run dirs (one per seed), so the table is the usual group table with three columns
 added: the trial number, and the objective's mean ± std and 95% interval over the trial's
-completed seeds, computed here from each run's summary.json (`regablate.objective`). Rows are
+completed seeds, computed here from each run's summary.json (`regablate.config.objective`). Rows are
 ordered best first in the study's direction; the best trial's name is marked with a star.
 A study file that is not a regular file under the size cap, or not of the shape written by the
 sweeper, is ignored (the table is then the usual group table).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from regablate.report.stats import describe
 from regablate.report.table import Column, Report
-from regablate.untrusted import (
+from regablate.rundir.untrusted import (
     SMALL_CAP,
     escape_control,
     is_sane_number,
@@ -66,7 +66,7 @@ def _trial(path: Path) -> str | None:
 
 def rank(report: Report, groups: list, study: dict) -> None:
     """Add the trial and objective columns to a group report, best trial first (in place)."""
-    from regablate.objective import value
+    from regablate.config.objective import value
 
     objective, direction = study["objective"], study["direction"]
     by_id = {g.id: g for g in groups}

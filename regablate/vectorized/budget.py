@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from regablate.memory import available_memory
+from regablate.data.memory import available_memory
 from regablate.vectorized.grouping import Member
 
 FLOAT = 4

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from regablate.experiment import Experiment, build_experiment, resolve_device
-from regablate.settings import Settings
-from regablate.vectorized.stacked import plan
+from regablate.config.settings import Settings
+from regablate.training.experiment import Experiment, build_experiment, resolve_device
+from regablate.vectorized.stacked import StackedMLP, plan
 
 # Regularisers with a stacked form (per-member strengths), per model kind.
 STACKABLE = frozenset({"dropout", "l1", "l2", "weight_decay", "batchnorm", "layernorm",
@@ -149,3 +149,20 @@ def chunks(members: list[Member], max_members: int) -> list[list[Member]]:
         out.append(members[start:end])
         start = end
     return out
+
+
+def stack_model(members: list):
+    """The stacked model of a group's members (`grouping.Member`s), each member's own weights
+    loaded: a `stacked_conv.StackedModule` for conv models, else a StackedMLP whose dropout slots
+    are the union of the members' (a member without one drops at rate 0)."""
+    m0 = members[0]
+    if m0.conv:
+        from regablate.vectorized.stacked_conv import StackedModule
+
+        return StackedModule([m.x.model for m in members], m0.x.device)
+    slots = sorted(set().union(*(m.drops for m in members)))
+    rates = [[m.drops.get(j, 0.0) for j in slots] for m in members]
+    model = StackedMLP(m0.layers, rates, slots, len(members), m0.x.device)
+    for i, m in enumerate(members):
+        model.load_member(i, m.x.model)
+    return model

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from regablate import checkpoint
-from regablate.checkpoint import DamagedCheckpoint
-from regablate.settings import Settings
+from regablate.config.settings import Settings
+from regablate.training import checkpoint
+from regablate.training.checkpoint import DamagedCheckpoint
 from regablate.vectorized.grouping import Member, make_member
 from regablate.vectorized.stacked import BLOCK_ROWS
 
@@ -31,8 +31,8 @@ ORDINARY = "trainer.resume=auto skips or continues its run"
 def resume_member(job: int, cfg: dict, run_dir: Path, s: Settings, shared: dict | None = None) -> Member | str:
     """The member that continues `run_dir`'s run stacked, or why it goes the ordinary way.
     `shared`: `make_member`'s cache (data sets), which also keeps each shared last.pt read once."""
-    from regablate.claim import RunRefused
-    from regablate.train import _check_same_configuration, _completed
+    from regablate.rundir.claim import RunRefused
+    from regablate.training.loop import _check_same_configuration, _completed
 
     run_dir = Path(run_dir)
     if s.trainer.resume != "auto":
@@ -128,8 +128,8 @@ def checked(state: dict, m: Member, run_dir: Path) -> dict:
     ordinary trainer checks it (`checkpoint.check_resume`, best.pt against the model), and what
     the stacked trainer needs besides: every parameter's moments, and the "stacked" part.
     Returns it with its history unpacked and best.pt's weights under "best"."""
-    from regablate.optim import state_dict_of
-    from regablate.train import EarlyStopper
+    from regablate.training.loop import EarlyStopper
+    from regablate.training.optim import state_dict_of
 
     x, t = m.x, m.s.trainer
     es = t.early_stopping

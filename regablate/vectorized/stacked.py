@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regablate.vectorized.state import StackState
+
 ACTIVATIONS = {"ReLU": F.relu, "Tanh": torch.tanh, "SiLU": F.silu}
 BLOCK_ROWS = 1024  # dropout uniforms are drawn this many rows (samples) at a time per member
 
@@ -434,43 +436,3 @@ def _run_of(rows: list[int]) -> tuple[int, int] | None:
     if rows and rows == list(range(rows[0], rows[-1] + 1)):
         return rows[0], rows[-1] + 1
     return None
-
-
-def stack_model(members: list):
-    """The stacked model of a group's members (`grouping.Member`s), each member's own weights
-    loaded: a `functional.StackedModule` for conv models, else a StackedMLP whose dropout slots
-    are the union of the members' (a member without one drops at rate 0)."""
-    m0 = members[0]
-    if m0.conv:
-        from regablate.vectorized.functional import StackedModule
-
-        return StackedModule([m.x.model for m in members], m0.x.device)
-    slots = sorted(set().union(*(m.drops for m in members)))
-    rates = [[m.drops.get(j, 0.0) for j in slots] for m in members]
-    model = StackedMLP(m0.layers, rates, slots, len(members), m0.x.device)
-    for i, m in enumerate(members):
-        model.load_member(i, m.x.model)
-    return model
-
-
-@dataclass
-class StackState:
-    """θ, BatchNorm running statistics and step counts, per member (leading axis K)."""
-
-    theta: torch.Tensor
-    running: dict[int, tuple[torch.Tensor, torch.Tensor]]
-    batches: torch.Tensor
-
-    def clone(self) -> StackState:
-        return StackState(self.theta.detach().clone(),
-                          {i: (m.clone(), v.clone()) for i, (m, v) in self.running.items()},
-                          self.batches.clone())
-
-    @torch.no_grad()
-    def copy_rows(self, rows: list[int], src: StackState) -> None:
-        """Members `rows` take their state from `src`."""
-        idx = torch.tensor(rows, device=self.theta.device)
-        self.theta[idx] = src.theta.detach()[idx]
-        for i, (m, v) in self.running.items():
-            m[idx], v[idx] = src.running[i][0][idx], src.running[i][1][idx]
-        self.batches[idx.cpu()] = src.batches[idx.cpu()]

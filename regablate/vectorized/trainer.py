@@ -50,21 +50,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from regablate import checkpoint
-from regablate.atomic import one_sync
+from regablate.checks.lint import format_findings, lint
+from regablate.checks.selfcheck import check_eval_determinism
 from regablate.data.base import identity
-from regablate.evaluate import gap
-from regablate.experiment import group_id
-from regablate.lint import format_findings, lint
-from regablate.optim import state_dict_of
-from regablate.recorder import Recorder
+from regablate.metrics.weight_stats import named_weight_matrices
 from regablate.regularisers.mixing import probs
-from regablate.selfcheck import check_eval_determinism
-from regablate.train import EarlyStopper, closing_fields, open_run
+from regablate.rundir.atomic import one_sync
+from regablate.rundir.recorder import Recorder
+from regablate.training import checkpoint
+from regablate.training.evaluate import gap
+from regablate.training.experiment import group_id
+from regablate.training.loop import EarlyStopper, closing_fields, open_run
+from regablate.training.optim import state_dict_of
 from regablate.vectorized import optim
-from regablate.vectorized.grouping import Member, data_key
-from regablate.vectorized.stacked import StackState, stack_model
-from regablate.weight_stats import named_weight_matrices
+from regablate.vectorized.grouping import Member, data_key, stack_model
+from regablate.vectorized.state import StackState
 
 EVAL_ROWS = 8192
 
@@ -314,7 +314,7 @@ def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model, data: _SharedData, sizes: list[int], task: str, chunk: int) -> list[list[dict[str, float]]]:
     """Per split, per member {"loss", "acc"} or {"loss", "mse"}, in eval mode: the plain objective
-    (no smoothing, no penalty), as `regablate.evaluate.evaluate`. `data.eval_x`, `data.eval_y`
+    (no smoothing, no penalty), as `regablate.training.evaluate.evaluate`. `data.eval_x`, `data.eval_y`
     hold the splits one after another along dim 1 (`sizes` samples each), so they share passes."""
     k = len(data.index)
     n = data.eval_y.shape[1]
@@ -356,7 +356,7 @@ def _step_schedule(x, val_loss: float) -> None:
 
 @torch.no_grad()
 def stacked_weight_stats(w: torch.Tensor, threshold: float = 1e-3) -> dict[str, list[float]]:
-    """`regablate.weight_stats.weight_stats` for every member at once: w is (K, P_w), all weight
+    """`regablate.metrics.weight_stats.weight_stats` for every member at once: w is (K, P_w), all weight
     matrices of each member; sparsity = share of |w| < threshold, l1 = Σ|w|, l2 = √Σw²."""
     a = w.abs()
     small = (a < threshold).sum(1).double() / w.shape[1]

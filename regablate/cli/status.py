@@ -1,0 +1,508 @@
+"""`regablate status [DIR...] [--json] [--all]`: where a sweep stands, from its run dirs alone.
+
+No scheduler is asked: the run dirs say it all (on-disk contract v1). A run dir is a directory
+holding `summary.json` (as for `regablate report`); one holding `.hydra/` but no `summary.json`,
+or a job dir of a sweep (`<sweep>/<N>`) holding neither, is a run with no summary yet. For each
+root (default: ./multirun and ./outputs) the runs are counted by status, per sweep (a dir holding
+`multirun.yaml`, or an Optuna sweep's dir) and for the single runs outside any sweep:
+
+- a `running` run shows its last epoch (the last whole line of `metrics.csv`: only the file's
+  head and tail are read) and the age of its last write (the newest mtime of `summary.json`,
+  `metrics.csv`, `checkpoints/last.pt`); when no process holds its lock (`regablate.rundir.claim`:
+  `flock` on the run dir) the job that wrote it is dead and the run is flagged `stale`;
+- a `failed` or `interrupted` run shows its error on one line;
+- a damaged `summary.json` (not a regular file, too large, not JSON, not contract v1) is counted
+  as `unreadable`, with the reason;
+- what is unfinished (failed, interrupted, stale, no summary) gets the command that continues
+  it: `regablate run -m <the sweep's overrides> hydra.sweep.dir=<dir> trainer.resume=auto`
+  (from `multirun.yaml`; for a single run, from its `.hydra/overrides.yaml`; an Optuna study is
+  continued by its own command again, which runs only the trials still missing).
+
+Only `summary.json` is read whole (bounded, `regablate.rundir.untrusted`); the rest is listed with
+`os.scandir` and `stat`ed: 10,000 run dirs take about 2 s of CPU, most of it checking the
+summaries' values (`load_json_safe`). Everything printed has its
+control characters escaped; `--json` writes plain ASCII JSON.
+
+Looking at a lock takes it, shared and non-blocking, for an instant: a job claiming that very
+run dir in that instant is refused as "being written by another process" (nothing is written).
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import re
+import sys
+import time
+
+from regablate.rundir.untrusted import (
+    SMALL_CAP,
+    RefusedFile,
+    RefusedValue,
+    escape_control,
+    load_json_safe,
+    load_yaml_safe,
+    open_regular,
+    read_bounded,
+)
+
+DEFAULT_ROOTS = ("multirun", "outputs")
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
+KINDS = (*STATUSES, "no_summary", "unreadable")  # the keys of every `counts`
+LISTED = ("running", "stale", "failed", "interrupted", "no_summary", "unreadable")  # shown in this order
+UNFINISHED = ("failed", "interrupted", "no_summary")  # plus stale running runs
+LAST_WRITE = ("summary.json", "metrics.csv", os.path.join("checkpoints", "last.pt"))
+HEAD_CAP = 64 << 10   # metrics.csv's header line is read from at most this many first bytes
+TAIL_CAP = 64 << 10   # and its last line from at most this many last bytes
+ERROR_CHARS = 300     # a shown error is cut to this many characters
+SHOWN = 20            # runs listed per status and sweep without --all
+
+USAGE = """usage: regablate status [DIR...] [--json] [--all]
+
+Where the runs below DIR stand (default: ./multirun and ./outputs), from the run dirs alone:
+counts by status per sweep, each running run's last epoch and last write (stale: its job is
+dead), each failed run's error, and the command that continues what is unfinished.
+
+  --json   one JSON object for machines (every run, ages in seconds)
+  --all    list every unfinished run (default: the first 20 of each status per sweep)
+"""
+
+
+class MissingDir(FileNotFoundError):
+    """A DIR that does not exist or is not a directory (exit 2)."""
+
+
+def _natural(name: str) -> tuple:
+    """Job dirs in their numeric order: 2 before 10."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
+
+
+def _listing(path: str) -> tuple[set, list]:
+    """Names of the files (and other non-directories) and the sub-directories of `path`,
+    symbolic links never followed. ([], []) when it cannot be listed."""
+    files, dirs = set(), []
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
+                (dirs.append(entry.name) if is_dir else files.add(entry.name))
+    except OSError:
+        pass
+    return files, dirs
+
+
+def _find(root: str) -> list[tuple[str, str | None, bool]]:
+    """(run dir, its sweep dir or None, has summary.json) for every run below `root`.
+
+    The rule of `regablate.report.collect.find_run_dirs` (a dir holding summary.json is a run;
+    one holding `.hydra/` but no summary.json is a run with no summary yet; nothing below a
+    run is looked at; hidden dirs are skipped), plus: a dir holding `multirun.yaml` is a sweep,
+    and its numbered job dirs count even when still empty; so is a dir holding `optuna_study.json`
+    or `trial_<n>` dirs (an Optuna sweep: `trial_<n>/seed_<s>`)."""
+    parent = os.path.dirname(os.path.abspath(root))
+    top_sweep = parent if os.path.isfile(os.path.join(parent, "multirun.yaml")) else None
+    found: list[tuple[str, str | None, bool]] = []
+    stack = [(root, top_sweep, False)]
+    while stack:
+        here, sweep, job = stack.pop()
+        files, dirs = _listing(here)
+        if "summary.json" in files or "summary.json" in dirs:
+            found.append((here, sweep, True))
+            continue
+        if ".hydra" in dirs or job and not dirs:
+            found.append((here, sweep, False))
+            continue
+        if "multirun.yaml" in files or "optuna_study.json" in files \
+                or any(_TRIAL.fullmatch(d) for d in dirs):
+            sweep = here
+        for name in sorted((d for d in dirs if not d.startswith(".")), key=_natural, reverse=True):
+            stack.append((os.path.join(here, name), sweep, sweep == here and name.isdigit()))
+    return found
+
+
+_TRIAL = re.compile(r"trial_\d+")  # an Optuna sweep's trial dirs (trial_<n>/seed_<s>)
+
+
+def _lock(run_dir: str) -> str | None:
+    """"held" when a process holds the run dir's lock (`regablate.rundir.claim`), "free" when none
+    does, None when it cannot be told. The lock is taken shared and released at once."""
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return "held"
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return "free"
+    finally:
+        os.close(fd)
+
+
+def _last_write(run_dir: str) -> float | None:
+    """The newest mtime among summary.json, metrics.csv and checkpoints/last.pt (links not
+    followed), None when none is there."""
+    times = []
+    for name in LAST_WRITE:
+        try:
+            times.append(os.stat(os.path.join(run_dir, name), follow_symlinks=False).st_mtime)
+        except OSError:
+            pass
+    return max(times) if times else None
+
+
+def _head_and_tail(path: str, within: str) -> tuple[bytes, bytes, int]:
+    """The first HEAD_CAP bytes of `path`, its last TAIL_CAP bytes and where they start, read
+    as `regablate.rundir.untrusted.read_bounded` reads (a regular file inside `within`, opened without
+    following a link or blocking), but never more than those bytes however large the file."""
+    fd, info = open_regular(path, within=within)
+    try:
+        head = os.pread(fd, HEAD_CAP, 0)
+        if info.st_size <= HEAD_CAP:
+            return head, head, 0
+        start = info.st_size - TAIL_CAP
+        return head, os.pread(fd, TAIL_CAP, start), start
+    finally:
+        os.close(fd)
+
+
+def last_epoch(run_dir: str) -> tuple[int | None, str | None]:
+    """(the epoch of metrics.csv's last whole line, None) or (None, why not): no file yet, no
+    epoch yet, or a damaged file. A half-written last line (no newline yet) is not read."""
+    try:
+        head, tail, start = _head_and_tail(os.path.join(run_dir, "metrics.csv"), run_dir)
+    except FileNotFoundError:
+        return None, "no metrics.csv yet"
+    except RefusedFile as e:
+        return None, f"metrics.csv: {e.reason}"
+    except OSError as e:
+        return None, f"metrics.csv: {e.strerror or e}"
+    if b"\n" not in head:
+        return None, "metrics.csv: no header line" if len(head) >= HEAD_CAP else "no epoch yet"
+    header_line = head.split(b"\n", 1)[0]
+    lines = tail.split(b"\n")[:-1]  # what follows the last newline is still being written
+    lines = lines[1:]  # the header, or (a tail from the middle) part of a line
+    lines = [ln for ln in lines if ln.strip()]
+    if not lines:
+        return None, "no epoch yet"
+    try:
+        header = next(csv.reader([header_line.decode("utf-8")]))
+        row = next(csv.reader([lines[-1].decode("utf-8")]))
+        text = row[header.index("epoch")].strip()
+    except UnicodeDecodeError:
+        return None, "metrics.csv is not UTF-8 text"
+    except (csv.Error, StopIteration):
+        return None, "metrics.csv: not CSV"
+    except ValueError:
+        return None, "metrics.csv has no 'epoch' column"
+    except IndexError:
+        return None, "metrics.csv: the last line is shorter than the header"
+    if not (text.isascii() and text.isdigit() and len(text) <= 15):
+        return None, f"metrics.csv: the last epoch is {_short(text)}, not a number"
+    return int(text), None
+
+
+def read_summary(run_dir: str) -> tuple[dict | None, str | None]:
+    """(summary, None), or (None, why it is unreadable). Bounded and checked
+    (`regablate.rundir.untrusted`); only what status needs is required: a JSON object of schema 1
+    with a known `status`, and `error` text or null."""
+    try:
+        data = read_bounded(os.path.join(run_dir, "summary.json"), SMALL_CAP, within=run_dir)
+    except RefusedFile as e:
+        return None, f"summary.json: {e.reason}"
+    except FileNotFoundError:
+        return None, "summary.json: No such file or directory"
+    except OSError as e:
+        return None, f"summary.json: {e.strerror or e}"
+    try:
+        summary = load_json_safe(data)
+    except RefusedValue as e:
+        return None, f"summary.json{' is' if str(e).startswith('not ') else ':'} {e}"
+    if not isinstance(summary, dict):
+        return None, "summary.json is not a JSON object"
+    if summary.get("schema") != 1:
+        return None, f"summary.json has schema {_short(summary.get('schema'))}, expected 1"
+    if summary.get("status") not in STATUSES:
+        return None, f"summary.json has status {_short(summary.get('status'))}"
+    if not isinstance(summary.get("error"), (str, type(None))):
+        return None, "summary.json: 'error' is not text"
+    return summary, None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def one_line(text: str, limit: int = ERROR_CHARS) -> str:
+    """An error message on one line (whitespace runs become one space), cut to `limit`."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _read_list(path: str, within: str, key_path: tuple) -> list[str]:
+    """A list of texts at `key_path` in the YAML file `path` (bounded, no aliases); raises
+    ValueError/OSError with the reason."""
+    tree = load_yaml_safe(read_bounded(path, SMALL_CAP, within=within))
+    for key in key_path:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    if tree is None:
+        tree = []
+    if not isinstance(tree, list) or not all(isinstance(x, str) for x in tree):
+        raise RefusedValue(f"{'.'.join(key_path) or 'the file'} is not a list of texts")
+    return tree
+
+
+def _sweep_command(sweep: str) -> tuple[str | None, str | None]:
+    """(the command that continues the sweep in `sweep`, None) or (None, why there is none)."""
+    from regablate.cli import resume_command
+
+    if not os.path.lexists(os.path.join(sweep, "multirun.yaml")):
+        return None, ("an Optuna study: run the command that started it again (same storage and "
+                      "study name); it runs only the trials still missing")
+    try:
+        task = _read_list(os.path.join(sweep, "multirun.yaml"), sweep, ("hydra", "overrides", "task"))
+        extra = _read_list(os.path.join(sweep, "multirun.yaml"), sweep, ("hydra", "overrides", "hydra"))
+    except (OSError, ValueError) as e:
+        return None, f"multirun.yaml: {e}"
+    extra = [a for a in extra if a.split("=", 1)[0] != "hydra.mode"]
+    return resume_command(["-m", *extra, *task], {"sweep": sweep}), None
+
+
+def _run_command(run_dir: str) -> tuple[str | None, str | None]:
+    """(the command that continues the single run in `run_dir`, None) or (None, why not)."""
+    from regablate.cli import resume_command
+
+    path = os.path.join(run_dir, ".hydra", "overrides.yaml")
+    try:
+        task = _read_list(path, run_dir, ())
+    except FileNotFoundError:
+        return None, ".hydra/overrides.yaml is missing"
+    except (OSError, ValueError) as e:
+        return None, f".hydra/overrides.yaml: {e}"
+    return resume_command(task, {"run": run_dir}), None
+
+
+def _inspect(run_dir: str, has_summary: bool, now: float) -> dict:
+    """What status shows of one run dir."""
+    run: dict = {"dir": run_dir}
+    if not has_summary:
+        run["status"] = "no_summary"
+        run["lock"] = _lock(run_dir)
+        return run
+    summary, why = read_summary(run_dir)
+    if summary is None:
+        run.update(status="unreadable", reason=why)
+        return run
+    run["status"] = status = summary["status"]
+    if status in ("failed", "interrupted") and summary.get("error"):
+        run["error"] = summary["error"][:4 * ERROR_CHARS]
+    if status == "running":
+        run["lock"] = _lock(run_dir)
+        run["stale"] = run["lock"] == "free"
+        run["last_epoch"], note = last_epoch(run_dir)
+        if note:
+            run["note"] = note
+        written = _last_write(run_dir)
+        run["last_write"] = written
+        run["age_s"] = None if written is None else max(0.0, now - written)
+    return run
+
+
+def _counts(runs: list[dict]) -> dict:
+    counts = dict.fromkeys(KINDS, 0)
+    for run in runs:
+        counts[run["status"]] += 1
+    counts["stale"] = sum(1 for r in runs if r.get("stale"))
+    return counts
+
+
+def _unfinished(run: dict) -> bool:
+    return run["status"] in UNFINISHED and run.get("lock") != "held" or bool(run.get("stale"))
+
+
+def sweep_status(paths) -> dict:
+    """Where the runs below `paths` stand (see the module docstring): a dict of plain values,
+
+        {"roots": [...], "counts": {running, completed, diverged, failed, interrupted,
+         no_summary, unreadable, stale}, "groups": [{"dir", "sweep": bool, "counts", "runs":
+         [{"dir", "status", ...}], "command", "command_missing"}]}
+
+    one group per sweep dir, and one (`"sweep": False`) for the single runs below each root.
+    Raises MissingDir (a FileNotFoundError) naming a path that is not a directory."""
+    now = time.time()
+    roots = [os.fspath(p) for p in paths]
+    for root in roots:
+        if not os.path.isdir(root):
+            why = "not a directory" if os.path.exists(root) else "no such directory"
+            raise MissingDir(2, why, root)
+    groups: dict[tuple, dict] = {}
+    seen: set[str] = set()
+    for root in roots:
+        for run_dir, sweep, has_summary in _find(root):
+            key = os.path.abspath(run_dir)
+            if key in seen:  # roots that overlap
+                continue
+            seen.add(key)
+            group = groups.setdefault((sweep is not None, sweep or root),
+                                      {"dir": sweep or root, "sweep": sweep is not None, "runs": []})
+            group["runs"].append(_inspect(run_dir, has_summary, now))
+    out = []
+    for group in groups.values():
+        group["runs"].sort(key=lambda r: _natural(r["dir"]))
+        group["counts"] = _counts(group["runs"])
+        group["command"], group["command_missing"] = None, None
+        todo = [r for r in group["runs"] if _unfinished(r)]
+        if group["sweep"] and todo:
+            group["command"], group["command_missing"] = _sweep_command(group["dir"])
+        elif todo:
+            for run in todo:
+                run["command"], why = _run_command(run["dir"])
+                if why:
+                    run["command_missing"] = why
+        out.append(group)
+    total = dict.fromkeys((*KINDS, "stale"), 0)
+    for group in out:
+        for k, v in group["counts"].items():
+            total[k] += v
+    return {"roots": roots, "counts": total, "groups": out}
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never written"
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s ago"
+    if s < 7200:
+        return f"{s // 60}m ago"
+    if s < 172800:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m ago"
+    return f"{s // 86400}d ago"
+
+
+def _count_line(counts: dict) -> str:
+    n = sum(counts[k] for k in KINDS)
+    parts = [f"{counts['completed']} completed"]
+    running = f"{counts['running']} running"
+    if counts["stale"]:
+        running += f" ({counts['stale']} stale)"
+    parts.append(running)
+    parts += [f"{counts[k]} {k.replace('_', ' ')}" for k in ("diverged", "failed", "interrupted",
+                                                             "no_summary", "unreadable") if counts[k]]
+    return f"{n} run{'s' * (n != 1)}: " + ", ".join(parts)
+
+
+def _detail(run: dict) -> str:
+    status = run["status"]
+    if status == "running":
+        epoch = f"epoch {run['last_epoch']}" if run.get("last_epoch") is not None else run.get("note", "")
+        text = f"{epoch}, last write {_age(run.get('age_s'))}"
+        if run.get("stale"):
+            text += "; stale: no process holds its lock (its job is dead)"
+        elif run.get("lock") is None:
+            text += "; whether its job is alive cannot be told"
+        return text
+    if status == "no_summary":
+        return {"held": "starting (its lock is held)",
+                "free": "never got going (no process holds its lock)"}.get(run.get("lock"), "")
+    if status == "unreadable":
+        return run.get("reason", "")
+    return one_line(run.get("error") or "")
+
+
+def render(report: dict, show_all: bool = False) -> str:
+    """The readable form of `sweep_status`' result, every value escaped."""
+    lines = []
+    for group in report["groups"]:
+        title = group["dir"] if group["sweep"] else f"{group['dir']} (single runs)"
+        lines.append(printable(f"{title}: {_count_line(group['counts'])}"))
+        shown: dict[str, int] = {}
+        hidden: dict[str, int] = {}
+        order = {st: i for i, st in enumerate(LISTED)}
+        listed = [r for r in group["runs"] if r["status"] not in ("completed", "diverged")]
+        rows = []
+        for run in sorted(listed, key=lambda r: order["stale" if r.get("stale") else r["status"]]):
+            st = "stale" if run.get("stale") else run["status"]
+            if not show_all and shown.get(st, 0) >= SHOWN:
+                hidden[st] = hidden.get(st, 0) + 1
+                continue
+            shown[st] = shown.get(st, 0) + 1
+            name = os.path.relpath(run["dir"], group["dir"]) if group["sweep"] else run["dir"]
+            rows.append((st, printable(name), run))
+        width = min(40, max((len(name) for _, name, _ in rows), default=0))
+        for st, name, run in rows:
+            label = "no summary" if st == "no_summary" else st
+            detail = _detail(run)
+            lines.append(printable(f"  {label:<11} {name:<{width}}" + (f"  {detail}" if detail else "")).rstrip())
+            if not group["sweep"] and run.get("command"):
+                lines.append(printable(f"              continue with: {run['command']}"))
+        for st, n in hidden.items():
+            lines.append(f"  ... and {n} more {st.replace('_', ' ')} (--all lists them)")
+        if group["command"]:
+            lines.append(printable(f"  continue with: {group['command']}"))
+            live = group["counts"]["running"] - group["counts"]["stale"]
+            if live == 1:
+                lines.append("  (1 run is still being written: its job is refused until it ends)")
+            elif live:
+                lines.append(f"  ({live} runs are still being written: their jobs are refused "
+                             "until they end)")
+        elif group["command_missing"]:
+            lines.append(printable(f"  no command to continue it: {group['command_missing']}"))
+    if len(report["groups"]) > 1:
+        lines.append(printable(f"total: {_count_line(report['counts'])}"))
+    if not report["groups"]:
+        lines.append(printable("no run dirs below " + ", ".join(report["roots"])))
+    return "\n".join(lines) + "\n"
+
+
+def printable(text) -> str:
+    """`escape_control`, and a name that is not UTF-8 (its bytes kept as surrogates by
+    os.fsdecode) shown as `\\xff` rather than failing to print."""
+    return escape_control(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def main(argv: list[str]) -> int:
+    """`regablate status`: 0, or 2 with one line on stderr for a DIR that does not exist."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE, end="")
+        return 0
+    flags = [a for a in argv if a.startswith("-") and a not in ("--json", "--all")]
+    if flags:
+        print(escape_control(f"regablate status: error: unknown option {flags[0]!r}; "
+                             "allowed: --json, --all"), file=sys.stderr)
+        return 2
+    paths = [a for a in argv if not a.startswith("-")]
+    if not paths:
+        paths = [d for d in DEFAULT_ROOTS if os.path.isdir(d)]
+        if not paths:
+            print("regablate status: error: no runs found: no ./multirun or ./outputs here; "
+                  "pass a DIR holding run dirs", file=sys.stderr)
+            return 2
+    try:
+        report = sweep_status(paths)
+    except MissingDir as e:
+        print(escape_control(f"regablate status: error: DIR {e.filename!r}: {e.strerror}"),
+              file=sys.stderr)
+        return 2
+    if "--json" in argv:
+        sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    else:
+        sys.stdout.write(render(report, show_all="--all" in argv))
+    return 0
+
+
+if __name__ == "__main__":
+    from regablate.cli.streams import tolerate_closed_pipes
+
+    tolerate_closed_pipes()
+    sys.exit(main(sys.argv[1:]))

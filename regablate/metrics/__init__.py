@@ -1,0 +1,3 @@
+"""What a run measures beyond loss and accuracy: calibration (ECE, reliability), MC-dropout
+uncertainty (uncertainty) and weight statistics (weight_stats).
+"""

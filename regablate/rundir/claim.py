@@ -1,0 +1,98 @@
+"""Who may write a run dir: one process at a time, and never over a run that is already there.
+
+`claim(run_dir, resume)` takes an exclusive lock on the directory itself (`flock`, released
+by the kernel when the process ends, even on SIGKILL) and then checks it: a dir that holds a
+`summary.json` is refused unless `trainer.resume=auto`. A refused job touches nothing, Hydra's
+`.hydra/` files included: Hydra writes none itself (`hydra.output_subdir: null`, and no job log
+file), regablate writes them once it holds the lock (`write_hydra_files`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from regablate.errors import UsageError
+
+WAYS_ON = "continue it with trainer.resume=auto, or choose another hydra.run.dir / hydra.sweep.dir"
+
+
+class RunRefused(UsageError):
+    """This job may not write `run_dir`; nothing in it was touched."""
+
+    def __init__(self, run_dir: Path, why: str, ways_on: str = WAYS_ON, busy: bool = False):
+        self.run_dir, self.why, self.ways_on, self.busy = Path(run_dir), why, ways_on, busy
+        super().__init__(f"{run_dir} {why}; {ways_on}")
+
+    def __reduce__(self):  # crosses process boundaries (joblib, submitit) intact
+        return type(self), (self.run_dir, self.why, self.ways_on, self.busy)
+
+
+@contextmanager
+def claim(run_dir: Path, resume: str = "never") -> Iterator[None]:
+    """Hold `run_dir` for this process while the body writes it (see the module docstring)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunRefused(run_dir, "is being written by another process",
+                             "wait for it, or choose another hydra.run.dir / hydra.sweep.dir", busy=True) from None
+        if resume != "auto" and (run_dir / "summary.json").exists():
+            raise RunRefused(run_dir, "already holds a run (summary.json)")
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def write_hydra_files(run_dir: Path, task_cfg, hydra_cfg, overrides, to_yaml=None) -> None:
+    """Hydra's `.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml` as `run_job` writes them
+    (the task's config unresolved, HydraConfig's node, the job's overrides), atomically, into a
+    run dir this process holds (`claim`) that holds no run yet: the launch that makes a run
+    writes them, and no other (not a refused job, a skipped finished run, nor a resume, which
+    must have the same configuration, see `regablate.training.loop`)."""
+    from omegaconf import OmegaConf
+
+    from regablate.rundir.atomic import one_sync, write_atomic
+
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").exists():
+        return
+    dump = to_yaml or OmegaConf.to_yaml
+    out = run_dir / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    with one_sync():
+        for name, cfg in (("config.yaml", task_cfg), ("hydra.yaml", hydra_cfg), ("overrides.yaml", overrides)):
+            text = dump(cfg)
+            write_atomic(out / name, lambda f, text=text: f.write(text))
+
+
+def hydra_subdir(output_dir: str) -> str | None:
+    """`hydra.output_subdir` of a job: `.hydra`, or None (Hydra then writes no `.hydra/` files)
+    when the job's dir already holds a run. (Not used by conf/config.yaml any more: there Hydra
+    writes none at all, see `write_hydra_files`; kept for configs that still name it.) `.hydra/` is written by the launch that makes a run
+    and never again: not by a refused job, a skipped finished run, nor a resume (which must
+    have the same configuration, see `regablate.training.loop`)."""
+    return None if (Path(output_dir) / "summary.json").exists() else ".hydra"
+
+
+def gpus_for(device: object) -> int | None:
+    """`gpus_per_node` of conf/hydra/launcher/cluster.yaml: 1 for trainer.device=cuda or
+    cuda:N, else None (no GPU request: auto and cpu runs are given none)."""
+    return 1 if str(device).startswith("cuda") else None
+
+
+def register_resolver() -> None:
+    """`${regablate_hydra_subdir:DIR}` and `${regablate_gpus:DEVICE}` for conf/; registered by
+    regablate's Hydra plugins on discovery, so any app composing conf/ resolves them."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("regablate_hydra_subdir"):
+        OmegaConf.register_new_resolver("regablate_hydra_subdir", hydra_subdir)
+    if not OmegaConf.has_resolver("regablate_gpus"):
+        OmegaConf.register_new_resolver("regablate_gpus", gpus_for)

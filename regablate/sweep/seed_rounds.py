@@ -1,0 +1,137 @@
+"""`hydra.sweeper.seeds=auto`: a sweep that adds seeds in rounds until each arm is decided.
+
+The sweep's jobs without seeds are its arms (an arm's label: the overrides in which it differs
+from the others, `+reg=dropout`, `reg.dropout.p=0.95`). Round 1 runs seeds 0..min_seeds−1 of
+every arm; after each round each arm is compared, paired over seeds, with the reference arm
+(default: the arm without a regulariser, else the first) by `regablate.sweep.sequential`'s
+group-sequential test (O'Brien–Fleming-type alpha spending within an arm, Bonferroni over arms:
+family-wise error ≤ alpha over arms and looks), and the next round runs the next seeds of the
+reference and of the arms still undecided, until all are decided or max_seeds is reached. Each
+round is one launcher batch. Every job runs with `trainer.resume=auto`, so the same command
+re-run after a kill replays the rounds from the run dirs (finished runs are not repeated) and
+reaches the same decisions. `sequential.json` at the sweep root holds the settings and every look.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from regablate.errors import ConfigError, UsageError
+
+SPLITS = ("val", "test", "gap")
+
+
+def settings_of(reference_label: str, *, metric: str, min_seeds: int, max_seeds: int, step: int,
+                alpha: float, delta) -> object:
+    """`regablate.sweep.sequential.Settings` from the sweeper's keys; a bad value is one line."""
+    from regablate.sweep.sequential import Settings
+
+    if metric not in SPLITS:
+        raise ConfigError("hydra.sweeper.metric", metric, f"allowed: {', '.join(SPLITS)}")
+    try:
+        return Settings(reference=reference_label, metric=metric, min_seeds=min_seeds,
+                        max_seeds=max_seeds, step=step, alpha=alpha, delta=delta)
+    except ValueError as e:
+        raise UsageError(f"hydra.sweeper.seeds=auto: {e}") from None
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def arm_labels(jobs: list[list[str]]) -> dict[str, list[str]]:
+    """{label: the job's overrides} for the sweep's seedless jobs; a label is the overrides in
+    which the job differs from the others (all of them for a single job)."""
+    common = set.intersection(*(set(j) for j in jobs)) if len(jobs) > 1 else set()
+    out: dict[str, list[str]] = {}
+    for job in jobs:
+        label = " ".join(o for o in job if o not in common) or " ".join(job) or "(all defaults)"
+        out[label] = job
+    return out
+
+
+def pick_reference(labels: dict[str, list[str]], given) -> str:
+    """The reference arm: `given` (a label), else the arm without a regulariser, else the first."""
+    if given is not None:
+        if given not in labels:
+            raise ConfigError("hydra.sweeper.reference", given, "one of the arms: " +
+                              "; ".join(labels))
+        return given
+    for label, job in labels.items():
+        regs = [o.split("=", 1)[1] for o in job if _key(o) == "reg" and "=" in o]
+        if not regs or regs[-1] in ("none", "[]", "{}"):
+            return label
+    return next(iter(labels))
+
+
+def _value(run, split: str):
+    """The run's metric on `split` (val/test: the primary metric; gap), None unless completed."""
+    s = run.summary
+    if s.get("status") != "completed":
+        return None
+    if split == "gap":
+        return s.get("gap")
+    metric = s.get("metric")
+    part = s.get(split)
+    return part.get(metric) if isinstance(part, dict) else None
+
+
+def values(sweep_dir: Path, labels: dict[str, list[str]], split: str) -> tuple[dict, bool | None]:
+    """({label: {seed: value}}, higher_is_better) from the run dirs under `sweep_dir`; a run
+    belongs to the arm whose overrides are its own less `seed=` and `trainer.resume=`."""
+    from regablate.report.collect import collect
+
+    arm_of = {frozenset(job): label for label, job in labels.items()}
+    runs, _ = collect([sweep_dir])
+    out: dict[str, dict] = {label: {} for label in labels}
+    higher = None
+    for run in runs:
+        own = frozenset(o for o in run.overrides if _key(o) not in ("seed", "trainer.resume"))
+        label = arm_of.get(own)
+        seed = run.summary.get("seed")
+        if label is None or not isinstance(seed, int):
+            continue
+        value = _value(run, split)
+        if value is not None:
+            out[label][seed] = value
+            hib = run.summary.get("higher_is_better")
+            higher = (hib if split != "gap" else False) if isinstance(hib, bool) else higher
+    return out, higher
+
+
+def run_rounds(launch, sweep_dir: Path, jobs: list[list[str]], given_reference, **keys) -> list:
+    """Run the rounds; `launch(batch) -> list[JobReturn]` runs one batch of override lists.
+    Returns every batch's returns. Writes sequential.json after each look."""
+    from dataclasses import replace
+
+    from regablate.sweep.sequential import FILE, SequentialState, add_look, plan_next_round
+
+    labels = arm_labels(jobs)
+    if len(labels) < 2:
+        raise UsageError("hydra.sweeper.seeds=auto compares arms with a reference: sweep at least two "
+                         "arms, e.g. +reg=none,dropout")
+    reference = pick_reference(labels, given_reference)
+    settings = settings_of(reference, **keys)
+    state = SequentialState(settings, [label for label in labels if label != reference])
+    returns, launched = [], {label: set() for label in labels}
+    while todo := plan_next_round(state):
+        batch = [[*labels[label], f"seed={seed}", "trainer.resume=auto"]
+                 for label, seeds in todo.items() for seed in seeds]
+        returns.append(launch(batch))
+        for label, seeds in todo.items():
+            launched[label].update(seeds)
+        got, higher = values(sweep_dir, labels, settings.metric)
+        got = {label: {seed: v for seed, v in by_seed.items() if seed in launched[label]}
+               for label, by_seed in got.items()}  # a replay sees only this round's seeds so far
+        if higher is not None and higher != state.settings.higher_is_better:
+            state = SequentialState(replace(state.settings, higher_is_better=higher), state.arms,
+                                    state.looks)
+        look = add_look(state, got)
+        state.save(sweep_dir / FILE)
+        shown = "; ".join(f"{label}: {a.decision or '–'} (n={a.n}"
+                          + (f", Δ={a.estimate:+.4g}" if a.estimate is not None else "")
+                          + (f", p={a.p:.3g})" if a.p is not None else ")")
+                          for label, a in look.items())
+        print(f"regablate: seeds=auto look {len(state.looks)} vs {reference}: {shown}", file=sys.stderr)
+    return returns

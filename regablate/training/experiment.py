@@ -1,0 +1,112 @@
+"""Experiment = data on the device + model built with the stack + optimiser + loss."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regablate.config.settings import Settings
+from regablate.data import DATASETS, Data
+from regablate.models import build_model
+from regablate.rundir.group import flatten, group_id  # noqa: F401 (in regablate.rundir.group, torch-free, for the report)
+from regablate.training.optim import Schedule, build_optimizer, check_optimizer, held_groups
+
+
+def resolve_device(name: str) -> torch.device:
+    from regablate.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", name, "CUDA is not available here; use auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices): init, dropout masks, augmentation."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def training_loss(task: str, label_smoothing: float):
+    """Mean cross-entropy (hard or soft targets; smoothing applied once, here) or MSE."""
+    if task == "regression":
+        return F.mse_loss
+    if label_smoothing > 0:
+        return lambda out, y: F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    return F.cross_entropy
+
+
+@dataclass(eq=False)
+class Experiment:
+    s: Settings
+    device: torch.device
+    data: Data
+    model: nn.Module
+    groups: list[dict]  # the stack's parameter groups, as the optimiser is built from them
+    loss: Any
+
+    @cached_property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Built on first use: the first torch optimiser of a process imports torch._dynamo
+        (about a second), which a stacked sweep, stepping its own optimiser, never needs."""
+        return build_optimizer(self.s.optim, self.groups)
+
+    @cached_property
+    def schedule(self) -> Schedule:
+        moves = self.s.sched.name != "none"  # only a schedule that moves the lr needs the optimiser
+        return Schedule(self.s.sched, self.optimizer if moves else None, self.s.trainer.max_epochs)
+
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups as it holds them now (lr, weight_decay, ...), built
+        only where it already is or a schedule moves the lr."""
+        if "optimizer" in self.__dict__ or self.s.sched.name != "none":
+            return self.optimizer.param_groups
+        return held_groups(self.s.optim, self.groups)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def _listed(group: dict) -> dict:
+    """A parameter group whose params are a list, as torch makes them (it takes one tensor or any
+    iterable): the groups are read before torch's optimiser is built, and without it."""
+    params = group["params"]
+    return {**group, "params": [params] if isinstance(params, torch.Tensor) else list(params)}
+
+
+def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
+    """Everything a run needs, checked and built before any file is written. `data`: the data
+    set these settings make, already built (by a caller that starts many runs on it); building
+    it draws on no global RNG, so the model's initialisation is the same either way."""
+    device = resolve_device(s.trainer.device)
+    if data is None:
+        data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed).to(device)
+    seed_everything(s.seed)
+    for key in ("label_smoothing", "mixup", "cutmix"):
+        if data.task != "classification" and s.stack[key] is not None:
+            from regablate.errors import ConfigError
+
+            raise ConfigError(f"reg.{key}", "on", f"needs a classification dataset; "
+                              f"dataset.name={s.dataset.name!r} is {data.task}")
+    if s.trainer.amp and device.type != "cuda":
+        from regablate.errors import ConfigError
+
+        raise ConfigError("trainer.amp", True, f"bf16 autocast is for CUDA; the device is {device}")
+    model = build_model(s.model, data.in_shape, data.out_dim, s.stack).to(device)
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    check_optimizer(s.optim)
+    groups = [_listed(g) for g in s.stack.param_groups(model)]
+    loss = training_loss(data.task, s.stack.loss_spec().label_smoothing)
+    return Experiment(s, device, data, model, groups, loss)
