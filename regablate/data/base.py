@@ -22,7 +22,8 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
-def identity(x: torch.Tensor) -> torch.Tensor:
+def unchanged(x: torch.Tensor) -> torch.Tensor:
+    """The stored inputs as they are (features, tables: no preparation)."""
     return x
 
 
@@ -30,7 +31,7 @@ def identity(x: torch.Tensor) -> torch.Tensor:
 class Data:
     """Train/val/test splits and what a model needs to know about them.
 
-    `prepare` turns stored inputs into model inputs on the device, batch by batch (identity for
+    `prepare` turns stored inputs into model inputs on the device, batch by batch (`unchanged` for
     float features; uint8 -> normalised float for images), so storage stays compact.
     `ood` is an out-of-distribution input set for uncertainty checks (may be None).
     """
@@ -41,7 +42,7 @@ class Data:
     test: Split
     in_shape: tuple[int, ...]
     out_dim: int  # number of classes, or regression outputs
-    prepare: Callable[[torch.Tensor], torch.Tensor] = field(default=identity)
+    prepare: Callable[[torch.Tensor], torch.Tensor] = field(default=unchanged)
     ood: torch.Tensor | None = None
 
     @property

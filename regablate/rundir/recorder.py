@@ -3,7 +3,8 @@
 summary.json is written at the start with status "running" and rewritten at the end, both
 atomically; metrics.csv gets one complete line per epoch or nothing (a failed append is cut
 back off, so a full disk never leaves half a line; lines are written in batches, every
-`FLUSH_EVERY_S` and at the end, with the TensorBoard events); TensorBoard gets the layout of DESIGN.md:
+`FLUSH_EVERY_S` and at the end, with the TensorBoard events); TensorBoard gets the layout of docs/ARCHITECTURE.md
+("The run dir"):
 `train/` and `val/` sub-runs under identical tags, run-level gap, lr and weights, and the
 HParams session start and end in the run's own file (see `regablate.tensorboard.hparams`).
 """

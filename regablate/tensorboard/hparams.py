@@ -30,7 +30,7 @@ def stack_name(reg: Iterable[str]) -> str:
     return "+".join(names) if names else "none"
 
 
-def identity(cfg: dict) -> dict[str, Any]:
+def run_hparams(cfg: dict) -> dict[str, Any]:
     """A run's hparams: `reg` and its science settings as scalars (lists as strings)."""
     reg = cfg.get("reg") if isinstance(cfg.get("reg"), dict) else {}
     values: dict[str, Any] = {"reg": stack_name(reg)}

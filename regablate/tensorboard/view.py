@@ -87,7 +87,7 @@ def _identity(run) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    values = hp.identity(nested)
+    values = hp.run_hparams(nested)
     values["reg"] = hp.stack_name(run.stack)
     return values
 

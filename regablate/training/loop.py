@@ -23,7 +23,7 @@ from regablate.config.settings import load_settings
 from regablate.metrics.uncertainty import mc_dropout
 from regablate.metrics.weight_stats import named_weight_matrices, weight_stats
 from regablate.rundir.recorder import Recorder
-from regablate.tensorboard.hparams import identity
+from regablate.tensorboard.hparams import run_hparams
 from regablate.training import checkpoint
 from regablate.training.evaluate import autocast, evaluate, gap
 from regablate.training.experiment import Experiment, build_experiment, group_id
@@ -112,7 +112,7 @@ def open_run(cfg: dict, x: Experiment, run_dir: Path, resume: dict | None = None
     if findings and talk and x.s.trainer.progress != "none":
         print(format_findings(findings), file=sys.stderr, flush=True)
     head = {**_summary_head(cfg, x), "warnings": [f.as_dict() for f in findings]}
-    return Recorder(run_dir, head, x.data.metric, identity(cfg), x.s.trainer.tensorboard, resume=resume)
+    return Recorder(run_dir, head, x.data.metric, run_hparams(cfg), x.s.trainer.tensorboard, resume=resume)
 
 
 def closing_fields(x: Experiment, restored: bool, progress=SILENT) -> dict:

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from regablate.checks.lint import format_findings, lint
 from regablate.checks.selfcheck import check_eval_determinism
-from regablate.data.base import identity
+from regablate.data.base import unchanged
 from regablate.metrics.weight_stats import named_weight_matrices
 from regablate.regularisers.mixing import probs
 from regablate.rundir.atomic import one_sync
@@ -260,9 +260,9 @@ class _SharedData:
         return x.view(*rows.shape, *x.shape[1:]), y.view(*rows.shape, *y.shape[1:])
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """`data.prepare` on (K, B, ...) stored inputs (identity for features, uint8 -> float
+        """`data.prepare` on (K, B, ...) stored inputs (unchanged for features, uint8 -> float
         for images), sample by sample."""
-        if self.prepare_one is identity:
+        if self.prepare_one is unchanged:
             return x
         k, b = x.shape[:2]
         out = self.prepare_one(x.reshape(k * b, *x.shape[2:]))
