@@ -16,8 +16,6 @@ The std is accumulated with Welford's update, so identical passes give exactly 0
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,27 +24,12 @@ from regablate.data import Data
 from regablate.regularisers.dropout import DropConnectLinear
 
 
-@functools.cache
-def _project_classes() -> tuple[type, ...]:
-    """Project modules that are stochastic in training mode: DropConnectLinear, and the
-    Drop* modules (DropBlock, DropPath) of regularisers/spatial.py where that module exists."""
-    classes: list[type] = [DropConnectLinear]
-    try:
-        from regablate.regularisers import spatial
-    except ImportError:
-        return tuple(classes)
-    classes += [c for c in vars(spatial).values()
-                if isinstance(c, type) and issubclass(c, nn.Module)
-                and c.__module__ == spatial.__name__ and c.__name__.startswith("Drop")]
-    return tuple(classes)
-
-
 def is_dropout(module: nn.Module) -> bool:
-    """A dropout-family module: torch's Dropout/Dropout1d/2d/3d/AlphaDropout, DropConnectLinear,
-    DropBlock/DropPath, or any module whose class sets `dropout_family = True`."""
-    return (isinstance(module, nn.modules.dropout._DropoutNd)
-            or getattr(type(module), "dropout_family", False) is True
-            or isinstance(module, _project_classes()))
+    """A dropout-family module: torch's Dropout/Dropout1d/2d/3d/AlphaDropout (regablate.nn's
+    Dropout and Dropout2d among them), DropConnectLinear, or any module whose class sets
+    `dropout_family = True` (regablate.nn's DropBlock2d, DropPath, LockedDropout, WeightDrop)."""
+    return (isinstance(module, (nn.modules.dropout._DropoutNd, DropConnectLinear))
+            or getattr(type(module), "dropout_family", False) is True)
 
 
 def dropout_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
