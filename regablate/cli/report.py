@@ -18,16 +18,13 @@ import os
 import sys
 from pathlib import Path
 
+from regablate.errors import UsageError
 from regablate.report.collect import SPLITS
 from regablate.rundir.untrusted import escape_control
 
 DEFAULT_ROOTS = ("multirun", "outputs")
 FORMATS = ("table", "markdown", "csv", "latex", "json", "parquet")
 TESTS = ("t", "signflip", "wilcoxon")  # regablate.report.paired.TESTS, which imports scipy
-
-
-class UsageError(Exception):
-    """A mistake the user can fix; printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,7 +161,6 @@ def _effects(shown, metric: str):
     import warnings
 
     from regablate.errors import ConfigError
-    from regablate.errors import UsageError as DataError
     from regablate.sweep.designs import find_ablation_json
 
     parents: dict = {}
@@ -181,7 +177,7 @@ def _effects(shown, metric: str):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             frame = effects(runs_frame(runs, status=None, groups=shown), metric=metric)
-    except (DataError, ConfigError) as e:
+    except (UsageError, ConfigError) as e:
         print(escape_control(f"regablate report: warning: no components table: {e}"),
               file=sys.stderr)
         return None

@@ -18,13 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from regablate.errors import UsageError
 from regablate.rundir.untrusted import escape_control
 
 DEFAULT_ROOTS = ("multirun", "outputs")
-
-
-class UsageError(Exception):
-    """A mistake the user can fix; printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):

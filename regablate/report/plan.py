@@ -27,12 +27,10 @@ import warnings
 
 from scipy import optimize, stats
 
+from regablate.errors import UsageError
+
 USAGE = "regablate plan DIR --delta D [--power 0.8] [--alpha 0.05] [--format table|json]"
 N_CAP = 1_000_000
-
-
-class UsageError(ValueError):
-    """A bad argument or pilot; the message is one line."""
 
 
 def t_power(n: int, effect: float, alpha: float) -> float:
