@@ -6,8 +6,8 @@ e.g. `dropout_l2`), a summary field (`status`, `seed`, `dataset`, ...) or a flat
 (`optim.lr`). Numbers compare as numbers (`optim.lr=1e-2` matches 0.01).
 
 Groups are runs sharing a group id (same config up to seeds and operational settings; see
-regablate.rundir.group and collect). A group's name is its stack joined with `+` (`none` when empty),
-followed by the settings that tell it apart when several groups share that stack, shortest key
+regablate.rundir.group and collect). A group's name is its stack's names sorted and joined with `+`
+(`none` when empty; stack_name, shared with TensorBoard's `reg` hparam), followed by the settings that tell it apart when several groups share that stack, shortest key
 first (`dropout p=0.3`), floats to 4 significant digits (`l2 lam=0.0001235`; more only where 4
 would give two groups one name); a group without such a setting (another dataset's) does not
 name it.
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from regablate.report.collect import Run
 from regablate.rundir.group import NOT_IN_GROUP
+from regablate.tensorboard.hparams import stack_name  # the report's group names use it too
 
 SUMMARY_KEYS = ("status", "group", "dataset", "model", "task", "metric", "seed", "data_seed")
 _MISSING = object()
@@ -59,10 +60,6 @@ def check_filters(filters: list[Filter], runs: list[Run]) -> None:
             raise SelectError(f"--filter {f.key}=...: unknown key {f.key!r}; allowed: "
                               f"{', '.join(['reg', *SUMMARY_KEYS])}, or a flattened config key "
                               f"under {', '.join(tops) or '-'} (e.g. {dotted[0] if dotted else '-'})")
-
-
-def stack_name(stack: tuple) -> str:
-    return "+".join(stack) or "none"
 
 
 def label_value(value, digits: int | None = 4) -> str:

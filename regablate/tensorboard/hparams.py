@@ -25,9 +25,10 @@ SESSION_FILE = "events.out.tfevents.session.hparams"  # a run's session start an
 
 
 def stack_name(reg: Iterable[str]) -> str:
-    """The readable name of a regulariser stack: `none`, `dropout`, `dropout+weight_decay`."""
-    names = sorted(reg)
-    return "+".join(names) if names else "none"
+    """The readable name of a regulariser stack, its names sorted and joined with `+`: `none`,
+    `dropout`, `dropout+weight_decay`. The one definition: TensorBoard's `reg` hparam, the
+    report's group names and `reg` column, and `--filter reg=...` all use it."""
+    return "+".join(sorted(reg)) or "none"
 
 
 def run_hparams(cfg: dict) -> dict[str, Any]:
