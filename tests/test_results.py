@@ -262,7 +262,7 @@ def test_readme_example_runs_as_written(sweep, tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "report.md").read_text()
     section = readme.split("## Results in Python", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S)[1]
     where = re.search(r'load_runs\("([^"]+)"\)', code)[1]
@@ -274,6 +274,6 @@ def test_readme_example_runs_as_written(sweep, tmp_path, monkeypatch):
     with io.StringIO() as buf:
         sys_stdout, sys.stdout = sys.stdout, buf
         try:
-            exec(compile(code, "README.md", "exec"), {})
+            exec(compile(code, "docs/report.md", "exec"), {})
         finally:
             sys.stdout = sys_stdout
