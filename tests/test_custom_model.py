@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import regablate.nn as rnn
-from regablate.checks.lint import build_model as lint_build
 from regablate.checks.lint import lint
+from regablate.cli.lint import lint_inputs as lint_build
 from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
 from regablate.metrics.uncertainty import is_dropout
@@ -191,7 +191,7 @@ FIXED_WIDTH = ("model=custom (custom_models:FixedWidth) fails on the data's inpu
 
 
 def test_lint_command_on_a_model_that_fails_on_the_datas_shape(capsys):
-    from regablate.checks.lint import main
+    from regablate.cli.lint import main
 
     assert main([*custom("FixedWidth"), *SMALL]) == 2
     assert capsys.readouterr().err == f"regablate: error: {FIXED_WIDTH}\n"

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from regablate.checks.lint import Finding, ModelInputError, build_model, format_findings, lint, main
+from regablate.checks.lint import Finding, ModelInputError, format_findings, lint
+from regablate.cli.lint import lint_inputs as build_model
+from regablate.cli.lint import main
 from regablate.config.compose import compose_config
 from regablate.config.paths import CONF_DIR
 from regablate.config.settings import load_settings

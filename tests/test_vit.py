@@ -14,8 +14,8 @@ from PIL import Image
 
 import regablate.nn as rnn
 from conftest import write_fake_cifar10
-from regablate.checks.lint import build_model as lint_build
 from regablate.checks.lint import lint
+from regablate.cli.lint import lint_inputs as lint_build
 from regablate.config.compose import compose_config
 from regablate.config.settings import load_settings
 from regablate.errors import ConfigError

@@ -1,10 +1,10 @@
 """Regularisation linter: silent pitfalls found in the settings, the built model and its optimiser.
 
-`regablate lint [--strict] [overrides]` composes the config and prints the findings without
-training; the trainer runs the same `lint` at the start of every run and stores the findings in
-summary.json `warnings`. "Ahead of" and "feeds" (RA002, RA003) follow the order in which an
-eval-mode forward pass calls the modules when the input shape is known (always from
-`regablate lint`), else registration order. That pass is the model's first call on the data's
+The rules, as `lint`; `regablate lint [--strict] [overrides]` (regablate.cli.lint) composes the
+config, builds the model and prints the findings without training; the trainer runs the same
+`lint` at the start of every run and stores the findings in summary.json `warnings`. "Ahead of"
+and "feeds" (RA002, RA003) follow the order in which an eval-mode forward pass calls the modules
+when the input shape is known (always from `regablate lint`), else registration order. That pass is the model's first call on the data's
 shape: a model whose forward fails on it (a custom model built for other inputs) is refused in
 one line naming the model, the shape and the error (ModelInputError). Rules:
 
@@ -36,19 +36,16 @@ LayerNorm: they act on the residual stream, which a pre-norm block normalises pe
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from regablate.config.compose import compose_config
 from regablate.config.settings import Settings
 from regablate.errors import UsageError
 from regablate.metrics.uncertainty import drop_rate, is_dropout
 
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # _NormBase: batch, instance
-SHAPES = {"cifar10": ((3, 32, 32), 10)}  # datasets whose model shape is known without their data
 MIXING = ("mixup", "cutmix")
 SHOW = 3  # modules named in one finding before "and N more"
 
@@ -300,86 +297,6 @@ def lint(settings: Settings, model: nn.Module, groups: list[dict] | None = None,
     return sorted(out, key=lambda f: f.id)
 
 
-def build_model(settings: Settings) -> tuple[nn.Module, list[dict], tuple[int, ...]]:
-    """The run's model (on the CPU, same seed), its optimiser's parameter groups and input shape,
-    without training:
-    `lint(settings, *build_model(settings))`. The input shape comes from SHAPES for datasets
-    kept on disk, else from generating the data (cheap for the synthetic sets)."""
-    from regablate.data import DATASETS
-    from regablate.models import build_model as build
-    from regablate.training.experiment import seed_everything
-    from regablate.training.optim import held_groups
-
-    s = settings
-    if s.dataset.name in SHAPES:
-        in_shape, out_dim = SHAPES[s.dataset.name]
-    else:
-        data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed)
-        in_shape, out_dim = data.in_shape, data.out_dim
-    seed_everything(s.seed)
-    model = build(s.model, in_shape, out_dim, s.stack)  # as the run builds it (custom models too)
-    return model, held_groups(s.optim, s.stack.param_groups(model)), tuple(in_shape)
-
-
 def format_findings(findings: list[Finding]) -> str:
     """Two lines per finding: `RA001  what is wrong` / `       fix: ...`."""
     return "".join(f"{f.id}  {f.message}\n{' ' * (len(f.id) + 2)}fix: {f.fix}\n" for f in findings)
-
-
-USAGE = """usage: regablate lint [--strict] [overrides]
-
-Compose the config as `regablate run` would and print regularisation pitfalls without training.
-  --strict   exit 1 when there is any finding
-example: regablate lint optim=adam optim.weight_decay=1e-4 +reg=dropout
-"""
-
-
-def main(argv: list[str]) -> int:
-    """`regablate lint`: 0 (clean, or findings without --strict), 1 (findings with --strict),
-    2 (invalid overrides or config, one line on stderr)."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from regablate.config.settings import load_settings
-    from regablate.errors import ConfigError
-    from regablate.errors import one_line as _one_line
-    from regablate.errors import print_error as _error
-
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE, end="")
-        return 0
-    strict = "--strict" in argv
-    overrides = [a for a in argv if a != "--strict"]
-    flags = [a for a in overrides if a.startswith("-")]
-    if flags:
-        return _error(f"lint takes --strict and overrides; unknown option {flags[0]!r}")
-    try:
-        cfg = compose_config(overrides)
-        settings = load_settings(cfg)
-        findings = lint(settings, *build_model(settings))
-    except ConfigError as e:
-        return _error(f"invalid config: {e}")
-    except UsageError as e:
-        return _error(str(e))
-    except (HydraException, OmegaConfBaseException) as e:
-        cause = e.__cause__
-        extra = f" ({_one_line(cause)})" if isinstance(cause, OmegaConfBaseException) else ""
-        return _error(_one_line(e) + extra)
-    _print(findings)
-    return 1 if strict and findings else 0
-
-
-def _print(findings: list[Finding]) -> None:
-    from rich.console import Console
-    from rich.text import Text
-
-    console = Console(highlight=False, soft_wrap=True)
-    if not findings:
-        console.print(Text("no findings", style="green"))
-        return
-    for f in findings:
-        console.print(Text.assemble((f.id, "bold yellow"), "  ", f.message))
-        console.print(Text.assemble(" " * (len(f.id) + 2), ("fix: ", "bold"), f.fix))
-    n = len(findings)
-    console.print(Text(f"{n} finding{'s' * (n != 1)}", style="yellow"))
-    sys.stdout.flush()
