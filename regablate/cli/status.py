@@ -264,7 +264,7 @@ def _read_list(path: str, within: str, key_path: tuple) -> list[str]:
 
 def _sweep_command(sweep: str) -> tuple[str | None, str | None]:
     """(the command that continues the sweep in `sweep`, None) or (None, why there is none)."""
-    from regablate.cli import resume_command
+    from regablate.cli.main import resume_command
 
     if not os.path.lexists(os.path.join(sweep, "multirun.yaml")):
         return None, ("an Optuna study: run the command that started it again (same storage and "
@@ -280,7 +280,7 @@ def _sweep_command(sweep: str) -> tuple[str | None, str | None]:
 
 def _run_command(run_dir: str) -> tuple[str | None, str | None]:
     """(the command that continues the single run in `run_dir`, None) or (None, why not)."""
-    from regablate.cli import resume_command
+    from regablate.cli.main import resume_command
 
     path = os.path.join(run_dir, ".hydra", "overrides.yaml")
     try:
