@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from regablate.cli.status import last_epoch, main, sweep_status
+from regablate.cli.status import main, sweep_status
+from regablate.rundir.scan import last_epoch
 from regablate.training.loop import train
 from tests.conftest import ENV, REPO, compose_cfg
 
