@@ -251,7 +251,7 @@ def test_hand_written_backward_matches_autograd_through_each_members_module(rate
 
 @pytest.mark.parametrize("smoothing", [None, [0.0, 0.1, 0.3]])
 def test_loss_and_its_gradient_by_hand_match_torch(smoothing):
-    from regablate.vectorized.trainer import _loss_and_grad
+    from regablate.vectorized.losses import loss_and_grad as _loss_and_grad
 
     torch.manual_seed(0)
     out = torch.randn(3, 16, 5, requires_grad=True)

@@ -32,14 +32,14 @@ def resume_member(job: int, cfg: dict, run_dir: Path, s: Settings, shared: dict 
     """The member that continues `run_dir`'s run stacked, or why it goes the ordinary way.
     `shared`: `make_member`'s cache (data sets), which also keeps each shared last.pt read once."""
     from regablate.rundir.claim import RunRefused
-    from regablate.training.loop import _check_same_configuration, _completed
+    from regablate.training.resuming import check_same_configuration, completed
 
     run_dir = Path(run_dir)
     if s.trainer.resume != "auto":
         return ORDINARY
     try:
-        _check_same_configuration(cfg, run_dir)
-        if _completed(run_dir) is not None:
+        check_same_configuration(cfg, run_dir)
+        if completed(run_dir) is not None:
             return f"{ORDINARY} (already completed)"
         found = _load(run_dir, shared if shared is not None else {})
     except (RunRefused, DamagedCheckpoint):
@@ -128,14 +128,13 @@ def checked(state: dict, m: Member, run_dir: Path) -> dict:
     ordinary trainer checks it (`checkpoint.check_resume`, best.pt against the model), and what
     the stacked trainer needs besides: every parameter's moments, and the "stacked" part.
     Returns it with its history unpacked and best.pt's weights under "best"."""
-    from regablate.training.loop import EarlyStopper
     from regablate.training.optim import state_dict_of
+    from regablate.training.resuming import best_weights
+    from regablate.training.session import stopper_for
 
     x, t = m.x, m.s.trainer
-    es = t.early_stopping
-    fresh = EarlyStopper(es.patience, es.min_delta, x.data.higher_is_better and es.monitor == "metric").__dict__
-    history = checkpoint.check_resume(state, x.model, _HeldOptimizer(x, state_dict_of), x.schedule, fresh,
-                                      t.max_epochs)
+    history = checkpoint.check_resume(state, x.model, _HeldOptimizer(x, state_dict_of), x.schedule,
+                                      stopper_for(x).__dict__, t.max_epochs)
     n_params = sum(len(g["params"]) for g in x.groups)
     if m.s.optim.name == "sgd":
         need = {"momentum_buffer"} if m.s.optim.momentum else set()
@@ -145,11 +144,7 @@ def checked(state: dict, m: Member, run_dir: Path) -> dict:
     if need and not (set(stored) == set(range(n_params)) and all(need <= set(per) for per in stored.values())):
         raise DamagedCheckpoint(f"optimizer.state does not hold {', '.join(sorted(need))} for every parameter")
     _check_stacked(state["stacked"], state["epoch"], m)
-    weights = None
-    if state["stopper"]["best_epoch"] > 0:
-        weights = checkpoint.load(run_dir / "checkpoints" / "best.pt")
-        checkpoint.check_weights(weights, x.model, "best.pt")
-    return {**state, "history": history, "best": weights}
+    return {**state, "history": history, "best": best_weights(state, x.model, run_dir)}
 
 
 class _HeldOptimizer:
