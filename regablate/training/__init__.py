@@ -1,5 +1,6 @@
 """One run's training: the experiment built from settings (experiment: data, model,
 optimiser, schedule, regulariser stack), parameter groups and decoupled decay (optim), the
-loop (loop: `train(cfg, run_dir)`), evaluation (evaluate), checkpoints (checkpoint) and the
-progress display (progress).
+loop (loop: `train(cfg, run_dir)`), the run around it that both trainers share (session:
+`RunSession`, the last.pt layout), which state a run continues from (resuming), evaluation
+(evaluate), checkpoint files (checkpoint) and the progress display (progress).
 """
