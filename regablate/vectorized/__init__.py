@@ -8,7 +8,11 @@ stacked_conv.py  `StackedModule`: K conv members as one model (grouped convs, or
 state.py         `StackState`: θ, BatchNorm statistics and step counts per member
 optim.py         AdamW / Adam / SGD over stacked parameters with per-member hyper-parameters
 budget.py        members per chunk from free memory
-trainer.py       the loop: per-member order, losses, regularisers, early stopping, schedules, files
+trainer.py       the loop: per-member batch order, the stacked step, regularisers, schedules
+losses.py        per-member losses and their gradients by hand, evaluation, regulariser strengths
+shared_data.py   the members' split tensors, one copy per distinct data set
+member_run.py    each member's run session (training.session) and its generators
+chunk_checkpoints.py  the chunk's best.pt and shared last.pt, written on a timer and read back
 resume.py        trainer.resume=auto: the members of an interrupted chunk, stacked again from last.pt
 remote.py        a chunk as one SLURM job (executor=slurm)
 
