@@ -217,8 +217,8 @@ def test_the_cluster_launcher_asks_for_a_gpu_only_for_cuda_runs():
      "(set by hydra.launcher.cpus_per_task=1, hydra.launcher.mem_gb=500, hydra.launcher.gpus_per_node=1)"),
 ])
 def test_an_sbatch_refusal_is_one_line_naming_the_setting(monkeypatch, stderr, named):
-    from hydra_plugins.regablate_sweeper import submitit_jobs
-    from hydra_plugins.regablate_sweeper.submitit_jobs import sbatch_refusal
+    from regablate.sweep import submitit_jobs
+    from regablate.sweep.submitit_jobs import sbatch_refusal
 
     monkeypatch.setattr(submitit_jobs, "_largest_node", lambda partition: None)  # no sinfo asked
     params = {"partition": "gpu", "gpus_per_node": 1, "mem_gb": 500, "cpus_per_task": 1, "nodes": 1}

@@ -12,7 +12,9 @@ refuses the jobs (a partition, a GPU request, more CPUs than a node has) is one 
 the settings to change (`UsageError`, exit 2).
 
 The jobs themselves stop on SIGTERM, SIGUSR2 and preemption through `regablate.cli.run`.
-Imported by regablate's sweeper only when a sweep uses a submitit launcher.
+Imported by regablate's sweeper (`regablate.sweep.refusing`) only when a sweep uses a submitit
+launcher; `sbatch_refusal`, `never_starts`, `record_interrupted` and `job_state` serve the
+vectorized launcher's SLURM chunks too (`regablate.sweep.vectorized_slurm`).
 """
 
 import contextlib
@@ -28,7 +30,8 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
-log = logging.getLogger(__name__)
+# the plugin's logger, as before this logic left hydra_plugins/: log configs and job logs name it
+log = logging.getLogger("hydra_plugins.regablate_sweeper.submitit_jobs")
 
 # what sbatch says -> the launcher settings that decide it
 _SBATCH_SETTINGS = (
@@ -118,7 +121,7 @@ def sbatch_refusal(stderr: str, params: dict) -> str:
     return f"sbatch refused the sweep's jobs: {text}{_named(keys, params)}{_cluster_hint()}"
 
 
-def _never_starts(array_id: str, params: dict) -> str | None:
+def never_starts(array_id: str, params: dict) -> str | None:
     """The one-line refusal of a submitted array that SLURM will never start (it asks for more
     than any node of the partition has: squeue's reason PartitionConfig, ...), else None.
     Asked of squeue a few times in the first seconds, while the controller places the jobs."""
@@ -157,7 +160,7 @@ def _run_dir(launcher: Any, overrides: Sequence[str], idx: int) -> str | None:
         return None
 
 
-def _state(job: Any) -> str:
+def job_state(job: Any) -> str:
     try:
         return str(job.state)
     except Exception:
@@ -169,7 +172,7 @@ def _lost(launcher: Any, overrides: Sequence[str], idx: int, job: Any, error: Ex
     recorded `interrupted` (the job is gone: its lock went with it)."""
     from regablate.errors import JobLost
 
-    state = _state(job)
+    state = job_state(job)
     label = ("timed out" if "TIMEOUT" in state else "cancelled" if "CANCEL" in state or "PREEMPT" in state
              else "failed")
     if isinstance(error, _Vanished):  # scancel of a task still inside its pending array record
@@ -180,13 +183,13 @@ def _lost(launcher: Any, overrides: Sequence[str], idx: int, job: Any, error: Ex
         why = f"failed: {lines[-1].strip()}" if lines else why
     run_dir = _run_dir(launcher, overrides, idx)
     if run_dir is not None:
-        _record_interrupted(Path(run_dir), why)
+        record_interrupted(Path(run_dir), why)
     ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
     ret.return_value = JobLost(run_dir, why, label)
     return ret
 
 
-def _record_interrupted(run_dir: Path, why: str) -> None:
+def record_interrupted(run_dir: Path, why: str) -> None:
     """A run left `running` by a job that is gone is recorded `interrupted` (it is resumable
     from its last checkpoint); anything else in the dir is left as it is."""
     import json
@@ -268,7 +271,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             raise
         raise UsageError(sbatch_refusal(str(e) or said.getvalue(), params)) from None
     if launcher._EXECUTOR == "slurm" and jobs:
-        never = _never_starts(str(jobs[0].job_id).split("_")[0], params)
+        never = never_starts(str(jobs[0].job_id).split("_")[0], params)
         if never:
             raise UsageError(never)
     returns = []

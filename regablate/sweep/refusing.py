@@ -1,0 +1,213 @@
+"""What `hydra/sweeper=regablate` does (the plugin is `hydra_plugins.regablate_sweeper`): Hydra's
+basic sweep, ending a sweep whose jobs did not all complete with one closing line.
+
+Hydra's basic sweeper re-raises the first failed job's error (a traceback, under joblib or
+submitit often a launcher's own) and says nothing of the others. This one runs every batch,
+then counts from the JobReturns (so it works under any launcher: basic, joblib, submitit_local,
+submitit_slurm, vectorized) the jobs that failed (each with its one-line reason), were refused
+(their run dir already holds a run or another process is writing it, `regablate.rundir.claim`: a refused
+job touches nothing), were interrupted (SIGTERM, SIGUSR2, preemption: recorded `interrupted`),
+cancelled or timed out, and raises one `SweepFailed`: `regablate run` prints it as one line,
+with the command that continues the sweep where one does, exit 2 when every such job was a
+config error or a refusal, 1 otherwise. Under the submitit launchers the batch is launched by
+`submitit_jobs.launch`, which waits for every job. `multirun.yaml` stays as the launch that made the sweep dir wrote it
+(a refused or resuming launch does not relabel the sweep). A sweep that ran writes its TensorBoard HParams experiment at its root
+(`regablate.tensorboard.view.describe_sweep`); a refused one writes nothing.
+
+`refusals` and `refused_message` are the Optuna sweeper's too (`regablate.sweep.optuna_search`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+
+
+def refusals(results: Sequence[JobReturn]) -> list:
+    """The RunRefused errors among a batch's results."""
+    from regablate.rundir.claim import RunRefused
+
+    return [r._return_value for r in results
+            if r.status == JobStatus.FAILED and isinstance(r._return_value, RunRefused)]
+
+
+def _refused_reasons(refused: list) -> str:
+    by_why: dict[str, list[str]] = {}
+    for e in refused:
+        by_why.setdefault(e.why, []).append(str(e.run_dir))
+    return "; ".join(f"{why}: {', '.join(dirs[:3])}{f' and {len(dirs) - 3} more' if len(dirs) > 3 else ''}"
+                     for why, dirs in by_why.items())
+
+
+def _refused_ways(refused: list) -> str:
+    from regablate.rundir.claim import WAYS_ON
+
+    own = [e.ways_on for e in refused if not e.busy and e.ways_on != WAYS_ON]  # e.g. another config
+    return ("wait for them, or choose another hydra.sweep.dir" if all(e.busy for e in refused) else
+            "; ".join(dict.fromkeys(own)) if own else
+            "continue them with trainer.resume=auto, or choose another hydra.sweep.dir")
+
+
+def refused_message(refused: list, n_jobs: int) -> str:
+    """'2 of 4 jobs refused: ...' with each reason, the dirs, and the ways on."""
+    return (f"{len(refused)} of {n_jobs} jobs refused, their run dirs untouched ({_refused_reasons(refused)}); "
+            f"{_refused_ways(refused)}")
+
+
+def _where(ret: JobReturn, error: BaseException) -> str:
+    """The job's run dir, relative to the working directory where it is under it."""
+    run_dir = getattr(error, "run_dir", None)
+    if run_dir is None:
+        try:
+            run_dir = ret.hydra_cfg.hydra.runtime.output_dir
+        except Exception:
+            run_dir = None
+    if run_dir is None:
+        return "job " + " ".join(ret.overrides or [])
+    path = Path(str(run_dir))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _first_line(error: BaseException) -> str:
+    from regablate.errors import JobFailed
+
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    if isinstance(error, JobFailed):  # already "Type: message"
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _listed(by_why: dict[str, list[str]]) -> str:
+    """'sweep/1, sweep/3 and 2 more: reason; sweep/4: another reason'."""
+    return "; ".join(f"{', '.join(dirs[:3])}{f' and {len(dirs) - 3} more' if len(dirs) > 3 else ''}: {why}"
+                     for why, dirs in by_why.items())
+
+
+def closing_error(results: Sequence[JobReturn]) -> Exception | None:
+    """The one closing error of a sweep whose jobs did not all complete, else None."""
+    from regablate.errors import ConfigError, JobLost, RunInterrupted, SweepFailed, UsageError
+    from regablate.rundir.claim import RunRefused
+
+    failed = [r for r in results if r.status == JobStatus.FAILED]
+    if not failed:
+        return None
+    refused = refusals(failed)
+    if len(refused) == len(failed):
+        return SweepFailed(refused_message(refused, len(results)), code=2)
+    kinds: dict[str, dict[str, list[str]]] = {}
+    user_errors, resumable = True, False
+    for r in failed:
+        e = r._return_value
+        if isinstance(e, RunRefused):
+            continue
+        if isinstance(e, ConfigError):
+            kind, why = "failed", f"invalid config: {e}"
+        elif isinstance(e, UsageError):
+            kind, why = "failed", str(e).strip()
+        elif isinstance(e, RunInterrupted):
+            kind, why, user_errors, resumable = "interrupted", f"by {e.how}", False, True
+        elif isinstance(e, JobLost):
+            kind, why, user_errors, resumable = e.label, e.why, False, True
+        else:
+            kind, why, user_errors, resumable = "failed", _first_line(e), False, True
+        kinds.setdefault(kind, {}).setdefault(why, []).append(_where(r, e))
+    parts = [f"{sum(map(len, by_why.values()))} {kind} ({_listed(by_why)})" for kind, by_why in kinds.items()]
+    if refused:
+        parts.append(f"{len(refused)} refused, their run dirs untouched ({_refused_reasons(refused)})")
+    message = f"{len(failed)} of {len(results)} jobs did not complete: " + ", ".join(parts)
+    if refused and not resumable:
+        message += f"; {_refused_ways(refused)}"
+    return SweepFailed(message, code=2 if user_errors else 1, resumable=resumable)
+
+
+def auto_seeds(seeds: str | None, overrides: Sequence[Any]) -> bool:
+    """Whether seeds come in rounds (hydra.sweeper.seeds=auto); a seed= sweep beside it is refused."""
+    from regablate.errors import ConfigError, UsageError
+
+    if seeds is None:
+        return False
+    if seeds != "auto":
+        raise ConfigError("hydra.sweeper.seeds", seeds, "auto, or leave it unset")
+    if any(o.key_or_group == "seed" for o in overrides):
+        raise UsageError("hydra.sweeper.seeds=auto chooses the seeds itself: drop seed=... "
+                         "(or drop seeds=auto to run the seeds you list)")
+    return True
+
+
+def sweep(sweeper: Any, arguments: list[str]) -> object:
+    """BasicSweeper.sweep for the plugin's `sweeper` (a BasicSweeper with `design`, `seeds`,
+    `reference` and `sequential`), running every batch and ending with `closing_error`."""
+    import functools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from regablate.rundir.atomic import write_atomic
+    from regablate.sweep import submitit_jobs
+    from regablate.tensorboard.view import describe_sweep
+
+    assert sweeper.config is not None and sweeper.launcher is not None and sweeper.hydra_context is not None
+    if submitit_jobs.is_submitit(sweeper.launcher):
+        sweeper.launcher.launch = functools.partial(submitit_jobs.launch, sweeper.launcher)
+    parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
+    overrides = parser.parse_overrides([*sweeper._parse_config(), *arguments])
+    ablation, auto = None, auto_seeds(sweeper.seeds, overrides)
+    if sweeper.design is not None:  # the stack's arms replace it (regablate.sweep.designs)
+        from regablate.sweep import designs
+
+        planned = range(sweeper.sequential.get("max_seeds", 20)) if auto else None
+        design_arguments, ablation = designs.design_arguments(sweeper.design, overrides, planned)
+        overrides = parser.parse_overrides(design_arguments)
+    sweeper.overrides = sweeper.split_arguments(overrides, sweeper.max_batch_size)
+    if ablation is not None:
+        sweeper.overrides = [[designs.without_absent_settings(job) for job in batch]
+                             for batch in sweeper.overrides]
+    sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
+    sweep_file = sweep_dir / "multirun.yaml"
+    first = sweep_file.read_bytes() if sweep_file.exists() else None
+    returns: list[Sequence[JobReturn]] = []
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if first is None:  # the launch that makes the sweep dir writes it; later ones leave it
+            OmegaConf.save(sweeper.config, sweep_file)
+        if ablation is not None:  # written once; another design into this dir is refused
+            designs.write_ablation_json(sweep_dir, ablation["design"], ablation["components"],
+                                        ablation["seeds"], ablation["overrides"])
+        initial_job_idx = 0
+
+        def launch(batch):
+            nonlocal initial_job_idx
+            sweeper.validate_batch_is_legal(batch)
+            ret = sweeper.launcher.launch(batch, initial_job_idx=initial_job_idx)
+            initial_job_idx += len(batch)
+            return ret
+
+        if auto:
+            from regablate.sweep.seed_rounds import run_rounds
+
+            jobs = [job for batch in sweeper.overrides for job in batch]
+            returns = run_rounds(launch, sweep_dir, jobs, sweeper.reference, **sweeper.sequential)
+        while not auto and not sweeper.is_done():
+            returns.append(launch(sweeper.get_job_batch()))
+    finally:
+        if first is not None and sweep_file.exists() and sweep_file.read_bytes() != first:
+            write_atomic(sweep_file, lambda f: f.write(first), mode="wb")
+    results = [r for batch in returns for r in batch]
+    if not refusals(results):  # best effort: the sweep's outcome is already decided
+        try:
+            describe_sweep(sweep_dir)
+        except Exception as e:
+            print(f"regablate: warning: no TensorBoard experiment written for the sweep: {e}",
+                  file=sys.stderr)
+    error = closing_error(results)
+    if error is not None:
+        raise error
+    return returns
