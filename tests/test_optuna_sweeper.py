@@ -11,11 +11,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from conftest import run_cli
-from hydra_plugins.regablate_optuna.optuna_sweeper import SAMPLERS, make_sampler, search_space
 from regablate.cli.report import main as report_main
 from regablate.config.objective import maximised, terms, value
 from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
+from regablate.sweep.optuna_search import SAMPLERS, make_sampler, search_space
 
 TINY = ("dataset=tiny_binary", "trainer.max_epochs=2", "trainer.progress=none",
         "trainer.tensorboard=false", "trainer.checkpoint=false")
