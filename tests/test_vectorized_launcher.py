@@ -250,7 +250,7 @@ def test_jobs_that_differ_in_plain_values_are_derived_as_hydra_composes_them():
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from hydra_plugins.regablate_vectorized.vectorized_launcher import _copy, _derive, _shape
+    from regablate.sweep.vectorized_compose import _copy, _derive, _shape
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="regablate"):
@@ -335,7 +335,7 @@ def test_job_files_are_emitted_as_omegaconf_emits_them():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from hydra_plugins.regablate_vectorized.vectorized_launcher import _to_yaml
+    from regablate.sweep.vectorized_compose import to_yaml as _to_yaml
 
     awkward = OmegaConf.create({
         "long": "x" * 200, "words": "a " * 60, "colon": "key: value", "unicode": "ünïcödé ✓", "lines": "a\nb",
