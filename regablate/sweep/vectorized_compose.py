@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,13 +68,9 @@ def _shape(loader: Any, overrides: list[str]) -> tuple | None:
 
 
 def _copy(cfg: DictConfig) -> DictConfig:
-    """copy.deepcopy(cfg), three times faster: a pickle round trip, which OmegaConf supports
-    and which keeps every node's state as deepcopy does (flags, types, metadata); deepcopy
-    itself if some value does not pickle."""
-    try:
-        return pickle.loads(pickle.dumps(cfg))
-    except Exception:
-        return copy.deepcopy(cfg)
+    """copy.deepcopy(cfg): every node's state kept (flags, types, metadata). Not a pickle round
+    trip, though that is faster: the package never unpickles (tests/test_hostile_checkpoints.py)."""
+    return copy.deepcopy(cfg)
 
 
 def _derive(base_overrides: list[str], base: DictConfig, overrides: list[str]) -> DictConfig:
