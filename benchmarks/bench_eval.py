@@ -73,9 +73,9 @@ def timed(fn):
 
 def bench(model_name: str, root: Path, args) -> tuple[float, float]:
     from regablate.config.compose import compose_config
-    from regablate.config.settings import load_settings
     from regablate.training.experiment import build_experiment
     from regablate.training.loop import closing_fields
+    from regablate.training.settings import load_settings
 
     cfg = compose_config(["dataset=cifar10", f"dataset.root={root}", f"dataset.n_train={args.n_train}",
                           "trainer.device=cpu", "trainer.progress=none", *MODELS[model_name]])

@@ -180,10 +180,10 @@ def resnet(sizes: Sizes, device: torch.device) -> nn.Module:
 
 def section_resnet(device: torch.device, sizes: Sizes, smoke: bool) -> None:
     from regablate.config.compose import compose_config
-    from regablate.config.settings import load_settings
     from regablate.training.experiment import build_experiment
     from regablate.training.loop import train_epoch
     from regablate.training.optim import decay_groups
+    from regablate.training.settings import load_settings
 
     amp = device.type == "cuda"
     bs, n = sizes.batch, sizes.batch * sizes.steps
@@ -294,7 +294,7 @@ def allow_open_files(n: int) -> None:
 
 def section_mlp(device: torch.device, sizes: Sizes, smoke: bool) -> None:
     from regablate.config.compose import compose_config
-    from regablate.config.settings import load_settings
+    from regablate.training.settings import load_settings
     from regablate.vectorized.grouping import group, make_member
     from regablate.vectorized.trainer import VectorizedTrainer
 

@@ -83,8 +83,8 @@ REGS = {"none": "+reg=none", "dropout": f"+reg=dropout reg.dropout.p={P}",
 
 def regablate_model(kind: str, hidden: int, length: int):
     from regablate.config.compose import compose_config
-    from regablate.config.settings import load_settings
     from regablate.training.experiment import build_experiment
+    from regablate.training.settings import load_settings
 
     cfg = compose_config(["dataset=sine_sequence", "model=lstm", f"model.hidden={hidden}",
                           f"dataset.length={length}", "trainer.device=cpu", *REGS[kind].split()])

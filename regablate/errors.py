@@ -6,7 +6,9 @@ the message."""
 
 from __future__ import annotations
 
+import re
 import sys
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -109,7 +111,22 @@ def print_error(message: object, code: int = 2) -> int:
     """`regablate: error: <message>` as one line on stderr, its control characters shown
     escaped (a path or value from a run dir or a config can hold escape sequences a terminal
     would act on); returns `code`, the exit status."""
-    from regablate.rundir.untrusted import escape_control
-
     print(f"regablate: error: {escape_control(one_line(message))}", file=sys.stderr)
     return code
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                      "\u2066-\u2069]")
+
+
+def _visible(m: re.Match) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def escape_control(text: Any) -> str:
+    """`str(text)` with control characters (C0 and C1 codes, DEL, newlines and tabs included)
+    and bidirectional-text overrides written as visible escapes: "\\x1b[2J" shows as the
+    five characters `\\x1b[2J` and a terminal never acts on it."""
+    text = str(text)
+    return _CONTROL.sub(_visible, text) if _CONTROL.search(text) else text

@@ -6,9 +6,9 @@ import pytest
 
 from conftest import compose_cfg
 from regablate.config.paths import CONF_DIR
-from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
 from regablate.regularisers import REGISTRY
+from regablate.training.settings import load_settings
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "reg").glob("*.yaml"))
 

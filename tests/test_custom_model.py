@@ -15,7 +15,6 @@ from torch import nn
 import regablate.nn as rnn
 from regablate.checks.lint import lint
 from regablate.cli.lint import lint_inputs as lint_build
-from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
 from regablate.metrics.uncertainty import is_dropout
 from regablate.models import build_model
@@ -24,6 +23,7 @@ from regablate.models.custom import CustomSettings
 from regablate.models.resnet import ResNetSettings, build_resnet
 from regablate.regularisers import ModelSpec, build_stack
 from regablate.training.experiment import build_experiment
+from regablate.training.settings import load_settings
 from regablate.vectorized.grouping import not_stackable
 from tests.conftest import FAST, REPO, run_cli
 

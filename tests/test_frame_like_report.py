@@ -154,7 +154,7 @@ def test_the_trainer_writes_train_objective(small_cfg, tmp_path):
 
 
 def test_the_vectorized_trainer_writes_train_objective(small_cfg, tmp_path):
-    from regablate.config.settings import load_settings
+    from regablate.training.settings import load_settings
     from regablate.vectorized.grouping import group, make_member
     from regablate.vectorized.trainer import VectorizedTrainer
 

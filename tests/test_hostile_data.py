@@ -22,7 +22,6 @@ from PIL import Image, ImageFile
 from conftest import compose_cfg, run_cli
 from regablate.cli.data import main as data_main
 from regablate.config.schema import parse
-from regablate.config.settings import load_settings
 from regablate.data import cifar10
 from regablate.data.image_folder import (
     FILE_SLACK,
@@ -34,6 +33,7 @@ from regablate.data.image_folder import (
 )
 from regablate.data.tabular import TabularSettings, make_tabular
 from regablate.errors import ConfigError, UsageError
+from regablate.training.settings import load_settings
 
 GiB = 1 << 30
 

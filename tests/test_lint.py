@@ -12,8 +12,8 @@ from regablate.cli.lint import lint_inputs as build_model
 from regablate.cli.lint import main
 from regablate.config.compose import compose_config
 from regablate.config.paths import CONF_DIR
-from regablate.config.settings import load_settings
 from regablate.training.experiment import build_experiment
+from regablate.training.settings import load_settings
 
 # Presets for dense models; each must lint clean on the default MLP.
 MLP_PRESETS = ["none", "batchnorm", "batchnorm_l2", "dropconnect", "dropout", "dropout_l2",

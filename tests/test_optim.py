@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
 from regablate.training.experiment import build_experiment
 from regablate.training.optim import build_optimizer, held_groups, state_dict_of
+from regablate.training.settings import load_settings
 
 
 @pytest.mark.parametrize("overrides", [("optim=adamw", "+reg=weight_decay"), ("optim=adam",),

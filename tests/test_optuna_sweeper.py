@@ -13,9 +13,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from conftest import run_cli
 from regablate.cli.report import main as report_main
 from regablate.config.objective import maximised, terms, value
-from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
 from regablate.sweep.optuna_search import SAMPLERS, make_sampler, search_space
+from regablate.training.settings import load_settings
 
 TINY = ("dataset=tiny_binary", "trainer.max_epochs=2", "trainer.progress=none",
         "trainer.tensorboard=false", "trainer.checkpoint=false")

@@ -11,7 +11,6 @@ from torch import nn
 
 import regablate.nn as rnn
 from conftest import compose_cfg
-from regablate.config.settings import load_settings
 from regablate.data import DATASETS
 from regablate.errors import ConfigError
 from regablate.metrics.uncertainty import dropout_modules, mc_dropout
@@ -19,6 +18,7 @@ from regablate.models import build_model
 from regablate.models.rnn import LSTMSettings, build_rnn
 from regablate.regularisers import ModelSpec, build_stack
 from regablate.training.loop import train
+from regablate.training.settings import load_settings
 
 REGS = {"none": {}, "dropout": {"dropout": {"p": 0.3}},
         "variational_dropout": {"variational_dropout": {"p_in": 0.2, "p_hidden": 0.3, "p_out": 0.3}},

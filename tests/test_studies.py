@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, write_fake_cifar10
 from regablate.config.paths import CONF_DIR
-from regablate.config.settings import load_settings
+from regablate.training.settings import load_settings
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 STUDIES_PY = REPO / "experiments" / "make_studies.py"

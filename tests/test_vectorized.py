@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regablate.config.settings import load_settings
 from regablate.errors import Terminated
 from regablate.training import checkpoint
 from regablate.training.experiment import build_experiment
 from regablate.training.loop import EarlyStopper, train
+from regablate.training.settings import load_settings
 from regablate.vectorized import optim
 from regablate.vectorized.budget import bytes_per_member, default_max_members
 from regablate.vectorized.grouping import chunks, group, make_member, not_stackable

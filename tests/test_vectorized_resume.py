@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from conftest import ENV
-from regablate.config.settings import load_settings
 from regablate.errors import Terminated
 from regablate.training import checkpoint
 from regablate.training.loop import train
+from regablate.training.settings import load_settings
 from regablate.vectorized.grouping import Member, group, make_member
 from regablate.vectorized.resume import ORDINARY, resume_member
 from regablate.vectorized.trainer import VectorizedTrainer

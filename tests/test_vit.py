@@ -17,12 +17,12 @@ from conftest import write_fake_cifar10
 from regablate.checks.lint import lint
 from regablate.cli.lint import lint_inputs as lint_build
 from regablate.config.compose import compose_config
-from regablate.config.settings import load_settings
 from regablate.errors import ConfigError
 from regablate.models import build_model
 from regablate.models.vit import Attention, ViT, ViTSettings
 from regablate.regularisers import build_stack
 from regablate.training.loop import train
+from regablate.training.settings import load_settings
 from regablate.vectorized.grouping import not_stackable
 
 SMALL = ("model.patch_size=8", "model.width=16", "model.depth=2", "model.heads=2")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from regablate.config.settings import load_settings
 from regablate.metrics.weight_stats import named_weight_matrices, weight_stats
 from regablate.training.experiment import build_experiment
 from regablate.training.loop import train
+from regablate.training.settings import load_settings
 
 
 def test_stats_by_hand_over_weight_matrices_only():

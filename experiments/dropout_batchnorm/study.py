@@ -43,8 +43,8 @@ def variance_shift(run_dir: Path) -> list[float]:
     from omegaconf import OmegaConf
     from torch import nn
 
-    from regablate.config.settings import load_settings
     from regablate.training.experiment import build_experiment
+    from regablate.training.settings import load_settings
 
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
     cfg["trainer"]["device"] = "cpu"

@@ -41,9 +41,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from regablate.config.settings import Settings
 from regablate.errors import UsageError
 from regablate.metrics.uncertainty import drop_rate, is_dropout
+from regablate.training.settings import Settings
 
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # _NormBase: batch, instance
 MIXING = ("mixup", "cutmix")
@@ -205,7 +205,7 @@ def _decay_on_1d(model: nn.Module, groups: list[dict], s: Settings) -> list[Find
 
 def _transformer(model: nn.Module, groups: list[dict], s: Settings) -> list[Finding]:
     """RA009 (attention dropout above 0.2) and RA010 (decay on position embeddings / class token)."""
-    from regablate.training.optim import no_decay_names
+    from regablate.regularisers.decay import no_decay_names
 
     out = []
     attn = [_describe(n, m) for n, m in model.named_modules()

@@ -13,8 +13,8 @@ from torch import nn
 
 from regablate.checks.lint import Finding, lint
 from regablate.config.compose import compose_config
-from regablate.config.settings import Settings
 from regablate.errors import UsageError
+from regablate.training.settings import Settings
 
 SHAPES = {"cifar10": ((3, 32, 32), 10)}  # datasets whose model shape is known without their data
 
@@ -54,10 +54,10 @@ def main(argv: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from regablate.config.settings import load_settings
     from regablate.errors import ConfigError
     from regablate.errors import one_line as _one_line
     from regablate.errors import print_error as _error
+    from regablate.training.settings import load_settings
 
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE, end="")

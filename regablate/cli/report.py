@@ -18,9 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from regablate.errors import UsageError
+from regablate.errors import UsageError, escape_control
 from regablate.report.collect import SPLITS
-from regablate.rundir.untrusted import escape_control
 
 DEFAULT_ROOTS = ("multirun", "outputs")
 FORMATS = ("table", "markdown", "csv", "latex", "json", "parquet")

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -16,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from regablate.config.objective import value as objective_value
 from regablate.config.paths import CONF_DIR
 from regablate.errors import ConfigError, UsageError, survives_pickling
+from regablate.training.job import describe, job_cpus, stop_on_cluster_signals, under_submitit
 
 
 def _remove_if_only_hydra(run_dir: Path) -> None:
@@ -30,21 +28,6 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
         except OSError:
             break
         parent = parent.parent
-
-
-def job_cpus() -> int:
-    """The CPUs this job may use: inside a SLURM job its allocation (SLURM_CPUS_PER_TASK, else
-    SLURM_CPUS_ON_NODE: without task affinity a job sees every core of its node), else the
-    process's CPU affinity (taskset, cgroup cpusets), else the machine's cores."""
-    if os.environ.get("SLURM_JOB_ID"):
-        for key in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
-            value = os.environ.get(key, "")
-            if value.isdigit() and int(value) > 0:
-                return int(value)
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def place_job(cfg: dict, hc) -> None:
@@ -153,42 +136,6 @@ class RememberDir(Callback):
                           config.hydra.overrides.task)
 
 
-def _under_submitit() -> bool:
-    """Whether this process is a submitit job (submitit_local, submitit_slurm, cluster)."""
-    return bool(os.environ.get("SUBMITIT_FOLDER"))
-
-
-@contextmanager
-def stop_on_cluster_signals():
-    """Inside a submitit job: SIGTERM (scancel, preemption, the end of the time limit) and
-    submitit's warning signal (SIGUSR2 by default: the time limit is near, or preemption) stop
-    the run as Ctrl-C does: its last completed epoch is checkpointed and it is recorded
-    `interrupted`. submitit's own handlers would let SIGTERM pass ("Bypassing signal") until
-    SIGKILL, and answer SIGUSR2 with a requeue of the whole job; they are back once the run
-    ends, so the job still returns its result."""
-    if not _under_submitit():
-        yield
-        return
-    from regablate.errors import Terminated
-
-    usr = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
-    names = {signal.SIGTERM: "SIGTERM", usr: f"{signal.Signals(usr).name} (time limit or preemption)"}
-
-    stopped = []
-
-    def stop(signum, frame):
-        if not stopped:  # once: a second signal must not cut short the checkpoint being written
-            stopped.append(signum)
-            raise Terminated(names[signum])
-
-    previous = {sig: signal.signal(sig, stop) for sig in names}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | None:
     """One job. `files_cfg`: the config to write as .hydra/config.yaml where `cfg` was resolved
@@ -215,7 +162,7 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
                     place_job(container, hc)
                     summary = train(container, run_dir)
             except KeyboardInterrupt as e:
-                if not (sweep and _under_submitit()):
+                if not (sweep and under_submitit()):
                     raise
                 how = getattr(e, "signal_name", "SIGINT")
                 if container and _not_recorded(run_dir):  # stopped before training began
@@ -253,19 +200,6 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
     if cfg.trainer.progress != "none":
         print(describe(summary, run_dir), flush=True)
     return objective_value(summary, container["trainer"].get("objective", "val_loss"))  # for sweepers
-
-
-def describe(summary: dict, run_dir: Path) -> str:
-    """One line: where the run is, how it ended, its metrics at the best epoch."""
-    m = summary.get("metric")
-    parts = [f"{summary['status']}: {run_dir}"]
-    if summary.get("val"):
-        parts.append(f"best epoch {summary['best_epoch']}/{summary['epochs_run']}")
-        parts += [f"{split} {m} {summary[split][m]:.4f}" for split in ("train", "val", "test")]
-        parts.append(f"gap {summary['gap']:+.4f}")
-    if summary.get("error"):
-        parts.append(summary["error"])
-    return "  ".join(parts)
 
 
 def refuse(message: str) -> None:

@@ -18,8 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from regablate.errors import UsageError
-from regablate.rundir.untrusted import escape_control
+from regablate.errors import UsageError, escape_control
 
 DEFAULT_ROOTS = ("multirun", "outputs")
 

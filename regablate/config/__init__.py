@@ -1,4 +1,5 @@
 """The configuration: where the Hydra configs live (paths), composing them as `regablate run`
-does (compose), the typed, validated settings a run is built from (settings, schema), and the
-objective a sweeper tunes (objective). Torch-free.
+does (compose), checking a config node against a settings dataclass (schema), and the
+objective a sweeper tunes (objective). Torch-free, and below every other subpackage: it imports
+only `regablate.errors`.
 """

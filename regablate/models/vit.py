@@ -14,7 +14,7 @@ and the classifier head. With the stack's layers (timm's placement, timm/models/
 attention probabilities, so attention dropout zeroes probabilities, never values. Both residual
 branches of block l of L share the DropPath rate p·l/L (reg.droppath.p, as in the ResNet).
 `no_weight_decay()` names the position embeddings and class token (timm's convention): with
-norms and biases they are kept out of decay (regablate.training.optim.decay_split).
+norms and biases they are kept out of decay (regablate.regularisers.decay.decay_split).
 """
 
 from __future__ import annotations

@@ -10,6 +10,25 @@ from regablate.config.schema import nonneg
 from regablate.regularisers.base import Regulariser, register
 
 
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Parameters the model keeps out of decay besides the 1-D ones (timm's convention: a
+    `no_weight_decay()` method naming them, e.g. the ViT's pos_embed and cls_token)."""
+    names = getattr(model, "no_weight_decay", None)
+    return set(names()) if callable(names) else set()
+
+
+def decay_split(model: nn.Module) -> tuple[list, list]:
+    """(decayed, kept) trainable parameters: weight matrices decay; biases, norm parameters, every
+    other 1-D parameter and those named by `no_weight_decay()` (position embeddings, class
+    token) do not."""
+    skip = no_decay_names(model)
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (keep if p.ndim < 2 or name in skip else decay).append(p)
+    return decay, keep
+
+
 @dataclass
 class DecaySettings:
     lam: float = nonneg(1e-3)  # decay rate λ: w <- w (1 - lr λ) before each optimiser step
@@ -26,8 +45,6 @@ class WeightDecay(Regulariser):
     key, Settings = "weight_decay", DecaySettings
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        from regablate.training.optim import decay_split
-
         decay, keep = decay_split(model)
         return [{"params": decay, "decoupled_decay": self.s.lam},
                 {"params": keep, "decoupled_decay": 0.0}]

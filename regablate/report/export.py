@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int) -> int:
-    from regablate.rundir.untrusted import escape_control
+    from regablate.errors import escape_control
 
     print(escape_control(f"regablate export: error: {' '.join(str(message).split())}"),
           file=sys.stderr)
@@ -377,7 +377,7 @@ def main(argv: list[str]) -> int:
         return _fail(f"exporting to MLflow needs mlflow: {INSTALL}", 2)
     from mlflow.exceptions import MlflowException
 
-    from regablate.rundir.untrusted import escape_control
+    from regablate.errors import escape_control
 
     paths = args.dirs or [d for d in ("multirun", "outputs") if os.path.isdir(d)]
     if not paths:

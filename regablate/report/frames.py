@@ -50,7 +50,7 @@ def _collect(paths) -> tuple[list, list]:
     for root in roots:
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or directory")
-    from regablate.rundir.untrusted import escape_control
+    from regablate.errors import escape_control
 
     runs, skipped = collect(roots)
     for path, reason in skipped:
@@ -245,8 +245,8 @@ def load_curves(*paths, status=None):
     last line is dropped). `status` as in `load_runs`, default every run."""
     import pandas as pd
 
+    from regablate.errors import escape_control
     from regablate.report.collect import Unreadable, metric_columns, read_metrics
-    from regablate.rundir.untrusted import escape_control
 
     runs, _ = _collect(paths)
     labels, groups = _labels(runs)

@@ -197,7 +197,7 @@ def plan(comparisons: list[dict], delta: float, power: float = 0.8, alpha: float
 
 
 def render(rows: list, delta: float, power: float, alpha: float) -> str:
-    from regablate.rundir.untrusted import escape_control
+    from regablate.errors import escape_control
 
     def num(v, spec):
         return "-" if v is None else format(v, spec)
@@ -230,8 +230,8 @@ def main(argv: list[str]) -> int:
     for name in ("power", "alpha"):
         if not 0 < getattr(args, name) < 1:
             return _fail(f"--{name} {getattr(args, name)}: a number in (0, 1)")
+    from regablate.errors import escape_control
     from regablate.report.frames import SkippedRunWarning, load_runs
-    from regablate.rundir.untrusted import escape_control
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -251,7 +251,7 @@ def main(argv: list[str]) -> int:
 
 
 def _fail(message: str) -> int:
-    from regablate.rundir.untrusted import escape_control
+    from regablate.errors import escape_control
 
     print(escape_control(f"regablate plan: error: {message}"), file=sys.stderr)
     return 2

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from regablate.errors import escape_control
 from regablate.report.select import Group, stack_name
 from regablate.report.stats import describe
-from regablate.rundir.untrusted import escape_control, is_sane_number
+from regablate.rundir.untrusted import is_sane_number
 
 
 def _mean_curve(runs, column: str):

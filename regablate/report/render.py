@@ -14,10 +14,10 @@ import io
 import json
 import math
 
+from regablate.errors import escape_control
 from regablate.report.collect import SPLITS
 from regablate.report.stats import Stat
 from regablate.report.table import Column, Report
-from regablate.rundir.untrusted import escape_control
 
 DASH = "–"
 

@@ -24,8 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from regablate.report.collect import Run
-from regablate.rundir.group import NOT_IN_GROUP
-from regablate.tensorboard.hparams import stack_name  # the report's group names use it too
+from regablate.rundir.group import NOT_IN_GROUP, stack_name
 
 SUMMARY_KEYS = ("status", "group", "dataset", "model", "task", "metric", "seed", "data_seed")
 _MISSING = object()

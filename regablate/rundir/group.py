@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 SEEDS = ("seed", "data_seed")
@@ -57,3 +58,10 @@ def group_id(cfg: dict) -> str:
     flat = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v  # 0 == 0.0
             for k, v in science(cfg).items()}
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def stack_name(reg: Iterable[str]) -> str:
+    """The readable name of a regulariser stack, its names sorted and joined with `+`: `none`,
+    `dropout`, `dropout+weight_decay`. The one definition: TensorBoard's `reg` hparam, the
+    report's group names and `reg` column, and `--filter reg=...` all use it."""
+    return "+".join(sorted(reg)) or "none"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import time
@@ -34,6 +35,15 @@ def _finite(x: Any) -> Any:
     return x
 
 
+def pack_history(rows: list[dict]) -> str:
+    """The metric history (metrics.csv's rows) as one JSON string, as a checkpoint holds it: pickling hundreds of floats one by one is slow."""
+    return json.dumps(rows)
+
+
+def unpack_history(packed: str | list) -> list[dict]:
+    return json.loads(packed) if isinstance(packed, str) else packed
+
+
 class Recorder:
     def __init__(self, run_dir: Path, summary: dict, metric: str, hparams: dict | None,
                  tensorboard: bool = True, resume: dict | None = None):
@@ -51,8 +61,6 @@ class Recorder:
                         summary.get("warnings", []), "error": None}
         self._t0 = time.perf_counter() - (resume or {}).get("wall_time_s", 0.0)
         write_json(self.dir / "summary.json", self.summary)
-        from regablate.training.checkpoint import unpack_history
-
         history = unpack_history((resume or {}).get("history", []))
         csv_path = self.dir / "metrics.csv"
         if history:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import stat
 from typing import Any
 
 import yaml
+
+from regablate.errors import escape_control
 
 __all__ = ["RefusedFile", "RefusedValue", "open_regular", "read_bounded", "load_json_safe",
            "load_yaml_safe", "check_tree", "is_sane_number", "escape_control", "SMALL_CAP", "LARGE_CAP",
@@ -249,18 +250,3 @@ def load_yaml_safe(text: str | bytes) -> Any:
     return tree
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
-                      "\u2066-\u2069]")
-
-
-def _visible(m: re.Match) -> str:
-    c = ord(m.group())
-    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-
-
-def escape_control(text: Any) -> str:
-    """`str(text)` with control characters (C0 and C1 codes, DEL, newlines and tabs included)
-    and bidirectional-text overrides written as visible escapes: "\\x1b[2J" shows as the
-    five characters `\\x1b[2J` and a terminal never acts on it."""
-    text = str(text)
-    return _CONTROL.sub(_visible, text) if _CONTROL.search(text) else text

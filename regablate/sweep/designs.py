@@ -178,7 +178,7 @@ def _keep_same(root: Path, doc: dict) -> None:
 
 
 def _doc_error(path, why: str) -> UsageError:
-    from regablate.rundir.untrusted import escape_control
+    from regablate.errors import escape_control
 
     return UsageError(escape_control(f"{path}: {why}"))
 

@@ -213,7 +213,7 @@ def record_interrupted(run_dir: Path, why: str) -> None:
 class _Job:
     """What each submitit job runs: the Hydra launcher's own call (compose, run_job, the task),
     with SIGTERM and submitit's warning signal stopping it from the job's first moment, as
-    `regablate.cli.run.stop_on_cluster_signals` does once the run holds its dir; a job stopped before
+    `regablate.training.job.stop_on_cluster_signals` does once the run holds its dir; a job stopped before
     its run began returns that, as a result. Without a `checkpoint` method: submitit does not
     requeue it (a requeued job would meet its own run dir, and the sweep had counted it)."""
 
@@ -221,8 +221,8 @@ class _Job:
         self.launcher = launcher
 
     def __call__(self, overrides: list, job_dir_key: str, job_num: int, job_id: str, singleton_state: dict) -> JobReturn:
-        from regablate.cli.run import stop_on_cluster_signals
         from regablate.errors import RunInterrupted
+        from regablate.training.job import stop_on_cluster_signals
 
         try:
             with stop_on_cluster_signals():

@@ -181,8 +181,8 @@ class VectorizedLaunch:
         """A grouping.Member, the RunRefused that refuses the job, or the reason the job runs
         the ordinary way. Resolves the job's config (once: an ordinary job's task gets it).
         `shared`: data sets by `grouping.data_key`, so members of one data set hold one copy."""
-        from regablate.config.settings import load_settings
         from regablate.errors import ConfigError
+        from regablate.training.settings import load_settings
         from regablate.vectorized.grouping import make_member, not_stackable
 
         try:
@@ -266,7 +266,7 @@ class VectorizedLaunch:
         return results
 
     def _train_chunk(self, members: list[Any], jobs: list[Job], c: int, n: int) -> dict[int, JobReturn]:
-        from regablate.cli.run import describe
+        from regablate.training.job import describe
         from regablate.vectorized.trainer import VectorizedTrainer
 
         assert self.config is not None and self.hydra_context is not None

@@ -148,10 +148,10 @@ def collect(launcher: Any, submitted_jobs: list[Any]) -> dict[int, JobReturn]:
 def member_return(launcher: Any, m: Any, job: Job, kind: str, value: Any) -> JobReturn:
     """The JobReturn of a member its chunk's job trained (kind "ran": as its summary.json
     says), failed, was interrupted in, or lost."""
-    from regablate.cli.run import describe
     from regablate.config.objective import value as objective_value
     from regablate.errors import JobFailed, RunInterrupted
     from regablate.rundir.untrusted import RefusedValue, load_json_safe, read_bounded
+    from regablate.training.job import describe
 
     assert launcher.hydra_context is not None
     ret = launcher.open_job(job, write=False)

@@ -18,17 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from regablate.rundir.group import science
+from regablate.rundir.group import science, stack_name
 
 ABSENT = "–"  # a setting a run does not have (another model's width, say)
 SESSION_FILE = "events.out.tfevents.session.hparams"  # a run's session start and end, in its tb/
-
-
-def stack_name(reg: Iterable[str]) -> str:
-    """The readable name of a regulariser stack, its names sorted and joined with `+`: `none`,
-    `dropout`, `dropout+weight_decay`. The one definition: TensorBoard's `reg` hparam, the
-    report's group names and `reg` column, and `--filter reg=...` all use it."""
-    return "+".join(sorted(reg)) or "none"
 
 
 def run_hparams(cfg: dict) -> dict[str, Any]:

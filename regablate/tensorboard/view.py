@@ -41,7 +41,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from regablate.rundir.untrusted import escape_control
+from regablate.errors import escape_control
 from regablate.tensorboard import hparams as hp
 
 EXPERIMENT = "events.out.tfevents.experiment"

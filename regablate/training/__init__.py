@@ -1,6 +1,7 @@
-"""One run's training: the experiment built from settings (experiment: data, model,
-optimiser, schedule, regulariser stack), parameter groups and decoupled decay (optim), the
-loop (loop: `train(cfg, run_dir)`), the run around it that both trainers share (session:
-`RunSession`, the last.pt layout), which state a run continues from (resuming), evaluation
-(evaluate), checkpoint files (checkpoint) and the progress display (progress).
+"""One run's training: the run's typed settings (settings: `load_settings`), the experiment
+built from them (experiment: data, model, optimiser, schedule, regulariser stack), parameter
+groups and decoupled decay (optim), the loop (loop: `train(cfg, run_dir)`), the run around it
+that both trainers share (session: `RunSession`, the last.pt layout), which state a run
+continues from (resuming), evaluation (evaluate), checkpoint files (checkpoint) and the
+progress display (progress).
 """

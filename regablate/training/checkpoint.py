@@ -10,7 +10,6 @@ Files are written atomically (temp file, fsync, rename): a reader never sees a p
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from regablate.rundir.atomic import write_atomic
+from regablate.rundir.recorder import pack_history, unpack_history  # noqa: F401 (a checkpoint's history)
 
 
 class DamagedCheckpoint(ValueError):
@@ -261,15 +261,6 @@ def chunk_entry(loaded: Any, run_dir: Path) -> tuple[Any, tuple[Path, ...]]:
             root = Path(*here.parts[: len(here.parts) - len(parts)])
             return entry, tuple(root.joinpath(other) for other in entries)
     raise DamagedCheckpoint(f"holds no state of {run_dir}")
-
-
-def pack_history(rows: list[dict]) -> str:
-    """The metric history as one JSON string: pickling hundreds of floats one by one is slow."""
-    return json.dumps(rows)
-
-
-def unpack_history(packed: str | list) -> list[dict]:
-    return json.loads(packed) if isinstance(packed, str) else packed
 
 
 def load(path: Path) -> Any:

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regablate.config.settings import Settings
 from regablate.data import DATASETS, Data
 from regablate.models import build_model
 from regablate.rundir.group import flatten, group_id  # noqa: F401 (in regablate.rundir.group, torch-free, for the report)
 from regablate.training.optim import Schedule, build_optimizer, check_optimizer, held_groups
+from regablate.training.settings import Settings
 
 
 def resolve_device(name: str) -> torch.device:

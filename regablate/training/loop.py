@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from regablate.checks.selfcheck import check_eval_determinism
-from regablate.config.settings import load_settings
 from regablate.metrics.weight_stats import named_weight_matrices, weight_stats
 from regablate.training import checkpoint, resuming
 from regablate.training.evaluate import autocast, evaluate, gap
@@ -26,6 +25,7 @@ from regablate.training.experiment import Experiment, build_experiment
 from regablate.training.optim import decay_groups, decoupled_decay_
 from regablate.training.progress import make_progress
 from regablate.training.session import EarlyStopper, RunSession, closing_fields
+from regablate.training.settings import load_settings
 
 __all__ = ["EarlyStopper", "closing_fields", "train", "train_epoch"]
 

@@ -94,25 +94,6 @@ def state_dict_of(s: AdamSettings | SGDSettings, groups: list[dict], lrs: list[f
     return {"state": packed, "param_groups": out_groups}
 
 
-def no_decay_names(model: torch.nn.Module) -> set[str]:
-    """Parameters the model keeps out of decay besides the 1-D ones (timm's convention: a
-    `no_weight_decay()` method naming them, e.g. the ViT's pos_embed and cls_token)."""
-    names = getattr(model, "no_weight_decay", None)
-    return set(names()) if callable(names) else set()
-
-
-def decay_split(model: torch.nn.Module) -> tuple[list, list]:
-    """(decayed, kept) trainable parameters: weight matrices decay; biases, norm parameters, every
-    other 1-D parameter and those named by `no_weight_decay()` (position embeddings, class
-    token) do not."""
-    skip = no_decay_names(model)
-    decay, keep = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (keep if p.ndim < 2 or name in skip else decay).append(p)
-    return decay, keep
-
-
 def decay_groups(opt: torch.optim.Optimizer) -> list[dict]:
     """The parameter groups that carry a positive `decoupled_decay` rate."""
     return [g for g in opt.param_groups if g.get("decoupled_decay", 0.0) > 0 and g["params"]]

@@ -1,7 +1,7 @@
 """K members of one conv architecture (convnet, resnet) trained as one stacked model.
 
 Member k's parameters are row k of one flat buffer θ (K, P), weight matrices and conv kernels
-(every parameter with ndim >= 2, as `regablate.training.optim.decay_split` / `weight_stats` count them)
+(every parameter with ndim >= 2, as `regablate.regularisers.decay.decay_split` / `weight_stats` count them)
 first, so penalties and decoupled decay act on the prefix θ[:, :P_w]; the leaves are (K, *shape)
 views into θ. The members' common architecture is a *template* (a copy of member 0 with a site
 wherever any member has a regulariser block), run in one of two equivalent ways:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from regablate.config.settings import Settings
 from regablate.training.experiment import Experiment, build_experiment, resolve_device
+from regablate.training.settings import Settings
 from regablate.vectorized.stacked import StackedMLP, plan
 
 # Regularisers with a stacked form (per-member strengths), per model kind.

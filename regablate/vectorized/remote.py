@@ -7,7 +7,7 @@ each chunk here as a list of `Spec`s (each member's resolved config, run dir and
 lock is taken where the files are written), writes Hydra's files, rebuilds the members
 (`make_member`, or `resume_member` for a run that trainer.resume=auto continues) and trains them
 as one stacked model. SIGTERM and submitit's warning signal (SIGUSR2) stop it as they stop an
-ordinary submitit job (`regablate.cli.run.stop_on_cluster_signals`): every member's last completed
+ordinary submitit job (`regablate.training.job.stop_on_cluster_signals`): every member's last completed
 epoch is checkpointed (last.pt) and its run recorded `interrupted`.
 
 It returns each member's outcome by job number: ("ran", None), ("refused", RunRefused),
@@ -60,7 +60,7 @@ def _threads(members: list, cpus_per_task: int | None) -> int:
     """Torch threads for the chunk, as `regablate.cli.run.place_job` chooses them for a submitit job."""
     import torch
 
-    from regablate.cli.run import job_cpus
+    from regablate.training.job import job_cpus
 
     threads = max(m.s.trainer.threads for m in members)
     if threads:
@@ -72,10 +72,10 @@ def _threads(members: list, cpus_per_task: int | None) -> int:
 
 
 def _train(specs: list[Spec], cpus_per_task: int | None, outcome: dict[int, tuple[str, Any]]) -> None:
-    from regablate.cli.run import describe
-    from regablate.config.settings import load_settings
     from regablate.errors import ConfigError, JobFailed
     from regablate.rundir.claim import RunRefused, claim
+    from regablate.training.job import describe
+    from regablate.training.settings import load_settings
     from regablate.vectorized.grouping import make_member
     from regablate.vectorized.resume import resume_member
     from regablate.vectorized.trainer import VectorizedTrainer
@@ -130,7 +130,7 @@ def _train(specs: list[Spec], cpus_per_task: int | None, outcome: dict[int, tupl
 
 def train_chunk(specs: list[Spec], cpus_per_task: int | None = None) -> dict[int, tuple[str, Any]]:
     """Train one chunk in this (submitit) job: see the module docstring."""
-    from regablate.cli.run import stop_on_cluster_signals
+    from regablate.training.job import stop_on_cluster_signals
 
     outcome: dict[int, tuple[str, Any]] = {}
     try:

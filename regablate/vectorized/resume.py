@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from regablate.config.settings import Settings
 from regablate.training import checkpoint
 from regablate.training.checkpoint import DamagedCheckpoint
+from regablate.training.settings import Settings
 from regablate.vectorized.grouping import Member, make_member
 from regablate.vectorized.stacked import BLOCK_ROWS
 
