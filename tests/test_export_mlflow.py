@@ -278,7 +278,7 @@ def test_server_sweep_parents_children_and_again(server, tmp_path, capsys):
                                                                            "none"]
     for r in kids.values():
         parent = parents[r["tags"]["mlflow.parentRunId"]]
-        assert r["tags"]["regablate.rundir.group"] == parent["tags"]["regablate.rundir.group"]
+        assert r["tags"]["regablate.group"] == parent["tags"]["regablate.group"]
         assert r["params"]["reg"] == parent["params"]["reg"]
         run_dir = r["tags"]["regablate.run_dir"]
         summary = _summary(run_dir)
@@ -296,7 +296,7 @@ def test_server_sweep_parents_children_and_again(server, tmp_path, capsys):
         files = _rest(server, "artifacts/list", run_id=p["info"]["run_id"],
                       path="plots").get("files", [])
         assert [f["path"] for f in files] == [f"plots/curves_{p['params']['reg']}_"
-                                              f"{p['tags']['regablate.rundir.group']}.png"]
+                                              f"{p['tags']['regablate.group']}.png"]
 
     # again: no run added, none changed
     assert _export(*args) == 0

@@ -10,11 +10,11 @@ What lands in the experiment:
 
 - one parent run per group (runs that differ only by seed): run name the group's label;
   params the group's settings (the flattened config without seeds and operational settings)
-  and `reg`, the stack (`none`, `dropout+l2`); tags `regablate.label`, `regablate.rundir.group` (the
+  and `reg`, the stack (`none`, `dropout+l2`); tags `regablate.label`, `regablate.group` (the
   group id), `regablate.kind=group`; artifacts `plots/curves_*.png` (and `reliability_*.png`
   where the runs have calibration tables), the report's figures for the group.
 - one child run per completed run dir: run name `<label>/seed=<s>`; tag `mlflow.parentRunId`,
-  `regablate.run_dir` (the resolved path), `regablate.rundir.group`, `regablate.label`,
+  `regablate.run_dir` (the resolved path), `regablate.group`, `regablate.label`,
   `regablate.kind=seed`; params `seed`, `data_seed`, `reg`; metrics named as `load_runs`'
   columns (`train_acc`, `val_acc`, `val_loss`, `test_acc`, `gap`, `val_ece`, ..., `best_epoch`,
   `epochs_run`, `wall_time_s`, `n_params`) at step 0, each the value at the best epoch as
@@ -22,7 +22,7 @@ What lands in the experiment:
   artifact `summary.json` (the checked summary, written anew, never the file copied).
 
 Exporting again adds no run and changes none: children are matched by `regablate.run_dir`,
-parents by `regablate.rundir.group` (searched in the experiment, never by name). Runs completed since
+parents by `regablate.group` (searched in the experiment, never by name). Runs completed since
 are added, under their group's parent (created when new); a parent that gains runs gets its
 plots redrawn. Only completed runs are exported: running, interrupted, diverged and failed ones
 are counted and left out, and a running run is exported by the first export after it completes.
@@ -54,7 +54,7 @@ Completed runs under the DIRs (default ./multirun and ./outputs) into an MLflow 
 one parent run per group, one child run per seed. Exporting again adds only runs completed
 since. Needs: """ + INSTALL + "\n"
 
-KIND, DIR, GROUP, LABEL = "regablate.kind", "regablate.run_dir", "regablate.rundir.group", "regablate.label"
+KIND, DIR, GROUP, LABEL = "regablate.kind", "regablate.run_dir", "regablate.group", "regablate.label"
 PARENT = "mlflow.parentRunId"
 MAX_PARAMS, MAX_METRICS = 100, 1000  # MLflow's log_batch limits (params and tags; metrics)
 MAX_KEY, MAX_PARAM, MAX_TAG = 250, 6000, 8000
