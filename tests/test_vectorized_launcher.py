@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ENV, FAST, run_cli
 from regablate.cli.report import main as report_main
@@ -305,6 +306,51 @@ def test_conv_members_stack_and_a_group_of_one_matches_the_ordinary_run(tmp_path
         assert [float(r["val_loss"]) for r in ra] == pytest.approx([float(r["val_loss"]) for r in rb], abs=1e-5), job
 
 
+def test_a_chunk_of_one_member_trained_the_ordinary_way_is_its_ordinary_run(tmp_path):
+    """single=ordinary: each chunk of one is the member's ordinary run (the same files and the
+    same numbers to the bit), logged as such; single=auto on the CPU stacks an MLP alone (the
+    stacked path is the faster one there)."""
+    sweep = ("+reg=none,dropout", "dataset.n=300", "dataset.n_test=100", *FAST)
+    single = run_cli("run", "-m", "hydra/launcher=vectorized", "hydra.launcher.max_members=1",
+                     "hydra.launcher.single=ordinary", *sweep, "hydra.sweep.dir=single", cwd=tmp_path)
+    ordinary = run_cli("run", "-m", *sweep, "hydra.sweep.dir=ord", cwd=tmp_path)
+    auto = run_cli("run", "-m", "hydra/launcher=vectorized", "hydra.launcher.max_members=1", *sweep,
+                   "hydra.sweep.dir=auto", cwd=tmp_path)
+    assert single.returncode == ordinary.returncode == auto.returncode == 0, single.stderr[-2000:]
+    out = single.stdout + single.stderr
+    assert "Stacked group 1: K=2 members in 2 chunk(s) of <= 1: #0 #1" in out
+    for c in (1, 2):
+        assert f"chunk {c}/2: K=1, #{c - 1} trains the ordinary way (hydra.launcher.single=ordinary)" in out
+    assert "ms per member-step" not in out
+    assert len(re.findall(r"chunk [12]/2: K=1, \d+ steps in [\d.]+ s: [\d.]+ ms per member-step",
+                          auto.stdout + auto.stderr)) == 2
+    assert tree(tmp_path / "single") == tree(tmp_path / "ord") == tree(tmp_path / "auto")
+    for job in range(2):
+        a, b = (json.loads((tmp_path / d / str(job) / "summary.json").read_text()) for d in ("single", "ord"))
+        assert a["status"] == b["status"] == "completed"
+        assert [a[k] for k in ("train", "val", "test", "best_epoch")] == [b[k] for k in ("train", "val", "test", "best_epoch")]
+        rows = [[{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows_of(tmp_path / d / str(job))]
+                for d in ("single", "ord")]
+        assert rows[0] == rows[1] and len(rows[0]) == 3
+        assert "hydra/launcher: vectorized" in (tmp_path / "single" / str(job) / ".hydra" / "hydra.yaml").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_a_conv_member_alone_trains_the_ordinary_way_and_an_mlp_stays_stacked(tmp_path):
+    from conftest import write_fake_cifar10
+
+    root = write_fake_cifar10(tmp_path / "data")
+    conv = ("model=resnet", "model.depth=8", "model.width=4", "dataset=cifar10", f"dataset.root={root}",
+            "dataset.n_train=100", "trainer.batch_size=32", "optim=sgd", "trainer.device=cuda", "+reg=none", *FAST)
+    r = run_cli("run", "-m", "hydra/launcher=vectorized", *conv, "hydra.sweep.dir=conv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "chunk 1/1: K=1, #0 trains the ordinary way (hydra.launcher.single=auto)" in r.stdout + r.stderr
+    r = run_cli("run", "-m", "hydra/launcher=vectorized", "+reg=none", "trainer.device=cuda", *TINY,
+                "hydra.sweep.dir=mlp", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(r"chunk 1/1: K=1, \d+ steps in", r.stdout + r.stderr)
+
+
 def test_conv_members_of_one_group_train_as_one_stacked_model(tmp_path):
     """Four resnet members (seeds, DropPath and a penalty) in one chunk: one stacked model, one
     shared last.pt; each member's files are complete and its numbers near its ordinary run's."""
@@ -355,6 +401,11 @@ def test_a_bad_executor_or_slurm_setting_is_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1] == ("regablate: error: invalid config: "
                                                  "hydra.launcher.executor='ssh': allowed: local, slurm")
+    r = run_cli("run", "-m", "hydra/launcher=vectorized", "hydra.launcher.single=sometimes", "+reg=none", *TINY,
+                "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == ("regablate: error: invalid config: "
+                                                 "hydra.launcher.single='sometimes': allowed: auto, stacked, ordinary")
     r = run_cli("run", "-m", "hydra/launcher=vectorized", "hydra.launcher.executor=slurm",
                 "+hydra.launcher.slurm.partitio=gpu", "+reg=none", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]

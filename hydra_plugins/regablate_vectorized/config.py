@@ -16,6 +16,9 @@ class VectorizedLauncherConf:
     # OmegaConf reads this dataclass: Optional, not `int | None`
     max_members: Optional[int] = None  # noqa: UP045  members per chunk; null = as many as fit in memory
     memory_fraction: float = 0.5  # share of free memory the default max_members may plan for
+    # a chunk of one member: auto trains a conv member on a GPU the ordinary way (its stacked
+    # form is slower there at K = 1) and stacks the rest; stacked / ordinary: always that way
+    single: str = "auto"
     # local: chunks train in this process; slurm: each chunk is one SLURM job, through submitit
     executor: str = "local"
     # submitit's settings of those jobs: partition, timeout_min, cpus_per_task, mem_gb,

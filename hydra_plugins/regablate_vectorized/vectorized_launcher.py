@@ -21,12 +21,12 @@ from hydra_plugins.regablate_vectorized.config import VectorizedLauncherConf  # 
 
 class VectorizedLauncher(Launcher):
     def __init__(self, max_members: int | None = None, memory_fraction: float = 0.5,
-                 executor: str = "local", slurm: Any = None) -> None:
+                 single: str = "auto", executor: str = "local", slurm: Any = None) -> None:
         from regablate.sweep.vectorized_launch import VectorizedLaunch
 
         super().__init__()
         self.launcher = VectorizedLaunch(max_members=max_members, memory_fraction=memory_fraction,
-                                         executor=executor, slurm=slurm)
+                                         single=single, executor=executor, slurm=slurm)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:

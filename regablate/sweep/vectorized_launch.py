@@ -65,6 +65,7 @@ from regablate.sweep.vectorized_compose import (
 log = logging.getLogger("hydra_plugins.regablate_vectorized.vectorized_launcher")
 
 EXECUTORS = ("local", "slurm")
+SINGLES = ("auto", "stacked", "ordinary")  # how a chunk of one member trains (`_trains_ordinary`)
 
 
 class VectorizedLaunch:
@@ -72,8 +73,8 @@ class VectorizedLaunch:
     `composes_every_job_first` and `launch`."""
 
     def __init__(self, max_members: int | None = None, memory_fraction: float = 0.5,
-                 executor: str = "local", slurm: Any = None) -> None:
-        self.executor, self.slurm = executor, slurm
+                 single: str = "auto", executor: str = "local", slurm: Any = None) -> None:
+        self.executor, self.slurm, self.single = executor, slurm, single
         self.submitted: list[tuple[list[Any], list[Job]]] = []  # chunks sent to SLURM
         if max_members is not None and max_members < 1:
             raise ValueError(f"hydra.launcher.max_members must be >= 1, got {max_members}")
@@ -90,6 +91,8 @@ class VectorizedLaunch:
 
         if self.executor not in EXECUTORS:  # here, not in __init__: Hydra wraps what that raises
             raise ConfigError("hydra.launcher.executor", self.executor, "allowed: " + ", ".join(EXECUTORS))
+        if self.single not in SINGLES:
+            raise ConfigError("hydra.launcher.single", self.single, "allowed: " + ", ".join(SINGLES))
         self.slurm_params = vectorized_slurm.slurm_parameters(self.slurm) if self.executor == "slurm" else {}
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         remember_compositions(hydra_context.config_loader)
@@ -242,9 +245,25 @@ class VectorizedLaunch:
         for c, part in enumerate(parts, 1):
             if self.executor == "slurm":  # trained by `vectorized_slurm.submit`'s job, which claims the run dirs
                 self.submitted.append((part, [by_job[m.job] for m in part]))
+            elif self._trains_ordinary(part):
+                job = by_job[part[0].job]
+                log.info(f"  chunk {c}/{len(parts)}: K=1, #{job.idx} trains the ordinary way "
+                         f"(hydra.launcher.single={self.single})")
+                results[job.idx] = self._run_ordinary(job)
             else:
                 results.update(self._launch_chunk(part, [by_job[m.job] for m in part], c, len(parts)))
         return results
+
+    def _trains_ordinary(self, part: list[Any]) -> bool:
+        """Whether a chunk trains as its one member's ordinary run, the same run without the
+        stacked path. `single=auto`: a conv member on a GPU does (at K = 1 the stacked form's
+        per-step work, a member axis around every kernel, is not amortised: resnet20 ran at 0.63x
+        its plain loop on an H100), the rest stay stacked (a stacked MLP alone beats the ordinary
+        trainer on a CPU: its gradients by hand, no torch optimiser). A chunk that continues an
+        interrupted stacked chunk stays stacked whatever `single` says (its last.pt is the chunk's)."""
+        if len(part) != 1 or self.single == "stacked" or part[0].resume is not None or part[0].chunk:
+            return False
+        return self.single == "ordinary" or (part[0].conv and part[0].x.device.type == "cuda")
 
     def _launch_chunk(self, members: list[Any], jobs: list[Job], c: int, n: int) -> dict[int, JobReturn]:
         """Claim every member's run dir, train those claimed while holding them; a member
