@@ -38,7 +38,7 @@ bench: $(STAMP)    ## speed against plain hand-written PyTorch, as ratios
 	$(BIN)/python benchmarks/bench_vit.py
 	$(BIN)/python benchmarks/bench_rnn.py
 
-bench-gpu: $(STAMP) ## on a CUDA machine (< 8 min): resnet20 and stacked sweeps against plain loops; --smoke checks it on the CPU
+bench-gpu: $(STAMP) ## on a CUDA machine (< 16 min): resnet20, stacked sweeps at each K and the cifar10_recipe factorial against plain loops; --smoke checks it on the CPU
 	$(BIN)/python benchmarks/bench_gpu.py
 
 sanity: $(STAMP)   ## real CIFAR-10 images (../shared/data): resnet20 must learn on the CPU
