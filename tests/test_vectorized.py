@@ -309,6 +309,8 @@ def test_grouping_decisions(small_cfg, tmp_path):
     assert not_stackable(load_settings(small_cfg(*conv, "+reg=[augment,cutout,mixup,cutmix]"))) is None
     assert not_stackable(load_settings(small_cfg("+reg=dropblock"))) == "reg dropblock has no stacked form"
     assert not_stackable(load_settings(small_cfg("+reg=[dropout,l1,max_norm,grad_clip]"))) is None
+    assert not_stackable(load_settings(small_cfg("trainer.amp=true"))) == "trainer.amp runs an MLP the ordinary way"
+    assert not_stackable(load_settings(small_cfg(*conv, "trainer.amp=true"))) is None
 
 
 def test_each_conv_member_transforms_its_own_batch_from_its_own_generator(small_cfg, tmp_path):

@@ -65,7 +65,7 @@ class Member:
                else (o.name, o.momentum, o.nesterov))
         t = s.trainer
         return (str(self.x.device), d.task, d.out_dim, shapes, self.layers, opt,
-                t.batch_size, t.max_epochs, t.eval_batch_size, self.chunk)
+                t.batch_size, t.max_epochs, t.eval_batch_size, t.amp, self.chunk)
 
 
     @property
@@ -86,8 +86,8 @@ def not_stackable(s: Settings) -> str | None:
     other = [n for n in s.stack.names if n not in (CONV_STACKABLE if conv else STACKABLE)]
     if other:
         return "reg " + ", ".join(other) + " has no stacked form"
-    if s.trainer.amp:
-        return "trainer.amp runs the ordinary way"
+    if s.trainer.amp and not conv:  # a stacked MLP's gradients are by hand, in float32
+        return "trainer.amp runs an MLP the ordinary way"
     return None
 
 

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from regablate.training.evaluate import autocast
 from regablate.vectorized.grouping import Member
 from regablate.vectorized.shared_data import SharedData
 
@@ -104,16 +105,19 @@ def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, data: SharedData, sizes: list[int], task: str, chunk: int) -> list[list[dict[str, float]]]:
+def evaluate(model, data: SharedData, sizes: list[int], task: str, chunk: int,
+             amp: bool = False) -> list[list[dict[str, float]]]:
     """Per split, per member {"loss", "acc"} or {"loss", "mse"}, in eval mode: the plain objective
-    (no smoothing, no penalty), as `regablate.training.evaluate.evaluate`. `data.eval_x`, `data.eval_y`
-    hold the splits one after another along dim 1 (`sizes` samples each), so they share passes."""
+    (no smoothing, no penalty), as `regablate.training.evaluate.evaluate` (bf16 autocast on CUDA
+    with `amp`, the loss in float32). `data.eval_x`, `data.eval_y` hold the splits one after
+    another along dim 1 (`sizes` samples each), so they share passes."""
     k = len(data.index)
     n = data.eval_y.shape[1]
     losses, hits = [], []
     for i in range(0, n, chunk):
         xb, yb = data.eval_rows(i, i + chunk)
-        out = model.forward(xb, train=False)
+        with autocast(xb.device, amp):
+            out = model.forward(xb, train=False).float()
         if task == "classification":
             losses.append(cross_entropy(out, yb))
             hits.append(out.argmax(-1) == yb)

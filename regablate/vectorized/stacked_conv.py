@@ -248,9 +248,11 @@ class StackedModule:
         return out
 
     def backward(self, grad_out: torch.Tensor) -> torch.Tensor:
-        """∂L/∂θ (K, P) from ∂L/∂out of the last training forward, through autograd."""
+        """∂L/∂θ (K, P) from ∂L/∂out of the last training forward, through autograd. Under
+        `trainer.amp` that output is bf16 and ∂L/∂out (from the float32 loss) is cast to it, as
+        autograd casts it through an ordinary run's `model(x).float()`."""
         out, self._out = self._out, None
-        return self.flat_grad(torch.autograd.grad(out, self.leaves, grad_out))
+        return self.flat_grad(torch.autograd.grad(out, self.leaves, grad_out.to(out.dtype)))
 
     def step_done(self) -> None:
         """One training step happened (BatchNorm's num_batches_tracked)."""

@@ -46,7 +46,7 @@ import torch
 from regablate.metrics.weight_stats import named_weight_matrices
 from regablate.regularisers.mixing import probs
 from regablate.rundir.atomic import one_sync
-from regablate.training.evaluate import gap
+from regablate.training.evaluate import autocast, gap
 from regablate.vectorized import optim
 from regablate.vectorized.chunk_checkpoints import ChunkCheckpoints
 from regablate.vectorized.grouping import Member, stack_model
@@ -84,6 +84,7 @@ class VectorizedTrainer:
         self.members = members
         m0 = members[0]
         self.device, self.t = m0.x.device, m0.s.trainer
+        self.amp = self.t.amp and self.device.type == "cuda"  # conv members only (`grouping.not_stackable`)
         self.task, self.metric = m0.x.data.task, m0.x.data.metric
         self.model = stack_model(members)
         self.data = SharedData(members)
@@ -117,8 +118,9 @@ class VectorizedTrainer:
         xb = self.data.prepare(xb)
         if self.transforms:
             xb, yb = self._transform(xb, yb, drop_gens, cpu_gens)
-        out = model.forward(xb, True, drop_gens)
-        objective, grad_out = loss_and_grad(out, yb, self.task, regs.smoothing)
+        with autocast(self.device, self.amp):  # bf16 conv members (`trainer.amp`), as `loop.train_epoch`
+            out = model.forward(xb, True, drop_gens)
+        objective, grad_out = loss_and_grad(out.float(), yb, self.task, regs.smoothing)
         g = model.backward(grad_out)
         with torch.no_grad():
             w = model.theta[:, : model.n_matrix]  # the weight matrices of every member
@@ -248,7 +250,7 @@ class VectorizedTrainer:
         self.opt.set_lr(lrs)
         self.regs.set_lr(lrs, self.device)
         objective = self._epoch(runs)
-        tr, va = evaluate(model, self.data, self.sizes, self.task, self.eval_chunk)
+        tr, va = evaluate(model, self.data, self.sizes, self.task, self.eval_chunk, self.amp)
         elapsed = round(time.perf_counter() - t0, 4)
         stats = stacked_weight_stats(model.theta[:, : model.n_matrix].detach())
         improved, stopped = [], []
