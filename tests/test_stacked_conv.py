@@ -481,3 +481,19 @@ def test_under_bf16_autocast_each_member_is_its_own_module_under_it(kind, device
         # on the CPU they agree to 1e-7; in float32 the same gradients differ from these by 5-20 %
         assert_near(out[k].float(), want.float(), 1e-2)
         assert_near(list(stack.unflatten(g[k], m).values()), [p.grad for p in stack.unflatten(g[k], m)], 1e-2)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_group_of_one_under_bf16_autocast_is_the_ordinary_module_under_it(case):
+    """Under `trainer.amp` a member's dropout, spatial dropout and DropPath masks multiply in the
+    activation's dtype, as its own blocks do (DropBlock's in float32, as `drop_block_mask`): the
+    stacked member is its ordinary module within bf16's rounding (DropPath rounds x·m/(1−p) once
+    where the block rounds twice), and exactly so with dropout alone."""
+    model = CASES[case]()
+    stack = StackedModule([model], CPU)
+    x = torch.randn(6, *SHAPE)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = ordinary(model, x, True, gen(7))
+        got = stack.forward(x[None], True, [gen(7)])
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert_near(got[0].float(), want.float(), 1e-6 if case == "convnet-dropout" else 2e-2)

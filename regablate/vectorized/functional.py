@@ -124,6 +124,13 @@ def skeleton(model: nn.Module) -> tuple:
     return (type(model), attrs, own, kids)
 
 
+def _as_input(mask: torch.Tensor, kind: str, x: torch.Tensor) -> torch.Tensor:
+    """The mask in the dtype the member's own block multiplies by: the input's (dropout, spatial
+    dropout and DropPath keep a bf16 activation bf16 under `trainer.amp`), but float32 for
+    DropBlock, whose `drop_block_mask` is float32 in any dtype."""
+    return mask if kind == "dropblock" or mask.dtype == x.dtype else mask.to(x.dtype)
+
+
 class _Site(nn.Module):
     """A place where some members have a structural-regulariser block: h ← h·mask (the mask of
     the forward being run, set from outside), or records its input's shape while tracing."""
@@ -139,7 +146,7 @@ class _Site(nn.Module):
         if self.trace is not None:
             self.trace.append((self, tuple(x.shape[1:])))
             return x
-        return x if self.mask is None else x * self.mask
+        return x if self.mask is None else x * _as_input(self.mask, self.kind, x)
 
     def rate(self, k: int) -> float:
         src = self.sources[k]
@@ -288,7 +295,7 @@ class _GroupedSite(nn.Module):
         if mask is None:
             return x
         k, n, c, rest = self.k, x.shape[0], x.shape[1] // self.k, mask.shape[3:]
-        return x * mask.expand(k, n, c, *rest).transpose(0, 1).reshape(n, k * c, *rest)
+        return x * _as_input(mask, self.site.kind, x).expand(k, n, c, *rest).transpose(0, 1).reshape(n, k * c, *rest)
 
 
 def _grouped_shortcut(self, x: torch.Tensor) -> torch.Tensor:
