@@ -352,6 +352,24 @@ def test_chunks_and_memory_budget(small_cfg, tmp_path):
     assert 1 <= default_max_members(m, 0.1) <= default_max_members(m, 0.5)
 
 
+def test_a_resnet20_chunk_on_an_80_gib_card_holds_dozens_of_members(small_cfg, tmp_path, monkeypatch):
+    """The budget counts a conv member's training step as measured (a stacked resnet20 step at
+    batch 128 holds under one float32 word per layer output per sample) and its evaluation rows
+    as the trainer gives them, so 80 GiB free fits dozens of resnet20 members: it once counted
+    4,096 evaluation rows of every layer's output at once, 24 GiB a member, and sent each alone."""
+    from conftest import write_fake_cifar10
+    from regablate.vectorized import budget
+
+    root = write_fake_cifar10(tmp_path / "data")
+    (m,) = members_of([small_cfg("model=resnet", "model.depth=20", "dataset=cifar10", f"dataset.root={root}",
+                                 "trainer.batch_size=128")], tmp_path)
+    total, largest = budget.activation_sizes(m)
+    assert (total, largest) == (737418, 16 * 32 * 32)  # resnet20's layer outputs for one 32x32 image
+    assert bytes_per_member(m) >= 4 * 128 * total  # at least the step's measured footprint
+    monkeypatch.setattr(budget, "free_bytes", lambda device: 80 * 2**30)
+    assert 32 <= default_max_members(m, 0.5) <= 64
+
+
 # -- members against the ordinary trainer ---------------------------------------------------------
 def test_members_of_a_group_match_their_ordinary_runs(small_cfg, tmp_path):
     """One group of members that differ in seed, lr, decay, penalties, smoothing, constraints and

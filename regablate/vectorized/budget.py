@@ -2,8 +2,13 @@
 
 Per member, in float32 words: θ and its gradient, two optimiser moments, two snapshots (best
 epoch, stopping point) and a few θ-sized temporaries of the update: ~10·P; the three splits and
-the per-epoch permuted copy of the training inputs; training activations (about 6 tensors of
-batch × a layer's output per layer, forward and backward) and one evaluation chunk (2 per layer).
+the per-epoch permuted copy of the training inputs; the training step's activations, counted as
+TRAIN_WORDS words per layer output per sample (measured on the CPU for a stacked resnet20 at
+batch 128: 242 MiB per member at K = 4 and 353 MiB at K = 1, i.e. 0.67 and 0.98 words per layer
+output per sample, everything the step holds included); and its rows of the evaluation
+(`PER_MEMBER_EVAL_ROWS`, as `trainer` gives each member at large K), where under no_grad a few
+layer outputs are alive at once, not all of them. Once per chunk, whatever its K: the rest of an
+evaluation pass of EVAL_ROWS rows.
 """
 
 from __future__ import annotations
@@ -14,21 +19,26 @@ from regablate.data.memory import available_memory
 from regablate.vectorized.grouping import Member
 
 FLOAT = 4
+TRAIN_WORDS = 2  # words per layer output per sample in a training step (measured <= 1: twice that)
+EVAL_LIVE = 3  # layer outputs alive at once in an evaluation forward (input, output, a temporary)
+EVAL_ROWS = 8192  # evaluation rows over all members of a chunk (`trainer`: max(256, EVAL_ROWS // K) each)
+PER_MEMBER_EVAL_ROWS = 256
 
 
-def activations_per_sample(m: Member) -> int:
-    """Elements of every layer's output for one sample: an MLP's widths; for a conv model, by
-    one forward of one sample (on the meta device: nothing is computed)."""
+def activation_sizes(m: Member) -> tuple[int, int]:
+    """(sum, largest) of the elements of every layer's output for one sample: an MLP's widths;
+    for a conv model, by one forward of one sample (on the meta device: nothing is computed)."""
     model = m.x.model
     if not m.conv:
-        return sum(p.shape[0] for p in model.parameters() if p.ndim == 2)
+        widths = [p.shape[0] for p in model.parameters() if p.ndim == 2]
+        return sum(widths), max(widths)
     import copy
 
-    total = 0
+    sizes = []
 
     def count(_module, _inputs, out) -> None:
-        nonlocal total
-        total += out.numel() if isinstance(out, torch.Tensor) else 0
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel())
 
     meta = copy.deepcopy(model).to("meta").eval()
     hooks = [mod.register_forward_hook(count) for mod in meta.modules() if not mod._modules]
@@ -36,18 +46,25 @@ def activations_per_sample(m: Member) -> int:
         meta(torch.empty(1, *m.x.data.in_shape, device="meta"))
     for h in hooks:
         h.remove()
-    return total
+    return sum(sizes), max(sizes)
 
 
 def bytes_per_member(m: Member) -> int:
     d, t = m.x.data, m.s.trainer
     n_params = sum(p.numel() for p in m.x.model.parameters())
-    widths = activations_per_sample(m)
+    total, largest = activation_sizes(m)
     splits = sum(sp.x.numel() + sp.y.numel() for sp in (d.train, d.val, d.test))
-    eval_rows = min(t.eval_batch_size, max(len(d.train), len(d.val), len(d.test)))
+    eval_rows = min(t.eval_batch_size, PER_MEMBER_EVAL_ROWS)
     words = (10 * n_params + splits + d.train.x.numel()
-             + 6 * t.batch_size * widths + 2 * eval_rows * widths)
+             + TRAIN_WORDS * t.batch_size * total + EVAL_LIVE * eval_rows * largest)
     return FLOAT * words
+
+
+def bytes_per_chunk(m: Member) -> int:
+    """What a chunk of `m`'s members needs once, whatever its K: an evaluation pass of up to
+    EVAL_ROWS rows (beyond each member's own `PER_MEMBER_EVAL_ROWS`)."""
+    _, largest = activation_sizes(m)
+    return FLOAT * EVAL_LIVE * min(m.s.trainer.eval_batch_size, EVAL_ROWS) * largest
 
 
 def free_bytes(device: torch.device) -> int:
@@ -58,5 +75,7 @@ def free_bytes(device: torch.device) -> int:
 
 
 def default_max_members(m: Member, fraction: float) -> int:
-    """Members of `m`'s shape that fit in `fraction` of the free memory (at least 1)."""
-    return max(1, int(fraction * free_bytes(m.x.device) // bytes_per_member(m)))
+    """Members of `m`'s shape that fit in `fraction` of the free memory, a chunk's own share
+    taken first (at least 1)."""
+    budget = fraction * free_bytes(m.x.device) - bytes_per_chunk(m)
+    return max(1, int(budget // bytes_per_member(m)))

@@ -48,14 +48,13 @@ from regablate.regularisers.mixing import probs
 from regablate.rundir.atomic import one_sync
 from regablate.training.evaluate import autocast, gap
 from regablate.vectorized import optim
+from regablate.vectorized.budget import EVAL_ROWS, PER_MEMBER_EVAL_ROWS
 from regablate.vectorized.chunk_checkpoints import ChunkCheckpoints
 from regablate.vectorized.grouping import Member, stack_model
 from regablate.vectorized.losses import Strengths, evaluate, loss_and_grad, stacked_weight_stats
 from regablate.vectorized.member_run import MemberRun, open_runs
 from regablate.vectorized.shared_data import SharedData
 from regablate.vectorized.state import StackState
-
-EVAL_ROWS = 8192
 
 
 @dataclass
@@ -103,7 +102,7 @@ class VectorizedTrainer:
         self.segments = [(p.offset, p.numel) for p in self.model.params]
         # evaluation chunks of at most EVAL_ROWS rows over all members: K·B rows of activations
         # stay in cache (per-sample results do not depend on the chunk)
-        self.eval_chunk = min(self.t.eval_batch_size, max(256, EVAL_ROWS // len(members)))
+        self.eval_chunk = min(self.t.eval_batch_size, max(PER_MEMBER_EVAL_ROWS, EVAL_ROWS // len(members)))
         self.steps = 0
         self.checkpoints = ChunkCheckpoints(self.model, self.opt, self.device, members)
 
