@@ -24,7 +24,7 @@ def test_smoke_prints_every_section():
                *(rf"resnet\d+ stacked K={k} members/s\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x" for k in (1, 2, 4)),
                rf"\n\s+4\s+{NUMBER}\s+[\d,]+\s+-\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x",  # K=4: members/s, images/s, memory, s, s
                r"resnet\d+ best K on this device\s+K=\d",
-               r"stacked: chunks of K = 32 \(32 of 32 runs stacked\)",
+               r"stacked: chunks of K = 32 \(32 of 32 runs stacked, 0 chunks of one the ordinary way\)",
                rf"cifar10_recipe factorial \(s\)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x"]
     for figure in figures:
         assert re.search(figure, out), f"{figure!r} not in:\n{out}"

@@ -1,15 +1,16 @@
 """Which jobs of a sweep can train as one stacked model, and in which groups.
 
-A job is vectorisable when it is a built-in MLP on generated data, or a built-in convnet/resnet
-on generated or CIFAR-10 data, with only stackable regularisers (conv members: batch transforms
-too — augment, cutout, mixup, cutmix —, each member's on its own rows from its own generator).
-MLPs stack as `StackedMLP`, conv models as `functional.StackedModule`. Members of one group share everything that fixes tensor
-shapes or the shared loop: the device, the split shapes and task, the architecture (the MLP's
-layer plan, or the conv model's `skeleton`, regulariser blocks aside), the optimiser family with
-its fixed settings (betas, eps / momentum, nesterov), batch size, epochs and eval chunk. Seeds,
-data seeds, drop rates (a member without a structural regulariser is the same model at rate 0),
-penalty and decay strengths, label smoothing, max-norm and clipping bounds, lr,
-optim.weight_decay, schedule and early-stopping settings may differ per member.
+A job is vectorisable when it is a built-in MLP on generated data, or a built-in convnet/resnet on
+generated or CIFAR-10 data, with only stackable regularisers (conv members: batch transforms too —
+augment, cutout, mixup, cutmix —, each member's on its own rows from its own generator). MLPs
+stack as `StackedMLP`, conv models as `stacked_conv.StackedModule`. Members of one group share
+everything that fixes tensor shapes or the shared loop: the device, the split shapes and task, the
+architecture (the MLP's layer plan, or the conv model's `skeleton`, regulariser blocks aside), the
+optimiser family with its fixed settings (betas, eps / momentum, nesterov), batch size, epochs,
+eval chunk and `trainer.amp` (conv members only: bf16 autocast on CUDA). Seeds, data seeds, drop
+rates (a member without a structural regulariser is the same model at rate 0), penalty and decay
+strengths, label smoothing, max-norm and clipping bounds, lr, optim.weight_decay, schedule and
+early-stopping settings may differ per member.
 """
 
 from __future__ import annotations
