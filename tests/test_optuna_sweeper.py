@@ -225,3 +225,12 @@ def test_every_seeded_sampler_continued_in_another_process_proposes_what_one_run
     params = [t.params for t in continued.trials]
     assert len({json.dumps(p, sort_keys=True) for p in params}) == 6
     assert params == [t.params for t in fresh.trials]
+
+
+def test_a_refusal_shows_whole_numbers_as_typed():
+    """The stored problem keeps 1 and 1.0 equal (as 1.0); the refusal shows them as typed."""
+    from regablate.sweep.optuna_search import _differences
+
+    stored, now = {"trainer.max_epochs": "2.0", "optim.lr": "0.001"}, {"trainer.max_epochs": "3.0", "optim.lr": "0.05"}
+    assert _differences(stored, now) == "trainer.max_epochs=2 stored, 3 now; optim.lr=0.001 stored, 0.05 now"
+    assert _differences({"x": "-1.0"}, {"x": "'1.0'"}) == "x=-1 stored, '1.0' now"

@@ -47,6 +47,7 @@ Optuna is imported only when a sweep starts.
 import json
 import logging
 import math
+import re
 import statistics
 import sys
 from collections.abc import Sequence
@@ -144,7 +145,12 @@ def _shown(d: Any) -> str:
 def _differences(stored: dict[str, str], now: dict[str, str], show: int = 3) -> str:
     """`key=old stored, new now; ...` for the keys whose values differ (the first `show`)."""
     keys = [k for k in dict.fromkeys([*stored, *now]) if stored.get(k) != now.get(k)]
-    parts = [f"{k}={stored.get(k, 'unset')} stored, {now.get(k, 'unset')} now" for k in keys[:show]]
+
+    def shown(d: dict[str, str], k: str) -> str:  # a whole number kept as a float (1 == 1.0) shown as typed
+        v = d.get(k, "unset")
+        return v[:-2] if re.fullmatch(r"-?\d+\.0", v) else v
+
+    parts = [f"{k}={shown(stored, k)} stored, {shown(now, k)} now" for k in keys[:show]]
     return "; ".join(parts) + (f"; and {len(keys) - show} more" if len(keys) > show else "")
 
 
