@@ -46,6 +46,8 @@ import time
 import warnings
 from pathlib import Path
 
+from regablate.errors import escape_control
+
 INSTALL = "pip install 'regablate[mlflow]'"
 USAGE = """usage: regablate export mlflow [DIR ...] --tracking-uri URI [--experiment NAME]
                                [--artifact-location URI] [--no-plots]
@@ -349,8 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int) -> int:
-    from regablate.errors import escape_control
-
     print(escape_control(f"regablate export: error: {' '.join(str(message).split())}"),
           file=sys.stderr)
     return code
@@ -376,8 +376,6 @@ def main(argv: list[str]) -> int:
     except ImportError:
         return _fail(f"exporting to MLflow needs mlflow: {INSTALL}", 2)
     from mlflow.exceptions import MlflowException
-
-    from regablate.errors import escape_control
 
     paths = args.dirs or [d for d in ("multirun", "outputs") if os.path.isdir(d)]
     if not paths:

@@ -27,7 +27,7 @@ import warnings
 
 from scipy import optimize, stats
 
-from regablate.errors import UsageError
+from regablate.errors import UsageError, escape_control
 
 USAGE = "regablate plan DIR --delta D [--power 0.8] [--alpha 0.05] [--format table|json]"
 N_CAP = 1_000_000
@@ -197,8 +197,6 @@ def plan(comparisons: list[dict], delta: float, power: float = 0.8, alpha: float
 
 
 def render(rows: list, delta: float, power: float, alpha: float) -> str:
-    from regablate.errors import escape_control
-
     def num(v, spec):
         return "-" if v is None else format(v, spec)
 
@@ -230,7 +228,6 @@ def main(argv: list[str]) -> int:
     for name in ("power", "alpha"):
         if not 0 < getattr(args, name) < 1:
             return _fail(f"--{name} {getattr(args, name)}: a number in (0, 1)")
-    from regablate.errors import escape_control
     from regablate.report.frames import SkippedRunWarning, load_runs
 
     try:
@@ -251,8 +248,6 @@ def main(argv: list[str]) -> int:
 
 
 def _fail(message: str) -> int:
-    from regablate.errors import escape_control
-
     print(escape_control(f"regablate plan: error: {message}"), file=sys.stderr)
     return 2
 

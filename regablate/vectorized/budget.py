@@ -49,10 +49,11 @@ def activation_sizes(m: Member) -> tuple[int, int]:
     return sum(sizes), max(sizes)
 
 
-def bytes_per_member(m: Member) -> int:
+def bytes_per_member(m: Member, sizes: tuple[int, int] | None = None) -> int:
+    """`sizes`: `activation_sizes(m)`, when the caller has them."""
     d, t = m.x.data, m.s.trainer
     n_params = sum(p.numel() for p in m.x.model.parameters())
-    total, largest = activation_sizes(m)
+    total, largest = sizes or activation_sizes(m)
     splits = sum(sp.x.numel() + sp.y.numel() for sp in (d.train, d.val, d.test))
     eval_rows = min(t.eval_batch_size, PER_MEMBER_EVAL_ROWS)
     words = (10 * n_params + splits + d.train.x.numel()
@@ -60,10 +61,10 @@ def bytes_per_member(m: Member) -> int:
     return FLOAT * words
 
 
-def bytes_per_chunk(m: Member) -> int:
+def bytes_per_chunk(m: Member, sizes: tuple[int, int] | None = None) -> int:
     """What a chunk of `m`'s members needs once, whatever its K: an evaluation pass of up to
     EVAL_ROWS rows (beyond each member's own `PER_MEMBER_EVAL_ROWS`)."""
-    _, largest = activation_sizes(m)
+    _, largest = sizes or activation_sizes(m)
     return FLOAT * EVAL_LIVE * min(m.s.trainer.eval_batch_size, EVAL_ROWS) * largest
 
 
@@ -77,5 +78,6 @@ def free_bytes(device: torch.device) -> int:
 def default_max_members(m: Member, fraction: float) -> int:
     """Members of `m`'s shape that fit in `fraction` of the free memory, a chunk's own share
     taken first (at least 1)."""
-    budget = fraction * free_bytes(m.x.device) - bytes_per_chunk(m)
-    return max(1, int(budget // bytes_per_member(m)))
+    sizes = activation_sizes(m)  # one traced forward for both
+    budget = fraction * free_bytes(m.x.device) - bytes_per_chunk(m, sizes)
+    return max(1, int(budget // bytes_per_member(m, sizes)))

@@ -83,7 +83,7 @@ class VectorizedTrainer:
         self.members = members
         m0 = members[0]
         self.device, self.t = m0.x.device, m0.s.trainer
-        self.amp = self.t.amp and self.device.type == "cuda"  # conv members only (`grouping.not_stackable`)
+        self.amp = self.t.amp  # conv members only (`grouping.not_stackable`); bf16 on CUDA (`autocast`)
         self.task, self.metric = m0.x.data.task, m0.x.data.metric
         self.model = stack_model(members)
         self.data = SharedData(members)
