@@ -32,13 +32,17 @@ more):
      stack, each its own `regablate run`), all 80 extrapolated from their mean with the process
      start-up (imports and the device, measured alone) counted once, as one `regablate run -m`
      pays it; the chunks that stacked are counted from the sweep's log. Targets: >= 4x faster,
-     <= 480 s. `--only 5` runs it alone (sections 1-4 stay under 8 minutes).
+     <= 480 s. `--only 5` runs it alone (sections 1-4 stay under 8 minutes). `--keep DIR` keeps
+     the factorial's sweep in DIR (new), so the timed sweep is the study's result:
+     `--only 5 --keep experiments/cifar10_recipe/runs`; `--cifar-root DIR` reads a cache that
+     `regablate data cifar10` prepared instead of converting the export again.
 
 Timing: warm-up first, `torch.cuda.synchronize()` around every timed region, the median of
 repeats (regablate and plain alternating). `--smoke` runs the same code paths on the CPU with
 tiny sizes in seconds (its figures check the script, not the targets).
 
-    python benchmarks/bench_gpu.py [--device cuda] [--smoke] [--only 1,2,3,4,5]
+    python benchmarks/bench_gpu.py [--device cuda] [--smoke] [--only 1,2,3,4,5] [--keep DIR]
+                                   [--cifar-root DIR]
 """
 
 from __future__ import annotations
@@ -316,7 +320,17 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cuda (the default when present), cuda:N or cpu")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the script (CPU is fine)")
     ap.add_argument("--only", default="1,2,3,4,5", help="sections to run, e.g. 2,4")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="section 5: write the factorial's sweep into this new dir and keep it")
+    ap.add_argument("--cifar-root", type=Path, default=None,
+                    help="section 5: a CIFAR-10 cache prepared by `regablate data cifar10`")
     args = ap.parse_args()
+    if args.keep is not None and args.keep.exists():  # refused before any section spends time
+        print(f"bench_gpu: --keep {args.keep}: exists; section 5 writes a new sweep dir", file=sys.stderr)
+        sys.exit(2)
+    if args.cifar_root is not None and not (args.cifar_root / "cifar10.pt").is_file():
+        print(f"bench_gpu: --cifar-root {args.cifar_root}: no cifar10.pt there", file=sys.stderr)
+        sys.exit(2)
     name = args.device or ("cuda" if torch.cuda.is_available() or not args.smoke else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         print(NO_CUDA, file=sys.stderr)
@@ -334,7 +348,10 @@ def main() -> None:
         title, fn = SECTIONS[i]
         t0 = time.perf_counter()
         try:
-            fn(device, sizes, args.smoke)
+            if i == 5:
+                fn(device, sizes, args.smoke, keep=args.keep, prepared=args.cifar_root)
+            else:
+                fn(device, sizes, args.smoke)
         except Exception as e:  # one section's failure leaves the others' figures
             failed.append(i)
             row(f"{i}. {title}", f"failed: {type(e).__name__}: {e}")

@@ -128,10 +128,14 @@ RECIPE_SMOKE = ("seed=0,1", "model.depth=8", "model.width=4", "dataset.n_train=6
                 "trainer.max_epochs=1")  # 16 arms x 2 seeds of a tiny resnet, one step each
 
 
-def cifar_root(tmp: Path, smoke: bool) -> tuple[Path, str]:
-    """The prepared CIFAR-10 cache the study reads, and what it holds: the shared JPEG export
-    converted by `regablate data cifar10 --from` (shared/data/ in the checkout or beside it),
-    else random images (said so)."""
+def cifar_root(tmp: Path, smoke: bool, prepared: Path | None = None) -> tuple[Path, str]:
+    """The prepared CIFAR-10 cache the study reads, and what it holds: `prepared` (a cache that
+    `regablate data cifar10` wrote), else the shared JPEG export converted by `regablate data
+    cifar10 --from` (shared/data/ in the checkout or beside it), else random images (said so)."""
+    if prepared is not None:
+        if not (prepared / "cifar10.pt").is_file():
+            raise FileNotFoundError(f"--cifar-root {prepared}: no cifar10.pt there (regablate data cifar10 writes it)")
+        return prepared, f"the prepared CIFAR-10 cache in {prepared}"
     for archive in (ROOT / "shared" / "data" / "cifar10-jpeg.tar.gz", ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"):
         if archive.is_file() and not smoke:
             root = tmp / "cifar10"
@@ -161,12 +165,17 @@ def start_up(device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def section_recipe(device: torch.device, sizes, smoke: bool) -> None:
+def section_recipe(device: torch.device, sizes, smoke: bool, keep: Path | None = None,
+                   prepared: Path | None = None) -> None:
     """`regablate run -m +experiment=cifar10_recipe` (the 2^4 factorial, stacked) start to exit,
     against the same arms as ordinary runs one after another: two of them (none and the full
     stack, seed 0, each its own `regablate run`) timed, and all arms x seeds extrapolated from
     their mean with the process start-up (imports, the device; measured alone) counted once, as
-    one `regablate run -m` pays it. --smoke: the same factorial of a tiny resnet, 2 seeds, one step."""
+    one `regablate run -m` pays it. --smoke: the same factorial of a tiny resnet, 2 seeds, one step.
+    `keep`: the factorial's sweep dir (a new one), kept as the study's runs; else a temporary one.
+    `prepared`: a CIFAR-10 cache to read (`cifar_root`)."""
+    if keep is not None and keep.exists():
+        raise FileExistsError(f"--keep {keep}: exists; the factorial writes a new sweep dir")
     from hydra import compose, initialize_config_dir
 
     from regablate.config.paths import CONF_DIR
@@ -186,10 +195,11 @@ def section_recipe(device: torch.device, sizes, smoke: bool) -> None:
     common = [f"trainer.device={device}"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root, what = cifar_root(tmp, smoke)
-        common.append(f"dataset.root={root}")
+        root, what = cifar_root(tmp, smoke, prepared)
+        common.append(f"dataset.root={root.resolve()}")
+        sweep_dir = keep.resolve() if keep is not None else tmp / "stacked"
         stacked, log = whole_run(["-m", "+experiment=cifar10_recipe", *extra, *common,
-                                  f"hydra.sweep.dir={tmp / 'stacked'}"], tmp)
+                                  f"hydra.sweep.dir={sweep_dir}"], tmp)
         full = "+reg=[" + ",".join(components) + "]"
         settings = [f"{k}={v}" for k, v in params.items() if k.startswith("reg.")]
         arms = [["+reg=none"], [full, *settings]]
