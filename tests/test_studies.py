@@ -59,6 +59,27 @@ def test_search_study_composes_under_the_optuna_sweeper(name):
         load_settings(OmegaConf.to_container(task, resolve=True))  # the check every run passes
 
 
+def _jobs(name: str, cfg) -> list[list[str]]:
+    """The overrides of a study's jobs, seeds left out: each arm of a design study as its sweeper
+    runs it, else each value of each swept key."""
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    parser = OverridesParser.create()
+    if cfg.hydra.sweeper.get("design"):
+        from regablate.sweep import designs
+
+        given = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
+        arms, *fixed = parser.parse_overrides(designs.design_arguments(cfg.hydra.sweeper.design, given)[0])
+        return [designs.without_absent_settings([f"+reg={arm}", *(o.input_line for o in fixed
+                                                                   if o.key_or_group != "seed")])
+                for arm in arms.sweep_string_iterator()]
+    jobs = []
+    for key, values in params.items():
+        if key != "seed":
+            (override,) = parser.parse_overrides([f"{key}={values}"])
+            jobs += [[f"{key}={value}"] for value in override.sweep_string_iterator()]
+    return jobs
+
+
 @pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e not in SEARCHES])
 def test_experiment_composes_with_every_sweep_value(name):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -66,25 +87,32 @@ def test_experiment_composes_with_every_sweep_value(name):
         assert str(cfg.hydra.sweep.dir).startswith(f"experiments/{name}/runs")
         params = OmegaConf.to_container(cfg.hydra.sweeper.params)
         assert "seed" in params and len(params["seed"].split(",")) >= 5  # at least 5 seeds
-        parser = OverridesParser.create()
-        if cfg.hydra.sweeper.get("design"):  # a design study: compose each arm as the sweeper runs it
-            from regablate.sweep import designs
+        for job in _jobs(name, cfg):
+            c = compose("config", overrides=[f"+experiment={name}", *job])
+            load_settings(OmegaConf.to_container(c, resolve=True))  # the check every run passes
 
-            given = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
-            arms, *fixed = parser.parse_overrides(designs.design_arguments(cfg.hydra.sweeper.design, given)[0])
-            for arm in arms.sweep_string_iterator():
-                job = designs.without_absent_settings(
-                    [f"+reg={arm}", *(o.input_line for o in fixed if o.key_or_group != "seed")])
-                c = compose("config", overrides=[f"+experiment={name}", *job])
-                load_settings(OmegaConf.to_container(c, resolve=True))
-            return
-        for key, values in params.items():
-            if key == "seed":
-                continue
-            (override,) = parser.parse_overrides([f"{key}={values}"])
-            for value in override.sweep_string_iterator():
-                c = compose("config", overrides=[f"+experiment={name}", f"{key}={value}"])
-                load_settings(OmegaConf.to_container(c, resolve=True))  # the check every run passes
+
+@pytest.mark.parametrize("name", GPU_STUDIES)
+def test_every_arm_of_a_gpu_study_trains_in_one_stacked_group(name, tmp_path):
+    """A GPU study's config names the vectorized launcher, and its arms (one seed each: seeds
+    never split a group) stack together, as that launcher groups them (on a tiny CIFAR-10 cache)."""
+    from regablate.vectorized.grouping import group, make_member, not_stackable
+
+    root = write_fake_cifar10(tmp_path / "cifar10")
+    tiny = [f"dataset.root={root}", "dataset.n_train=100", "trainer.device=cpu"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.endswith("VectorizedLauncher")
+        members, shared = [], {}
+        for i, job in enumerate(_jobs(name, cfg)):
+            c = OmegaConf.to_container(compose("config", overrides=[f"+experiment={name}", *job, *tiny]), resolve=True)
+            s = load_settings(c)
+            assert not_stackable(s) is None, (job, not_stackable(s))
+            member = make_member(i, c, tmp_path / str(i), s, shared)
+            assert not isinstance(member, str), (job, member)
+            members.append(member)
+    assert len(members) == {"cifar10_recipe": 16, "cifar10_small_data": 6}[name]
+    assert len(group(members)) == 1
 
 
 def test_adam_vs_adamw_method_overrides_compose():
