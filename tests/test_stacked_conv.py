@@ -485,10 +485,11 @@ def test_under_bf16_autocast_each_member_is_its_own_module_under_it(kind, device
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_group_of_one_under_bf16_autocast_is_the_ordinary_module_under_it(case):
-    """Under `trainer.amp` a member's dropout, spatial dropout and DropPath masks multiply in the
-    activation's dtype, as its own blocks do (DropBlock's in float32, as `drop_block_mask`): the
-    stacked member is its ordinary module within bf16's rounding (DropPath rounds x·m/(1−p) once
-    where the block rounds twice), and exactly so with dropout alone."""
+    """Under `trainer.amp` a member's dropout, spatial dropout, DropBlock and DropPath masks
+    multiply in the activation's dtype, as its own blocks do: the stacked member is exactly its
+    ordinary module without DropPath or LayerNorm (a float32 DropBlock mask once promoted every
+    later activation to float32: 3e-3 off), and within bf16's rounding with them (DropPath rounds
+    x·m/(1−p) once where the block rounds twice)."""
     model = CASES[case]()
     stack = StackedModule([model], CPU)
     x = torch.randn(6, *SHAPE)
@@ -496,4 +497,5 @@ def test_a_group_of_one_under_bf16_autocast_is_the_ordinary_module_under_it(case
         want = ordinary(model, x, True, gen(7))
         got = stack.forward(x[None], True, [gen(7)])
     assert got.dtype == want.dtype == torch.bfloat16
-    assert_near(got[0].float(), want.float(), 1e-6 if case == "convnet-dropout" else 2e-2)
+    exact = case in ("convnet", "convnet-dropout", "convnet-spatial-dropblock", "resnet")
+    assert_near(got[0].float(), want.float(), 1e-6 if exact else 2e-2)

@@ -124,11 +124,10 @@ def skeleton(model: nn.Module) -> tuple:
     return (type(model), attrs, own, kids)
 
 
-def _as_input(mask: torch.Tensor, kind: str, x: torch.Tensor) -> torch.Tensor:
-    """The mask in the dtype the member's own block multiplies by: the input's (dropout, spatial
-    dropout and DropPath keep a bf16 activation bf16 under `trainer.amp`), but float32 for
-    DropBlock, whose `drop_block_mask` is float32 in any dtype."""
-    return mask if kind == "dropblock" or mask.dtype == x.dtype else mask.to(x.dtype)
+def _as_input(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The mask in the input's dtype, as each member's own block multiplies by it: a bf16
+    activation stays bf16 under `trainer.amp` (DropBlock draws its mask in float32 and casts it)."""
+    return mask if mask.dtype == x.dtype else mask.to(x.dtype)
 
 
 class _Site(nn.Module):
@@ -146,7 +145,7 @@ class _Site(nn.Module):
         if self.trace is not None:
             self.trace.append((self, tuple(x.shape[1:])))
             return x
-        return x if self.mask is None else x * _as_input(self.mask, self.kind, x)
+        return x if self.mask is None else x * _as_input(self.mask, x)
 
     def rate(self, k: int) -> float:
         src = self.sources[k]
@@ -220,8 +219,8 @@ def _merge(mods: list[nn.Module]) -> nn.Module:
 def _mask(site: _Site, k: int, shape: tuple[int, ...], device: torch.device,
           gen: torch.Generator | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Member k's mask at `site` for an input of `shape` (B, ...) and `dtype`, drawn as the
-    ordinary block draws it (see the module docstring; DropBlock's mask is float32 in any
-    dtype, as `drop_block_mask` makes it); broadcastable against the input."""
+    ordinary block draws it (see the module docstring; DropBlock's mask is drawn in float32, as
+    `drop_block_mask` makes it, and cast by `_as_input`); broadcastable against the input."""
     src, p = site.sources[k], site.rate(k)
     keep = 1.0 - p
     if site.kind == "dropout":
@@ -295,7 +294,7 @@ class _GroupedSite(nn.Module):
         if mask is None:
             return x
         k, n, c, rest = self.k, x.shape[0], x.shape[1] // self.k, mask.shape[3:]
-        return x * _as_input(mask, self.site.kind, x).expand(k, n, c, *rest).transpose(0, 1).reshape(n, k * c, *rest)
+        return x * _as_input(mask, x).expand(k, n, c, *rest).transpose(0, 1).reshape(n, k * c, *rest)
 
 
 def _grouped_shortcut(self, x: torch.Tensor) -> torch.Tensor:
