@@ -430,3 +430,50 @@ def test_a_bad_executor_or_slurm_setting_is_one_line_and_exit_2(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith(
         "regablate: error: invalid config: hydra.launcher.slurm.partitio='gpu': not a setting of submitit's")
     assert not (tmp_path / "sweep").exists()  # refused before any job was composed or written
+
+
+OUT_OF_MEMORY = """
+import gc, sys, weakref
+import torch
+from regablate.cli.main import main
+from regablate.vectorized.trainer import VectorizedTrainer
+
+real, trainers = VectorizedTrainer._epoch, []
+
+def epoch(self, runs):  # the first chunk runs out of memory; the next one looks for its trainer
+    if not trainers:
+        trainers.append(weakref.ref(self))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    if len(trainers) == 1:
+        trainers.append(self)
+        print("first chunk's trainer freed:", trainers[0]() is None, flush=True)
+    return real(self, runs)
+
+VectorizedTrainer._epoch = epoch
+sys.argv = ["regablate", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+def test_a_chunk_out_of_memory_frees_what_it_held_and_says_how_to_continue(tmp_path):
+    """A chunk that runs out of memory fails its members with one log line that names the
+    settings that continue the sweep in smaller chunks; what it held (its frames: the stacked
+    model, data and step) is freed before the next chunk starts, which then trains; the printed
+    settings complete the sweep."""
+    args = ["run", "-m", "hydra/launcher=vectorized", "hydra.launcher.max_members=2", "+reg=none,dropout",
+            "seed=0,1", "dataset.n=200", "dataset.n_test=50", "trainer.max_epochs=2", *FAST[1:], "hydra.sweep.dir=s"]
+    r = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY, *args], cwd=tmp_path, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out  # failed runs
+    assert ("chunk 1/2 failed: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (K=2 members did "
+            "not fit; continue with hydra.launcher.max_members=1 trainer.resume=auto)") in out
+    assert "first chunk's trainer freed: True" in out
+    status = {d.name: json.loads((d / "summary.json").read_text())["status"] for d in (tmp_path / "s").iterdir()
+              if d.is_dir()}
+    assert status == {"0": "failed", "1": "failed", "2": "completed", "3": "completed"}, status
+    again = run_cli(*[a.replace("max_members=2", "max_members=1") for a in args], "trainer.resume=auto",
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {json.loads((tmp_path / "s" / str(i) / "summary.json").read_text())["status"] for i in range(4)} == {
+        "completed"}

@@ -296,12 +296,14 @@ class VectorizedLaunch:
             import torch
 
             torch.set_num_threads(threads)
+        failed = None
         try:
             summaries, stats = VectorizedTrainer(members).fit()
         except Exception as e:
-            log.error(f"  chunk {c}/{n} failed: {type(e).__name__}: {e}")
+            failed = e.with_traceback(None)  # its frames hold the chunk's model, data and step
+            log.error(f"  chunk {c}/{n} failed: {type(e).__name__}: {e}{_memory_hint(e, len(members))}")
             for ret in rets:
-                ret.status, ret.return_value = JobStatus.FAILED, e
+                ret.status, ret.return_value = JobStatus.FAILED, failed
         else:
             k = len(members)
             log.info(f"  chunk {c}/{n}: K={k}, {stats.steps} steps in {stats.seconds:.1f} s: "
@@ -314,6 +316,8 @@ class VectorizedLaunch:
                 ret.return_value = objective_value(summary, m.s.trainer.objective)
                 if m.s.trainer.progress != "none":
                     print(describe(summary, m.run_dir), flush=True)
+        if failed is not None:  # what the failed chunk held goes back before the next one starts
+            _release_memory(members[0].x.device)
         for ret, job in zip(rets, jobs):
             self.hydra_context.callbacks.on_job_end(config=job.config, job_return=ret)
         return {job.idx: ret for job, ret in zip(jobs, rets)}
@@ -379,3 +383,25 @@ class VectorizedLaunch:
                       job_subdir_key="hydra.sweep.subdir")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
+
+
+def _memory_hint(e: Exception, k: int) -> str:
+    """For a chunk that ran out of memory: the command's settings that continue the sweep in
+    chunks of half its size."""
+    import torch
+
+    if not isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return ""
+    return (f" (K={k} members did not fit; continue with hydra.launcher.max_members={max(1, k // 2)} "
+            "trainer.resume=auto)")
+
+
+def _release_memory(device: Any) -> None:
+    """Collect the failed chunk's objects and hand CUDA's cached blocks back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if getattr(device, "type", None) == "cuda":
+        torch.cuda.empty_cache()
