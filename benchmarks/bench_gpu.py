@@ -16,7 +16,7 @@ more):
      (`VectorizedTrainer(...).fit()`: loop, per-epoch evaluation, run files, closing evaluation;
      members built beforehand) against K plain loops one after another (a few plain members
      are timed; K of them are extrapolated from their median). Figure: members/s.
-  4. resnet20 stacked K = 1, 4, 8, 16, 32 (`regablate.vectorized.stacked_conv.StackedModule`,
+  4. resnet20 stacked K = 1, 4, 8, 16, 32, 64 (`regablate.vectorized.stacked_conv.StackedModule`,
      float32, per-member batches), a member being S training steps of B images: members/s,
      images/s and peak memory at each K beside one plain resnet20 loop doing the same steps and K
      plain loops one after another (K times one loop: extrapolated, each loop being the same
@@ -87,7 +87,7 @@ class Sizes:
 
 
 FULL = Sizes(batch=128, steps=40, repeats=3, aug_reps=50, mlp_ks=(1, 64, 1024), mlp_epochs=20,
-             plain_members=8, stack_ks=(1, 4, 8, 16, 32), stack_steps=10)
+             plain_members=8, stack_ks=(1, 4, 8, 16, 32, 64), stack_steps=10)
 SMOKE = Sizes(batch=8, steps=2, repeats=1, aug_reps=2, mlp_ks=(1, 2, 4), mlp_epochs=1,
               plain_members=1, stack_ks=(1, 2, 4), stack_steps=1, depth=8, width=4)
 

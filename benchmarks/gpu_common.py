@@ -3,6 +3,7 @@ a CIFAR-10 cache of random images and the built-in resnet (`bench_gpu.py`)."""
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,10 @@ def resnet(sizes, device: torch.device) -> nn.Module:
 
 
 def reset_peak(device: torch.device) -> None:
+    """Start a peak-memory reading: the previous figure's objects collected first (a stacked
+    model refers to itself through its vmapped methods, so only the collector frees it)."""
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -349,7 +349,7 @@ def test_chunks_and_memory_budget(small_cfg, tmp_path):
     (m,) = members_of([small_cfg()], tmp_path)
     n_params = sum(p.numel() for p in m.x.model.parameters())
     assert bytes_per_member(m) > 4 * 10 * n_params
-    assert 1 <= default_max_members(m, 0.1) <= default_max_members(m, 0.5)
+    assert 1 <= default_max_members([m], 0.1) <= default_max_members([m], 0.5)
 
 
 def test_a_resnet20_chunk_on_an_80_gib_card_holds_dozens_of_members(small_cfg, tmp_path, monkeypatch):
@@ -366,8 +366,19 @@ def test_a_resnet20_chunk_on_an_80_gib_card_holds_dozens_of_members(small_cfg, t
     total, largest = budget.activation_sizes(m)
     assert (total, largest) == (737418, 16 * 32 * 32)  # resnet20's layer outputs for one 32x32 image
     assert bytes_per_member(m) >= 4 * 128 * total  # at least the step's measured footprint
+    # its data set once, at a byte a pixel: 180 train, 20 val, 60 test images (and int64 labels),
+    # then the chunk's stacked copies of train, and of train and val side by side
+    assert budget.bytes_per_data_set(m) == (3 * 180 + 2 * 20 + 60) * (3 * 32 * 32 + 8)
     monkeypatch.setattr(budget, "free_bytes", lambda device: 80 * 2**30)
-    assert 32 <= default_max_members(m, 0.5) <= 64
+    assert 32 <= default_max_members([m], 0.5) <= 64
+    # 8 GiB data sets: one shared by the group is counted once; six of them do not all fit beside
+    # their members, so a chunk plans on a data set a member
+    monkeypatch.setattr(budget, "bytes_per_data_set", lambda m: 8 * 2**30)
+    room, per = 40 * 2**30 - budget.bytes_per_chunk(m), bytes_per_member(m)
+    assert default_max_members([m], 0.5) == (room - 8 * 2**30) // per
+    six = members_of([small_cfg("model=resnet", "model.depth=20", "dataset=cifar10", f"dataset.root={root}",
+                                f"data_seed={i}") for i in range(6)], tmp_path / "six")
+    assert default_max_members(six, 0.5) == room // (per + 8 * 2**30) == 4
 
 
 # -- members against the ordinary trainer ---------------------------------------------------------

@@ -234,7 +234,7 @@ class VectorizedLaunch:
     def _launch_group(self, number: int, members: list[Any], by_job: dict[int, Job]) -> dict[int, JobReturn]:
         from regablate.vectorized import budget, grouping
 
-        limit = self.max_members or budget.default_max_members(members[0], self.memory_fraction)
+        limit = self.max_members or budget.default_max_members(members, self.memory_fraction)
         parts = grouping.chunks(members, limit)
         jobs = " ".join(f"#{m.job}" for m in members)
         log.info(f"Stacked group {number}: K={len(members)} members in {len(parts)} chunk(s) "

@@ -1,14 +1,16 @@
 """How many members fit in one stacked chunk: a memory estimate per member against free memory.
 
 Per member, in float32 words: θ and its gradient, two optimiser moments, two snapshots (best
-epoch, stopping point) and a few θ-sized temporaries of the update: ~10·P; the three splits and
-the per-epoch permuted copy of the training inputs; the training step's activations, counted as
-TRAIN_WORDS words per layer output per sample (measured on the CPU for a stacked resnet20 at
-batch 128: 242 MiB per member at K = 4 and 353 MiB at K = 1, i.e. 0.67 and 0.98 words per layer
-output per sample, everything the step holds included); and its rows of the evaluation
-(`PER_MEMBER_EVAL_ROWS`, as `trainer` gives each member at large K), where under no_grad a few
-layer outputs are alive at once, not all of them. Once per chunk, whatever its K: the rest of an
-evaluation pass of EVAL_ROWS rows.
+epoch, stopping point) and a few θ-sized temporaries of the update: ~10·P; the training step's
+activations, counted as TRAIN_WORDS words per layer output per sample (measured on the CPU for a
+stacked resnet20 at batch 128: 242 MiB per member at K = 4 and 353 MiB at K = 1, i.e. 0.67 and
+0.98 words per layer output per sample, everything the step holds included); its rows of the
+evaluation (`PER_MEMBER_EVAL_ROWS`, as `trainer` gives each member at large K), where under
+no_grad a few layer outputs are alive at once, not all of them; and its epoch's permutation
+(int64 per training row). Once per chunk, whatever its K: the rest of an evaluation pass of
+EVAL_ROWS rows. Once per distinct data set (members of one data set share it, `SharedData`), in
+its own dtype (uint8 images are a byte a value): its splits as built, plus the chunk's stacked
+copies of the training split and of training and validation side by side.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from regablate.data.memory import available_memory
-from regablate.vectorized.grouping import Member
+from regablate.vectorized.grouping import Member, data_key
 
 FLOAT = 4
 TRAIN_WORDS = 2  # words per layer output per sample in a training step (measured <= 1: twice that)
@@ -51,14 +53,22 @@ def activation_sizes(m: Member) -> tuple[int, int]:
 
 def bytes_per_member(m: Member, sizes: tuple[int, int] | None = None) -> int:
     """`sizes`: `activation_sizes(m)`, when the caller has them."""
-    d, t = m.x.data, m.s.trainer
+    t = m.s.trainer
     n_params = sum(p.numel() for p in m.x.model.parameters())
     total, largest = sizes or activation_sizes(m)
-    splits = sum(sp.x.numel() + sp.y.numel() for sp in (d.train, d.val, d.test))
     eval_rows = min(t.eval_batch_size, PER_MEMBER_EVAL_ROWS)
-    words = (10 * n_params + splits + d.train.x.numel()
-             + TRAIN_WORDS * t.batch_size * total + EVAL_LIVE * eval_rows * largest)
-    return FLOAT * words
+    words = 10 * n_params + TRAIN_WORDS * t.batch_size * total + EVAL_LIVE * eval_rows * largest
+    return FLOAT * words + 8 * len(m.x.data.train)
+
+
+def bytes_per_data_set(m: Member) -> int:
+    """`m`'s data set on the device: its splits as built, and a chunk's stacked copies of the
+    training split and of training and validation side by side (`SharedData`)."""
+    def nbytes(*splits) -> int:
+        return sum(t.numel() * t.element_size() for sp in splits for t in (sp.x, sp.y))
+
+    d = m.x.data
+    return nbytes(d.train, d.val, d.test) + nbytes(d.train) + nbytes(d.train, d.val)
 
 
 def bytes_per_chunk(m: Member, sizes: tuple[int, int] | None = None) -> int:
@@ -75,9 +85,14 @@ def free_bytes(device: torch.device) -> int:
     return available_memory()
 
 
-def default_max_members(m: Member, fraction: float) -> int:
-    """Members of `m`'s shape that fit in `fraction` of the free memory, a chunk's own share
-    taken first (at least 1)."""
+def default_max_members(members: list[Member], fraction: float) -> int:
+    """Members of a group that fit in `fraction` of the free memory (at least 1): a chunk's own
+    share and the group's distinct data sets (at most one a member) taken first."""
+    m = members[0]
     sizes = activation_sizes(m)  # one traced forward for both
     budget = fraction * free_bytes(m.x.device) - bytes_per_chunk(m, sizes)
-    return max(1, int(budget // bytes_per_member(m, sizes)))
+    per, data = bytes_per_member(m, sizes), bytes_per_data_set(m)
+    u = len({data_key(x.s, x.x.device) for x in members})
+    if budget - u * data >= u * per:  # chunks of u or more members: every data set, once
+        return int((budget - u * data) // per)
+    return max(1, int(budget // (per + data)))  # smaller chunks: at most a data set a member
