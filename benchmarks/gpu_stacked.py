@@ -117,8 +117,8 @@ def section_stacked(device: torch.device, sizes, smoke: bool) -> None:
     if k1 in rates:
         r = rates[k1] * plain_t
         row(f"{name} stacked K={k1} / plain", f"{r:.2f}x", target=(
-            "the launcher trains a conv member alone on a GPU the ordinary way (single=auto): "
-            f"1.00x by construction; the stacked path alone >= 0.95x {verdict(r >= 0.95, smoke)}"))
+            "the stacked path alone, for reference: the launcher trains a conv member alone on a GPU "
+            "the ordinary way (single=auto), so K=1's target (>= 0.95x) is judged on section 2's ratio"))
     if k8 in rates and k8 != k1:
         r = rates[k8] * plain_t
         row(f"{name} stacked K={k8} / plain", f"{r:.2f}x", target=f">= 5x (at K=8) {verdict(r >= 5, smoke)}")
