@@ -4,6 +4,8 @@
     python experiments/make_studies.py tiny_overfit     # one study
     python experiments/make_studies.py --report-only    # keep the runs, redo reports/plots/READMEs
     python experiments/make_studies.py --smoke --root /tmp/s   # 1 epoch, 1 seed, small grids (tests)
+    python experiments/make_studies.py --report-only cifar10_recipe --wall-time 251 \
+        --device "NVIDIA H100 80GB HBM3" --torch 2.11.0+cu130   # a GPU study's runs, swept there
 
 For each study: delete experiments/<name>/runs, run `regablate run -m +experiment=<name>` (one or
 more sweeps), then `regablate report` into report.md / report.csv / report.json (+ plots/), the
@@ -13,6 +15,10 @@ study's extra figures, and README.md from README.template.md. The template holds
   {{commands}}       the exact commands run          {{wall_time}}  how long the sweeps took
   {{table}}          report.md, verbatim              {{table:KEY}}  another report, verbatim
   {{fact:KEY}}       a number taken from report.json or the runs' summary.json (never typed)
+
+The GPU studies (GPU_STUDIES) are swept on a GPU machine (their READMEs say how); with their runs
+in experiments/<name>/runs, --report-only writes their outputs here, the sweep's wall time, card
+and torch version given the first time (they go into study.json).
 
 Run dirs stay out of git (experiments/.gitignore); study.json records commands and timing.
 Each study's sweeps, reports, figures and facts are in experiments/<name>/study.py (STUDY and
@@ -49,11 +55,14 @@ def load(name: str):
     return module
 
 
-MODULES = {name: load(name) for name in CPU_STUDIES}
+GPU_STUDIES = ("cifar10_recipe", "cifar10_small_data")  # swept on a GPU; reported here (--report-only)
+MODULES = {name: load(name) for name in (*CPU_STUDIES, *GPU_STUDIES)}
 STUDIES = {name: module.STUDY for name, module in MODULES.items()}
 
 
-def make(name: str, root: Path, smoke: bool, report_only: bool) -> dict:
+def make(name: str, root: Path, smoke: bool, report_only: bool, gpu_run: dict | None = None) -> dict:
+    """`gpu_run`: a GPU study's sweep as it ran there (wall_time_s, device, torch), recorded in its
+    study.json the first time its runs are reported."""
     import torch
 
     studylib.SMOKE_RUN = smoke
@@ -61,7 +70,10 @@ def make(name: str, root: Path, smoke: bool, report_only: bool) -> dict:
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "study.json"
-    if report_only:
+    if report_only and gpu_run:
+        meta = {"study": name, "commands": [shell(c) for c in commands(name, study)], "smoke": False,
+                "date": time.strftime("%Y-%m-%d"), **gpu_run}
+    elif report_only:
         meta = json.loads(meta_path.read_text())
     else:
         wall = run_sweeps(name, study, out, smoke)
@@ -96,12 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=HERE, help="where the study folders go")
     ap.add_argument("--smoke", action="store_true", help="1 epoch, seed 0, shrunk grids (a test)")
     ap.add_argument("--report-only", action="store_true", help="keep the runs; redo the outputs")
+    gpu = ap.add_argument_group("a GPU study's first report (its sweep as it ran on the GPU)")
+    gpu.add_argument("--wall-time", type=float, metavar="S", help="the sweep's wall time in seconds")
+    gpu.add_argument("--device", metavar="NAME", help="the card, e.g. 'NVIDIA H100 80GB HBM3'")
+    gpu.add_argument("--torch", metavar="V", help="torch's version there")
     args = ap.parse_args(argv)
-    unknown = [s for s in args.studies if s not in CPU_STUDIES]
+    unknown = [s for s in args.studies if s not in (*CPU_STUDIES, *GPU_STUDIES)]
     if unknown:
-        ap.error(f"unknown study {unknown[0]!r}; CPU studies: {', '.join(CPU_STUDIES)}")
+        ap.error(f"unknown study {unknown[0]!r}; CPU studies: {', '.join(CPU_STUDIES)}; "
+                 f"GPU studies (--report-only): {', '.join(GPU_STUDIES)}")
+    given = [args.wall_time is not None, args.device is not None, args.torch is not None]
+    if any(given) and not all(given):
+        ap.error("--wall-time, --device and --torch go together (a GPU study's first report)")
+    gpu_run = {"wall_time_s": args.wall_time, "device": args.device, "torch": args.torch} if all(given) else None
+    for name in args.studies:
+        if name in GPU_STUDIES and not args.report_only:
+            ap.error(f"{name} is swept on a GPU (experiments/{name}/README.md); report its runs with --report-only")
+        if name in GPU_STUDIES and not (args.root / name / "runs").is_dir():
+            ap.error(f"{name}: no runs in {args.root / name / 'runs'}; sweep it on a GPU first")
+        if name in GPU_STUDIES and gpu_run is None and not (args.root / name / "study.json").exists():
+            ap.error(f"{name}: no study.json yet; give --wall-time, --device and --torch of its GPU sweep")
+        if gpu_run and name not in GPU_STUDIES:
+            ap.error(f"--wall-time, --device and --torch are for a GPU study's first report, not {name}")
     for name in args.studies or CPU_STUDIES:
-        make(name, args.root.resolve(), args.smoke, args.report_only)
+        make(name, args.root.resolve(), args.smoke, args.report_only, gpu_run)
     return 0
 
 

@@ -219,6 +219,46 @@ def by_name(gs: list[dict]) -> dict:
     return {g["name"]: g for g in gs}
 
 
+def arm_facts(out: Path) -> dict:
+    """Each group's (its name, '+' as '_'): '{k}.gap', '{k}.val', '{k}.test' = mean [95% CI]; with
+    a baseline, '{k}.dval' / '{k}.dtest' = Δ accuracy against it and '{k}.pval' / '{k}.ptest' =
+    its Holm p (val from report.json, test from report_test.json)."""
+    facts = {}
+    for key, split in (("", "val"), ("test", "test")):
+        for name, g in by_name(groups(out, key)).items():
+            k = name.replace("+", "_")
+            facts[f"{k}.gap"] = ci(g["gap"])
+            facts[f"{k}.{split}"] = ci(g[split]["acc"])
+            vs = (g["vs_baseline"] or {}).get(f"{split}_acc")
+            if vs:
+                facts[f"{k}.d{split}"] = f"{vs['delta']:+.3f}"
+                facts[f"{k}.p{split}"] = fmt(vs["p_holm"])
+    return facts
+
+
+def factorial_facts(out: Path) -> tuple[dict, dict, dict]:
+    """From a factorial's components tables (val: report.json, test: report_test.json): facts
+    '{c}.{kind}' = Δ [95% CI] and '.p' = Holm p ('test.' first for the test split; interactions
+    'c_x_d'), '{pre}full_minus_none' (the full stack minus none, paired over seeds) and each arm's
+    '{arm}.val'; with the effects by the same keys and the Shapley values by split prefix."""
+    facts, eff, phi = {}, {}, {}
+    for key, pre in (("", ""), ("test", "test.")):
+        doc = json.loads((out / f"report{'_' + key if key else ''}.json").read_text())
+        for e in doc["effects"]:
+            k = f"{pre}{e['component'].replace('×', '_x_')}.{e['kind']}"
+            eff[k] = e
+            facts[k] = ci({"mean": e["delta"], "lo": e["lo"], "hi": e["hi"]}, signed=True)
+            facts[k + ".p"] = fmt(e["p_holm"])
+        phi[pre] = {e["component"]: e["delta"] for e in doc["effects"] if e["kind"] == "shapley"}
+        full = "+".join(sorted(phi[pre]))
+        d = paired_delta(out, full, "none", "val" if not key else "test", key)
+        facts[f"{pre}full_minus_none"] = ci(d, signed=True)
+        eff[f"{pre}full_minus_none"] = {"delta": d["mean"], "lo": d["lo"], "hi": d["hi"]}
+    for name, g in by_name(groups(out)).items():
+        facts[f"{name.replace('+', '_')}.val"] = ci(g["val"]["acc"])
+    return facts, eff, phi
+
+
 def md_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

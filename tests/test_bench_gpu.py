@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -13,7 +14,7 @@ NUMBER = r"\d+(\.\d+)?"
 
 
 def test_smoke_prints_every_section_and_keeps_the_factorial_as_asked(tmp_path):
-    keep = tmp_path / "recipe"
+    keep = tmp_path / "cifar10_recipe" / "runs"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--smoke", "--device", "cpu",
                         "--keep", str(keep)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     out = r.stdout
@@ -37,3 +38,18 @@ def test_smoke_prints_every_section_and_keeps_the_factorial_as_asked(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--smoke", "--device", "cpu",
                             "--only", "5", "--keep", str(keep)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and again.stderr.strip().endswith("exists; section 5 writes a new sweep dir"), again
+    # the kept runs are the study's: make_studies reports them as a GPU study's first report
+    sys.path.insert(0, str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location("make_studies", ROOT / "experiments" / "make_studies.py")
+    studies = importlib.util.module_from_spec(spec)
+    sys.modules["make_studies"] = studies
+    spec.loader.exec_module(studies)
+    assert studies.main(["--report-only", "--root", str(tmp_path), "cifar10_recipe", "--wall-time", "8.2",
+                         "--device", "cpu", "--torch", "2.x"]) == 0
+    out = tmp_path / "cifar10_recipe"
+    readme = (out / "README.md").read_text()
+    assert "On cpu (torch 2.x): all 32 runs in 8 s" in readme and "{{" not in readme
+    assert re.search(r"\| augment \| [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \(test ", readme)
+    assert (out / "plots" / "effects.png").stat().st_size > 0
+    meta = json.loads((out / "study.json").read_text())
+    assert (meta["wall_time_s"], meta["device"], meta["torch"]) == (8.2, "cpu", "2.x")

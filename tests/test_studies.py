@@ -21,7 +21,7 @@ from regablate.training.settings import load_settings
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 STUDIES_PY = REPO / "experiments" / "make_studies.py"
 SEARCHES = ("tune_l2_dropout",)  # Optuna studies, run by their own driver
-GPU_STUDIES = ("cifar10_small_data", "cifar10_recipe")  # run on a GPU, not by make_studies.py
+GPU_STUDIES = ("cifar10_small_data", "cifar10_recipe")  # swept on a GPU; make_studies.py --report-only
 
 
 def _make_studies():
@@ -40,6 +40,7 @@ def _compose(*overrides: str):
 def test_every_study_has_a_config_and_a_folder():
     studies = _make_studies()
     assert set(studies.CPU_STUDIES) | {*GPU_STUDIES, *SEARCHES} == set(EXPERIMENTS)
+    assert set(studies.GPU_STUDIES) == set(GPU_STUDIES)
     for name in EXPERIMENTS:
         assert (REPO / "experiments" / name / "README.template.md").exists() or \
             (REPO / "experiments" / name / "README.md").exists()
@@ -140,3 +141,18 @@ def test_cpu_study_smoke(name, tmp_path, monkeypatch):
     assert meta["smoke"] and meta["commands"][0].startswith(f"regablate run -m +experiment={name}")
     if name not in ("classic_table", "which_regulariser"):  # the studies with figures of their own
         assert list((out / "plots").glob("*.png"))
+
+
+def test_a_gpu_study_is_only_reported_here_and_its_first_report_needs_its_gpu_run(tmp_path, capsys):
+    studies = _make_studies()
+    (tmp_path / "cifar10_recipe" / "runs").mkdir(parents=True)
+    for argv, said in ((["cifar10_recipe"], "cifar10_recipe is swept on a GPU"),
+                       (["--report-only", "cifar10_small_data"], "cifar10_small_data: no runs in"),
+                       (["--report-only", "cifar10_recipe"], "cifar10_recipe: no study.json yet; give --wall-time"),
+                       (["--report-only", "cifar10_recipe", "--wall-time", "9"], "go together"),
+                       (["--report-only", "classic_table", "--wall-time", "9", "--device", "x", "--torch", "y"],
+                        "not classic_table")):
+        with pytest.raises(SystemExit) as e:
+            studies.main(["--root", str(tmp_path), *argv])
+        assert e.value.code == 2 and said in capsys.readouterr().err, argv
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cifar10_recipe", "runs"]  # nothing written

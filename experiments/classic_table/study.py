@@ -14,8 +14,8 @@ from studylib import (
     Report,
     Study,
     Sweep,
+    arm_facts,
     by_name,
-    ci,
     claims,
     fmt,
     groups,
@@ -28,17 +28,9 @@ STUDY = Study(
 
 def extras(out: Path) -> dict:
     gs = by_name(groups(out))
-    facts = {}
+    facts = arm_facts(out)
     for name, g in gs.items():
-        k = name.replace("+", "_")
-        facts[f"{k}.gap"] = ci(g["gap"])
-        facts[f"{k}.val"] = ci(g["val"]["acc"])
-        facts[f"{k}.test"] = ci(g["test"]["acc"])
-        vs = g["vs_baseline"]
-        if vs:
-            facts[f"{k}.dval"] = f"{vs['val_acc']['delta']:+.3f}"
-            facts[f"{k}.pval"] = fmt(vs["val_acc"]["p_holm"])
-        facts[f"{k}.best_epoch"] = f"{g['best_epoch']:.0f}"  # mean best-val-loss epoch
+        facts[f"{name.replace('+', '_')}.best_epoch"] = f"{g['best_epoch']:.0f}"  # mean best-val-loss epoch
     def p_holm(name: str) -> float:
         vs = gs[name]["vs_baseline"] if name in gs else None
         return vs["val_acc"]["p_holm"] if vs else math.nan

@@ -9,17 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from studylib import (
-    Report,
-    Study,
-    Sweep,
-    by_name,
-    ci,
-    claims,
-    fmt,
-    groups,
-    paired_delta,
-)
+from studylib import Report, Study, Sweep, claims, factorial_facts, fmt, groups
 
 STUDY = Study(  # a factorial design: every arm runs the same >= 2 seeds
     sweeps=[Sweep(smoke=("seed=0,1",))],
@@ -30,21 +20,7 @@ def extras(out: Path) -> dict:
     """From the components tables (val: report.json, test: report_test.json): '{c}.{kind}' =
     Δ [95% CI] and '.p' = Holm p ('test.' first for the test split; interactions 'c_x_d'), the
     full stack minus none paired over seeds, and each arm's val acc."""
-    facts, eff, phi, full = {}, {}, {}, ""
-    for key, pre in (("", ""), ("test", "test.")):
-        doc = json.loads((out / f"report{'_' + key if key else ''}.json").read_text())
-        for e in doc["effects"]:
-            k = f"{pre}{e['component'].replace('×', '_x_')}.{e['kind']}"
-            eff[k] = e
-            facts[k] = ci({"mean": e["delta"], "lo": e["lo"], "hi": e["hi"]}, signed=True)
-            facts[k + ".p"] = fmt(e["p_holm"])
-        phi[pre] = {e["component"]: e["delta"] for e in doc["effects"] if e["kind"] == "shapley"}
-        full = "+".join(sorted(phi[pre]))
-        d = paired_delta(out, full, "none", "val" if not key else "test", key)
-        facts[f"{pre}full_minus_none"] = ci(d, signed=True)
-        eff[f"{pre}full_minus_none"] = {"delta": d["mean"], "lo": d["lo"], "hi": d["hi"]}
-    for name, g in by_name(groups(out)).items():
-        facts[f"{name.replace('+', '_')}.val"] = ci(g["val"]["acc"])
+    facts, eff, phi = factorial_facts(out)
     facts["min_train_acc"] = fmt(min(r["train"]["acc"] for r in json.loads(
         (out / "report.json").read_text())["runs"] if r["status"] == "completed"))
 
