@@ -219,6 +219,15 @@ def by_name(gs: list[dict]) -> dict:
     return {g["name"]: g for g in gs}
 
 
+def run_facts(out: Path) -> dict:
+    """'runs' and 'seeds': how many completed runs (report.json) and seeds among them;
+    'min_train_acc' and 'max_train_acc': their final train accuracy's range."""
+    runs = [r for r in json.loads((out / "report.json").read_text())["runs"] if r["status"] == "completed"]
+    train = [r["train"]["acc"] for r in runs]
+    return {"runs": str(len(runs)), "seeds": str(len({r["seed"] for r in runs})),
+            "min_train_acc": fmt(min(train)), "max_train_acc": fmt(max(train))}
+
+
 def arm_facts(out: Path) -> dict:
     """Each group's (its name, '+' as '_'): '{k}.gap', '{k}.val', '{k}.test' = mean [95% CI]; with
     a baseline, '{k}.dval' / '{k}.dtest' = Δ accuracy against it and '{k}.pval' / '{k}.ptest' =

@@ -7,24 +7,19 @@ claims are written with the findings, once the runs exist.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from studylib import Report, Study, Sweep, by_name, ci, claims, factorial_facts, fmt, groups
+from studylib import Report, Study, Sweep, by_name, ci, claims, factorial_facts, groups, run_facts
 
 STUDY = Study(sweeps=[Sweep(smoke=("seed=0,1",))],
               reports=[Report("", plots=True), Report("test", ("--metric", "test"))])
 
 
 def extras(out: Path) -> dict:
-    """factorial_facts, each arm's test acc ('{arm}.test'), the number of completed runs and of
-    seeds, and the lowest and highest final train acc of the completed runs."""
+    """factorial_facts, each arm's test acc ('{arm}.test') and run_facts."""
     facts, _, _ = factorial_facts(out)
     for name, g in by_name(groups(out, "test")).items():
         facts[f"{name.replace('+', '_')}.test"] = ci(g["test"]["acc"])
-    runs = [r for r in json.loads((out / "report.json").read_text())["runs"] if r["status"] == "completed"]
-    train = [r["train"]["acc"] for r in runs]
-    facts["runs"], facts["seeds"] = str(len(runs)), str(len({r["seed"] for r in runs}))
-    facts["min_train_acc"], facts["max_train_acc"] = fmt(min(train)), fmt(max(train))
+    facts.update(run_facts(out))
     facts["_claims"] = claims(lambda: [])
     return facts

@@ -7,22 +7,16 @@ once the runs exist.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from studylib import Report, Study, Sweep, arm_facts, claims, fmt
+from studylib import Report, Study, Sweep, arm_facts, claims, run_facts
 
 STUDY = Study(sweeps=[Sweep(smoke=("seed=0,1",))],  # the report's baseline: the arm `none`
               reports=[Report("", plots=True), Report("test", ("--metric", "test"))])
 
 
 def extras(out: Path) -> dict:
-    """arm_facts, the number of completed runs and of seeds, and the lowest and highest final
-    train acc of the completed runs."""
-    facts = arm_facts(out)
-    runs = [r for r in json.loads((out / "report.json").read_text())["runs"] if r["status"] == "completed"]
-    train = [r["train"]["acc"] for r in runs]
-    facts["runs"], facts["seeds"] = str(len(runs)), str(len({r["seed"] for r in runs}))
-    facts["min_train_acc"], facts["max_train_acc"] = fmt(min(train)), fmt(max(train))
+    """arm_facts and run_facts."""
+    facts = {**arm_facts(out), **run_facts(out)}
     facts["_claims"] = claims(lambda: [])
     return facts
