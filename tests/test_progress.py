@@ -11,7 +11,7 @@ from rich.console import Console
 
 from regablate.data.synthetic import SparseSyntheticSettings, make_sparse_synthetic
 from regablate.models.mlp import MLPSettings, build_mlp
-from regablate.regularisers import ModelSpec
+from regablate.nn import ModelSpec
 from regablate.training.evaluate import evaluate
 from regablate.training.progress import SILENT, make_progress
 
