@@ -241,9 +241,10 @@ def _transformer(model: nn.Module, groups: list[dict], s) -> list[Finding]:
 
 def lint(settings, model: nn.Module, groups: list[dict],
          in_shape: tuple[int, ...] | None = None) -> list[Finding]:
-    """The findings for a run's settings (`regablate.training.settings.load_settings`'s), its
-    built model and its optimiser's parameter groups (`optimizer.param_groups`, or for a model
-    without an optimiser `regablate.training.optim.held_groups` of the settings and the stack).
+    """The findings for a run's typed settings (as `regablate.training.settings.load_settings`
+    returns them), its built model and its optimiser's parameter groups (`optimizer.param_groups`,
+    or for a model without an optimiser `regablate.training.optim.held_groups` of the settings and
+    the stack).
     With the model's input shape `in_shape` (no batch dimension), module order is the forward
     order of a pass on zeros, else registration order; a model that fails on those zeros raises
     ModelInputError (one line: the model, the shape, the error). Empty for a clean stack."""
