@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from regablate.data.normalize import Normalize
 from regablate.models.resnet import ResNetSettings, build_resnet
+from regablate.nn import ModelSpec
 from regablate.regularisers import build_stack
-from regablate.regularisers.base import ModelSpec
 
 
 def _sync(device: torch.device) -> None:

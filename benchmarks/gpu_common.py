@@ -51,7 +51,7 @@ def write_cifar_cache(root: Path, n_train: int, n_test: int) -> Path:
 def resnet(sizes, device: torch.device) -> nn.Module:
     """The built-in CIFAR ResNet (resnet20 at full size), as the ordinary runner places it."""
     from regablate.models.resnet import ResNetSettings, build_resnet
-    from regablate.regularisers.base import ModelSpec
+    from regablate.nn import ModelSpec
 
     s = ResNetSettings(depth=sizes.depth, width=sizes.width)
     model = build_resnet(s, (3, 32, 32), 10, ModelSpec(norm="batch")).to(device)

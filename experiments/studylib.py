@@ -102,7 +102,7 @@ def report(*args: str) -> None:
     """`regablate report ARGS`: the CLI's own entry point, in this process (no start-up cost)."""
     import os
 
-    from regablate.cli.report import main as report_main
+    from regablate.report.command import main as report_main
 
     say("regablate report " + " ".join(shlex.quote(a) for a in args))
     cwd = os.getcwd()

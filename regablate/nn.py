@@ -28,14 +28,25 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from regablate.regularisers.base import ModelSpec
+
+@dataclass
+class ModelSpec:
+    """What the stack asks of the model builder: the regularisers' `shape_model` fill it in, the
+    models and `building`/`configure` read it. Defaults mean "no regularisation"."""
+
+    out_dim: int = 0  # classes (or regression outputs) of the model being built
+    norm: str = "none"  # none | batch | layer
+    dropout: float | list[float] = 0.0  # after each hidden activation (MLP, CNN head)
+    dropconnect: float = 0.0  # drop rate of Linear weights
+    extra: dict[str, Any] = field(default_factory=dict)  # settings for conv-only layers
+
 
 _BUILDING: list[Any] = []  # the ModelSpec of the model being built (innermost last)
 

@@ -121,7 +121,7 @@ L2 = [(0.97, 0.81, 0.80), (0.98, 0.83, 0.81), (0.97, 0.80, 0.80), (0.97, 0.82, 0
 def report(tmp_path: Path, *args, fmt: str = "json"):
     """`regablate report ARGS --format FMT` in-process, written to a file and read back (JSON
     parsed)."""
-    from regablate.cli.report import main
+    from regablate.report.command import main
 
     out = tmp_path / f"out.{fmt}"
     assert main([*map(str, args), "--format", fmt, "--out", str(out)]) == 0

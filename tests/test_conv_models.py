@@ -15,7 +15,7 @@ from regablate.config.compose import compose_config
 from regablate.errors import ConfigError
 from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.resnet import ResNetSettings, build_resnet
-from regablate.regularisers.base import ModelSpec
+from regablate.nn import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
 from regablate.training.loop import train
 

@@ -21,7 +21,8 @@ from regablate.models import build_model
 from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.custom import CustomSettings
 from regablate.models.resnet import ResNetSettings, build_resnet
-from regablate.regularisers import ModelSpec, build_stack
+from regablate.nn import ModelSpec
+from regablate.regularisers import build_stack
 from regablate.training.experiment import build_experiment
 from regablate.training.settings import load_settings
 from regablate.vectorized.grouping import not_stackable

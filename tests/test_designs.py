@@ -9,18 +9,16 @@ import os
 import pytest
 
 from regablate.errors import ConfigError, UsageError
-from regablate.sweep.designs import (
+from regablate.report.designs import (
     ABLATION_JSON,
     KEY,
-    ablation_doc,
     arms,
     find_ablation_json,
     infer_design,
     read_ablation_json,
-    reg_override,
     validate,
-    write_ablation_json,
 )
+from regablate.sweep.designs import ablation_doc, reg_override, write_ablation_json
 
 S3 = ["dropout", "l2", "mixup"]
 

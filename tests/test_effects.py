@@ -15,9 +15,10 @@ from scipy import stats
 
 import regablate
 from regablate.errors import ConfigError, UsageError
+from regablate.report.designs import arms
 from regablate.report.effects import KINDS, contrasts, summarise
 from regablate.report.stats import holm
-from regablate.sweep.designs import arms, write_ablation_json
+from regablate.sweep.designs import write_ablation_json
 from tests.report_fixtures import write_run
 
 S3 = ("dropout", "l2", "weight_decay")

@@ -14,7 +14,7 @@ import pytest
 from report_fixtures import write_run
 
 import regablate
-from regablate.cli.report import main
+from regablate.report.command import main
 from regablate.report.frames import SkippedRunWarning
 from regablate.report.select import make_groups
 

@@ -119,8 +119,8 @@ def time_limit(seconds: int):
 def read_everything(root: Path, view: Path) -> tuple[set, dict, str]:
     """The readers over `root`: (run dirs read, skipped dir -> reason, report's output)."""
     import regablate
-    from regablate.cli.report import main as report
     from regablate.report.collect import collect
+    from regablate.report.command import main as report
     from regablate.tensorboard import view as tb_view
 
     runs, skipped = collect([root])

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import regablate
 from regablate.tensorboard import view as tb_view
-from regablate.cli.report import main
+from regablate.report.command import main
 
 root, out, view = map(Path, sys.argv[1:4])
 rc = main([str(root), "--format", "json", "--out", str(out), *sys.argv[4:]])
@@ -209,7 +209,7 @@ def test_a_fifo_summary_does_not_hang_the_report_command(tmp_path):
 def test_non_finite_metrics_are_not_averaged_and_the_runs_are_named(tmp_path, capsys,
                                                                     monkeypatch):
     import regablate
-    from regablate.cli.report import main
+    from regablate.report.command import main
 
     root = _good(tmp_path / "multirun")
     nan = write_run(root / "odd" / "nan", reg=("dropout",), seed=7)

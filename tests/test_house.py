@@ -1,4 +1,5 @@
-"""The package's shape: no import circles, no module over 500 lines, a root of faces only.
+"""The package's shape: no import circles (between modules or between subpackages), no module over
+500 lines, a root of faces only.
 
 Imports are read with ast (every `import` and `from … import`, at any depth: a lazy import
 inside a function still ties two modules), so a circle cannot come back unnoticed."""
@@ -91,6 +92,22 @@ def _package_edges(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 def test_the_package_has_no_import_circles():
     modules = _modules()
     graph = _package_edges({name: _imports(path, modules) for name, path in modules.items()})
+    assert _cycles(graph) == []
+
+
+def _subpackage(module: str) -> str:
+    """`regablate.report.collect` -> `report`; a module at the root (`regablate.nn`) is its own."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_the_subpackages_import_one_way():
+    """No two subpackages import each other, directly or round a longer circle: each arrow is one
+    call and nothing goes back upstream."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {_subpackage(name): set() for name in modules}
+    for name, path in modules.items():
+        graph[_subpackage(name)] |= {_subpackage(m) for m in _imports(path, modules)} - {_subpackage(name)}
     assert _cycles(graph) == []
 
 

@@ -13,6 +13,7 @@ from regablate.cli.lint import main
 from regablate.config.compose import compose_config
 from regablate.config.paths import CONF_DIR
 from regablate.training.experiment import build_experiment
+from regablate.training.optim import held_groups
 from regablate.training.settings import load_settings
 
 # Presets for dense models; each must lint clean on the default MLP.
@@ -42,6 +43,11 @@ def settings_for(*overrides: str):
 def findings(*overrides: str) -> list[Finding]:
     s = settings_for(*overrides)
     return lint(s, *build_model(s))
+
+
+def groups_of(s, model: nn.Module) -> list[dict]:
+    """The parameter groups an optimiser of `s` would hold for `model`."""
+    return held_groups(s.optim, s.stack.param_groups(model))
 
 
 def ids(*overrides: str) -> list[str]:
@@ -143,7 +149,7 @@ def test_lint_of_a_built_experiment_matches_the_command():
     expected = lint(s, *build_model(s))
     assert [f.id for f in expected] == ["RA003", "RA004"]
     assert lint(x.s, x.model, x.optimizer.param_groups, x.data.in_shape) == expected
-    assert lint(x.s, x.model) == expected  # registration order is forward order here
+    assert lint(x.s, x.model, x.optimizer.param_groups) == expected  # registration order is forward order here
 
 
 class Shuffled(nn.Module):
@@ -161,19 +167,20 @@ def test_with_the_input_shape_module_order_is_the_forward_order():
     s = settings_for()
     model = Shuffled()
     model.train()
-    assert [f.id for f in lint(s, model)] == []  # registration order: dropout -> linear
-    (f,) = lint(s, model, in_shape=(3,))
+    assert [f.id for f in lint(s, model, groups_of(s, model))] == []  # registration order: dropout -> linear
+    (f,) = lint(s, model, groups_of(s, model), in_shape=(3,))
     assert f.id == "RA002" and "Dropout(p=0.05) at drop -> BatchNorm1d at norm" in f.message
     assert model.training and model.norm.training  # modes restored after the traced pass
 
 
 def test_a_model_that_fails_on_the_datas_shape_is_one_line_naming_it():
     s = settings_for("model.hidden=[8]")
+    model = nn.Sequential(nn.Linear(7, 2))
     with pytest.raises(ModelInputError) as e:
-        lint(s, nn.Sequential(nn.Linear(7, 2)), in_shape=(5,))
+        lint(s, model, groups_of(s, model), in_shape=(5,))
     assert str(e.value) == ("model=mlp fails on the data's inputs: a batch of shape (2, 5) (samples of shape (5,)) "
                             "raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x5 and 7x2)")
-    assert lint(s, nn.Sequential(nn.Linear(7, 2))) == []  # without the shape nothing is called
+    assert lint(s, model, groups_of(s, model)) == []  # without the shape nothing is called
 
 
 def test_command_clean(capsys):

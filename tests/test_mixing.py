@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regablate.regularisers import ModelSpec, build_stack
+from regablate.nn import ModelSpec
+from regablate.regularisers import build_stack
 from regablate.regularisers.mixing import crop_flip, cutmix, cutmix_box, cutout, mixup, probs
 from regablate.training.experiment import training_loss
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ENV, compose_cfg, run_cli
-from regablate.rundir import recorder
-from regablate.training import checkpoint
+from regablate.training import checkpoint, recorder
 from regablate.training.loop import train
 
 TINY = ("dataset=tiny_binary", "trainer.max_epochs=2", "trainer.progress=none")

@@ -11,9 +11,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from conftest import run_cli
-from regablate.cli.report import main as report_main
 from regablate.config.objective import maximised, terms, value
 from regablate.errors import ConfigError
+from regablate.report.command import main as report_main
 from regablate.sweep.optuna_search import SAMPLERS, make_sampler, search_space
 from regablate.training.settings import load_settings
 

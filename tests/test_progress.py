@@ -11,7 +11,7 @@ from rich.console import Console
 
 from regablate.data.synthetic import SparseSyntheticSettings, make_sparse_synthetic
 from regablate.models.mlp import MLPSettings, build_mlp
-from regablate.regularisers import ModelSpec
+from regablate.nn import ModelSpec
 from regablate.training.evaluate import evaluate
 from regablate.training.progress import SILENT, make_progress
 
@@ -136,7 +136,7 @@ def test_evaluate_advances_the_task_by_the_images_of_each_chunk(capsys):
 
 def test_images_on_the_cpu_are_evaluated_in_cache_sized_chunks_with_the_same_numbers(capsys):
     from regablate.data import Data, Split
-    from regablate.training.evaluate import chunk_size
+    from regablate.metrics.chunks import chunk_size
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (600, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -178,7 +178,7 @@ def test_mc_dropout_on_images_on_the_cpu_goes_in_cache_sized_chunks(monkeypatch)
                                 torch.nn.Dropout(0.5), torch.nn.Linear(16, 10))
     seen = []
     model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
-    monkeypatch.setattr("regablate.training.evaluate.CPU_IMAGE_CHUNK_VALUES", 192 * 256)
+    monkeypatch.setattr("regablate.metrics.chunks.CPU_IMAGE_CHUNK_VALUES", 192 * 256)
     mc = mc_dropout(model, data, samples=3, batch_size=4096)
     assert seen == [256] * 3 + [256] * 3 + [88] * 3  # each chunk's three passes
     assert 0 < mc["val_mean_std"] and 0 <= mc["val_acc"] <= 1

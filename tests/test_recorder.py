@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from regablate.rundir import recorder
 from regablate.tensorboard import records as tb_records
 from regablate.tensorboard.hparams import SESSION_FILE
+from regablate.training import recorder
 
 HPARAMS = {"reg": "dropout", "reg.dropout.p": 0.5}
 TEST = {"loss": 0.61, "acc": 0.7}

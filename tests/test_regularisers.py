@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from regablate.models.mlp import MLPSettings, build_mlp
-from regablate.regularisers import ModelSpec, build_stack
+from regablate.nn import ModelSpec
+from regablate.regularisers import build_stack
 from regablate.regularisers.dropout import DropConnectLinear
 from regablate.training.optim import AdamSettings, build_optimizer, decay_groups, decoupled_decay_
 

@@ -14,7 +14,7 @@ from report_fixtures import DROPOUT, L2, NONE, ablation, report, write_failed_ea
 from rich.console import Console
 from scipy import stats
 
-from regablate.cli.report import main
+from regablate.report.command import main
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +253,7 @@ def test_as_a_user_types_it(tmp_path):
 
 
 def test_package_import_stays_light():
-    code = ("import sys, regablate, regablate.report, regablate.cli.report; "
+    code = ("import sys, regablate, regablate.report, regablate.report.command; "
             "print([m for m in ('pandas', 'scipy', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr

@@ -17,8 +17,9 @@ import pytest
 from report_fixtures import write_run
 
 import regablate
-from regablate.cli.report import main
-from regablate.sweep.designs import arms, write_ablation_json
+from regablate.report.command import main
+from regablate.report.designs import arms
+from regablate.sweep.designs import write_ablation_json
 from regablate.tensorboard import view as tb_view
 
 S3 = ("dropout", "l2", "weight_decay")

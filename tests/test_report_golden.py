@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from report_fixtures import DROPOUT, L2, NONE, ablation, write_failed_early, write_run
 
-from regablate.cli.report import main
+from regablate.report.command import main
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 CASES = {

@@ -5,7 +5,7 @@ import re
 
 from report_fixtures import ablation, write_run
 
-from regablate.cli.report import main
+from regablate.report.command import main
 
 
 def test_plots_are_written(tmp_path, capsys):

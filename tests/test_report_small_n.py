@@ -12,7 +12,7 @@ from report_fixtures import DROPOUT, NONE, ablation, report, write_run
 from scipy import stats
 
 import regablate
-from regablate.cli.report import main
+from regablate.report.command import main
 
 # The case: a custom model scored on 144 val images; dropout is right on exactly 2 more
 # images than the baseline at every seed.

@@ -83,7 +83,7 @@ def test_paired_tests_and_their_floor():
 
 
 def test_cli_choices_are_the_tests():
-    from regablate.cli.report import TESTS as CLI
+    from regablate.report.command import TESTS as CLI
     from regablate.report.paired import TESTS
 
     assert CLI == TESTS

@@ -17,7 +17,7 @@ from report_fixtures import ablation, write_failed_early, write_run
 from scipy import stats
 
 import regablate
-from regablate.cli.report import main
+from regablate.report.command import main
 from regablate.report.frames import SkippedRunWarning
 
 NONE = [(0.99, 0.80, 0.79), (0.99, 0.81, 0.80), (0.98, 0.79, 0.78)]
@@ -209,7 +209,7 @@ def test_missing_path_and_empty_frames(tmp_path):
 
 
 def test_import_regablate_and_run_stay_free_of_pandas():
-    code = ("import sys, regablate, regablate.cli.run, regablate.cli, regablate.cli.report; "
+    code = ("import sys, regablate, regablate.cli.run, regablate.cli, regablate.report.command; "
             "assert callable(regablate.load_runs) and callable(regablate.summarize); "
             "print([m for m in ('pandas', 'pyarrow') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -16,7 +16,8 @@ from regablate.errors import ConfigError
 from regablate.metrics.uncertainty import dropout_modules, mc_dropout
 from regablate.models import build_model
 from regablate.models.rnn import LSTMSettings, build_rnn
-from regablate.regularisers import ModelSpec, build_stack
+from regablate.nn import ModelSpec
+from regablate.regularisers import build_stack
 from regablate.training.loop import train
 from regablate.training.settings import load_settings
 

@@ -10,7 +10,7 @@ from torch import nn
 from regablate.checks.selfcheck import EvalNondeterminismError, check_eval_determinism
 from regablate.data.synthetic import SparseSyntheticSettings, make_sparse_synthetic
 from regablate.models.mlp import MLPSettings, build_mlp
-from regablate.regularisers import ModelSpec
+from regablate.nn import ModelSpec
 
 
 @pytest.fixture(scope="module")

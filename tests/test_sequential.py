@@ -1,4 +1,5 @@
-"""Sequential seeds (regablate.sweep.sequential): error rate by simulation, rounds, sequential.json."""
+"""Sequential seeds (regablate.sweep.sequential, its state regablate.report.sequential_state): error
+rate by simulation, rounds, sequential.json."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ import os
 import numpy as np
 import pytest
 
+from regablate.report.sequential_state import FILE, SequentialState, Settings, decide
 from regablate.rundir.untrusted import RefusedFile
 from regablate.sweep.sequential import (
     CODES,
-    FILE,
-    SequentialState,
-    Settings,
     add_look,
-    decide,
     look_levels,
     plan_next_round,
     simulate,

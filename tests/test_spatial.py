@@ -10,8 +10,8 @@ from regablate.errors import ConfigError
 from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.mlp import MLPSettings, build_mlp
 from regablate.models.resnet import ResNetSettings, build_resnet
+from regablate.nn import ModelSpec
 from regablate.regularisers import build_stack
-from regablate.regularisers.base import ModelSpec
 from regablate.regularisers.spatial import DropBlock2d, DropPath, depth_rates, drop_block, drop_path
 
 

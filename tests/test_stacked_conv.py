@@ -13,7 +13,7 @@ from torch import nn
 from regablate.models.convnet import ConvNetSettings, build_convnet
 from regablate.models.resnet import ResNetSettings, build_resnet
 from regablate.models.vit import ViTSettings, build_vit
-from regablate.regularisers.base import ModelSpec
+from regablate.nn import ModelSpec
 from regablate.vectorized.functional import skeleton, stack_reason
 from regablate.vectorized.stacked_conv import StackedModule
 

@@ -14,7 +14,7 @@ from regablate.data.synthetic import (
 )
 from regablate.metrics.uncertainty import drop_rate, dropout_modules, is_dropout, mc_dropout
 from regablate.models.mlp import MLPSettings, build_mlp
-from regablate.regularisers import ModelSpec
+from regablate.nn import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
 from regablate.training.evaluate import evaluate
 

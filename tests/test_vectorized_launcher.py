@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import ENV, FAST, run_cli
-from regablate.cli.report import main as report_main
 from regablate.config.paths import CONF_DIR
+from regablate.report.command import main as report_main
 
 # dataset.k=60 > d=50 is refused when the data is built: those jobs are recorded as failed
 SWEEP = ("+reg=none,dropout,batchnorm,mixup", "dataset.k=10,60", "dataset.n=300", "dataset.n_test=100",

@@ -43,7 +43,6 @@ from torch import nn
 
 from regablate.errors import UsageError
 from regablate.metrics.uncertainty import drop_rate, is_dropout
-from regablate.training.settings import Settings
 
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # _NormBase: batch, instance
 MIXING = ("mixup", "cutmix")
@@ -91,7 +90,7 @@ class ModelInputError(UsageError):
                          + (f": {detail}" if detail else ""))
 
 
-def model_name(settings: Settings) -> str:
+def model_name(settings) -> str:
     """`model=mlp`, or `model=custom (pkg.mod:Class)`: the model as the config names it."""
     target = getattr(settings.model, "target", None)
     return f"model={settings.model.name}" + (f" ({target})" if target else "")
@@ -177,7 +176,7 @@ def _dropout_vs_norm(model: nn.Module, in_shape: tuple[int, ...] | None, who: st
     return out
 
 
-def _decay_on_1d(model: nn.Module, groups: list[dict], s: Settings) -> list[Finding]:
+def _decay_on_1d(model: nn.Module, groups: list[dict], s) -> list[Finding]:
     """RA004: parameter groups that decay biases or norm parameters."""
     names = {id(p): n for n, p in model.named_parameters()}
     norm_params = {id(p) for m in model.modules() if isinstance(m, NORMS)
@@ -203,7 +202,7 @@ def _decay_on_1d(model: nn.Module, groups: list[dict], s: Settings) -> list[Find
         "set optim.weight_decay=0 and use +reg=weight_decay (decay on weight matrices only)")]
 
 
-def _transformer(model: nn.Module, groups: list[dict], s: Settings) -> list[Finding]:
+def _transformer(model: nn.Module, groups: list[dict], s) -> list[Finding]:
     """RA009 (attention dropout above 0.2) and RA010 (decay on position embeddings / class token)."""
     from regablate.regularisers.decay import no_decay_names
 
@@ -240,18 +239,16 @@ def _transformer(model: nn.Module, groups: list[dict], s: Settings) -> list[Find
     return out
 
 
-def lint(settings: Settings, model: nn.Module, groups: list[dict] | None = None,
+def lint(settings, model: nn.Module, groups: list[dict],
          in_shape: tuple[int, ...] | None = None) -> list[Finding]:
-    """The findings for a run's settings, its built model and its optimiser's parameter groups
-    (`optimizer.param_groups`; from the settings and the stack when not given). With the model's
-    input shape `in_shape` (no batch dimension), module order is the forward order of a pass on
-    zeros, else registration order; a model that fails on those zeros raises ModelInputError
-    (one line: the model, the shape, the error). Empty for a clean stack."""
-    from regablate.training.optim import held_groups
-
+    """The findings for a run's typed settings (as `regablate.training.settings.load_settings`
+    returns them), its built model and its optimiser's parameter groups (`optimizer.param_groups`,
+    or for a model without an optimiser `regablate.training.optim.held_groups` of the settings and
+    the stack).
+    With the model's input shape `in_shape` (no batch dimension), module order is the forward
+    order of a pass on zeros, else registration order; a model that fails on those zeros raises
+    ModelInputError (one line: the model, the shape, the error). Empty for a clean stack."""
     s, stack = settings, settings.stack
-    if groups is None:
-        groups = held_groups(s.optim, stack.param_groups(model))
     wd = getattr(s.optim, "weight_decay", 0.0)
     out: list[Finding] = []
     if s.optim.name == "adam" and wd > 0:

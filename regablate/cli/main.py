@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "run":
         sys.exit(run(rest))
-    modules = {"report": "regablate.cli.report", "tb": "regablate.cli.tb", "lint": "regablate.cli.lint",
+    modules = {"report": "regablate.report.command", "tb": "regablate.cli.tb", "lint": "regablate.cli.lint",
                "data": "regablate.cli.data", "status": "regablate.cli.status", "plan": "regablate.report.plan",
                "export": "regablate.report.export"}
     if command not in modules:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regablate.data import Data
+from regablate.metrics.chunks import chunk_size
 from regablate.regularisers.dropout import DropConnectLinear
 
 
@@ -69,9 +70,7 @@ class _Welford:
 def _passes(model: nn.Module, data: Data, x: torch.Tensor, samples: int, batch_size: int,
             classification: bool, y: torch.Tensor | None) -> tuple[float, float | None]:
     """(mean spread over inputs, accuracy or MSE of the mean prediction if `y` is given). Inputs
-    go in chunks of `evaluate.chunk_size` (cache-sized for images on the CPU, as evaluation)."""
-    from regablate.training.evaluate import chunk_size
-
+    go in chunks of `chunk_size` (cache-sized for images on the CPU, as evaluation)."""
     batch_size = chunk_size(x, batch_size)
     spread = torch.zeros((), dtype=torch.float64, device=x.device)
     score = torch.zeros((), dtype=torch.float64, device=x.device)

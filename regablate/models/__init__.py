@@ -31,7 +31,7 @@ def build_model(settings, in_shape: tuple[int, ...], out_dim: int, stack) -> nn.
     `regablate.nn.configure`, which refuses a structural regulariser it has no block for.
     """
     import regablate.nn as rnn
-    from regablate.regularisers import ModelSpec
+    from regablate.nn import ModelSpec
 
     spec = stack.model_spec(ModelSpec(out_dim=out_dim, norm=getattr(settings, "norm", "none")))
     if settings.name not in TRANSFORMERS and spec.extra.get("dropout_sites"):

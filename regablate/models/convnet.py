@@ -18,7 +18,7 @@ import regablate.nn as rnn
 from regablate.config.schema import check
 from regablate.errors import ConfigError
 from regablate.models.mlp import ACTIVATIONS, per_layer
-from regablate.regularisers.base import ModelSpec
+from regablate.nn import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
 
 

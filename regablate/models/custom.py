@@ -21,7 +21,7 @@ from torch import nn
 
 from regablate.config.schema import check
 from regablate.errors import ConfigError
-from regablate.regularisers.base import ModelSpec
+from regablate.nn import ModelSpec
 
 
 @dataclass

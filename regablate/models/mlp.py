@@ -11,7 +11,7 @@ from torch import nn
 import regablate.nn as rnn
 from regablate.config.schema import check
 from regablate.errors import ConfigError
-from regablate.regularisers.base import ModelSpec
+from regablate.nn import ModelSpec
 from regablate.regularisers.dropout import DropConnectLinear
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}

@@ -25,7 +25,7 @@ from torch import nn
 import regablate.nn as rnn
 from regablate.config.schema import check, positive
 from regablate.models.convnet import classifier_head, conv3x3, image_shape, norm2d
-from regablate.regularisers.base import ModelSpec
+from regablate.nn import ModelSpec
 
 
 @dataclass

@@ -26,7 +26,7 @@ import regablate.nn as rnn
 from regablate.config.schema import positive
 from regablate.errors import ConfigError
 from regablate.models.mlp import per_layer
-from regablate.regularisers.base import ModelSpec
+from regablate.nn import ModelSpec
 
 RECURRENT_REGS = ("variational_dropout", "weight_drop")
 

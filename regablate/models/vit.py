@@ -29,7 +29,7 @@ import regablate.nn as rnn
 from regablate.config.schema import check, positive
 from regablate.errors import ConfigError
 from regablate.models.convnet import classifier_head, image_shape
-from regablate.regularisers.base import ModelSpec
+from regablate.nn import ModelSpec
 
 SITES = ("attn", "proj", "embed")  # reg.dropout.<site>: the transformer's own dropout sites
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from regablate.config.schema import parse
 from regablate.errors import ConfigError
+from regablate.nn import ModelSpec  # what the stack asks of the model builder (Stack.model_spec)
 from regablate.regularisers import (  # noqa: F401  (each module registers its classes)
     constraints,
     decay,
@@ -17,7 +18,7 @@ from regablate.regularisers import (  # noqa: F401  (each module registers its c
     recurrent,
     spatial,
 )
-from regablate.regularisers.base import REGISTRY, LossSpec, ModelSpec, Regulariser, Stack
+from regablate.regularisers.base import REGISTRY, LossSpec, Regulariser, Stack
 
 
 def build_stack(reg: Mapping | None) -> Stack:

@@ -17,11 +17,13 @@ A `Stack` holds the configured regularisers and calls each hook on those that de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from regablate.nn import ModelSpec
 
 REGISTRY: dict[str, type[Regulariser]] = {}
 
@@ -30,17 +32,6 @@ def register(cls: type[Regulariser]) -> type[Regulariser]:
     """Class decorator: make `cls` available as `reg.<cls.key>`."""
     REGISTRY[cls.key] = cls
     return cls
-
-
-@dataclass
-class ModelSpec:
-    """What the stack asks of the model builder. Defaults mean "no regularisation"."""
-
-    out_dim: int = 0  # classes (or regression outputs) of the model being built
-    norm: str = "none"  # none | batch | layer
-    dropout: float | list[float] = 0.0  # after each hidden activation (MLP, CNN head)
-    dropconnect: float = 0.0  # drop rate of Linear weights
-    extra: dict[str, Any] = field(default_factory=dict)  # settings for conv-only layers
 
 
 @dataclass

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from regablate.config.schema import prob
-from regablate.regularisers.base import ModelSpec, Regulariser, register
+from regablate.nn import ModelSpec
+from regablate.regularisers.base import Regulariser, register
 
 
 @dataclass

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from regablate.config.schema import check, nonneg, positive
-from regablate.regularisers.base import ModelSpec, Regulariser, register
+from regablate.nn import ModelSpec
+from regablate.regularisers.base import Regulariser, register
 
 
 def crop_flip(x: torch.Tensor, pad: int, flip: bool = True, generator: torch.Generator | None = None

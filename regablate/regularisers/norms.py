@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from regablate.errors import ConfigError
-from regablate.regularisers.base import ModelSpec, Regulariser, register
+from regablate.nn import ModelSpec
+from regablate.regularisers.base import Regulariser, register
 
 
 @dataclass

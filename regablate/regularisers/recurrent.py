@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from regablate.config.schema import prob
-from regablate.regularisers.base import ModelSpec, Regulariser, register
+from regablate.nn import ModelSpec
+from regablate.regularisers.base import Regulariser, register
 
 
 @dataclass

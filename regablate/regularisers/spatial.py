@@ -19,8 +19,16 @@ from typing import Literal
 from torch import nn
 
 from regablate.config.schema import check, positive, prob
-from regablate.nn import DropBlock2d, Dropout2d, DropPath, depth_rates, drop_block, drop_path
-from regablate.regularisers.base import ModelSpec, Regulariser, register
+from regablate.nn import (
+    DropBlock2d,
+    Dropout2d,
+    DropPath,
+    ModelSpec,
+    depth_rates,
+    drop_block,
+    drop_path,
+)
+from regablate.regularisers.base import Regulariser, register
 
 
 @dataclass

@@ -2,6 +2,6 @@
 
 import sys
 
-from regablate.cli.report import main
+from regablate.report.command import main
 
 sys.exit(main(sys.argv[1:]))

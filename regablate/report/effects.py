@@ -48,14 +48,14 @@ import numpy as np
 from scipy import stats
 
 from regablate.errors import ConfigError, UsageError
-from regablate.report.paired import MIN_SEEDS, RTOL, TESTS, paired_test
-from regablate.sweep.designs import (
+from regablate.report.designs import (
     DESIGNS,
     arms,
     find_ablation_json,
     infer_design,
     read_ablation_json,
 )
+from regablate.report.paired import MIN_SEEDS, RTOL, TESTS, paired_test
 
 __all__ = ["KINDS", "METRICS", "COLUMNS", "Contrast", "kinds_of", "contrasts", "summarise",
            "effects"]

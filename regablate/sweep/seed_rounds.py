@@ -24,8 +24,8 @@ SPLITS = ("val", "test", "gap")
 
 def settings_of(reference_label: str, *, metric: str, min_seeds: int, max_seeds: int, step: int,
                 alpha: float, delta) -> object:
-    """`regablate.sweep.sequential.Settings` from the sweeper's keys; a bad value is one line."""
-    from regablate.sweep.sequential import Settings
+    """`regablate.report.sequential_state.Settings` from the sweeper's keys; a bad value is one line."""
+    from regablate.report.sequential_state import Settings
 
     if metric not in SPLITS:
         raise ConfigError("hydra.sweeper.metric", metric, f"allowed: {', '.join(SPLITS)}")
@@ -105,7 +105,8 @@ def run_rounds(launch, sweep_dir: Path, jobs: list[list[str]], given_reference, 
     Returns every batch's returns. Writes sequential.json after each look."""
     from dataclasses import replace
 
-    from regablate.sweep.sequential import FILE, SequentialState, add_look, plan_next_round
+    from regablate.report.sequential_state import FILE, SequentialState
+    from regablate.sweep.sequential import add_look, plan_next_round
 
     labels = arm_labels(jobs)
     if len(labels) < 2:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from regablate.rundir.atomic import write_atomic
-from regablate.rundir.recorder import pack_history, unpack_history  # noqa: F401 (a checkpoint's history)
+from regablate.training.recorder import pack_history, unpack_history  # noqa: F401 (a checkpoint's history)
 
 
 class DamagedCheckpoint(ValueError):

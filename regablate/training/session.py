@@ -25,12 +25,12 @@ from regablate.checks.lint import format_findings, lint
 from regablate.checks.selfcheck import check_eval_determinism
 from regablate.metrics.uncertainty import mc_dropout
 from regablate.metrics.weight_stats import named_weight_matrices, weight_stats
-from regablate.rundir.recorder import Recorder
 from regablate.tensorboard.hparams import run_hparams
 from regablate.training import checkpoint
 from regablate.training.evaluate import evaluate, gap
 from regablate.training.experiment import Experiment, group_id
 from regablate.training.progress import SILENT
+from regablate.training.recorder import Recorder
 
 
 class EarlyStopper:

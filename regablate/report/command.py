@@ -1,6 +1,6 @@
 """`regablate report [DIR ...]`: one honest table of train / val / test and the gap.
 
-On a design sweep (an ablation.json at the sweep root, regablate.sweep.designs) a components table
+On a design sweep (an ablation.json at the sweep root, regablate.report.designs) a components table
 follows the groups table: each regulariser's effect by the design's kinds, with 95% intervals,
 Holm p and its Shapley share of the full gain (regablate.report.effects); `--format json`
 carries effects' records under "effects", csv appends its frame after a blank line, and
@@ -128,7 +128,7 @@ def _sequential(shown) -> tuple[list, list[str]] | None:
     """A seeds=auto sweep's decisions (its sequential.json, read bounded): (per-arm records,
     footer lines naming each arm's decision and n, the procedure and its error rate); None for
     any other sweep; a damaged file is a warning line."""
-    from regablate.sweep.sequential import FILE, SequentialState
+    from regablate.report.sequential_state import FILE, SequentialState
 
     roots = {r.path.parent for g in shown for r in g.runs if (r.path.parent / FILE).exists()}
     if len(roots) != 1:
@@ -160,7 +160,7 @@ def _effects(shown, metric: str):
     import warnings
 
     from regablate.errors import ConfigError
-    from regablate.sweep.designs import find_ablation_json
+    from regablate.report.designs import find_ablation_json
 
     parents: dict = {}
     for r in (r for g in shown for r in g.runs):
