@@ -37,7 +37,10 @@ more):
      <= 480 s. `--only 5` runs it alone (sections 1-4 stay under 8 minutes). `--keep DIR` keeps
      the factorial's sweep in DIR (new), so the timed sweep is the study's result:
      `--only 5 --keep experiments/cifar10_recipe/runs`; `--cifar-root DIR` reads a cache that
-     `regablate data cifar10` prepared instead of converting the export again.
+     `regablate data cifar10` prepared (default: the one in dataset.root's default place, if
+     there, else the export converted into a temporary folder). Kept runs get `gpu_run.json`
+     beside them (the sweep's command, wall time, card, torch, data) for `make_studies.py
+     --report-only cifar10_recipe` to read.
 
 Timing: warm-up first, `torch.cuda.synchronize()` around every timed region, the median of
 repeats (regablate and plain alternating). `--smoke` runs the same code paths on the CPU with

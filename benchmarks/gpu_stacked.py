@@ -5,7 +5,9 @@ as ordinary runs."""
 from __future__ import annotations
 
 import gc
+import json
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -124,14 +126,20 @@ def section_stacked(device: torch.device, sizes, smoke: bool) -> None:
         row(f"{name} stacked K={k8} / plain", f"{r:.2f}x", target=f">= 5x (at K=8) {verdict(r >= 5, smoke)}")
 
 
+RUN_RECORD = "gpu_run.json"  # written beside a kept sweep's runs: its command, wall time, card, data
 RECIPE_SMOKE = ("seed=0,1", "model.depth=8", "model.width=4", "dataset.n_train=64",
                 "trainer.max_epochs=1")  # 16 arms x 2 seeds of a tiny resnet, one step each
 
 
 def cifar_root(tmp: Path, smoke: bool, prepared: Path | None = None) -> tuple[Path, str]:
     """The prepared CIFAR-10 cache the study reads, and what it holds: `prepared` (a cache that
-    `regablate data cifar10` wrote), else the shared JPEG export converted by `regablate data
-    cifar10 --from` (shared/data/ in the checkout or beside it), else random images (said so)."""
+    `regablate data cifar10` wrote), else the one in dataset.root's default place, else the shared
+    JPEG export converted by `regablate data cifar10 --from` (shared/data/ in the checkout or beside
+    it) into `tmp`, else random images (said so). --smoke: random images."""
+    from regablate.data.cifar10 import default_root
+
+    if prepared is None and not smoke and (default_root() / "cifar10.pt").is_file():
+        prepared = default_root()
     if prepared is not None:
         if not (prepared / "cifar10.pt").is_file():
             raise FileNotFoundError(f"--cifar-root {prepared}: no cifar10.pt there (regablate data cifar10 writes it)")
@@ -198,8 +206,8 @@ def section_recipe(device: torch.device, sizes, smoke: bool, keep: Path | None =
         root, what = cifar_root(tmp, smoke, prepared)
         common.append(f"dataset.root={root.resolve()}")
         sweep_dir = keep.resolve() if keep is not None else tmp / "stacked"
-        stacked, log = whole_run(["-m", "+experiment=cifar10_recipe", *extra, *common,
-                                  f"hydra.sweep.dir={sweep_dir}"], tmp)
+        sweep = ["-m", "+experiment=cifar10_recipe", *extra, *common, f"hydra.sweep.dir={sweep_dir}"]
+        stacked, log = whole_run(sweep, tmp)
         full = "+reg=[" + ",".join(components) + "]"
         settings = [f"{k}={v}" for k, v in params.items() if k.startswith("reg.")]
         arms = [["+reg=none"], [full, *settings]]
@@ -217,3 +225,10 @@ def section_recipe(device: torch.device, sizes, smoke: bool, keep: Path | None =
           f"start-up ({s0:.1f} s) once", flush=True)
     row("cifar10_recipe factorial (s)", f"{stacked:.1f}", f"{ordinary:.1f}", f"{ordinary / stacked:.2f}x",
         f">= 4x faster {verdict(ordinary / stacked >= 4, smoke)}; wall <= 480 s {verdict(stacked <= 480, smoke)}")
+    if keep is not None:  # what the kept runs are, for make_studies.py --report-only to read
+        (keep / RUN_RECORD).write_text(json.dumps({
+            "command": shlex.join(["regablate", "run", *sweep]), "wall_time_s": round(stacked, 1),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "smoke": smoke, "data": what, "cifar10": not what.startswith("random"),
+            "ordinary_s": round(ordinary, 1), "chunks": stacked_chunks}, indent=1) + "\n")
+        print(f"  kept: {keep} ({RUN_RECORD} says what they are)", flush=True)

@@ -61,8 +61,8 @@ STUDIES = {name: module.STUDY for name, module in MODULES.items()}
 
 
 def make(name: str, root: Path, smoke: bool, report_only: bool, gpu_run: dict | None = None) -> dict:
-    """`gpu_run`: a GPU study's sweep as it ran there (wall_time_s, device, torch), recorded in its
-    study.json the first time its runs are reported."""
+    """`gpu_run`: a GPU study's sweep as it ran there (commands, wall_time_s, device, torch, ...),
+    recorded in its study.json the first time its runs are reported."""
     import torch
 
     studylib.SMOKE_RUN = smoke
@@ -71,7 +71,7 @@ def make(name: str, root: Path, smoke: bool, report_only: bool, gpu_run: dict | 
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "study.json"
     if report_only and gpu_run:
-        meta = {"study": name, "commands": [shell(c) for c in commands(name, study)], "smoke": False,
+        meta = {"study": name, "commands": [shell(c) for c in commands(name, study)], "smoke": smoke,
                 "date": time.strftime("%Y-%m-%d"), **gpu_run}
     elif report_only:
         meta = json.loads(meta_path.read_text())
@@ -101,6 +101,23 @@ def make(name: str, root: Path, smoke: bool, report_only: bool, gpu_run: dict | 
     return meta
 
 
+RUN_RECORD = "gpu_run.json"  # what `bench_gpu.py --keep` writes beside the runs it kept
+
+
+def gpu_record(ap: argparse.ArgumentParser, path: Path, smoke: bool, flags: bool) -> dict:
+    """A GPU study's sweep as `bench_gpu.py --keep` recorded it; refused (one line) where it is a
+    smoke run or ran on random images, unless --smoke, or where the flags would say otherwise."""
+    record = json.loads(path.read_text())
+    if flags:
+        ap.error(f"{path} already says how these runs ran; leave out --wall-time, --device and --torch")
+    not_study = [why for why, bad in (("a smoke run", record["smoke"]), (record["data"], not record["cifar10"]))
+                 if bad]
+    if not_study and not smoke:
+        ap.error(f"{path}: these runs are {' and '.join(not_study)}, not the study; --smoke reports them as a check")
+    return {"commands": [record["command"]], "wall_time_s": record["wall_time_s"], "device": record["device"],
+            "torch": record["torch"], "data": record["data"], "ordinary_s": record["ordinary_s"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("studies", nargs="*", metavar="STUDY",
@@ -120,16 +137,24 @@ def main(argv: list[str] | None = None) -> int:
     given = [args.wall_time is not None, args.device is not None, args.torch is not None]
     if any(given) and not all(given):
         ap.error("--wall-time, --device and --torch go together (a GPU study's first report)")
-    gpu_run = {"wall_time_s": args.wall_time, "device": args.device, "torch": args.torch} if all(given) else None
+    if any(given) and (len(args.studies) != 1 or args.studies[0] not in GPU_STUDIES or not args.report_only):
+        ap.error("--wall-time, --device and --torch are for one GPU study's first report: "
+                 "--report-only and the study's name")
+    gpu_run = None
     for name in args.studies:
+        runs = args.root / name / "runs"
         if name in GPU_STUDIES and not args.report_only:
             ap.error(f"{name} is swept on a GPU (experiments/{name}/README.md); report its runs with --report-only")
-        if name in GPU_STUDIES and not (args.root / name / "runs").is_dir():
-            ap.error(f"{name}: no runs in {args.root / name / 'runs'}; sweep it on a GPU first")
-        if name in GPU_STUDIES and gpu_run is None and not (args.root / name / "study.json").exists():
-            ap.error(f"{name}: no study.json yet; give --wall-time, --device and --torch of its GPU sweep")
-        if gpu_run and name not in GPU_STUDIES:
-            ap.error(f"--wall-time, --device and --torch are for a GPU study's first report, not {name}")
+        if name in GPU_STUDIES and not runs.is_dir():
+            ap.error(f"{name}: no runs in {runs}; sweep it on a GPU first")
+        if name in GPU_STUDIES and (runs / RUN_RECORD).is_file():
+            gpu_run = gpu_record(ap, runs / RUN_RECORD, args.smoke, any(given))
+        elif all(given):
+            gpu_run = {"wall_time_s": args.wall_time, "device": args.device, "torch": args.torch}
+        elif args.report_only and not (args.root / name / "study.json").exists():
+            ap.error(f"{name}: no study.json in {args.root / name}; "
+                     + (f"give --wall-time, --device and --torch of its GPU sweep (or keep {RUN_RECORD} "
+                        "in its runs)" if name in GPU_STUDIES else "run it without --report-only first"))
     for name in args.studies or CPU_STUDIES:
         make(name, args.root.resolve(), args.smoke, args.report_only, gpu_run)
     return 0

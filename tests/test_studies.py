@@ -148,10 +148,13 @@ def test_a_gpu_study_is_only_reported_here_and_its_first_report_needs_its_gpu_ru
     (tmp_path / "cifar10_recipe" / "runs").mkdir(parents=True)
     for argv, said in ((["cifar10_recipe"], "cifar10_recipe is swept on a GPU"),
                        (["--report-only", "cifar10_small_data"], "cifar10_small_data: no runs in"),
-                       (["--report-only", "cifar10_recipe"], "cifar10_recipe: no study.json yet; give --wall-time"),
+                       (["--report-only", "cifar10_recipe"], "cifar10_recipe: no study.json in"),
                        (["--report-only", "cifar10_recipe", "--wall-time", "9"], "go together"),
                        (["--report-only", "classic_table", "--wall-time", "9", "--device", "x", "--torch", "y"],
-                        "not classic_table")):
+                        "for one GPU study's first report"),
+                       (["--report-only", "--wall-time", "9", "--device", "x", "--torch", "y"],
+                        "for one GPU study's first report"),
+                       (["--report-only", "classic_table"], "classic_table: no study.json in")):
         with pytest.raises(SystemExit) as e:
             studies.main(["--root", str(tmp_path), *argv])
         assert e.value.code == 2 and said in capsys.readouterr().err, argv
