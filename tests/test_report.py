@@ -320,3 +320,23 @@ def test_summary_group_kept_when_the_config_cannot_tell(tmp_path):
     ids = {json.loads(p.read_text())["group"] for p in tmp_path.glob("*/summary.json")}
     assert sorted(g["n"] for g in doc["groups"]) == [1, 2, 2]
     assert {g["group"] for g in doc["groups"]} == ids
+
+
+def test_runs_scored_as_the_final_model_say_their_best_epoch_is_not_the_epoch_scored(tmp_path):
+    """Under trainer.restore_best=false a run's metrics are the final epoch's while best_epoch is
+    its best val epoch: the table says so in a footnote, and the run's closing line names both."""
+    from regablate.training.job import describe
+
+    for seed in range(3):
+        for reg in ((), ("dropout",)):
+            d = write_run(tmp_path / "m" / f"{seed}{len(reg)}", reg=reg, seed=seed, best_epoch=4, epochs=6)
+            if seed < 2:  # scored at the final epoch
+                s = json.loads((d / "summary.json").read_text())
+                (d / "summary.json").write_text(json.dumps({**s, "metrics_epoch": 6}))
+    table = report(tmp_path, tmp_path / "m", fmt="table")
+    assert ("4 runs scored at a later epoch than the best (the final model, trainer.restore_best=false): their "
+            "metrics are the final epoch's, 'best epoch' their best val epoch") in " ".join(table.split())
+    s = json.loads((tmp_path / "m" / "00" / "summary.json").read_text())
+    assert "metrics at epoch 6/6 (best val epoch 4)  train acc 0.9500" in describe(s, tmp_path)
+    assert "best epoch 4/6  train acc" in describe({**s, "metrics_epoch": 4}, tmp_path)
+    assert "best epoch 4/6" in describe({k: v for k, v in s.items() if k != "metrics_epoch"}, tmp_path)

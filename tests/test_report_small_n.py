@@ -52,7 +52,7 @@ def test_two_seeds_two_images_apart_give_no_p(tmp_path, test):
     row = _row(table, "dropout")
     assert "<0.001" not in table
     assert row[-5:] == ["+0.014", "–", "-0.014", "–", "0"]  # Δ val, p, Δ gap, p gap, warnings
-    assert "no test run" in table
+    assert "no significance test" in table
     assert "no p for dropout: fewer than 3 seeds (n = 2)" in table
     doc = _report(tmp_path, root, "--test", test, fmt="json")
     cmp = next(g for g in doc["groups"] if g["name"] == "dropout")["vs_baseline"]
@@ -121,7 +121,7 @@ def test_one_seed_against_the_baseline_runs_no_test(tmp_path):
         write_run(root / f"b{seed}", seed=seed, val=0.8 + 0.01 * seed)
     write_run(root / "d0", reg=("dropout",), seed=0, val=0.9)
     table = _report(tmp_path, root)
-    assert "no p for dropout: fewer than 3 seeds (n = 1)" in table and "no test run" in table
+    assert "no p for dropout: fewer than 3 seeds (n = 1)" in table and "no significance test" in table
 
 
 def test_paired_tests_need_the_baselines_seeds(tmp_path):

@@ -351,7 +351,7 @@ def summarize(runs, metric: str = "val", baseline: str | None = None, paired: bo
     t-based 95% interval), best_epoch (mean), delta and p (the `metric` split minus the
     baseline's, Holm-adjusted p) and p_raw, method (the test; paired when both groups ran the
     same seeds and `paired`, else Welch's), delta_gap, p_gap, p_gap_raw, method_gap, p_reason
-    and p_gap_reason (why p is NaN: fewer than 3 seeds, no test run, method None; or a spread
+    and p_gap_reason (why p is NaN: fewer than 3 seeds, no significance test, method None; or a spread
     that is float rounding), p_floor and p_gap_floor (the smallest p the sign-flip or Wilcoxon
     test can give at that n, else NaN), warnings (distinct ids), not_averaged (runs of other
     statuses), group, reg, metric, baseline, is_baseline. The same numbers as

@@ -140,8 +140,8 @@ def group_report(groups: list[Group], split: str, paired: bool, test: str = "t")
     if any(r["not_averaged"] for r in rows):
         columns.append(Column("not_averaged", "not\naveraged", drop=4))
     footer = (_counts(runs, " (only completed runs are averaged)") + _nonfinite_note(runs)
-              + _test_note(rows, split) + _no_p_note(rows, split) + _floor_note(rows)
-              + _seed_note(rows))
+              + _final_model_note(runs) + _test_note(rows, split) + _no_p_note(rows, split)
+              + _floor_note(rows) + _seed_note(rows))
     return Report(columns, rows, footer, {"metric_split": split})
 
 
@@ -224,6 +224,17 @@ def _nonfinite_note(runs: list[Run], what: str = "left out") -> list[str]:
             + ", ".join(f"{_rel(r.path)} ({', '.join(r.nonfinite)})" for r in bad)]
 
 
+def _final_model_note(runs: list[Run]) -> list[str]:
+    """A line where completed runs were scored at an epoch other than their best val epoch
+    (trainer.restore_best=false: the final model), so 'best epoch' is not the epoch scored."""
+    later = [r for r in runs if r.status == "completed" and isinstance(r.summary.get("metrics_epoch"), int)
+             and r.summary["metrics_epoch"] != r.summary.get("best_epoch")]
+    if not later:
+        return []
+    return [f"{len(later)} run{'s' * (len(later) != 1)} scored at a later epoch than the best (the final model, "
+            "trainer.restore_best=false): their metrics are the final epoch's, 'best epoch' their best val epoch"]
+
+
 def _test_note(rows: list[dict], split: str) -> list[str]:
     bases = sorted({r["baseline"] for r in rows if r["baseline"]})
     if not bases and rows and not any(r["reg"] for r in rows):
@@ -234,7 +245,7 @@ def _test_note(rows: list[dict], split: str) -> list[str]:
     tests = sorted({r[k] for r in rows for k in ("method", "method_gap") if r[k]})
     m = sum(not math.isnan(r["p_raw"]) for r in rows)
     lines = [f"Δ, p: {split} metric and gap minus baseline {', '.join(map(repr, bases))}; "
-             f"{' / '.join(tests) + ', two-sided' if tests else 'no test run'}"
+             f"{' / '.join(tests) + ', two-sided' if tests else 'no significance test'}"
              + (f", Holm-adjusted over {m} comparison{'s' * (m != 1)}" if m else "")]
     orphans = [r["name"] for r in rows if not r["baseline"] and not r["is_baseline"]]
     if orphans:

@@ -62,11 +62,14 @@ def stop_on_cluster_signals():
 
 
 def describe(summary: dict, run_dir: Path) -> str:
-    """One line: where the run is, how it ended, its metrics at the best epoch."""
+    """One line: where the run is, how it ended, its metrics at the epoch scored (the best
+    epoch's, or the final model's under trainer.restore_best=false)."""
     m = summary.get("metric")
     parts = [f"{summary['status']}: {run_dir}"]
     if summary.get("val"):
-        parts.append(f"best epoch {summary['best_epoch']}/{summary['epochs_run']}")
+        best, scored = summary["best_epoch"], summary.get("metrics_epoch", summary["best_epoch"])
+        parts.append(f"best epoch {best}/{summary['epochs_run']}" if scored in (None, best) else
+                     f"metrics at epoch {scored}/{summary['epochs_run']} (best val epoch {best})")
         parts += [f"{split} {m} {summary[split][m]:.4f}" for split in ("train", "val", "test")]
         parts.append(f"gap {summary['gap']:+.4f}")
     if summary.get("error"):
