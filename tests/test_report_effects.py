@@ -66,7 +66,9 @@ def _report(tmp_path, root, fmt, *extra):
 
 
 def _signed(x: float) -> str:
-    return "–" if math.isnan(x) else f"{x:+.3f}"
+    """Signed to 3 decimals; a value that rounds to zero is +0.000 (no minus from float noise)."""
+    text = f"{x:+.3f}"
+    return "–" if math.isnan(x) else "+" + text[1:] if float(text) == 0 else text
 
 
 def _p(x: float) -> str:
@@ -230,3 +232,12 @@ def test_reg_filters_and_plain_sweeps_beside_a_design_sweep(factorial, frame, tm
         shutil.rmtree(plain)
     assert len(doc["effects"]) == len(frame)
     assert {r["component"] for r in doc["effects"]} == set(frame["component"])
+
+
+def test_float_noise_around_zero_prints_without_a_minus():
+    from regablate.report.table import no_negative_zero
+
+    assert [no_negative_zero(f"{x:+.3f}", True) for x in (-1e-17, -0.0004, -0.0006, 0.0)] == [
+        "+0.000", "+0.000", "-0.001", "+0.000"]
+    assert no_negative_zero(f"{-1e-17:.3f}", False) == "0.000"
+    assert no_negative_zero(f"{-2e-17:+#.4g}", True) == "-2.000e-17"  # not zero at 4 digits

@@ -17,7 +17,7 @@ import math
 from regablate.errors import escape_control
 from regablate.report.collect import SPLITS
 from regablate.report.stats import Stat
-from regablate.report.table import Column, Report
+from regablate.report.table import Column, Report, no_negative_zero
 
 DASH = "–"
 
@@ -30,7 +30,7 @@ def _num(x, metric: str, signed: bool = False) -> str:
     if _missing(x):
         return DASH
     sign = "+" if signed else ""
-    return f"{x:{sign}.3f}" if metric == "acc" else f"{x:{sign}#.4g}"
+    return no_negative_zero(f"{x:{sign}.3f}" if metric == "acc" else f"{x:{sign}#.4g}", signed)
 
 
 def cell(col: Column, row: dict) -> str:

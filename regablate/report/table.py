@@ -209,6 +209,14 @@ def _run_json(r: Run, g: Group, keys: list[str]) -> dict:
             "config": {k: r.config.get(k) for k in keys}, "overrides": r.overrides}
 
 
+def no_negative_zero(text: str, signed: bool) -> str:
+    """A number's text without the minus of a value that rounds to zero: float noise such as
+    -1e-17 prints '-0.000', shown '+0.000' (signed) or '0.000'."""
+    if text.startswith("-") and float(text) == 0:
+        return ("+" if signed else "") + text[1:]
+    return text
+
+
 def _counts(runs: list[Run], note: str = "") -> list[str]:
     c = Counter(r.status for r in runs)
     shown = [f"{c[s]} {s}" for s in STATUSES if s != "interrupted" or c[s]]
@@ -408,7 +416,8 @@ def _effects_footer(frame, rows, present, sums, settings, test) -> list[str]:
     hidden = False
     for rec, total, whole in sums:
         where = " ".join(f"{c}={rec[c]}" for c in settings)
-        number = (lambda x: f"{x:+.3f}") if rec["metric"].endswith("_acc") else (lambda x: f"{x:+#.4g}")
+        number = ((lambda x: no_negative_zero(f"{x:+.3f}", True)) if rec["metric"].endswith("_acc")
+                  else (lambda x: no_negative_zero(f"{x:+#.4g}", True)))
         ci = (f" [{number(whole['lo'])}, {number(whole['hi'])}], n={whole['n']}"
               if whole is not None and whole.get("lo") is not None and math.isfinite(whole["lo"]) else "")
         lines.append(f"full − none (Σφ){' at ' + where if where else ''}: "
