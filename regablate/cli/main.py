@@ -1,4 +1,5 @@
-"""`regablate <command>`: run, report, tb. User errors are one line on stderr and exit 2."""
+"""`regablate <command>`: run, lint, report, status, plan, export, tb and data, each dispatched to
+its module. User errors are one line on stderr and exit 2."""
 
 from __future__ import annotations
 

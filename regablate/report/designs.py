@@ -4,7 +4,7 @@ ablation.json a design sweep leaves at its root, read back.
     arms("factorial", ["dropout", "l2"])      # [(), ("dropout",), ("l2",), ("dropout", "l2")]
     arms("leave_one_out", ["a", "b", "c"])    # S, S∖a, S∖b, S∖c, ∅
     arms("add_one_in", ["a", "b", "c"])       # ∅, {a}, {b}, {c}, S
-    validate("factorial", ["dropout"], seeds=[0, 1, 2])   # ConfigError, one line
+    validate("factorial", ["dropout"], seeds=[0, 1, 2])   # UsageError, one line
 
 Designs: `factorial` runs all 2^k subsets (k <= 8); `leave_one_out` the full stack, the stack
 minus each component, and none (k + 2 arms); `add_one_in` none, each component alone, and the
