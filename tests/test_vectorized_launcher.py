@@ -482,5 +482,30 @@ def test_a_chunk_out_of_memory_frees_what_it_held_and_says_how_to_continue(tmp_p
     again = run_cli(*[a.replace("max_members=2", "max_members=1") for a in args], "trainer.resume=auto",
                     cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+    # the failed members start again stacked, in chunks of one; the completed ones are skipped
+    assert "Stacked group 1: K=2 members in 2 chunk(s) of <= 1: #0 #1" in again.stdout + again.stderr
+    assert len(re.findall(r"#[23] : .*\[ordinary: .*\(already completed\)\]", again.stdout + again.stderr)) == 2
     assert {json.loads((tmp_path / "s" / str(i) / "summary.json").read_text())["status"] for i in range(4)} == {
         "completed"}
+
+
+def test_out_of_memory_is_recognised_on_cuda_and_on_the_cpu_and_a_lone_member_is_told_what_to_lower():
+    from regablate.sweep.vectorized_launch import _memory_hint, _without_frames
+
+    for e in (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+              RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory"),
+              RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+              MemoryError()):
+        assert _memory_hint(e, 8).endswith("continue with hydra.launcher.max_members=4 trainer.resume=auto)"), e
+        assert "lower trainer.batch_size" in _memory_hint(e, 1)
+    assert _memory_hint(RuntimeError("shape mismatch"), 8) == ""
+    try:
+        try:
+            raise ValueError("inner")
+        except ValueError:
+            raise RuntimeError("out of memory")  # noqa: B904  (chained as the launcher meets it)
+    except RuntimeError as e:
+        caught = e
+    assert caught.__traceback__ is not None and caught.__context__.__traceback__ is not None
+    kept = _without_frames(caught)
+    assert kept is caught and kept.__traceback__ is None and kept.__context__.__traceback__ is None

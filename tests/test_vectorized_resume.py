@@ -178,9 +178,9 @@ def test_an_interrupted_chunk_continues_stacked_to_the_uninterrupted_numbers(kin
 
 
 def test_what_does_not_continue_stacked_goes_the_ordinary_way(small_cfg, tmp_path, monkeypatch, capsys):
-    """A finished run, a run dir without last.pt, an ordinary run's last.pt and a damaged one go
-    the ordinary way (which skips, trains, continues or refuses them); a chunk whose members are
-    not all there continues stacked without them."""
+    """A finished run, an ordinary run's last.pt and a damaged one go the ordinary way (which
+    skips, continues or refuses them); a run dir without last.pt starts again, stacked, as it would
+    alone; a chunk whose members are not all there continues stacked without them."""
     opts = ("trainer.max_epochs=4", "trainer.checkpoint_every_s=3600", "dataset.n=300")
     cfgs = [small_cfg(*opts, "+reg=dropout", f"seed={i}") for i in range(4)]
     stop_in_epoch(2, monkeypatch)
@@ -198,7 +198,8 @@ def test_what_does_not_continue_stacked_goes_the_ordinary_way(small_cfg, tmp_pat
     train(ordinary_cfg, tmp_path / "o")  # an ordinary run's last.pt, finished
     why = [resume_member(i, auto(c), tmp_path / f"v{i}", load_settings(auto(c))) for i, c in enumerate(cfgs)]
     assert isinstance(why[0], Member) and isinstance(why[3], Member)
-    assert why[1] == ORDINARY and why[2] == f"{ORDINARY} (no stacked checkpoint)"
+    assert why[1] == ORDINARY
+    assert isinstance(why[2], Member) and why[2].resume is None and why[2].chunk == ()  # from epoch 1
     assert resume_member(9, auto(ordinary_cfg), tmp_path / "o", load_settings(auto(ordinary_cfg))) == \
         f"{ORDINARY} (already completed)"
     state = json.loads((tmp_path / "o" / "summary.json").read_text())

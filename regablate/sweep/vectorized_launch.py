@@ -300,7 +300,7 @@ class VectorizedLaunch:
         try:
             summaries, stats = VectorizedTrainer(members).fit()
         except Exception as e:
-            failed = e.with_traceback(None)  # its frames hold the chunk's model, data and step
+            failed = _without_frames(e)  # its frames hold the chunk's model, data and step
             log.error(f"  chunk {c}/{n} failed: {type(e).__name__}: {e}{_memory_hint(e, len(members))}")
             for ret in rets:
                 ret.status, ret.return_value = JobStatus.FAILED, failed
@@ -385,15 +385,29 @@ class VectorizedLaunch:
         return ret
 
 
-def _memory_hint(e: Exception, k: int) -> str:
-    """For a chunk that ran out of memory: the command's settings that continue the sweep in
-    chunks of half its size."""
-    import torch
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "alloc_failed")  # CUDA, the CPU allocator, cuBLAS
 
-    if not isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
+
+def _memory_hint(e: Exception, k: int) -> str:
+    """For a chunk that ran out of memory: how the sweep continues in smaller chunks (its
+    members, which have no stacked checkpoint yet, start again stacked; one that has continues
+    whole from it)."""
+    if not isinstance(e, MemoryError) and not any(m in str(e).lower() for m in OUT_OF_MEMORY):
         return ""
-    return (f" (K={k} members did not fit; continue with hydra.launcher.max_members={max(1, k // 2)} "
+    if k == 1:
+        return " (one member alone did not fit: lower trainer.batch_size or trainer.eval_batch_size)"
+    return (f" (K={k} members did not fit; continue with hydra.launcher.max_members={k // 2} "
             "trainer.resume=auto)")
+
+
+def _without_frames(e: BaseException) -> BaseException:
+    """`e` and the exceptions it chains, their tracebacks dropped (they hold every frame's locals)."""
+    seen, x = set(), e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        x.__traceback__ = None
+        x = x.__cause__ or x.__context__
+    return e
 
 
 def _release_memory(device: Any) -> None:

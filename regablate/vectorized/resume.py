@@ -44,8 +44,8 @@ def resume_member(job: int, cfg: dict, run_dir: Path, s: Settings, shared: dict 
         found = _load(run_dir, shared if shared is not None else {})
     except (RunRefused, DamagedCheckpoint):
         return ORDINARY  # refused there, in one line
-    if found is None:
-        return f"{ORDINARY} (no stacked checkpoint)"
+    if found is None:  # nothing to continue from: it starts again, stacked, as it would alone
+        return make_member(job, cfg, run_dir, s, shared)
     state, dirs = found
     if not (isinstance(state, dict) and "stacked" in state):
         return f"{ORDINARY} (no stacked checkpoint)"
