@@ -487,6 +487,7 @@ def test_a_chunk_out_of_memory_frees_what_it_held_and_says_how_to_continue(tmp_p
     assert len(re.findall(r"#[23] : .*\[ordinary: .*\(already completed\)\]", again.stdout + again.stderr)) == 2
     assert {json.loads((tmp_path / "s" / str(i) / "summary.json").read_text())["status"] for i in range(4)} == {
         "completed"}
+    assert [[r["epoch"] for r in rows_of(tmp_path / "s" / str(i))] for i in range(4)] == [["1", "2"]] * 4
 
 
 def test_out_of_memory_is_recognised_on_cuda_and_on_the_cpu_and_a_lone_member_is_told_what_to_lower():

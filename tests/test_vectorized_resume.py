@@ -200,6 +200,8 @@ def test_what_does_not_continue_stacked_goes_the_ordinary_way(small_cfg, tmp_pat
     assert isinstance(why[0], Member) and isinstance(why[3], Member)
     assert why[1] == ORDINARY
     assert isinstance(why[2], Member) and why[2].resume is None and why[2].chunk == ()  # from epoch 1
+    (done,) = VectorizedTrainer([why[2]]).fit()[0]  # its interrupted epoch-1 row is not kept twice
+    assert done["status"] == "completed" and [r["epoch"] for r in rows(tmp_path / "v2")] == ["1", "2", "3", "4"]
     assert resume_member(9, auto(ordinary_cfg), tmp_path / "o", load_settings(auto(ordinary_cfg))) == \
         f"{ORDINARY} (already completed)"
     state = json.loads((tmp_path / "o" / "summary.json").read_text())
