@@ -38,7 +38,8 @@ more):
      the factorial's sweep in DIR (new), so the timed sweep is the study's result:
      `--only 5 --keep experiments/cifar10_recipe/runs`; `--cifar-root DIR` reads a cache that
      `regablate data cifar10` prepared (default: the one in dataset.root's default place, if
-     there, else the export converted into a temporary folder). Kept runs get `gpu_run.json`
+     there, else the export converted into a temporary folder; with --keep into that default
+     place, so the kept runs can resume). Kept runs get `gpu_run.json`
      beside them (the sweep's command, wall time, card, torch, data) for `make_studies.py
      --report-only cifar10_recipe` to read.
 
@@ -333,6 +334,9 @@ def main() -> None:
     ap.add_argument("--cifar-root", type=Path, default=None,
                     help="section 5: a CIFAR-10 cache prepared by `regablate data cifar10`")
     args = ap.parse_args()
+    if args.keep is not None and "5" not in args.only.split(","):
+        print("bench_gpu: --keep keeps section 5's factorial; add 5 to --only", file=sys.stderr)
+        sys.exit(2)
     if args.keep is not None and args.keep.exists():  # refused before any section spends time
         print(f"bench_gpu: --keep {args.keep}: exists; section 5 writes a new sweep dir", file=sys.stderr)
         sys.exit(2)

@@ -131,11 +131,12 @@ RECIPE_SMOKE = ("seed=0,1", "model.depth=8", "model.width=4", "dataset.n_train=6
                 "trainer.max_epochs=1")  # 16 arms x 2 seeds of a tiny resnet, one step each
 
 
-def cifar_root(tmp: Path, smoke: bool, prepared: Path | None = None) -> tuple[Path, str]:
+def cifar_root(tmp: Path, smoke: bool, prepared: Path | None = None, keep: bool = False) -> tuple[Path, str]:
     """The prepared CIFAR-10 cache the study reads, and what it holds: `prepared` (a cache that
     `regablate data cifar10` wrote), else the one in dataset.root's default place, else the shared
     JPEG export converted by `regablate data cifar10 --from` (shared/data/ in the checkout or beside
-    it) into `tmp`, else random images (said so). --smoke: random images."""
+    it) into `tmp` (`keep`: into that default place, so kept runs can resume), else random images
+    (said so). --smoke: random images."""
     from regablate.data.cifar10 import default_root
 
     if prepared is None and not smoke and (default_root() / "cifar10.pt").is_file():
@@ -146,7 +147,7 @@ def cifar_root(tmp: Path, smoke: bool, prepared: Path | None = None) -> tuple[Pa
         return prepared, f"the prepared CIFAR-10 cache in {prepared}"
     for archive in (ROOT / "shared" / "data" / "cifar10-jpeg.tar.gz", ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"):
         if archive.is_file() and not smoke:
-            root = tmp / "cifar10"
+            root = default_root() if keep else tmp / "cifar10"
             r = subprocess.run([sys.executable, "-m", "regablate", "data", "cifar10", "--from", str(archive),
                                 "--root", str(root)], cwd=ROOT, capture_output=True, text=True)
             if r.returncode == 0:
@@ -203,11 +204,17 @@ def section_recipe(device: torch.device, sizes, smoke: bool, keep: Path | None =
     common = [f"trainer.device={device}"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root, what = cifar_root(tmp, smoke, prepared)
+        root, what = cifar_root(tmp, smoke, prepared, keep=keep is not None)
         common.append(f"dataset.root={root.resolve()}")
         sweep_dir = keep.resolve() if keep is not None else tmp / "stacked"
         sweep = ["-m", "+experiment=cifar10_recipe", *extra, *common, f"hydra.sweep.dir={sweep_dir}"]
         stacked, log = whole_run(sweep, tmp)
+        record = {"command": shlex.join(["regablate", "run", *sweep]), "wall_time_s": round(stacked, 1),
+                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "smoke": smoke, "data": what,
+                  "cifar10": not what.startswith("random"), "ordinary_s": None}
+        if keep is not None:  # what the kept runs are, for make_studies.py --report-only to read
+            (keep / RUN_RECORD).write_text(json.dumps(record, indent=1) + "\n")
         full = "+reg=[" + ",".join(components) + "]"
         settings = [f"{k}={v}" for k, v in params.items() if k.startswith("reg.")]
         arms = [["+reg=none"], [full, *settings]]
@@ -225,10 +232,7 @@ def section_recipe(device: torch.device, sizes, smoke: bool, keep: Path | None =
           f"start-up ({s0:.1f} s) once", flush=True)
     row("cifar10_recipe factorial (s)", f"{stacked:.1f}", f"{ordinary:.1f}", f"{ordinary / stacked:.2f}x",
         f">= 4x faster {verdict(ordinary / stacked >= 4, smoke)}; wall <= 480 s {verdict(stacked <= 480, smoke)}")
-    if keep is not None:  # what the kept runs are, for make_studies.py --report-only to read
-        (keep / RUN_RECORD).write_text(json.dumps({
-            "command": shlex.join(["regablate", "run", *sweep]), "wall_time_s": round(stacked, 1),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "smoke": smoke, "data": what, "cifar10": not what.startswith("random"),
-            "ordinary_s": round(ordinary, 1), "chunks": stacked_chunks}, indent=1) + "\n")
+    if keep is not None:  # and the ordinary runs' extrapolated time, beside it
+        record.update(ordinary_s=round(ordinary, 1), chunks=stacked_chunks)
+        (keep / RUN_RECORD).write_text(json.dumps(record, indent=1) + "\n")
         print(f"  kept: {keep} ({RUN_RECORD} says what they are)", flush=True)

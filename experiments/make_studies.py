@@ -105,17 +105,25 @@ RUN_RECORD = "gpu_run.json"  # what `bench_gpu.py --keep` writes beside the runs
 
 
 def gpu_record(ap: argparse.ArgumentParser, path: Path, smoke: bool, flags: bool) -> dict:
-    """A GPU study's sweep as `bench_gpu.py --keep` recorded it; refused (one line) where it is a
-    smoke run or ran on random images, unless --smoke, or where the flags would say otherwise."""
-    record = json.loads(path.read_text())
+    """A GPU study's sweep as `bench_gpu.py --keep` recorded it; refused (one line) where it is not
+    such a record, where it is a smoke run or ran on random images (unless --smoke), where
+    --smoke would report the study's own runs as a check, or where the flags would say otherwise."""
     if flags:
         ap.error(f"{path} already says how these runs ran; leave out --wall-time, --device and --torch")
-    not_study = [why for why, bad in (("a smoke run", record["smoke"]), (record["data"], not record["cifar10"]))
-                 if bad]
+    try:
+        record = json.loads(path.read_text())
+        run = {"commands": [record["command"]], "wall_time_s": float(record["wall_time_s"]),
+               "device": record["device"], "torch": record["torch"], "data": record["data"],
+               "ordinary_s": record["ordinary_s"], "smoke": bool(record["smoke"]), "date": record["date"]}
+        not_study = [why for why, bad in (("a smoke run", record["smoke"]), (record["data"], not record["cifar10"]))
+                     if bad]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        ap.error(f"{path}: not a record bench_gpu.py --keep writes ({type(e).__name__}: {e})")
     if not_study and not smoke:
         ap.error(f"{path}: these runs are {' and '.join(not_study)}, not the study; --smoke reports them as a check")
-    return {"commands": [record["command"]], "wall_time_s": record["wall_time_s"], "device": record["device"],
-            "torch": record["torch"], "data": record["data"], "ordinary_s": record["ordinary_s"]}
+    if smoke and not not_study:
+        ap.error(f"{path}: these are the study's runs; report them without --smoke")
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(given) and (len(args.studies) != 1 or args.studies[0] not in GPU_STUDIES or not args.report_only):
         ap.error("--wall-time, --device and --torch are for one GPU study's first report: "
                  "--report-only and the study's name")
-    gpu_run = None
+    gpu_runs = {}  # a GPU study's sweep as it ran there: from its record, or the flags
     for name in args.studies:
         runs = args.root / name / "runs"
         if name in GPU_STUDIES and not args.report_only:
@@ -148,15 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         if name in GPU_STUDIES and not runs.is_dir():
             ap.error(f"{name}: no runs in {runs}; sweep it on a GPU first")
         if name in GPU_STUDIES and (runs / RUN_RECORD).is_file():
-            gpu_run = gpu_record(ap, runs / RUN_RECORD, args.smoke, any(given))
+            gpu_runs[name] = gpu_record(ap, runs / RUN_RECORD, args.smoke, any(given))
         elif all(given):
-            gpu_run = {"wall_time_s": args.wall_time, "device": args.device, "torch": args.torch}
+            gpu_runs[name] = {"wall_time_s": args.wall_time, "device": args.device, "torch": args.torch,
+                              "data": "the prepared CIFAR-10 cache its config's dataset.root names"}
         elif args.report_only and not (args.root / name / "study.json").exists():
             ap.error(f"{name}: no study.json in {args.root / name}; "
                      + (f"give --wall-time, --device and --torch of its GPU sweep (or keep {RUN_RECORD} "
                         "in its runs)" if name in GPU_STUDIES else "run it without --report-only first"))
     for name in args.studies or CPU_STUDIES:
-        make(name, args.root.resolve(), args.smoke, args.report_only, gpu_run)
+        make(name, args.root.resolve(), args.smoke, args.report_only, gpu_runs.get(name))
     return 0
 
 

@@ -59,7 +59,7 @@ def test_smoke_prints_every_section_and_keeps_the_factorial_as_asked(tmp_path, c
     assert studies.main(["--report-only", "--smoke", "--root", str(tmp_path), "cifar10_recipe"]) == 0
     out = tmp_path / "cifar10_recipe"
     readme = (out / "README.md").read_text()
-    assert f"On cpu (torch {record['torch']}): 32 completed runs in {record['wall_time_s']:.0f} s" in readme
+    assert f"On cpu (torch {record['torch']}), on {record['data']}: 32 completed runs in\n{record['wall_time_s']:.0f} s" in readme
     assert record["command"] in readme and "{{" not in readme
     assert re.search(r"\| augment \| [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \(test ", readme)
     assert all((out / f).stat().st_size > 0 for f in ("report.md", "report_test.md", "report.json"))

@@ -159,3 +159,14 @@ def test_a_gpu_study_is_only_reported_here_and_its_first_report_needs_its_gpu_ru
             studies.main(["--root", str(tmp_path), *argv])
         assert e.value.code == 2 and said in capsys.readouterr().err, argv
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cifar10_recipe", "runs"]  # nothing written
+    record = tmp_path / "cifar10_recipe" / "runs" / "gpu_run.json"
+    real = {"command": "regablate run -m +experiment=cifar10_recipe", "wall_time_s": 300.0, "device": "NVIDIA H100",
+            "torch": "2.11.0", "date": "2026-12-07", "smoke": False, "data": "the prepared CIFAR-10 cache in /c",
+            "cifar10": True, "ordinary_s": 2400.0}
+    for text, argv, said in (("{not json", [], "not a record bench_gpu.py --keep writes (JSONDecodeError"),
+                             (json.dumps({k: v for k, v in real.items() if k != "date"}), [], "(KeyError: 'date')"),
+                             (json.dumps(real), ["--smoke"], "these are the study's runs; report them without --smoke")):
+        record.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            studies.main(["--root", str(tmp_path), "--report-only", "cifar10_recipe", *argv])
+        assert e.value.code == 2 and said in capsys.readouterr().err, text
