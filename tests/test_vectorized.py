@@ -366,9 +366,9 @@ def test_a_resnet20_chunk_on_an_80_gib_card_holds_dozens_of_members(small_cfg, t
     total, largest = budget.activation_sizes(m)
     assert (total, largest) == (737418, 16 * 32 * 32)  # resnet20's layer outputs for one 32x32 image
     assert bytes_per_member(m) >= 4 * 128 * total  # at least the step's measured footprint
-    # its data set once, at a byte a pixel: 180 train, 20 val, 60 test images (and int64 labels),
-    # then the chunk's stacked copies of train, and of train and val side by side
-    assert budget.bytes_per_data_set(m) == (3 * 180 + 2 * 20 + 60) * (3 * 32 * 32 + 8)
+    # what a chunk adds for its data set, at a byte a pixel (180 train and 20 val images, int64
+    # labels): the stacked copies of train, and of train and val side by side
+    assert budget.bytes_per_data_set(m) == (2 * 180 + 20) * (3 * 32 * 32 + 8)
     monkeypatch.setattr(budget, "free_bytes", lambda device: 80 * 2**30)
     assert 32 <= default_max_members([m], 0.5) <= 64
     # 8 GiB data sets: one shared by the group is counted once; six of them do not all fit beside
@@ -376,9 +376,15 @@ def test_a_resnet20_chunk_on_an_80_gib_card_holds_dozens_of_members(small_cfg, t
     monkeypatch.setattr(budget, "bytes_per_data_set", lambda m: 8 * 2**30)
     room, per = 40 * 2**30 - budget.bytes_per_chunk(m), bytes_per_member(m)
     assert default_max_members([m], 0.5) == (room - 8 * 2**30) // per
-    six = members_of([small_cfg("model=resnet", "model.depth=20", "dataset=cifar10", f"dataset.root={root}",
-                                f"data_seed={i}") for i in range(6)], tmp_path / "six")
-    assert default_max_members(six, 0.5) == room // (per + 8 * 2**30) == 4
+
+    def members(data_seeds) -> list:
+        return members_of([small_cfg("model=resnet", "model.depth=20", "dataset=cifar10", f"dataset.root={root}",
+                                     "trainer.batch_size=128", f"seed={i}", f"data_seed={d}")
+                           for i, d in enumerate(data_seeds)],
+                          tmp_path / "-".join(map(str, data_seeds)))
+
+    assert default_max_members(members([0] * 6), 0.5) == (room - 8 * 2**30) // per  # six seeds, one data set
+    assert default_max_members(members(range(6)), 0.5) == room // (per + 8 * 2**30) == 4
 
 
 # -- members against the ordinary trainer ---------------------------------------------------------

@@ -9,8 +9,9 @@ evaluation (`PER_MEMBER_EVAL_ROWS`, as `trainer` gives each member at large K), 
 no_grad a few layer outputs are alive at once, not all of them; and its epoch's permutation
 (int64 per training row). Once per chunk, whatever its K: the rest of an evaluation pass of
 EVAL_ROWS rows. Once per distinct data set (members of one data set share it, `SharedData`), in
-its own dtype (uint8 images are a byte a value): its splits as built, plus the chunk's stacked
-copies of the training split and of training and validation side by side.
+its own dtype (uint8 images are a byte a value): the chunk's stacked copies of the training split
+and of training and validation side by side (the splits as built are on the device already when
+free memory is read: every member is built before its group is planned).
 """
 
 from __future__ import annotations
@@ -62,13 +63,13 @@ def bytes_per_member(m: Member, sizes: tuple[int, int] | None = None) -> int:
 
 
 def bytes_per_data_set(m: Member) -> int:
-    """`m`'s data set on the device: its splits as built, and a chunk's stacked copies of the
-    training split and of training and validation side by side (`SharedData`)."""
+    """What a chunk adds for `m`'s data set: its stacked copies of the training split and of
+    training and validation side by side (`SharedData`; the splits as built are held already)."""
     def nbytes(*splits) -> int:
         return sum(t.numel() * t.element_size() for sp in splits for t in (sp.x, sp.y))
 
     d = m.x.data
-    return nbytes(d.train, d.val, d.test) + nbytes(d.train) + nbytes(d.train, d.val)
+    return nbytes(d.train) + nbytes(d.train, d.val)
 
 
 def bytes_per_chunk(m: Member, sizes: tuple[int, int] | None = None) -> int:
