@@ -189,17 +189,22 @@ def fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def signed_fmt(x: float | None, digits: int = 3) -> str:
+    """'+0.004' for a difference; a value that rounds to zero is +0.000, not -0.000 (as the report
+    prints it)."""
+    from regablate.report.table import no_negative_zero
+
+    if x is None or math.isnan(x):
+        return "–"
+    return no_negative_zero(f"{x:+.{digits}f}", True)
+
+
 def ci(s: dict, digits: int = 3, signed: bool = False) -> str:
     """'0.107 [0.088, 0.126]' from a report stat ({mean, ci95}) or a stat() dict; `signed`:
     fixed decimals with a sign, for differences ('+0.004 [+0.001, +0.007]')."""
     lo, hi = s["ci95"] if "ci95" in s else (s["lo"], s["hi"])
     if signed:
-        def f(x):
-            if x is None or math.isnan(x):
-                return "–"
-            t = f"{x + 0.0:+.{digits}f}"
-            return "+" + t[1:] if float(t) == 0 else t  # a rounded-away negative is +0.000, not -0.000
-        return f"{f(s['mean'])} [{f(lo)}, {f(hi)}]"
+        return f"{signed_fmt(s['mean'], digits)} [{signed_fmt(lo, digits)}, {signed_fmt(hi, digits)}]"
     return f"{fmt(s['mean'], digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
 
 
@@ -240,7 +245,7 @@ def arm_facts(out: Path) -> dict:
             facts[f"{k}.{split}"] = ci(g[split]["acc"])
             vs = (g["vs_baseline"] or {}).get(f"{split}_acc")
             if vs:
-                facts[f"{k}.d{split}"] = f"{vs['delta']:+.3f}"
+                facts[f"{k}.d{split}"] = signed_fmt(vs["delta"])
                 facts[f"{k}.p{split}"] = fmt(vs["p_holm"])
     return facts
 
