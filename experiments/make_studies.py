@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--wall-time, --device and --torch are for one GPU study's first report: "
                  "--report-only and the study's name")
     gpu_runs = {}  # a GPU study's sweep as it ran there: from its record, or the flags
-    for name in args.studies:
+    for name in args.studies or CPU_STUDIES:
         runs = args.root / name / "runs"
         if name in GPU_STUDIES and not args.report_only:
             ap.error(f"{name} is swept on a GPU (experiments/{name}/README.md); report its runs with --report-only")

@@ -154,7 +154,8 @@ def test_a_gpu_study_is_only_reported_here_and_its_first_report_needs_its_gpu_ru
                         "for one GPU study's first report"),
                        (["--report-only", "--wall-time", "9", "--device", "x", "--torch", "y"],
                         "for one GPU study's first report"),
-                       (["--report-only", "classic_table"], "classic_table: no study.json in")):
+                       (["--report-only", "classic_table"], "classic_table: no study.json in"),
+                       (["--report-only"], f"{studies.CPU_STUDIES[0]}: no study.json in")):
         with pytest.raises(SystemExit) as e:
             studies.main(["--root", str(tmp_path), *argv])
         assert e.value.code == 2 and said in capsys.readouterr().err, argv
