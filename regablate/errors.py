@@ -72,15 +72,16 @@ class JobLost(Exception):
 
 class SweepFailed(Exception):
     """A sweep ended with jobs that did not complete: `message` is its one closing line, `code`
-    the exit status (2 when every one was a config error or a refusal, else 1) and `resumable`
-    whether `trainer.resume=auto` continues some of them."""
+    the exit status (2 when every one was a config error or a refusal, else 1), `resumable`
+    whether `trainer.resume=auto` continues some of them, and `overrides` what that command must
+    also change (e.g. hydra.launcher.max_members after a chunk ran out of memory)."""
 
-    def __init__(self, message: str, code: int = 1, resumable: bool = False):
-        self.message, self.code, self.resumable = message, code, resumable
+    def __init__(self, message: str, code: int = 1, resumable: bool = False, overrides: tuple[str, ...] = ()):
+        self.message, self.code, self.resumable, self.overrides = message, code, resumable, tuple(overrides)
         super().__init__(message)
 
     def __reduce__(self):
-        return type(self), (self.message, self.code, self.resumable)
+        return type(self), (self.message, self.code, self.resumable, self.overrides)
 
 
 def survives_pickling(error: BaseException) -> bool:

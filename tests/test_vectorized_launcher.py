@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -479,8 +480,9 @@ def test_a_chunk_out_of_memory_frees_what_it_held_and_says_how_to_continue(tmp_p
     status = {d.name: json.loads((d / "summary.json").read_text())["status"] for d in (tmp_path / "s").iterdir()
               if d.is_dir()}
     assert status == {"0": "failed", "1": "failed", "2": "completed", "3": "completed"}, status
-    again = run_cli(*[a.replace("max_members=2", "max_members=1") for a in args], "trainer.resume=auto",
-                    cwd=tmp_path)
+    printed = r.stderr.strip().splitlines()[-1].split("; continue them with: ")[1]
+    assert "hydra.launcher.max_members=1" in printed and "max_members=2" not in printed
+    again = run_cli(*shlex.split(printed)[1:], cwd=tmp_path)  # the printed command, as typed
     assert again.returncode == 0, again.stderr
     # the failed members start again stacked, in chunks of one; the completed ones are skipped
     assert "Stacked group 1: K=2 members in 2 chunk(s) of <= 1: #0 #1" in again.stdout + again.stderr

@@ -71,15 +71,17 @@ def _finished(run_dir: str | None) -> bool:
         return False
 
 
-def resume_command(argv: list[str], dirs: dict[str, str]) -> str | None:
-    """The exact command that continues this run or sweep: its dir and trainer.resume=auto."""
+def resume_command(argv: list[str], dirs: dict[str, str], overrides: tuple[str, ...] = ()) -> str | None:
+    """The exact command that continues this run or sweep: its dir and trainer.resume=auto, and
+    `overrides` in place of the same keys."""
     sweep = any(a in ("-m", "--multirun") for a in argv)
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
     where = dirs.get("sweep" if sweep else "run")
     if where is None:
         return None
-    keep = [a for a in argv if not a.lstrip("+").startswith((f"{key}=", "trainer.resume="))]
-    return shlex.join(["regablate", "run", *keep, f"{key}={where}", "trainer.resume=auto"])
+    replaced = tuple(o.split("=", 1)[0] + "=" for o in overrides)
+    keep = [a for a in argv if not a.lstrip("+").startswith((f"{key}=", "trainer.resume=", *replaced))]
+    return shlex.join(["regablate", "run", *keep, *overrides, f"{key}={where}", "trainer.resume=auto"])
 
 
 def _custom_kwarg(arg: str) -> str:
@@ -129,7 +131,7 @@ def run(argv: list[str]) -> int:
             print(f"continue with: {again}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except SweepFailed as e:  # jobs of a sweep did not complete: one closing line
-        again = resume_command(argv, LAUNCH_DIRS) if e.resumable else None
+        again = resume_command(argv, LAUNCH_DIRS, e.overrides) if e.resumable else None
         line = " ".join(e.message.split()) + (f"; continue them with: {again}" if again else "")
         print(f"regablate: error: {line}", file=sys.stderr)
         return e.code

@@ -103,7 +103,7 @@ def closing_error(results: Sequence[JobReturn]) -> Exception | None:
     if len(refused) == len(failed):
         return SweepFailed(refused_message(refused, len(results)), code=2)
     kinds: dict[str, dict[str, list[str]]] = {}
-    user_errors, resumable = True, False
+    user_errors, resumable, overrides = True, False, {}
     for r in failed:
         e = r._return_value
         if isinstance(e, RunRefused):
@@ -118,6 +118,8 @@ def closing_error(results: Sequence[JobReturn]) -> Exception | None:
             kind, why, user_errors, resumable = e.label, e.why, False, True
         else:
             kind, why, user_errors, resumable = "failed", _first_line(e), False, True
+            for key, value in getattr(e, "continue_with", {}).items():  # e.g. smaller chunks after out of memory
+                overrides[key] = min(value, overrides.get(key, value))
         kinds.setdefault(kind, {}).setdefault(why, []).append(_where(r, e))
     parts = [f"{sum(map(len, by_why.values()))} {kind} ({_listed(by_why)})" for kind, by_why in kinds.items()]
     if refused:
@@ -125,7 +127,8 @@ def closing_error(results: Sequence[JobReturn]) -> Exception | None:
     message = f"{len(failed)} of {len(results)} jobs did not complete: " + ", ".join(parts)
     if refused and not resumable:
         message += f"; {_refused_ways(refused)}"
-    return SweepFailed(message, code=2 if user_errors else 1, resumable=resumable)
+    return SweepFailed(message, code=2 if user_errors else 1, resumable=resumable,
+                       overrides=tuple(f"{k}={v}" for k, v in overrides.items()))
 
 
 def auto_seeds(seeds: str | None, overrides: Sequence[Any]) -> bool:

@@ -301,7 +301,10 @@ class VectorizedLaunch:
             summaries, stats = VectorizedTrainer(members).fit()
         except Exception as e:
             failed = _without_frames(e)  # its frames hold the chunk's model, data and step
-            log.error(f"  chunk {c}/{n} failed: {type(e).__name__}: {e}{_memory_hint(e, len(members))}")
+            hint = _memory_hint(e, len(members))
+            log.error(f"  chunk {c}/{n} failed: {type(e).__name__}: {e}{hint}")
+            if hint and len(members) > 1:  # the sweep's closing command continues in smaller chunks
+                failed.continue_with = {"hydra.launcher.max_members": len(members) // 2}
             for ret in rets:
                 ret.status, ret.return_value = JobStatus.FAILED, failed
         else:
