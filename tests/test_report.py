@@ -333,9 +333,10 @@ def test_runs_scored_as_the_final_model_say_their_best_epoch_is_not_the_epoch_sc
             if seed < 2:  # scored at the final epoch
                 s = json.loads((d / "summary.json").read_text())
                 (d / "summary.json").write_text(json.dumps({**s, "metrics_epoch": 6}))
-    table = report(tmp_path, tmp_path / "m", fmt="table")
-    assert ("4 runs scored at a later epoch than the best (the final model, trainer.restore_best=false): their "
-            "metrics are the final epoch's, 'best epoch' their best val epoch") in " ".join(table.split())
+    note = ("4 runs scored at a later epoch than the best (the final model, trainer.restore_best=false): their "
+            "metrics are the final epoch's, 'best epoch' their best val epoch")
+    for extra in ((), ("--runs",)):  # the groups table and the table of runs
+        assert note in " ".join(report(tmp_path, tmp_path / "m", *extra, fmt="table").split()), extra
     s = json.loads((tmp_path / "m" / "00" / "summary.json").read_text())
     assert "metrics at epoch 6/6 (best val epoch 4)  train acc 0.9500" in describe(s, tmp_path)
     assert "best epoch 4/6  train acc" in describe({**s, "metrics_epoch": 4}, tmp_path)

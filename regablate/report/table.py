@@ -193,7 +193,7 @@ def run_report(groups: list[Group]) -> Report:
                Column("epochs_run", "epochs\nrun", "int", drop=4),
                Column("warnings", "warn-\nings", "int", drop=5),
                *[Column(f"{s}_{k}", f"{s}\n{k}", "num", _direction(k), drop=7) for s, k in extra]]
-    return Report(columns, rows, _counts(runs) + _nonfinite_note(runs, "not averaged"), {})
+    return Report(columns, rows, _counts(runs) + _nonfinite_note(runs, "not averaged") + _final_model_note(runs), {})
 
 
 def _direction(key: str) -> str | None:
