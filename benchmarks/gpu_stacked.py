@@ -131,30 +131,29 @@ RECIPE_SMOKE = ("seed=0,1", "model.depth=8", "model.width=4", "dataset.n_train=6
                 "trainer.max_epochs=1")  # 16 arms x 2 seeds of a tiny resnet, one step each
 
 
-def cifar_root(tmp: Path, smoke: bool, prepared: Path | None = None, keep: bool = False) -> tuple[Path, str]:
-    """The prepared CIFAR-10 cache the study reads, and what it holds: `prepared` (a cache that
-    `regablate data cifar10` wrote), else the one in dataset.root's default place, else the shared
-    JPEG export converted by `regablate data cifar10 --from` (shared/data/ in the checkout or beside
-    it) into `tmp` (`keep`: into that default place, so kept runs can resume), else random images
-    (said so). --smoke: random images."""
+def cifar_root(tmp: Path, smoke: bool, prepared: Path | None = None,
+               keep: bool = False) -> tuple[Path, str, bool]:
+    """The CIFAR-10 cache the study reads, what it holds, and whether it is CIFAR-10: `prepared`
+    (a cache that `regablate data cifar10` wrote, checked by bench_gpu's main), else the one in
+    dataset.root's default place, else the shared JPEG export converted by `regablate data cifar10
+    --from` (shared/data/ in the checkout or beside it) into `tmp` (`keep`: into that default
+    place, so kept runs can resume), else random images (said so). --smoke: random images."""
     from regablate.data.cifar10 import default_root
 
     if prepared is None and not smoke and (default_root() / "cifar10.pt").is_file():
         prepared = default_root()
     if prepared is not None:
-        if not (prepared / "cifar10.pt").is_file():
-            raise FileNotFoundError(f"--cifar-root {prepared}: no cifar10.pt there (regablate data cifar10 writes it)")
-        return prepared, f"the prepared CIFAR-10 cache in {prepared}"
+        return prepared, f"the prepared CIFAR-10 cache in {prepared}", True
     for archive in (ROOT / "shared" / "data" / "cifar10-jpeg.tar.gz", ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"):
         if archive.is_file() and not smoke:
             root = default_root() if keep else tmp / "cifar10"
             r = subprocess.run([sys.executable, "-m", "regablate", "data", "cifar10", "--from", str(archive),
                                 "--root", str(root)], cwd=ROOT, capture_output=True, text=True)
             if r.returncode == 0:
-                return root, f"the shared CIFAR-10 export ({archive.name})"
+                return root, f"the shared CIFAR-10 export ({archive.name})", True
             print(f"  could not prepare {archive}: {r.stderr.strip()[-300:]}", flush=True)
     n = 256 if smoke else 20000
-    return write_cifar_cache(tmp / "random", n, n // 2), f"random uint8 images ({n} train), not CIFAR-10"
+    return write_cifar_cache(tmp / "random", n, n // 2), f"random uint8 images ({n} train), not CIFAR-10", False
 
 
 def whole_run(args: list[str], cwd: Path) -> tuple[float, str]:
@@ -181,10 +180,8 @@ def section_recipe(device: torch.device, sizes, smoke: bool, keep: Path | None =
     stack, seed 0, each its own `regablate run`) timed, and all arms x seeds extrapolated from
     their mean with the process start-up (imports, the device; measured alone) counted once, as
     one `regablate run -m` pays it. --smoke: the same factorial of a tiny resnet, 2 seeds, one step.
-    `keep`: the factorial's sweep dir (a new one), kept as the study's runs; else a temporary one.
-    `prepared`: a CIFAR-10 cache to read (`cifar_root`)."""
-    if keep is not None and keep.exists():
-        raise FileExistsError(f"--keep {keep}: exists; the factorial writes a new sweep dir")
+    `keep`: the factorial's sweep dir (new: bench_gpu's main refuses one that exists), kept as the
+    study's runs; else a temporary one. `prepared`: a CIFAR-10 cache to read (`cifar_root`)."""
     from hydra import compose, initialize_config_dir
 
     from regablate.config.paths import CONF_DIR
@@ -204,7 +201,7 @@ def section_recipe(device: torch.device, sizes, smoke: bool, keep: Path | None =
     common = [f"trainer.device={device}"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root, what = cifar_root(tmp, smoke, prepared, keep=keep is not None)
+        root, what, real = cifar_root(tmp, smoke, prepared, keep=keep is not None)
         common.append(f"dataset.root={root.resolve()}")
         sweep_dir = keep.resolve() if keep is not None else tmp / "stacked"
         sweep = ["-m", "+experiment=cifar10_recipe", *extra, *common, f"hydra.sweep.dir={sweep_dir}"]
@@ -212,7 +209,7 @@ def section_recipe(device: torch.device, sizes, smoke: bool, keep: Path | None =
         record = {"command": shlex.join(["regablate", "run", *sweep]), "wall_time_s": round(stacked, 1),
                   "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "smoke": smoke, "data": what,
-                  "cifar10": not what.startswith("random"), "ordinary_s": None}
+                  "cifar10": real, "ordinary_s": None}
         if keep is not None:  # what the kept runs are, for make_studies.py --report-only to read
             (keep / RUN_RECORD).write_text(json.dumps(record, indent=1) + "\n")
         full = "+reg=[" + ",".join(components) + "]"

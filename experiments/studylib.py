@@ -253,8 +253,8 @@ def arm_facts(out: Path) -> dict:
 def factorial_facts(out: Path) -> tuple[dict, dict, dict]:
     """From a factorial's components tables (val: report.json, test: report_test.json): facts
     '{c}.{kind}' = Δ [95% CI] and '.p' = Holm p ('test.' first for the test split; interactions
-    'c_x_d'), '{pre}full_minus_none' (the full stack minus none, paired over seeds) and each arm's
-    '{arm}.val'; with the effects by the same keys and the Shapley values by split prefix."""
+    'c_x_d') and '{pre}full_minus_none' (the full stack minus none, paired over seeds); with the
+    effects by the same keys and the Shapley values by split prefix. Each arm's: `arm_facts`."""
     facts, eff, phi = {}, {}, {}
     for key, pre in (("", ""), ("test", "test.")):
         doc = json.loads((out / f"report{'_' + key if key else ''}.json").read_text())
@@ -268,8 +268,6 @@ def factorial_facts(out: Path) -> tuple[dict, dict, dict]:
         d = paired_delta(out, full, "none", "val" if not key else "test", key)
         facts[f"{pre}full_minus_none"] = ci(d, signed=True)
         eff[f"{pre}full_minus_none"] = {"delta": d["mean"], "lo": d["lo"], "hi": d["hi"]}
-    for name, g in by_name(groups(out)).items():
-        facts[f"{name.replace('+', '_')}.val"] = ci(g["val"]["acc"])
     return facts, eff, phi
 
 

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from studylib import Report, Study, Sweep, by_name, ci, claims, factorial_facts, groups, run_facts
+from studylib import Report, Study, Sweep, arm_facts, claims, factorial_facts, run_facts
 
 STUDY = Study(sweeps=[Sweep(smoke=("seed=0,1",))],
               reports=[Report("", plots=True), Report("test", ("--metric", "test"))])
 
 
 def extras(out: Path) -> dict:
-    """factorial_facts, each arm's test acc ('{arm}.test') and run_facts."""
-    facts, _, _ = factorial_facts(out)
-    for name, g in by_name(groups(out, "test")).items():
-        facts[f"{name.replace('+', '_')}.test"] = ci(g["test"]["acc"])
-    facts.update(run_facts(out))
+    """factorial_facts, arm_facts and run_facts."""
+    facts = {**factorial_facts(out)[0], **arm_facts(out), **run_facts(out)}
     facts["_claims"] = claims(lambda: [])
     return facts

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from studylib import Report, Study, Sweep, claims, factorial_facts, fmt, groups
+from studylib import Report, Study, Sweep, arm_facts, claims, factorial_facts, fmt, groups
 
 STUDY = Study(  # a factorial design: every arm runs the same >= 2 seeds
     sweeps=[Sweep(smoke=("seed=0,1",))],
@@ -21,6 +21,7 @@ def extras(out: Path) -> dict:
     Δ [95% CI] and '.p' = Holm p ('test.' first for the test split; interactions 'c_x_d'), the
     full stack minus none paired over seeds, and each arm's val acc."""
     facts, eff, phi = factorial_facts(out)
+    facts.update(arm_facts(out))  # each arm's val acc ('{arm}.val') among them
     facts["min_train_acc"] = fmt(min(r["train"]["acc"] for r in json.loads(
         (out / "report.json").read_text())["runs"] if r["status"] == "completed"))
 
