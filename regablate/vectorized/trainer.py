@@ -114,7 +114,7 @@ class VectorizedTrainer:
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, drop_gens: list[torch.Generator],
               cpu_gens: list[torch.Generator]) -> torch.Tensor:
         model, regs = self.model, self.regs
-        xb = self.data.prepare(xb)
+        xb = self.data.prepare(xb, self.data.index)
         if self.transforms:
             xb, yb = self._transform(xb, yb, drop_gens, cpu_gens)
         with autocast(self.device, self.amp):  # bf16 conv members (`trainer.amp`), as `loop.train_epoch`
