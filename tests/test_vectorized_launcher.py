@@ -441,17 +441,20 @@ def test_a_bad_executor_or_slurm_setting_is_one_line_and_exit_2(tmp_path):
 
 
 OUT_OF_MEMORY = """
-import gc, sys, weakref
+import gc, os, sys, weakref
 import torch
 from regablate.cli.main import main
 from regablate.vectorized.trainer import VectorizedTrainer
 
-real, trainers = VectorizedTrainer._epoch, []
+real, trainers, epochs = VectorizedTrainer._epoch, [], []
 
-def epoch(self, runs):  # the first chunk runs out of memory; the next one looks for its trainer
-    if not trainers:
-        trainers.append(weakref.ref(self))
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+def epoch(self, runs):  # the first chunk runs out of memory in epoch OOM_EPOCH; the next one looks for its trainer
+    if not trainers or trainers[0]() is self:
+        trainers[:] = [weakref.ref(self)]
+        epochs.append(1)
+        if len(epochs) == int(os.environ["OOM_EPOCH"]):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, runs)
     if len(trainers) == 1:
         trainers.append(self)
         print("first chunk's trainer freed:", trainers[0]() is None, flush=True)
@@ -463,15 +466,19 @@ sys.exit(main())
 """
 
 
-def test_a_chunk_out_of_memory_frees_what_it_held_and_says_how_to_continue(tmp_path):
+@pytest.mark.parametrize("oom_epoch", [1, 2])
+def test_a_chunk_out_of_memory_frees_what_it_held_and_says_how_to_continue(oom_epoch, tmp_path):
     """A chunk that runs out of memory fails its members with one log line that names the
     settings that continue the sweep in smaller chunks; what it held (its frames: the stacked
     model, data and step) is freed before the next chunk starts, which then trains; the printed
-    settings complete the sweep."""
+    settings complete the sweep. Out of memory in epoch 2, after its checkpoint of epoch 1, the
+    chunk goes on from there split in two, each member from its own state: to the very numbers
+    of the sweep that never ran out."""
     args = ["run", "-m", "hydra/launcher=vectorized", "hydra.launcher.max_members=2", "+reg=none,dropout",
-            "seed=0,1", "dataset.n=200", "dataset.n_test=50", "trainer.max_epochs=2", *FAST[1:], "hydra.sweep.dir=s"]
-    r = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY, *args], cwd=tmp_path, env=ENV,
-                       capture_output=True, text=True, timeout=300)
+            "seed=0,1", "dataset.n=200", "dataset.n_test=50", "trainer.max_epochs=2", *FAST[1:],
+            "trainer.checkpoint_every_s=0"]
+    r = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY, *args, "hydra.sweep.dir=s"], cwd=tmp_path,
+                       env={**ENV, "OOM_EPOCH": str(oom_epoch)}, capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out  # failed runs
     assert ("chunk 1/2 failed: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (K=2 members did "
@@ -490,6 +497,18 @@ def test_a_chunk_out_of_memory_frees_what_it_held_and_says_how_to_continue(tmp_p
     assert {json.loads((tmp_path / "s" / str(i) / "summary.json").read_text())["status"] for i in range(4)} == {
         "completed"}
     assert [[r["epoch"] for r in rows_of(tmp_path / "s" / str(i))] for i in range(4)] == [["1", "2"]] * 4
+    out = again.stdout + again.stderr
+    if oom_epoch == 1:
+        assert "continues a chunk interrupted" not in out
+        return
+    assert "continues a chunk interrupted after epoch 1 in 2 smaller chunks" in out
+    whole = run_cli(*args, "hydra.sweep.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    for i in range(4):
+        a, b = (json.loads((tmp_path / d / str(i) / "summary.json").read_text()) for d in ("s", "whole"))
+        assert {k: v for k, v in a.items() if k != "wall_time_s"} == {k: v for k, v in b.items() if k != "wall_time_s"}
+        assert [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows_of(tmp_path / "s" / str(i))] == \
+            [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows_of(tmp_path / "whole" / str(i))]
 
 
 def test_out_of_memory_is_recognised_on_cuda_and_on_the_cpu_and_a_lone_member_is_told_what_to_lower():

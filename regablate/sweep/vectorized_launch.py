@@ -241,6 +241,9 @@ class VectorizedLaunch:
                  f"of <= {limit}: {jobs}")
         for m in members:
             log.info(f"\t#{m.job} : {' '.join(filter_overrides(by_job[m.job].overrides))}")
+        if members[0].chunk and len(parts) > 1:
+            log.info(f"  continues a chunk interrupted after epoch {members[0].chunk[0]} in {len(parts)} "
+                     "smaller chunks, each member from its own state and generators")
         results = {}
         for c, part in enumerate(parts, 1):
             if self.executor == "slurm":  # trained by `vectorized_slurm.submit`'s job, which claims the run dirs
