@@ -9,10 +9,17 @@ from torch import nn
 from regablate.data import Data, Split
 from regablate.metrics.chunks import chunk_size
 
+AMP_DEVICES = ("cuda",)  # where trainer.amp autocasts (torch's CPU autocast takes bf16 too: tests add "cpu")
+
+
+def amp_on(device: torch.device, amp: bool) -> bool:
+    """Whether `trainer.amp` autocasts on this device."""
+    return amp and device.type in AMP_DEVICES
+
 
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA when `trainer.amp` is on; a no-op context otherwise."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_on(device, enabled))
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from torch import nn
 from regablate.data import DATASETS, Data
 from regablate.models import build_model
 from regablate.rundir.group import flatten, group_id  # noqa: F401 (in regablate.rundir.group, torch-free, for the report)
+from regablate.training.evaluate import amp_on
 from regablate.training.optim import Schedule, build_optimizer, check_optimizer, held_groups
 from regablate.training.settings import Settings
 
@@ -99,7 +100,7 @@ def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
 
             raise ConfigError(f"reg.{key}", "on", f"needs a classification dataset; "
                               f"dataset.name={s.dataset.name!r} is {data.task}")
-    if s.trainer.amp and device.type != "cuda":
+    if s.trainer.amp and not amp_on(device, True):
         from regablate.errors import ConfigError
 
         raise ConfigError("trainer.amp", True, f"bf16 autocast is for CUDA; the device is {device}")

@@ -20,7 +20,7 @@ import torch
 from regablate.checks.selfcheck import check_eval_determinism
 from regablate.metrics.weight_stats import named_weight_matrices, weight_stats
 from regablate.training import checkpoint, resuming
-from regablate.training.evaluate import autocast, evaluate, gap
+from regablate.training.evaluate import amp_on, autocast, evaluate, gap
 from regablate.training.experiment import Experiment, build_experiment
 from regablate.training.optim import decay_groups, decoupled_decay_
 from regablate.training.progress import make_progress
@@ -39,7 +39,7 @@ def train_epoch(x: Experiment, gen: torch.Generator, decay: list[dict], task=Non
     perm = torch.randperm(n, generator=gen).to(x.device)
     if n % bs == 1 and n > 1:  # a batch of one breaks BatchNorm: leave that sample out
         perm, n = perm[:-1], n - 1
-    amp = x.s.trainer.amp and x.device.type == "cuda"
+    amp = amp_on(x.device, x.s.trainer.amp)
     model.train()
     losses = []
     for i in range(0, n, bs):
