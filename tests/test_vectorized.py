@@ -444,57 +444,6 @@ def test_conv_members_of_every_regulariser_and_three_data_seeds_in_one_chunk_are
         assert_same_run(tmp_path / f"v{i}", tmp_path / f"o{i}", tol=2e-5, acc_tol=2e-5, state_tol=2e-4)
 
 
-def test_bf16_conv_members_stacked_match_their_ordinary_bf16_runs(small_cfg, tmp_path, monkeypatch):
-    """trainer.amp for stacked conv members, on the CPU (torch's CPU autocast takes bf16 as
-    CUDA's does; the GPU test checks it there): resnet members with BatchNorm, batch transforms,
-    DropBlock, label smoothing and a penalty, stacked in one chunk, have their ordinary bf16 runs'
-    losses at every epoch within bf16's rounding; the stacked steps and evaluations did autocast."""
-    from conftest import write_fake_cifar10
-    from regablate.training import evaluate
-
-    monkeypatch.setattr(evaluate, "AMP_DEVICES", ("cuda", "cpu"))
-    real_amp_on, autocast_on = evaluate.amp_on, []
-    monkeypatch.setattr(evaluate, "amp_on", lambda device, amp: autocast_on.append(real_amp_on(device, amp))
-                        or autocast_on[-1])
-    root = write_fake_cifar10(tmp_path / "data")
-    conv = ("model=resnet", "model.depth=8", "model.width=4", "dataset=cifar10", f"dataset.root={root}",
-            "dataset.n_train=100", "trainer.batch_size=32", "optim=sgd", "trainer.device=cpu",
-            "trainer.max_epochs=2", "trainer.restore_best=false", "trainer.checkpoint=false")
-    regs = ("+reg=none", "+reg=[augment,cutout]", "+reg=[dropblock,label_smoothing]", "+reg=l2")
-    cfgs = [small_cfg(*conv, "trainer.amp=true", reg, f"seed={i}") for i, reg in enumerate(regs)]
-    fit(cfgs, tmp_path)
-    assert autocast_on and all(autocast_on)  # every stacked step and evaluation in bf16
-    for i, cfg in enumerate(cfgs):
-        train(cfg, tmp_path / f"o{i}")
-        ours, theirs = rows(tmp_path / f"v{i}"), rows(tmp_path / f"o{i}")
-        assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == ["1", "2"]
-        for a, b in zip(ours, theirs):
-            for key in ("train_loss", "val_loss"):
-                assert float(a[key]) == pytest.approx(float(b[key]), rel=5e-3), (i, a["epoch"], key)
-
-
-def test_image_members_of_other_data_seeds_are_normalised_by_their_own_training_split(small_cfg, tmp_path):
-    """Conv members of three data seeds in one chunk: each member's images are normalised by its
-    own training split's channel statistics, as its ordinary run does, so its files are that run's
-    to float tolerance. (Normalised by the first data set's statistics, as they once were, the
-    member of seed 1 left its ordinary run by 1e-3 in the loss within one epoch.)"""
-    from conftest import write_fake_cifar10
-
-    root = write_fake_cifar10(tmp_path / "data")
-    conv = ("model=convnet", "model.widths=[4]", "model.hidden=[8]", "model.norm=none", "dataset=cifar10",
-            f"dataset.root={root}", "dataset.n_train=64", "trainer.batch_size=32", "trainer.device=cpu",
-            "trainer.max_epochs=2", "trainer.checkpoint=false")
-    cfgs = [small_cfg(*conv, f"seed={i}", reg) for i, reg in enumerate(("+reg=none", "+reg=dropout", "+reg=augment"))]
-    (grp,) = group(members_of(cfgs, tmp_path))
-    trainer = VectorizedTrainer(grp)
-    means = [m.x.data.prepare.mean for m in grp]
-    assert trainer.data.u == 3 and not torch.equal(means[0], means[1])  # three splits, other statistics
-    trainer.fit()
-    for i, cfg in enumerate(cfgs):
-        train(cfg, tmp_path / f"o{i}")
-        assert_same_run(tmp_path / f"v{i}", tmp_path / f"o{i}", tol=2e-5, acc_tol=2e-5, state_tol=2e-4)
-
-
 def test_members_of_a_group_match_their_ordinary_runs(small_cfg, tmp_path):
     """One group of members that differ in seed, lr, decay, penalties, smoothing, constraints and
     early stopping: each member's files are its ordinary run's, to float tolerance, TensorBoard's
