@@ -15,6 +15,8 @@ study's extra figures, and README.md from README.template.md. The template holds
   {{commands}}       the exact commands run          {{wall_time}}  how long the sweeps took
   {{table}}          report.md, verbatim              {{table:KEY}}  another report, verbatim
   {{fact:KEY}}       a number taken from report.json or the runs' summary.json (never typed)
+  {{plot:KIND:ARM}}  the path of one arm's `regablate report --plot` file (its name ends in the group id)
+A README whose links name a file that is not there is refused.
 
 The GPU studies (GPU_STUDIES) are swept on a GPU machine (their READMEs say how); with their runs
 in experiments/<name>/runs, --report-only writes their outputs here, the sweep's wall time, card

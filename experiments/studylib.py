@@ -314,6 +314,18 @@ def p_of(g: dict) -> float:
 # ---------------------------------------------------------------- README
 
 
+def plot_path(out: Path, kind: str, stack: str) -> str:
+    """The `regablate report --plot` file of one arm (`<kind>_<stack>_<group id>.png`, the
+    stack's "+" as "_"), relative to the study's folder; exactly one must exist."""
+    stem = re.sub(r"[^A-Za-z0-9.-]+", "_", stack)
+    found = [f for f in sorted((out / "plots").glob(f"{kind}_*.png"))
+             if re.fullmatch(rf"{re.escape(kind)}_{re.escape(stem)}_[0-9a-f]+\.png", f.name)]
+    if len(found) != 1:
+        raise KeyError(f"{out.name}: README.template.md asks for plot {kind}:{stack}; "
+                       f"found {len(found)} (plots/{kind}_{stem}_<group id>.png)")
+    return f"plots/{found[0].name}"
+
+
 def render(template: str, out: Path, facts: dict, meta: dict) -> str:
     def block(m: re.Match) -> str:
         kind, _, key = m.group(1).partition(":")
@@ -332,9 +344,16 @@ def render(template: str, out: Path, facts: dict, meta: dict) -> str:
             return facts[key]
         if kind == "meta":
             return str(meta[key])
+        if kind == "plot":  # plot:curves:batchnorm+weight_decay -> plots/curves_batchnorm_weight_decay_<id>.png
+            return plot_path(out, *key.split(":", 1))
         raise KeyError(f"unknown block {{{{{m.group(1)}}}}}")
 
     text = re.sub(r"\{\{([^{}]+)\}\}", block, template)
+    missing = [link for link in re.findall(r"\]\(([^)\s]+)\)", text)
+               if "://" not in link and not link.startswith("#") and not (out / link).exists()]
+    if missing:  # a README that links to files the study did not write is not written
+        raise FileNotFoundError(f"{out.name}: README.template.md links to files that are not there: "
+                                f"{', '.join(missing)}")
     failed = [c for c, ok in facts.get("_claims", []) if not ok]
     if failed:  # the prose was written for other numbers: say so at the top instead of misleading
         say(f"{out.name}: WARNING: claims in the README no longer hold: {'; '.join(failed)}")

@@ -171,3 +171,25 @@ def test_a_gpu_study_is_only_reported_here_and_its_first_report_needs_its_gpu_ru
         with pytest.raises(SystemExit) as e:
             studies.main(["--root", str(tmp_path), "--report-only", "cifar10_recipe", *argv])
         assert e.value.code == 2 and said in capsys.readouterr().err, text
+
+
+def test_a_readme_links_only_to_files_the_study_wrote(tmp_path):
+    """{{plot:KIND:ARM}} names an arm's report plot (its file name ends in the group id); a README
+    whose links name a file that is not there (a plot renamed since the template was written) is
+    refused in one line instead of committed with broken images."""
+    _make_studies()
+    import studylib
+
+    out = tmp_path / "study"
+    (out / "plots").mkdir(parents=True)
+    for name in ("curves_dropout_weight_decay_f86803ed74fb.png", "curves_dropout_f67c603ef556.png"):
+        (out / "plots" / name).write_bytes(b"\x89PNG")
+    text = studylib.render("[both]({{plot:curves:dropout+weight_decay}}) ![one]({{plot:curves:dropout}}) "
+                           "[elsewhere](https://example.org/x.png) [up](#findings)", out, {}, {})
+    assert text == ("[both](plots/curves_dropout_weight_decay_f86803ed74fb.png) "
+                    "![one](plots/curves_dropout_f67c603ef556.png) [elsewhere](https://example.org/x.png) [up](#findings)")
+    with pytest.raises(FileNotFoundError, match=r"study: README.template.md links to files that are not there: "
+                                                r"plots/curves_dropout.png$"):
+        studylib.render("![one](plots/curves_dropout.png)", out, {}, {})
+    with pytest.raises(KeyError, match="asks for plot curves:none; found 0"):
+        studylib.render("{{plot:curves:none}}", out, {}, {})
