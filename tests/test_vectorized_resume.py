@@ -177,6 +177,47 @@ def test_an_interrupted_chunk_continues_stacked_to_the_uninterrupted_numbers(kin
     assert train(auto(cfgs[0]), cut / "v0")["status"] == "completed"
 
 
+def test_a_chunk_split_under_a_smaller_max_members_continues_to_the_uninterrupted_numbers(small_cfg, tmp_path,
+                                                                                          monkeypatch):
+    """Interrupted in epoch 3, the chunk of five continues as two (chunks(members, 3)): the part of
+    three is interrupted again and killed while its new file was linked into its members' dirs
+    (the last one still holds the whole chunk's file of epoch 2), the part of two finishes. The
+    member left behind takes its state and its chunk from its part's newer file (its best.pt and
+    metrics.csv are that file's epoch's), so the three go on together from epoch 3, and every
+    member ends with the uninterrupted chunk's files, bit for bit."""
+    from regablate.vectorized.grouping import chunks
+
+    opts = ("trainer.max_epochs=6", "trainer.checkpoint_every_s=3600", "dataset.n=300")
+    cfgs = [small_cfg(*opts, *m) for m in MEMBERS]
+    fit(cfgs, tmp_path / "whole")
+    stop_in_epoch(3, monkeypatch)
+    with pytest.raises(Terminated):
+        fit(cfgs, tmp_path / "cut")
+    monkeypatch.undo()
+    cut = tmp_path / "cut"
+    shutil.copy(cut / "v2" / "checkpoints" / "last.pt", tmp_path / "whole_chunk.pt")  # epoch 2, all five
+    members = [resume_member(i, auto(c), cut / f"v{i}", load_settings(auto(c))) for i, c in enumerate(cfgs)]
+    (grp,) = group(members)
+    first, second = chunks(grp, 3)
+    assert [m.job for m in first] == [0, 1, 2] and [m.job for m in second] == [3, 4]
+    stop_in_epoch(2, monkeypatch)
+    with pytest.raises(Terminated):
+        VectorizedTrainer(first).fit()
+    monkeypatch.undo()
+    VectorizedTrainer(second).fit()
+    last = cut / "v2" / "checkpoints" / "last.pt"
+    assert checkpoint.load_last(cut / "v2")["stacked"]["epoch"] == 3
+    last.unlink()
+    shutil.copy(tmp_path / "whole_chunk.pt", last)
+    again = [resume_member(i, auto(c), cut / f"v{i}", load_settings(auto(c))) for i, c in enumerate(cfgs)]
+    assert again[3:] == [f"{ORDINARY} (already completed)"] * 2
+    part = tuple((cut / f"v{i}").resolve() for i in range(3))
+    assert [m.chunk for m in again[:3]] == [(3, part)] * 3 and [m.resume["epoch"] for m in again[:3]] == [3] * 3
+    (grp,) = group(again[:3])
+    VectorizedTrainer(grp).fit()
+    assert_same_runs(cut, tmp_path / "whole", len(cfgs))
+
+
 def test_what_does_not_continue_stacked_goes_the_ordinary_way(small_cfg, tmp_path, monkeypatch, capsys):
     """A finished run, an ordinary run's last.pt and a damaged one go the ordinary way (which
     skips, continues or refuses them); a run dir without last.pt starts again, stacked, as it would

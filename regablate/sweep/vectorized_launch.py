@@ -396,8 +396,8 @@ OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "alloc_failed")  # CU
 
 def _memory_hint(e: Exception, k: int) -> str:
     """For a chunk that ran out of memory: how the sweep continues in smaller chunks (its
-    members, which have no stacked checkpoint yet, start again stacked; one that has continues
-    whole from it)."""
+    members start again stacked, or continue from their stacked checkpoint where the chunk wrote
+    one, in the smaller chunks)."""
     if not isinstance(e, MemoryError) and not any(m in str(e).lower() for m in OUT_OF_MEMORY):
         return ""
     if k == 1:

@@ -139,9 +139,10 @@ def group(members: list[Member]) -> list[list[Member]]:
 def chunks(members: list[Member], max_members: int) -> list[list[Member]]:
     """Split into ceil(K / max_members) contiguous chunks of near-equal size. A group that
     continues an interrupted chunk is in that chunk's order; split (it ran out of memory and goes
-    on under a smaller hydra.launcher.max_members), each member continues from its own state and
-    generators: an MLP member's numbers stay the whole chunk's to the bit, a conv member's to the
-    rounding of a stack of another size (as between any two K)."""
+    on under a smaller hydra.launcher.max_members, or less memory is free now), each member
+    continues from its own state and generators: its numbers stay the whole chunk's to the
+    rounding of a stack of another size (as between any two K; the tests find an MLP member's
+    equal to the bit)."""
     n = max(1, math.ceil(len(members) / max(1, max_members)))
     size, extra = divmod(len(members), n)
     out, start = [], 0

@@ -64,23 +64,18 @@ def _load(run_dir: Path, cache: dict) -> tuple[dict, tuple[Path, ...]] | None:
     """run_dir's last.pt state and its chunk's run dirs (`checkpoint.chunk_entry`); None if it has
     none. The file a chunk's members share (hard links) is read once. A process killed while
     `save_shared` linked the chunk's new file into its members' dirs leaves some of them linked to
-    the previous one: each member then takes its state from the chunk's newest file (its best.pt and
-    metrics.csv were written before that file), so the chunk continues whole, from one epoch."""
+    the previous one: each member then takes its state, and its chunk, from the newest file among
+    its previous chunk's dirs that holds a state of it (its best.pt and metrics.csv were written
+    before that file), so it continues from the epoch of the others of its chunk, with them, also
+    when that chunk was a part of the previous one (split under a smaller max_members)."""
     loaded = _read(run_dir, cache)
     if loaded is None:
         return None
     state, dirs = checkpoint.chunk_entry(loaded, run_dir)
     if len(dirs) > 1 and _stacked_epoch(state) is not None:
-        if ("newest", dirs) not in cache:
-            cache["newest", dirs] = _newest(dirs, cache)
-        newest = cache["newest", dirs]
-        if newest is not None and newest is not loaded:
-            try:
-                other, other_dirs = checkpoint.chunk_entry(newest, run_dir)
-            except DamagedCheckpoint:
-                return state, dirs
-            if other_dirs == dirs and (_stacked_epoch(other) or 0) > _stacked_epoch(state):
-                return other, dirs
+        newer = _newest(Path(run_dir), dirs, cache)
+        if newer is not None and _stacked_epoch(newer[0]) > _stacked_epoch(state):
+            return newer
     return state, dirs
 
 
@@ -107,19 +102,22 @@ def _stacked_epoch(state: object) -> int | None:
     return None
 
 
-def _newest(dirs: tuple[Path, ...], cache: dict) -> object | None:
-    """Of the last.pt files in `dirs` that are a shared file of that very chunk, the one with the
-    latest chunk epoch (None if none can be read)."""
-    best, best_epoch = None, -1
+def _newest(run_dir: Path, dirs: tuple[Path, ...], cache: dict) -> tuple[dict, tuple[Path, ...]] | None:
+    """Of the last.pt files in `dirs` shared by a stacked chunk with run_dir among its members, the
+    one with the latest chunk epoch: run_dir's state in it and that chunk's dirs (None if none)."""
+    here, best, best_epoch = run_dir.resolve(), None, -1
     for d in dirs:
         try:
             loaded = _read(d, cache)
-            state, found = checkpoint.chunk_entry(loaded, d) if loaded is not None else (None, ())
-        except DamagedCheckpoint:
+            shared = isinstance(loaded, dict) and isinstance(loaded.get("shared"), dict) and len(loaded["shared"]) > 1
+            if not shared:  # a file of one run is only its own
+                continue
+            state, found = checkpoint.chunk_entry(loaded, run_dir)
+        except DamagedCheckpoint:  # damaged, or holds no state of run_dir
             continue
         epoch = _stacked_epoch(state)
-        if found == dirs and epoch is not None and epoch > best_epoch:
-            best, best_epoch = loaded, epoch
+        if here in found and epoch is not None and epoch > best_epoch:
+            best, best_epoch = (state, found), epoch
     return best
 
 
