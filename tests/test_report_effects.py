@@ -241,3 +241,47 @@ def test_float_noise_around_zero_prints_without_a_minus():
         "+0.000", "+0.000", "-0.001", "+0.000"]
     assert no_negative_zero(f"{-1e-17:.3f}", False) == "0.000"
     assert no_negative_zero(f"{-2e-17:+#.4g}", True) == "-2.000e-17"  # not zero at 4 digits
+
+
+def test_effects_plot_fills_only_intervals_that_exclude_0_over_at_least_3_seeds(frame, tmp_path, monkeypatch):
+    """A filled marker says the 95% CI excludes 0 on at least 3 seeds; a two-seed interval that
+    excludes 0 is drawn open, as the report gives it no p. The legend sits below the axes, off
+    the data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from regablate.report import plots
+
+    root = tmp_path / "two"
+    _sweep(root, "factorial", S3, range(2))
+    two = regablate.effects(regablate.load_runs(root), metric="val")
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    for f, name in ((frame, "five"), (two, "two")):
+        plots._effects(plt, f, tmp_path / f"{name}.png")
+
+    def filled(fig, f) -> list[tuple[bool, bool]]:
+        """(drawn filled, CI excludes 0) of each estimate, found by its row's label and its Δ."""
+        ax = fig.axes[0]
+        labels = {float(y): t.get_text() for y, t in zip(ax.get_yticks(), ax.get_yticklabels())}
+        names = {kind: what for kind, (what, _) in plots.KIND_STYLE.items()}
+        out = []
+        for mark in (line for line in ax.lines if line.get_marker() == "o"):
+            (x,), (y,) = mark.get_xdata(), mark.get_ydata()
+            (rec,) = [r for r in f.to_dict("records") if labels[float(y)].startswith(
+                f"{r['component']} · {names[r['kind']]} (n=") and r["delta"] == pytest.approx(x)]
+            out.append((mark.get_markerfacecolor() != "white", rec["lo"] > 0 or rec["hi"] < 0))
+        assert len(out) == sum(math.isfinite(d) for d in f["delta"])
+        return out
+
+    five, pairs = filled(figures[0], frame), filled(figures[1], two)
+    assert five == [(excludes, excludes) for _, excludes in five] and any(excludes for _, excludes in five)
+    assert any(excludes for _, excludes in pairs) and not any(drawn for drawn, _ in pairs)
+    for fig in figures:
+        legend, ax = fig.legends[0], fig.axes[0]
+        fig.canvas.draw()
+        assert legend.get_window_extent().y1 < ax.get_window_extent().y0  # below the axes
+        assert "95% CI excludes 0 (n ≥ 3)" in [t.get_text() for t in legend.get_texts()]
+        plt.close(fig)

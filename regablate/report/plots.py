@@ -241,8 +241,9 @@ KIND_STYLE = {"leave_one_out": ("leave-one-out", "tab:blue"),
 def write_effects_plot(frame, out: Path) -> Path:
     """effects.png: a forest plot of a `regablate.effects` frame, one row per component and
     kind (grouped by component, cells one after the other), each Δ with its 95% interval, zero
-    marked; an interval that excludes 0 is drawn solid with a filled marker, one that includes
-    it (or has none: n < 2) faded with an open marker."""
+    marked; an interval that excludes 0 over at least 3 seeds is drawn solid with a filled
+    marker, any other (it includes 0, has none, or rests on fewer than 3 seeds, from which the
+    report gives no p) faded with an open marker. The legend sits below the axes, off the data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,6 +259,7 @@ def write_effects_plot(frame, out: Path) -> Path:
 def _effects(plt, frame, path: Path) -> None:
     from matplotlib.lines import Line2D
 
+    from regablate.report.paired import MIN_SEEDS
     from regablate.report.table import effect_records, effect_settings
 
     settings = effect_settings(frame)
@@ -282,7 +284,7 @@ def _effects(plt, frame, path: Path) -> None:
     for yi, rec in zip(y, rows, strict=True):
         color = KIND_STYLE[rec["kind"]][1]
         d, lo, hi = (float(rec[k]) if rec[k] is not None else np.nan for k in ("delta", "lo", "hi"))
-        clear = np.isfinite(lo) and (lo > 0 or hi < 0)
+        clear = np.isfinite(lo) and (lo > 0 or hi < 0) and (rec["n"] or 0) >= MIN_SEEDS
         if np.isfinite(lo):
             ax.hlines(yi, lo, hi, color=color, linewidth=2.4 if clear else 1.2,
                       alpha=1.0 if clear else 0.45)
@@ -300,12 +302,12 @@ def _effects(plt, frame, path: Path) -> None:
     handles = [Line2D([], [], color=KIND_STYLE[k][1], marker="o", linewidth=2,
                       label=KIND_STYLE[k][0]) for k in kinds]
     handles += [Line2D([], [], color="0.3", marker="o", linewidth=2.4,
-                       label="95% CI excludes 0"),
+                       label=f"95% CI excludes 0 (n ≥ {MIN_SEEDS})"),
                 Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linewidth=1.2,
-                       alpha=0.6, label="95% CI includes 0"),
+                       alpha=0.6, label=f"95% CI includes 0, or n < {MIN_SEEDS}"),
                 Line2D([], [], color="black", linewidth=1.0, linestyle="--",
                        label="0: no effect")]
-    ax.legend(handles=handles, fontsize="small", loc="best")
+    fig.legend(handles=handles, fontsize="small", loc="outside lower center", ncol=4)
     metrics = ", ".join(sorted({str(r["metric"]) for r in rows}))
     better = {"higher" if r["higher_is_better"] else "lower" for r in rows}
     ax.set(xlabel=escape_control(f"Δ {metrics}, mean over seeds with its 95% t interval "
