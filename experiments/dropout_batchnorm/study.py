@@ -135,12 +135,12 @@ def extras(out: Path) -> dict:
                              "test") for p in ps
              if ("BN, dropout before_norm", p) in names and ("BN, dropout after_act", p) in names}
     for p, d in pairs.items():
-        facts[f"before_minus_after|{format(p, 'g')}"] = ci(d)
+        facts[f"before_minus_after|{format(p, 'g')}"] = ci(d, signed=True)
     nobn = {p: paired_delta(out, names[("BN, dropout before_norm", p)], names[("no BN, dropout after_act", p)],
                             "test") for p in ps
             if ("BN, dropout before_norm", p) in names and ("no BN, dropout after_act", p) in names}
     for p, d in nobn.items():
-        facts[f"bn_minus_nobn|{format(p, 'g')}"] = ci(d)
+        facts[f"bn_minus_nobn|{format(p, 'g')}"] = ci(d, signed=True)
 
     def shift(name, p, layer):
         vals = dict(shifts.get((name, layer - 1), []))

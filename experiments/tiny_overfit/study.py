@@ -77,7 +77,7 @@ def extras(out: Path) -> dict:
     for g in gs:
         if g["vs_baseline"]:
             d = paired_delta(out, g["name"], base["name"])
-            facts[f"p{format(p_of(g), 'g')}.dgap_ci"] = ci(d)
+            facts[f"p{format(p_of(g), 'g')}.dgap_ci"] = ci(d, signed=True)
     worst = min((paired_delta(out, g["name"], base["name"]) for g in gs if g["vs_baseline"]),
                 key=lambda d: d["lo"])
     facts["dgap_lowest_lo"] = fmt(worst["lo"])
