@@ -33,6 +33,7 @@ import argparse
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,24 @@ def make(name: str, root: Path, smoke: bool, report_only: bool, gpu_run: dict | 
     return meta
 
 
+def unprepared_data(name: str) -> str | None:
+    """Why study `name`'s sweep cannot start on this machine (CIFAR-10 not prepared where its
+    config reads it), or None; asked of every study before the first one runs."""
+    from hydra import compose, initialize_config_dir
+
+    from regablate.config.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={name}"])
+    if cfg.dataset.name != "cifar10":
+        return None
+    root = Path(str(cfg.dataset.root)).expanduser()
+    if (root / "cifar10.pt").is_file():
+        return None
+    return (f"{name} trains on CIFAR-10, which is not prepared in {root}: run `regablate data cifar10 "
+            "--from shared/data/cifar10-jpeg.tar.gz` (the image-folder export) or `--download` first")
+
+
 RUN_RECORD = "gpu_run.json"  # what `bench_gpu.py --keep` writes beside the runs it kept
 
 
@@ -166,8 +185,16 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{name}: no study.json in {args.root / name}; "
                      + (f"give --wall-time, --device and --torch of its GPU sweep (or keep {RUN_RECORD} "
                         "in its runs)" if name in GPU_STUDIES else "run it without --report-only first"))
+    if not args.report_only:  # before any study deletes its runs to sweep again
+        for why in filter(None, map(unprepared_data, args.studies or CPU_STUDIES)):
+            ap.error(why)
     for name in args.studies or CPU_STUDIES:
-        make(name, args.root.resolve(), args.smoke, args.report_only, gpu_runs.get(name))
+        try:
+            make(name, args.root.resolve(), args.smoke, args.report_only, gpu_runs.get(name))
+        except subprocess.CalledProcessError as e:  # its own error line is above
+            print(f"make_studies: error: {name}: `{shell(e.cmd[3:])}` exited with {e.returncode}",
+                  file=sys.stderr)
+            return 1
     return 0
 
 

@@ -193,3 +193,35 @@ def test_a_readme_links_only_to_files_the_study_wrote(tmp_path):
         studylib.render("![one](plots/curves_dropout.png)", out, {}, {})
     with pytest.raises(KeyError, match="asks for plot curves:none; found 0"):
         studylib.render("{{plot:curves:none}}", out, {}, {})
+
+
+def test_a_study_on_unprepared_cifar10_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """`make studies` on a machine without the CIFAR-10 cache: one line naming the study, the
+    directory and the command that prepares it, exit 2, before any study's runs are touched (it
+    once swept nine studies, deleted the tenth's runs and ended in a traceback)."""
+    monkeypatch.setenv("REGABLATE_DATA", str(tmp_path / "nothing"))
+    kept = tmp_path / "classic_table" / "runs" / "0"
+    kept.mkdir(parents=True)
+    studies = _make_studies()
+    with pytest.raises(SystemExit) as e:
+        studies.main(["--root", str(tmp_path), "classic_table", "vit_dropout_sites"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1].split(": error: ", 1)[1] == (f"vit_dropout_sites trains on CIFAR-10, which is not prepared in "
+                       f"{tmp_path / 'nothing' / 'cifar10'}: run `regablate data cifar10 --from "
+                       "shared/data/cifar10-jpeg.tar.gz` (the image-folder export) or `--download` first")
+    assert kept.is_dir()
+
+
+def test_a_failed_sweep_ends_make_studies_in_one_line(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    studies = _make_studies()
+
+    def failing(name, study, out, smoke):
+        raise subprocess.CalledProcessError(2, [sys.executable, "-m", "regablate", "run", "-m", "+experiment=x y"])
+
+    monkeypatch.setattr(studies, "run_sweeps", failing)
+    assert studies.main(["--root", str(tmp_path), "classic_table"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "make_studies: error: classic_table: `regablate run -m '+experiment=x y'` exited with 2")
