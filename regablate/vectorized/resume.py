@@ -105,13 +105,14 @@ def _stacked_epoch(state: object) -> int | None:
 def _newest(run_dir: Path, dirs: tuple[Path, ...], cache: dict) -> tuple[dict, tuple[Path, ...]] | None:
     """Of the last.pt files in `dirs` shared by a stacked chunk with run_dir among its members, the
     one with the latest chunk epoch: run_dir's state in it and that chunk's dirs (None if none)."""
-    here, best, best_epoch = run_dir.resolve(), None, -1
+    here, best, best_epoch, seen = run_dir.resolve(), None, -1, set()
     for d in dirs:
         try:
-            loaded = _read(d, cache)
+            loaded = _read(d, cache)  # one object per file: the members' hard links are read once
             shared = isinstance(loaded, dict) and isinstance(loaded.get("shared"), dict) and len(loaded["shared"]) > 1
-            if not shared:  # a file of one run is only its own
+            if not shared or id(loaded) in seen:  # a file of one run is only its own
                 continue
+            seen.add(id(loaded))
             state, found = checkpoint.chunk_entry(loaded, run_dir)
         except DamagedCheckpoint:  # damaged, or holds no state of run_dir
             continue
