@@ -257,8 +257,8 @@ def test_effects_plot_fills_only_intervals_that_exclude_0_over_at_least_3_seeds(
     root = tmp_path / "two"
     _sweep(root, "factorial", S3, range(2))
     two = regablate.effects(regablate.load_runs(root), metric="val")
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figures.append)  # _effects closes its figure: keep it to read
     for f, name in ((frame, "five"), (two, "two")):
         plots._effects(plt, f, tmp_path / f"{name}.png")
 
@@ -284,4 +284,5 @@ def test_effects_plot_fills_only_intervals_that_exclude_0_over_at_least_3_seeds(
         fig.canvas.draw()
         assert legend.get_window_extent().y1 < ax.get_window_extent().y0  # below the axes
         assert "95% CI excludes 0 (n ≥ 3)" in [t.get_text() for t in legend.get_texts()]
-        plt.close(fig)
+    for fig in figures:
+        close(fig)
