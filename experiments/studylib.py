@@ -315,14 +315,16 @@ def p_of(g: dict) -> float:
 
 
 def plot_path(out: Path, kind: str, stack: str) -> str:
-    """The `regablate report --plot` file of one arm (`<kind>_<stack>_<group id>.png`, the
-    stack's "+" as "_"), relative to the study's folder; exactly one must exist."""
-    stem = re.sub(r"[^A-Za-z0-9.-]+", "_", stack)
-    found = [f for f in sorted((out / "plots").glob(f"{kind}_*.png"))
-             if re.fullmatch(rf"{re.escape(kind)}_{re.escape(stem)}_[0-9a-f]+\.png", f.name)]
+    """The `regablate report --plot` file of one arm (`plots.file_name`: the stack's name, then
+    its group id), relative to the study's folder; exactly one must exist."""
+    from regablate.report.plots import file_prefix
+
+    prefix = file_prefix(kind, stack)
+    found = [f for f in sorted((out / "plots").glob("*.png"))
+             if f.name.startswith(prefix) and re.fullmatch(r"[0-9a-f]+\.png", f.name[len(prefix):])]
     if len(found) != 1:
         raise KeyError(f"{out.name}: README.template.md asks for plot {kind}:{stack}; "
-                       f"found {len(found)} (plots/{kind}_{stem}_<group id>.png)")
+                       f"found {len(found)} (plots/{prefix}<group id>.png)")
     return f"plots/{found[0].name}"
 
 

@@ -50,8 +50,16 @@ def _mean_curve(runs, column: str):
 
 def file_name(kind: str, g: Group) -> str:
     """`<kind>_<stack>_<id>.png`, in [A-Za-z0-9_.-] and at most 100 characters."""
-    stem = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{stack_name(g.stack)[:48]}_{g.id[:32]}").strip("_.")
-    return f"{kind}_{stem}.png"
+    return f"{kind}_{_safe(f'{stack_name(g.stack)[:48]}_{g.id[:32]}').strip('_.')}.png"
+
+
+def file_prefix(kind: str, stack: str) -> str:
+    """What `file_name(kind, g)` of a group whose stack is named `stack` holds before its id."""
+    return f"{kind}_{_safe(stack[:48]).lstrip('_.')}_"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text)
 
 
 def _curves(plt, g: Group, path: Path) -> None:
