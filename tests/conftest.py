@@ -15,9 +15,13 @@ from regablate.config.compose import compose_config
 REPO = Path(__file__).resolve().parents[1]
 
 # Tests run in parallel processes (pytest -n): one torch thread each keeps the cores busy
-# without oversubscribing them, and the numbers do not depend on the thread count here.
+# without oversubscribing them, and the numbers do not depend on the thread count here. The
+# processes the tests start (the CLI, sweeps' jobs, the studies' and benchmarks' children)
+# inherit the same: two OpenMP threads beside another busy worker spin and run several times
+# slower.
 torch.set_num_threads(1)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+os.environ["OMP_NUM_THREADS"] = "1"
+ENV = {**os.environ}
 
 
 def compose_cfg(*overrides: str) -> dict:
