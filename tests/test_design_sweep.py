@@ -100,3 +100,12 @@ def test_another_design_into_the_same_dir_is_refused_and_changes_nothing(tmp_pat
                      "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert second.returncode == 2 and "already holds another ablation" in second.stderr, second.stderr
     assert (tmp_path / "sweep" / "ablation.json").read_bytes() == before
+    # the same design with another science setting is another ablation too
+    other = run_cli("run", "-m", "+reg=[dropout,l2]", "hydra.sweeper.design=add_one_in", "seed=0,1", *TINY,
+                    "optim.lr=0.5", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert other.returncode == 2 and "already holds another ablation" in other.stderr, other.stderr
+    # the command that continues it (trainer.resume=auto, another progress display) is the same one
+    again = run_cli("run", "-m", "+reg=[dropout,l2]", "hydra.sweeper.design=add_one_in", "seed=0,1", *TINY,
+                    "trainer.progress=plain", "hydra.sweep.dir=sweep", "trainer.resume=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "sweep" / "ablation.json").read_bytes() == before

@@ -1,5 +1,6 @@
 """`hydra.sweeper.seeds=auto`: rounds of seeds until each arm is decided, on real runs; a killed
-sequential sweep re-run with the same command reaches the same decisions from its run dirs."""
+sequential sweep re-run with the same command, or the one that continues it, reaches the same
+decisions from its run dirs."""
 
 from __future__ import annotations
 
@@ -51,8 +52,15 @@ def test_a_killed_sequential_sweep_rerun_reaches_the_same_decisions(tmp_path):
         time.sleep(0.05)
     os.killpg(cut.pid, signal.SIGKILL)  # in round 2, after the first look
     cut.wait()
-    again = run_cli("run", "-m", *small, "hydra.sweep.dir=cut", cwd=tmp_path)
+    # as the printed command continues it (trainer.resume=auto), an operational setting changed
+    again = run_cli("run", "-m", *small, "trainer.threads=1", "hydra.sweep.dir=cut", "trainer.resume=auto",
+                    cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert "(n=0" not in again.stderr, again.stderr
+    assert (tmp_path / "cut" / "sequential.json").read_text() == (tmp_path / "whole" / "sequential.json").read_text()
+    # and once more over the finished sweep: the same looks, nothing rewritten otherwise
+    done = run_cli("run", "-m", *small, "hydra.sweep.dir=cut", "trainer.resume=auto", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "cut" / "sequential.json").read_text() == (tmp_path / "whole" / "sequential.json").read_text()
 
 

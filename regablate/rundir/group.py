@@ -37,6 +37,17 @@ OPERATIONAL = {
 NOT_IN_GROUP = (*SEEDS, *OPERATIONAL)
 
 
+def override_key(override: str) -> str:
+    """The config key a command-line override sets: `+reg.l2.lam=1e-4` -> `reg.l2.lam`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def is_operational(override: str) -> bool:
+    """Whether a command-line override only sets an operational setting (`trainer.resume=auto`,
+    `trainer.progress=plain`): the same science with it or without it."""
+    return override_key(override) in OPERATIONAL
+
+
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; an empty mapping stays as {} under its key."""
     if isinstance(cfg, dict) and cfg:

@@ -6,8 +6,8 @@ without the settings of components its arm does not run, and the sweep root's `a
     write_ablation_json(root, "factorial", ["dropout", "l2"], seeds=[0, 1, 2])
 
 `ablation.json` (the design, the components, the arms, the seeds and the sweep's overrides) is
-written once: an existing one that says the same is kept, one that differs is refused. Standard
-library only.
+written once: an existing one that says the same (operational overrides such as
+`trainer.resume=auto` aside) is kept, one that differs is refused. Standard library only.
 """
 
 from __future__ import annotations
@@ -50,7 +50,17 @@ def ablation_doc(design: str, components, seeds, overrides=()) -> dict:
 
 
 def _same_doc(a: dict, b: dict) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    """The same ablation: equal but for operational overrides (the command that continues an
+    interrupted sweep adds `trainer.resume=auto`; `trainer.progress=plain` computes the same)."""
+    from regablate.rundir.group import is_operational
+
+    def science(doc: dict) -> str:
+        overrides = doc.get("overrides")
+        kept = [o for o in overrides if not (isinstance(o, str) and is_operational(o))] \
+            if isinstance(overrides, list) else overrides
+        return json.dumps({**doc, "overrides": kept}, sort_keys=True)
+
+    return science(a) == science(b)
 
 
 def write_ablation_json(root, design: str, components, seeds, overrides=()) -> Path:

@@ -8,8 +8,9 @@ group-sequential test (O'Brien–Fleming-type alpha spending within an arm, Bonf
 family-wise error ≤ alpha over arms and looks), and the next round runs the next seeds of the
 reference and of the arms still undecided, until all are decided or max_seeds is reached. Each
 round is one launcher batch. Every job runs with `trainer.resume=auto`, so the same command
-re-run after a kill replays the rounds from the run dirs (finished runs are not repeated) and
-reaches the same decisions. `sequential.json` at the sweep root holds the settings and every look.
+re-run after a kill (or the one that continues it: operational settings do not tell arms apart)
+replays the rounds from the run dirs (finished runs are not repeated) and reaches the same
+decisions. `sequential.json` at the sweep root holds the settings and every look.
 """
 
 from __future__ import annotations
@@ -77,18 +78,25 @@ def _value(run, split: str):
     return part.get(metric) if isinstance(part, dict) else None
 
 
+def _arm_part(overrides) -> frozenset:
+    """The overrides that say which arm a job is: its own less `seed=` and operational settings
+    (`trainer.resume=auto`, `trainer.progress=...`: the command that continues a sweep adds them)."""
+    from regablate.rundir.group import is_operational
+
+    return frozenset(o for o in overrides if _key(o) != "seed" and not is_operational(o))
+
+
 def values(sweep_dir: Path, labels: dict[str, list[str]], split: str) -> tuple[dict, bool | None]:
     """({label: {seed: value}}, higher_is_better) from the run dirs under `sweep_dir`; a run
-    belongs to the arm whose overrides are its own less `seed=` and `trainer.resume=`."""
+    belongs to the arm whose overrides are its own, both less `seed=` and operational settings."""
     from regablate.report.collect import collect
 
-    arm_of = {frozenset(job): label for label, job in labels.items()}
+    arm_of = {_arm_part(job): label for label, job in labels.items()}
     runs, _ = collect([sweep_dir])
     out: dict[str, dict] = {label: {} for label in labels}
     higher = None
     for run in runs:
-        own = frozenset(o for o in run.overrides if _key(o) not in ("seed", "trainer.resume"))
-        label = arm_of.get(own)
+        label = arm_of.get(_arm_part(run.overrides))
         seed = run.summary.get("seed")
         if label is None or not isinstance(seed, int):
             continue
