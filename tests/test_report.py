@@ -246,6 +246,33 @@ def test_bad_input_is_one_line_and_exit_2(sweep, capsys, args, words):
     assert all(w in err for w in words), err
 
 
+def _files(root):
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_out_and_plot_never_write_into_a_run_dir_or_over_a_sweeps_records(tmp_path, capsys):
+    root = tmp_path / "multirun"
+    where = ablation(root, {"none": NONE, "dropout": DROPOUT}, seeds=range(3))
+    run = sorted(p.parent for p in where.glob("*/summary.json"))[0]
+    before = _files(tmp_path)
+    for args, said in (
+            (["--format", "csv", "--out", str(run / "summary.json")], f"is inside the run dir {run}"),
+            (["--out", str(run / "metrics.csv")], "a run dir holds only what its run wrote"),
+            (["--out", str(run / ".hydra" / "config.yaml")], f"is inside the run dir {run}"),
+            (["--out", str(run / "new" / "r.md")], f"is inside the run dir {run}"),
+            (["--plot", str(run)], f"--plot '{run}' is inside the run dir {run}"),
+            (["--plot", str(run / "plots")], "write outside it, e.g. --plot plots"),
+            (["--out", str(where / "multirun.yaml")], "is the sweep's own multirun.yaml"),
+            (["--out", str(where / "ablation.json")], "is the sweep's own ablation.json")):
+        assert main([str(root), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+    assert _files(tmp_path) == before  # nothing written, nothing changed
+    # beside the runs, in the sweep root, is where a report goes
+    assert main([str(root), "--format", "csv", "--out", str(where / "report.csv")]) == 0
+    assert (where / "report.csv").read_text().startswith("name,")
+
+
 def test_as_a_user_types_it(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "regablate", "report", str(tmp_path)],
                           capture_output=True, text=True)

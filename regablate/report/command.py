@@ -85,6 +85,26 @@ def _roots(paths: list[str]) -> list[Path]:
     return roots
 
 
+SWEEP_RECORDS = ("multirun.yaml", "ablation.json", "sequential.json")  # a sweep root's own files
+
+
+def _check_out(flag: str, out: str | None, folder: bool = False) -> None:
+    """Refuse an --out (or a --plot folder) that would write over or into what a run or a sweep
+    wrote: a path inside a run dir (one holding summary.json or .hydra/), or a sweep root's own
+    record (multirun.yaml, ablation.json, sequential.json)."""
+    if out is None:
+        return
+    path = Path(out).expanduser().absolute()
+    for d in ([path] if folder else []) + list(path.parents):
+        if (d / "summary.json").exists() or (d / ".hydra").is_dir():
+            raise UsageError(f"{flag} {out!r} is inside the run dir {d}: a run dir holds only what "
+                             f"its run wrote; write outside it, e.g. {flag} "
+                             f"{'plots' if folder else 'report.md'}")
+    if not folder and path.name in SWEEP_RECORDS and (path.parent / "multirun.yaml").exists():
+        raise UsageError(f"{flag} {out!r} is the sweep's own {path.name}: it is never written "
+                         "over; name another file, e.g. --out report.md")
+
+
 def _write(text: str, out: str | None) -> None:
     if out is None:
         sys.stdout.write(text)
@@ -225,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--unpaired is Welch's t-test: it does not go with --test {args.test} "
                          "(a paired test)")
     roots = _roots(args.paths)
+    _check_out("--out", args.out)
+    _check_out("--plot", args.plot, folder=True)
     runs, skipped = collect(roots)
     for path, reason in skipped:
         print(escape_control(f"regablate report: warning: skipped {path}: {reason}"),
