@@ -80,6 +80,24 @@ def test_a_refused_single_run_touches_nothing(tmp_path):
     assert fingerprint(tmp_path / "run") == before
 
 
+def test_a_run_into_a_sweeps_dir_or_inside_a_run_and_a_sweep_into_a_run_are_refused(tmp_path):
+    """Each would put files among a finished run's (or a sweep's root) and hide the runs there
+    from the report and status."""
+    assert run_cli("run", "-m", "+reg=none,dropout", *TINY, "hydra.sweep.dir=S", cwd=tmp_path).returncode == 0
+    before = fingerprint(tmp_path)
+    for args, said in (
+            (("hydra.run.dir=S",), "S is a sweep's dir (multirun.yaml): its runs are its job dirs"),
+            (("hydra.run.dir=S/0/checkpoints",), f"S/0/checkpoints is inside the run dir {tmp_path / 'S' / '0'}"),
+            (("-m", "+reg=l2,l1", "hydra.sweep.dir=S/1"), "hydra.sweep.dir=S/1: is the run dir S/1"),
+            (("-m", "+reg=l2,l1", "hydra.sweep.dir=S/1/tb"), f"is inside the run dir {tmp_path / 'S' / '1'}")):
+        r = run_cli("run", *args, *TINY, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert said in r.stderr, (args, r.stderr)
+    assert fingerprint(tmp_path) == before  # nothing made, nothing changed
+    report = run_cli("report", "S", cwd=tmp_path)
+    assert report.returncode == 0 and "2 completed" in report.stdout, report.stdout
+
+
 def test_resume_continues_only_the_run_of_the_same_seeds_and_configuration(tmp_path):
     """trainer.resume=auto into a dir that holds another seed's run (or another configuration's)
     is refused with one line: it must neither go on from that run's epochs (on another split)

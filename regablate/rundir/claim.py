@@ -31,10 +31,39 @@ class RunRefused(UsageError):
         return type(self), (self.run_dir, self.why, self.ways_on, self.busy)
 
 
+def is_run_dir(path: Path) -> bool:
+    """A dir that holds a run: its summary.json, or the `.hydra/` its launch wrote first."""
+    return (path / "summary.json").exists() or (path / ".hydra").is_dir()
+
+
+def enclosing_run(path: Path) -> Path | None:
+    """The run dir that `path` lies inside, if any (a run dir holds only what its run writes)."""
+    return next((d for d in Path(path).absolute().parents if is_run_dir(d)), None)
+
+
+def check_sweep_dir(sweep_dir: Path) -> None:
+    """Refuse a `hydra.sweep.dir` that is a run dir or lies inside one: its multirun.yaml and job
+    dirs would go among that run's files and hide it from the report."""
+    for d in (Path(sweep_dir), enclosing_run(sweep_dir)):
+        if d is not None and is_run_dir(d):
+            raise UsageError(f"hydra.sweep.dir={sweep_dir}: {'is' if d == Path(sweep_dir) else 'is inside'} "
+                             f"the run dir {d}, which holds only what its run writes; give the sweep "
+                             "its own hydra.sweep.dir")
+
+
 @contextmanager
 def claim(run_dir: Path, resume: str = "never") -> Iterator[None]:
-    """Hold `run_dir` for this process while the body writes it (see the module docstring)."""
+    """Hold `run_dir` for this process while the body writes it (see the module docstring).
+    A dir inside another run dir, or a sweep's root (multirun.yaml), is refused before anything
+    is made."""
     run_dir = Path(run_dir)
+    outer = enclosing_run(run_dir)
+    if outer is not None:
+        raise RunRefused(run_dir, f"is inside the run dir {outer}, which holds only what its run writes",
+                         "choose another hydra.run.dir / hydra.sweep.dir")
+    if (run_dir / "multirun.yaml").exists():
+        raise RunRefused(run_dir, "is a sweep's dir (multirun.yaml): its runs are its job dirs",
+                         "report it with regablate report; choose another hydra.run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir, os.O_RDONLY)
     try:

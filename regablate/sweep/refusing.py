@@ -154,6 +154,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
     from omegaconf import OmegaConf
 
     from regablate.rundir.atomic import write_atomic
+    from regablate.rundir.claim import check_sweep_dir
     from regablate.sweep import submitit_jobs
     from regablate.tensorboard.view import describe_sweep
 
@@ -174,6 +175,12 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
         sweeper.overrides = [[designs.without_absent_settings(job) for job in batch]
                              for batch in sweeper.overrides]
     sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
+    check_sweep_dir(sweep_dir)
+    if auto:  # its settings refused in one line before the sweep dir is made
+        from regablate.sweep.seed_rounds import prepare_rounds
+
+        prepare_rounds([job for batch in sweeper.overrides for job in batch], sweeper.reference,
+                       **sweeper.sequential)
     sweep_file = sweep_dir / "multirun.yaml"
     first = sweep_file.read_bytes() if sweep_file.exists() else None
     returns: list[Sequence[JobReturn]] = []

@@ -108,6 +108,17 @@ def values(sweep_dir: Path, labels: dict[str, list[str]], split: str) -> tuple[d
     return out, higher
 
 
+def prepare_rounds(jobs: list[list[str]], given_reference, **keys) -> tuple[dict, str, object]:
+    """(arm labels, the reference's label, Settings) of the sweep's seedless `jobs`; a sweep of
+    fewer than two arms or a bad setting is refused in one line."""
+    labels = arm_labels(jobs)
+    if len(labels) < 2:
+        raise UsageError("hydra.sweeper.seeds=auto compares arms with a reference: sweep at least two "
+                         "arms, e.g. +reg=none,dropout")
+    reference = pick_reference(labels, given_reference)
+    return labels, reference, settings_of(reference, **keys)
+
+
 def run_rounds(launch, sweep_dir: Path, jobs: list[list[str]], given_reference, **keys) -> list:
     """Run the rounds; `launch(batch) -> list[JobReturn]` runs one batch of override lists.
     Returns every batch's returns. Writes sequential.json after each look."""
@@ -116,12 +127,7 @@ def run_rounds(launch, sweep_dir: Path, jobs: list[list[str]], given_reference, 
     from regablate.report.sequential_state import FILE, SequentialState
     from regablate.sweep.sequential import add_look, plan_next_round
 
-    labels = arm_labels(jobs)
-    if len(labels) < 2:
-        raise UsageError("hydra.sweeper.seeds=auto compares arms with a reference: sweep at least two "
-                         "arms, e.g. +reg=none,dropout")
-    reference = pick_reference(labels, given_reference)
-    settings = settings_of(reference, **keys)
+    labels, reference, settings = prepare_rounds(jobs, given_reference, **keys)
     state = SequentialState(settings, [label for label in labels if label != reference])
     returns, launched = [], {label: set() for label in labels}
     while todo := plan_next_round(state):
