@@ -273,6 +273,26 @@ def test_out_and_plot_never_write_into_a_run_dir_or_over_a_sweeps_records(tmp_pa
     assert (where / "report.csv").read_text().startswith("name,")
 
 
+def test_a_sweep_repeated_into_another_dir_is_one_replicate_not_two(tmp_path, capsys):
+    """The same configuration on the same seeds twice (a sweep re-run without a fixed
+    hydra.sweep.dir) is one replicate: n, the interval and the paired test are one sweep's."""
+    one = ablation(tmp_path / "a", {"none": NONE, "dropout": DROPOUT}, seeds=range(3))
+    ablation(tmp_path / "b", {"none": NONE, "dropout": DROPOUT}, seeds=range(3))
+    alone = report(tmp_path / "a", tmp_path / "a")
+    capsys.readouterr()
+    both = report(tmp_path, tmp_path / "a", tmp_path / "b")
+    err = capsys.readouterr().err
+    assert by_name(both) == by_name(alone) and by_name(both)["dropout"]["n"] == 3
+    assert err.count("counted once") == 6 and f"a repeat of {one / '0'} (the same configuration and seeds: " \
+        "seed=0, data_seed=0)" in err, err
+    assert {d["dir"] for d in both["skipped"]} == {str(p.parent) for p in (tmp_path / "b").rglob("summary.json")}
+    # a repeat that failed never hides the completed one, whichever is found first
+    write_run(tmp_path / "a" / "0-failed", reg=("dropout",), seed=1, status="failed")
+    write_run(tmp_path / "a" / "00-rerun", reg=("dropout",), seed=1, val=0.85, status="completed")
+    runs = {r["dir"]: r["status"] for r in report(tmp_path, tmp_path / "a", "--runs")["runs"]}
+    assert "failed" not in runs.values() and len(runs) == 6
+
+
 def test_as_a_user_types_it(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "regablate", "report", str(tmp_path)],
                           capture_output=True, text=True)

@@ -13,6 +13,9 @@ written when operational settings were still part of summary.json's `group` join
 same science; without a config, or with an unresolved `${...}` in a science setting (two runs
 would read alike), the summary's `group` is kept.
 
+Runs of one group on the same seeds (the same sweep run again into another dir) are one
+replicate: the first averaged one is kept, each other is skipped with the reason.
+
 A run dir may come from someone else (regablate.rundir.untrusted): its files are read only when they
 are regular files inside the run dir and under a size cap, YAML without aliases, numbers only of
 sane size, each summary field of the type the contract gives it; a dir that fails any of these
@@ -360,7 +363,29 @@ def collect(roots: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
                 runs.append(read_run(path))
             except Unreadable as e:
                 skipped.append((path, str(e)))
-    return runs, skipped
+    return _count_repeats_once(runs, skipped)
+
+
+def _count_repeats_once(runs: list[Run], skipped: list) -> tuple[list[Run], list]:
+    """One run per (group, seed, data_seed): the same configuration run again on the same seeds
+    (a sweep repeated into another dir) is the same replicate, not another one; counting it
+    twice would shrink every interval. Kept: the first averaged run, else the first completed,
+    else the first found; each other one is skipped with the reason."""
+    def rank(r: Run) -> int:
+        return 0 if r.done else 1 if r.status == "completed" else 2
+
+    kept: dict[tuple, Run] = {}
+    for r in runs:
+        key = (r.group, r.summary.get("seed"), r.summary.get("data_seed"))
+        if key not in kept or rank(r) < rank(kept[key]):
+            kept[key] = r
+    chosen = {id(r) for r in kept.values()}
+    for r in runs:
+        if id(r) not in chosen:
+            first = kept[(r.group, r.summary.get("seed"), r.summary.get("data_seed"))]
+            skipped.append((r.path, f"a repeat of {first.path} (the same configuration and seeds: seed="
+                            f"{r.summary.get('seed')}, data_seed={r.summary.get('data_seed')}), counted once"))
+    return [r for r in runs if id(r) in chosen], skipped
 
 
 def plain_value(x):
