@@ -56,12 +56,21 @@ def test_a_second_sweep_into_a_finished_dir_touches_nothing_and_says_so(tmp_path
     assert first.returncode == 0, first.stderr[-2000:]
     before = fingerprint(tmp_path / "sweep")
     assert len([k for k in before if k.endswith("summary.json")]) == 2
-    # other settings this time: nothing of them may reach the finished runs, .hydra/ included
-    second = run_cli("run", "-m", *launcher, "+reg=l2,l1", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    # the same jobs again: each is refused, with the ways on
+    second = run_cli("run", "-m", *launcher, "+reg=none,dropout", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert second.returncode == 2 and "Traceback" not in second.stderr
     line = second.stderr.strip().splitlines()[-1]
     assert line.startswith("regablate: error: 2 of 2 jobs refused, their run dirs untouched")
     assert "already holds a run" in line and "trainer.resume=auto" in line and "hydra.sweep.dir" in line
+    assert fingerprint(tmp_path / "sweep") == before
+    # other jobs (one more arm or seed, other settings), even with trainer.resume=auto: job dirs are
+    # numbered by job, so they would land in the wrong ones; refused before any is launched
+    for more in (("+reg=l2,l1",), ("+reg=none,dropout", "seed=0,1", "trainer.resume=auto")):
+        other = run_cli("run", "-m", *launcher, *more, *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+        assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+        assert "sweep holds another sweep's jobs (" in other.stderr and "give this sweep its own " \
+            "hydra.sweep.dir" in other.stderr, other.stderr
+    assert "(seed=0,1 given now, not there)" in other.stderr, other.stderr
     assert fingerprint(tmp_path / "sweep") == before
     report = run_cli("report", "sweep", cwd=tmp_path)
     assert report.returncode == 0 and "2 completed" in report.stdout and " 0 failed" in report.stdout
@@ -114,11 +123,12 @@ def test_resume_continues_only_the_run_of_the_same_seeds_and_configuration(tmp_p
     assert fingerprint(tmp_path / "run") == before
     first = run_cli("run", "-m", *TINY, "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert first.returncode == 0
+    before = fingerprint(tmp_path / "sweep")
     swept = run_cli("run", "-m", *TINY, "seed=0,2", "hydra.sweep.dir=sweep", "trainer.resume=auto", cwd=tmp_path)
-    line = swept.stderr.strip().splitlines()[-1]
-    assert swept.returncode == 2 and line.startswith("regablate: error: 1 of 2 jobs refused")
-    assert "other seeds (seed=1, data_seed=1; this one has seed=2, data_seed=2)" in line
-    assert "resume it with the settings of its .hydra/overrides.yaml" in line and "continue them" not in line
+    assert swept.returncode == 2 and swept.stderr.count("\n") == 1, swept.stderr
+    assert swept.stderr.startswith("regablate: error: sweep holds another sweep's jobs (seed=0,1 there, seed=0,2 "
+                                   "now)"), swept.stderr
+    assert fingerprint(tmp_path / "sweep") == before
 
 
 # -- item 2: output that goes away ----------------------------------------------------------------

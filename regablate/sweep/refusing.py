@@ -145,6 +145,31 @@ def auto_seeds(seeds: str | None, overrides: Sequence[Any]) -> bool:
     return True
 
 
+def same_jobs(sweep_dir: Path, multirun_yaml: bytes, task: list[str]) -> None:
+    """Refuse a sweep into a dir that holds another sweep's jobs (its multirun.yaml's command
+    overrides differ from these, operational settings aside): job dirs are numbered by job, so
+    another list of jobs (one more seed) would put runs into the wrong dirs and repeat some."""
+    from omegaconf import OmegaConf
+
+    from regablate.errors import UsageError
+    from regablate.rundir.group import is_operational
+
+    try:
+        there = [str(o) for o in OmegaConf.create(multirun_yaml.decode()).hydra.overrides.task]
+    except Exception:  # not a multirun.yaml Hydra wrote: the jobs' own checks still hold
+        return
+    old = sorted(o for o in there if not is_operational(o))
+    new = sorted(str(o) for o in task if not is_operational(str(o)))
+    if old != new:
+        gone = " ".join(o for o in old if o not in new)
+        added = " ".join(o for o in new if o not in old)
+        what = (f"{gone} there, {added} now" if gone and added else
+                f"{added} given now, not there" if added else f"{gone} given there, not now")
+        raise UsageError(f"{sweep_dir} holds another sweep's jobs ({what}): its job "
+                         "dirs are numbered by job, so other jobs would land in the wrong ones; give "
+                         "this sweep its own hydra.sweep.dir (the report reads several)")
+
+
 def sweep(sweeper: Any, arguments: list[str]) -> object:
     """BasicSweeper.sweep for the plugin's `sweeper` (a BasicSweeper with `design`, `seeds`,
     `reference` and `sequential`), running every batch and ending with `closing_error`."""
@@ -191,6 +216,8 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
         if ablation is not None:  # written once; another design into this dir is refused
             designs.write_ablation_json(sweep_dir, ablation["design"], ablation["components"],
                                         ablation["seeds"], ablation["overrides"])
+        if first is not None:  # another sweep's jobs are refused before any is launched
+            same_jobs(sweep_dir, first, list(sweeper.config.hydra.overrides.task))
         initial_job_idx = 0
 
         def launch(batch):
