@@ -43,6 +43,8 @@ def place_job(cfg: dict, hc) -> None:
 
     trainer = cfg.setdefault("trainer", {})
     threads = trainer.get("threads", 0)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:  # before torch sees it
+        raise ConfigError("trainer.threads", threads, "must be an integer >= 0 (0 = auto)")
     launcher = hc.launcher if "launcher" in hc else {}
     cores = job_cpus()
     if not threads:

@@ -100,6 +100,13 @@ def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
 
             raise ConfigError(f"reg.{key}", "on", f"needs a classification dataset; "
                               f"dataset.name={s.dataset.name!r} is {data.task}")
+    for key in ("augment", "cutout", "cutmix"):  # crops, squares and boxes of images
+        if s.stack[key] is not None and len(data.in_shape) != 3:
+            from regablate.errors import ConfigError
+
+            raise ConfigError(f"reg.{key}", "on", "needs image inputs (channels, height, width): dataset=cifar10 "
+                              f"or dataset=image_folder; dataset.name={s.dataset.name!r} gives inputs of shape "
+                              f"{tuple(data.in_shape)}")
     if s.trainer.amp and not amp_on(device, True):
         from regablate.errors import ConfigError
 
