@@ -8,7 +8,7 @@ two-sided paired t-test at level a = α/m, m the comparisons (the smallest level
 uses, so the plan holds for every comparison), with T ~ noncentral t(n−1, λ = D√n/s):
 
     power(n) = P(T > t_{n−1,1−a/2}) + P(T < −t_{n−1,1−a/2})        (scipy.stats.nct)
-    n_needed = the smallest n ≥ 2 with power(n) ≥ the power asked
+    n_needed = the smallest n ≥ 3 with power(n) ≥ the power asked (3: the fewest seeds the report tests)
     detectable_delta = the D at which power(n_pilot) = the power asked
 
 (close to the normal approximation n ≈ ((z_{1−a/2} + z_power)·s/D)² + z_{1−a/2}²/2). No number
@@ -45,8 +45,11 @@ def t_power(n: int, effect: float, alpha: float) -> float:
 
 
 def n_needed(sd: float, delta: float, power: float = 0.8, alpha: float = 0.05) -> int:
-    """Smallest n ≥ 2 whose paired t-test (level alpha, two-sided) detects delta with `power`
-    when the differences have sd `sd`. Raises ValueError above N_CAP."""
+    """Smallest n ≥ 3 (the fewest seeds the report tests: `regablate.report.paired.MIN_SEEDS`)
+    whose paired t-test (level alpha, two-sided) detects delta with `power` when the differences
+    have sd `sd`. Raises ValueError above N_CAP."""
+    from regablate.report.paired import MIN_SEEDS
+
     if not (sd > 0 and delta > 0 and 0 < power < 1 and 0 < alpha < 1):
         raise ValueError("n_needed: sd, delta > 0 and power, alpha in (0, 1)")
     effect = abs(delta) / sd
@@ -62,7 +65,7 @@ def n_needed(sd: float, delta: float, power: float = 0.8, alpha: float = 0.05) -
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if mid >= 2 and t_power(mid, effect, alpha) >= power else (mid, hi)
-    return max(hi, 2)
+    return max(hi, MIN_SEEDS)
 
 
 def detectable_delta(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
