@@ -53,7 +53,10 @@ def test_leave_one_out_runs_k_plus_two_arms(tmp_path):
     (("+reg=[dropout,l2]", "hydra.sweeper.design=factorial"), "add a seed sweep, e.g. seed=0,1,2,3,4"),
     (("hydra/sweeper=optuna", "+reg=[dropout,l2]", "hydra.sweeper.design=factorial", "seed=0,1"),
      "and hydra/sweeper=optuna do not mix"),
-], ids=["one-component", "no-seeds", "optuna"])
+    (("+reg=[dropout,dropout_l2]", "hydra.sweeper.design=factorial", "seed=0,1,2"),
+     "hydra.sweeper.design=factorial: the components dropout and dropout_l2 overlap (both run dropout): arms "
+     "would repeat each other; ablate regularisers that do not share one, e.g. +reg=[dropout,l2]"),
+], ids=["one-component", "no-seeds", "optuna", "overlap"])
 def test_a_design_that_does_not_make_sense_is_one_line_and_runs_nothing(tmp_path, args, says):
     r = run_cli("run", "-m", *args, *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
@@ -109,3 +112,14 @@ def test_another_design_into_the_same_dir_is_refused_and_changes_nothing(tmp_pat
                     "trainer.progress=plain", "hydra.sweep.dir=sweep", "trainer.resume=auto", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (tmp_path / "sweep" / "ablation.json").read_bytes() == before
+
+
+def test_every_preset_says_which_regularisers_it_runs():
+    from regablate.config.paths import CONF_DIR
+    from regablate.sweep.designs import regularisers_of
+
+    presets = {p.stem: regularisers_of(p.stem) for p in (CONF_DIR / "reg").glob("*.yaml")}
+    assert all(isinstance(r, frozenset) for r in presets.values()), presets
+    assert presets["none"] == frozenset() and presets["dropout"] == {"dropout"}
+    assert presets["dropout_l2"] == {"dropout", "l2"} and presets["batchnorm_l2"] == {"batchnorm", "l2"}
+    assert regularisers_of("my_own_preset") is None  # not the package's: not checked

@@ -7,7 +7,8 @@ without the settings of components its arm does not run, and the sweep root's `a
 
 `ablation.json` (the design, the components, the arms, the seeds and the sweep's overrides) is
 written once: an existing one that says the same (operational overrides such as
-`trainer.resume=auto` aside) is kept, one that differs is refused. Standard library only.
+`trainer.resume=auto` aside) is kept, one that differs is refused. Standard library only (PyYAML
+to read a preset's regularisers).
 """
 
 from __future__ import annotations
@@ -121,9 +122,46 @@ def design_arguments(design: str, overrides, planned_seeds=None) -> tuple[list[s
                 raise UsageError(f"{KEY}={design}: seed={','.join(given)} is not a list of integer "
                                  "seeds; give e.g. seed=0,1,2,3,4") from None
     comps = validate(design, components, seeds)
+    _refuse_overlap(design, comps)
     arm_sweep = ",".join(reg_override(a).split("=", 1)[1] for a in arms(design, comps))
     others = [o.input_line for o in overrides if o is not stacks[0]]
     return [f"+reg={arm_sweep}", *others], ablation_doc(design, comps, seeds, others)
+
+
+def regularisers_of(preset: str, _seen: tuple = ()) -> frozenset | None:
+    """The regularisers a `+reg=` preset runs: its own keys and those of the presets its
+    `defaults` list (conf/reg/dropout_l2.yaml: dropout and l2); None for a preset that is not in
+    the package's conf/reg (a user's own search path), which is then not checked."""
+    import yaml
+
+    from regablate.config.paths import CONF_DIR
+
+    path = CONF_DIR / "reg" / f"{preset}.yaml"
+    if preset in _seen or not path.is_file():
+        return None
+    doc = yaml.safe_load(path.read_text()) or {}
+    out = {k for k in doc if k != "defaults"}
+    for entry in doc.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_":
+            inner = regularisers_of(entry, (*_seen, preset))
+            if inner is None:
+                return None
+            out |= inner
+    return frozenset(out)
+
+
+def _refuse_overlap(design: str, components) -> None:
+    """Two components that run the same regulariser (dropout and dropout_l2) make arms that
+    compose to one configuration: refused in one line."""
+    runs = {c: regularisers_of(c) for c in components}
+    for i, a in enumerate(components):
+        for b in components[i + 1:]:
+            both = (runs[a] or frozenset()) & (runs[b] or frozenset())
+            if both:
+                parts = sorted(frozenset().union(*(r for r in runs.values() if r)))
+                raise UsageError(f"{KEY}={design}: the components {a} and {b} overlap (both run "
+                                 f"{', '.join(sorted(both))}): arms would repeat each other; ablate "
+                                 f"regularisers that do not share one, e.g. +reg=[{','.join(parts)}]")
 
 
 def without_absent_settings(job: list[str]) -> list[str]:
