@@ -124,12 +124,14 @@ def test_spatial_dropout_follows_conv_activations():
 
 
 def test_spatial_regularisers_refuse_models_without_their_layers():
-    with pytest.raises(ConfigError, match="reg.droppath"):
+    # each names the models that have its layers: DropPath residual branches (not the plain convnet)
+    with pytest.raises(ConfigError, match="reg.droppath.*needs residual branches: model=resnet or model=vit"):
         build_convnet(ConvNetSettings(), (3, 32, 32), 10, build_stack({"droppath": {}}).model_spec(
             ModelSpec(norm="batch")))
-    for name in ("dropblock", "spatial_dropout", "droppath"):
+    for name, needs in (("dropblock", "needs a conv model"), ("spatial_dropout", "needs a conv model"),
+                        ("droppath", "needs residual branches: model=resnet or model=vit")):
         stack = build_stack({name: {}})
-        with pytest.raises(ConfigError, match=f"reg.{name}.*needs a conv model"):
+        with pytest.raises(ConfigError, match=f"reg.{name}.*{needs}"):
             build_mlp(MLPSettings(), (3, 32, 32), 10, stack.model_spec(ModelSpec()))
 
 

@@ -92,7 +92,7 @@ def build_convnet(s: ConvNetSettings, in_shape: tuple[int, ...], out_dim: int,
     c, h, w = image_shape(in_shape, "convnet")
     if "droppath" in spec.extra:
         raise ConfigError("reg.droppath", spec.extra["droppath"],
-                          "needs residual branches; use model=resnet")
+                          "needs residual branches: model=resnet or model=vit")
     if not s.widths or h >> len(s.widths) < 1 or w >> len(s.widths) < 1:
         raise ConfigError("model.widths", s.widths, f"needs 1 to {min(h, w).bit_length() - 1} "
                           f"stages for {h}x{w} inputs (each stage halves the map)")

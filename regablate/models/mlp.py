@@ -43,8 +43,9 @@ def build_mlp(s: MLPSettings, in_shape: tuple[int, ...], out_dim: int, spec: Mod
     variance-shift arrangement, for studying it). DropConnect replaces hidden and output Linear
     layers by DropConnectLinear. Dropout is never applied to the output layer.
     """
-    for key in spec.extra:  # spatial regularisers act on conv feature maps only
-        raise ConfigError(f"reg.{key}", "on", "needs a conv model: model=convnet or model=resnet")
+    for key in spec.extra:  # spatial regularisers act on conv feature maps, DropPath on residual branches
+        raise ConfigError(f"reg.{key}", "on", "needs residual branches: model=resnet or model=vit"
+                          if key == "droppath" else "needs a conv model: model=convnet or model=resnet")
     rates = per_layer(spec.dropout, len(s.hidden), "reg.dropout.p")
 
     def linear(i: int, o: int) -> nn.Module:
