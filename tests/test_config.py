@@ -63,6 +63,9 @@ def test_group_options_validate(group, option):
     (["+bogus=1"], "bogus", "unknown key"),
     (["trainer.device=tpu"], "trainer.device", "auto, cpu, cuda"),
     (["optim.lr=fast"], "optim.lr", "must be a number"),
+    (["+reg=l2", "reg.l2.lam=inf"], "reg.l2.lam", "must be a finite number"),
+    (["optim.lr=-inf"], "optim.lr", "must be a finite number"),
+    (["+reg=l2", "reg.l2.lam=nan"], "reg.l2.lam", "must be a finite number"),
 ])
 def test_bad_values_name_key_value_and_what_is_allowed(overrides, key, allowed):
     with pytest.raises(ConfigError) as err:

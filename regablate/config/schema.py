@@ -9,6 +9,7 @@ Ranges are declared next to the field with `check(...)` metadata.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -91,6 +92,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # inf passes `>= 0`; nan passes no check, but say it once
+                raise ConfigError(key, value, "must be a finite number")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
