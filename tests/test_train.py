@@ -95,10 +95,14 @@ def test_plateau_schedule_reduces_lr(small_cfg, tmp_path):
     assert lrs[0] == 1e-2 and min(lrs) < 1e-2
 
 
-def test_divergence_is_recorded(small_cfg, tmp_path):
-    s = train(small_cfg("dataset=sine", "optim=sgd", "optim.lr=1e6", "trainer.max_epochs=5"), tmp_path)
+def test_divergence_is_recorded(small_cfg, tmp_path, capsys):
+    cfg = small_cfg("dataset=sine", "optim=sgd", "optim.lr=1e6", "trainer.max_epochs=5")
+    s = train(cfg, tmp_path)
     assert s["status"] == "diverged" and "non-finite" in s["error"]
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+    # resumed, it is left as it ended, and said so as what it is
+    again = train({**cfg, "trainer": {**cfg["trainer"], "resume": "auto", "progress": "plain"}}, tmp_path)
+    assert again["status"] == "diverged" and f"already diverged: {tmp_path}" in capsys.readouterr().out
 
 
 def test_early_stopper_min_delta_and_direction():

@@ -87,7 +87,7 @@ def train(cfg: Mapping, run_dir: Path | str) -> dict:
         done = resuming.completed(run_dir)
         if done is not None:
             if talk:
-                print(f"already completed: {run_dir}", flush=True)
+                print(f"already {done['status']}: {run_dir}", flush=True)  # completed or diverged
             return done
         state = resuming.last_checkpoint(run_dir)
     x = build_experiment(s)

@@ -39,8 +39,8 @@ def resume_member(job: int, cfg: dict, run_dir: Path, s: Settings, shared: dict 
         return ORDINARY
     try:
         check_same_configuration(cfg, run_dir)
-        if completed(run_dir) is not None:
-            return f"{ORDINARY} (already completed)"
+        if (done := completed(run_dir)) is not None:
+            return f"{ORDINARY} (already {done['status']})"
         found = _load(run_dir, shared if shared is not None else {})
     except (RunRefused, DamagedCheckpoint):
         return ORDINARY  # refused there, in one line
