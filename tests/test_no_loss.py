@@ -209,6 +209,15 @@ def test_sigterm_is_an_interrupt_with_a_resume_command_that_reaches_the_same_num
     assert fingerprint(run_dir) == before
 
 
+def test_ctrl_c_without_checkpoints_says_the_run_starts_again(tmp_path):
+    proc = popen("run", *BIG, "trainer.checkpoint=false", "hydra.run.dir=run", cwd=tmp_path,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = _stop_at_epoch(proc, 2, signal.SIGINT)
+    assert proc.returncode == 130 and not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    assert err.strip().endswith("hydra.run.dir=run trainer.resume=auto (from epoch 1: no checkpoints/last.pt was "
+                                "written; trainer.checkpoint=true keeps one)"), err
+
+
 def test_ctrl_c_in_a_sweep_prints_the_command_that_continues_the_sweep(tmp_path):
     proc = popen("run", "-m", "+reg=none,dropout", *BIG, cwd=tmp_path, stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE)

@@ -35,7 +35,7 @@ class TrainerSettings:
     threads: int = nonneg(0)  # torch intra-op threads; 0 = auto (cores shared among parallel jobs)
     progress: Literal["auto", "rich", "plain", "none"] = "auto"  # auto: rich on a terminal
     tensorboard: bool = True  # write tb/ event files
-    checkpoint: bool = True  # checkpoints/last.pt (and best.pt) by time, at the end and on interrupt
+    checkpoint: bool = True  # checkpoints/last.pt by time, at the end and on interrupt (best.pt always)
     checkpoint_every_s: float = nonneg(60.0)  # seconds between checkpoints; 0 = every epoch
     resume: Literal["never", "auto"] = "never"  # auto: skip a finished run, continue from last.pt
     objective: str = check(is_objective, "val_loss, val_metric, gap, or a sum such as val_loss+0.5*gap",
