@@ -234,3 +234,12 @@ def test_a_refusal_shows_whole_numbers_as_typed():
     stored, now = {"trainer.max_epochs": "2.0", "optim.lr": "0.001"}, {"trainer.max_epochs": "3.0", "optim.lr": "0.05"}
     assert _differences(stored, now) == "trainer.max_epochs=2 stored, 3 now; optim.lr=0.001 stored, 0.05 now"
     assert _differences({"x": "-1.0"}, {"x": "'1.0'"}) == "x=-1 stored, '1.0' now"
+
+
+@pytest.mark.parametrize("kw, says", [({"n_trials": 0}, "hydra.sweeper.n_trials=0: must be >= 1"),
+                                      ({"sampler": "foo"}, "hydra.sweeper.sampler='foo': allowed: tpe, random"),
+                                      ({"direction": "up"}, "hydra.sweeper.direction='up': allowed: auto, minimize")])
+def test_a_bad_sweeper_setting_names_its_value(kw, says):
+    from regablate.sweep.optuna_search import OptunaSearch
+
+    assert OptunaSearch(**kw).refusal.startswith(says)

@@ -437,6 +437,12 @@ def test_a_bad_executor_or_slurm_setting_is_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1].startswith(
         "regablate: error: invalid config: hydra.launcher.slurm.partitio='gpu': not a setting of submitit's")
+    for setting, says in (("max_members=0", "max_members=0: must be >= 1 (or null: as many as fit)"),
+                          ("memory_fraction=2", "memory_fraction=2.0: must be in (0, 1]")):
+        r = run_cli("run", "-m", "hydra/launcher=vectorized", f"hydra.launcher.{setting}", "+reg=none", *TINY,
+                    "hydra.sweep.dir=sweep", cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+        assert r.stderr == f"regablate: error: invalid config: hydra.launcher.{says}\n", r.stderr
     assert not (tmp_path / "sweep").exists()  # refused before any job was composed or written
 
 

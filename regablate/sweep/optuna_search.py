@@ -235,15 +235,17 @@ class OptunaSearch:
             self.refusal = (f"hydra.sweeper.design={design} and hydra/sweeper=optuna do not mix: a design "
                             "runs fixed arms of a stack over seeds, Optuna searches strengths; run the "
                             "design on the default sweeper (drop hydra/sweeper=optuna)")
-        for what, ok in (("n_trials must be >= 1", n_trials >= 1), ("n_jobs must be >= 1", n_jobs >= 1),
-                         ("seeds_per_trial must be >= 1", seeds_per_trial >= 1),
-                         ("seeds must be distinct integers >= 0",
-                          bool(seeds) and len(set(seeds)) == len(seeds) and min(seeds) >= 0),
-                         ("direction must be auto, minimize or maximize",
-                          direction in ("auto", "minimize", "maximize")),
-                         (f"sampler must be one of {', '.join(SAMPLERS)}", sampler in SAMPLERS)):
+        for key, value, allowed, ok in (
+                ("n_trials", n_trials, "must be >= 1", n_trials >= 1),
+                ("n_jobs", n_jobs, "must be >= 1", n_jobs >= 1),
+                ("seeds_per_trial", seeds_per_trial, "must be >= 1", seeds_per_trial >= 1),
+                ("seeds", seeds, "must be distinct integers >= 0",
+                 bool(seeds) and len(set(seeds)) == len(seeds) and min(seeds) >= 0),
+                ("direction", direction, "allowed: auto, minimize, maximize",
+                 direction in ("auto", "minimize", "maximize")),
+                ("sampler", sampler, f"allowed: {', '.join(SAMPLERS)}", sampler in SAMPLERS)):
             if not ok and self.refusal is None:
-                self.refusal = f"hydra.sweeper.{what}"
+                self.refusal = f"hydra.sweeper.{key}={value!r}: {allowed}"
         self.n_trials, self.seeds, self.n_jobs = n_trials, seeds, n_jobs
         self.sampler, self.sampler_seed, self.direction = sampler, sampler_seed, direction
         self.storage, self.study_name, self.params = storage, study_name, params

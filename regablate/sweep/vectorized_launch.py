@@ -76,10 +76,6 @@ class VectorizedLaunch:
                  single: str = "auto", executor: str = "local", slurm: Any = None) -> None:
         self.executor, self.slurm, self.single = executor, slurm, single
         self.submitted: list[tuple[list[Any], list[Job]]] = []  # chunks sent to SLURM
-        if max_members is not None and max_members < 1:
-            raise ValueError(f"hydra.launcher.max_members must be >= 1, got {max_members}")
-        if not 0 < memory_fraction <= 1:
-            raise ValueError(f"hydra.launcher.memory_fraction must be in (0, 1], got {memory_fraction}")
         self.max_members, self.memory_fraction = max_members, memory_fraction
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
@@ -89,7 +85,12 @@ class VectorizedLaunch:
               config: DictConfig) -> None:
         from regablate.errors import ConfigError
 
-        if self.executor not in EXECUTORS:  # here, not in __init__: Hydra wraps what that raises
+        if self.max_members is not None and self.max_members < 1:  # here, not in __init__: Hydra
+            raise ConfigError("hydra.launcher.max_members", self.max_members, "must be >= 1 (or null: "
+                              "as many as fit)")  # wraps what that raises in "Error in call to target"
+        if not 0 < self.memory_fraction <= 1:
+            raise ConfigError("hydra.launcher.memory_fraction", self.memory_fraction, "must be in (0, 1]")
+        if self.executor not in EXECUTORS:
             raise ConfigError("hydra.launcher.executor", self.executor, "allowed: " + ", ".join(EXECUTORS))
         if self.single not in SINGLES:
             raise ConfigError("hydra.launcher.single", self.single, "allowed: " + ", ".join(SINGLES))
