@@ -52,6 +52,12 @@ def test_a_killed_sequential_sweep_rerun_reaches_the_same_decisions(tmp_path):
         time.sleep(0.05)
     os.killpg(cut.pid, signal.SIGKILL)  # in round 2, after the first look
     cut.wait()
+    # status says the sweep is not done, though every run it holds may be, and how to go on
+    from regablate.cli.status import render, sweep_status
+
+    shown = render(sweep_status([tmp_path / "cut"]))
+    assert "seeds=auto: 1 arm(s) undecided after look 1 of 2; the next round runs seeds 3–4" in shown, shown
+    assert "continue with: regablate run -m " in shown and "trainer.resume=auto" in shown, shown
     # as the printed command continues it (trainer.resume=auto), an operational setting changed
     again = run_cli("run", "-m", *small, "trainer.threads=1", "hydra.sweep.dir=cut", "trainer.resume=auto",
                     cwd=tmp_path)

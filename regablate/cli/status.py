@@ -108,12 +108,35 @@ def _run_command(run_dir: str) -> tuple[str | None, str | None]:
 
 
 
+def _rounds_left(sweep: str) -> str | None:
+    """What a `seeds=auto` sweep stopped between rounds still has to run (its sequential.json:
+    arms undecided and looks left), else None: every run done does not make it finished."""
+    from regablate.report.sequential_state import FILE, SequentialState
+
+    path = os.path.join(sweep, FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        from regablate.sweep.sequential import plan_next_round
+
+        state = SequentialState.load(path)
+        todo = plan_next_round(state)
+    except Exception:  # unreadable: the report says why
+        return None
+    if not todo:
+        return None
+    arms = len([a for a in todo if a != state.settings.reference])
+    seeds = sorted({s for v in todo.values() for s in v})
+    return (f"seeds=auto: {arms} arm(s) undecided after look {len(state.looks)} of "
+            f"{len(state.settings.schedule)}; the next round runs seeds {seeds[0]}–{seeds[-1]}")
+
+
 def sweep_status(paths) -> dict:
     """Where the runs below `paths` stand (see the module docstring): a dict of plain values,
 
         {"roots": [...], "counts": {running, completed, diverged, failed, interrupted,
          no_summary, unreadable, stale}, "groups": [{"dir", "sweep": bool, "counts", "runs":
-         [{"dir", "status", ...}], "command", "command_missing"}]}
+         [{"dir", "status", ...}], "command", "command_missing", "rounds_left"}]}
 
     one group per sweep dir, and one (`"sweep": False`) for the single runs below each root.
     Raises MissingDir (a FileNotFoundError) naming a path that is not a directory."""
@@ -122,7 +145,8 @@ def sweep_status(paths) -> dict:
     for group in out:
         group["command"], group["command_missing"] = None, None
         todo = [r for r in group["runs"] if unfinished(r)]
-        if group["sweep"] and todo:
+        group["rounds_left"] = _rounds_left(group["dir"]) if group["sweep"] else None
+        if group["sweep"] and (todo or group["rounds_left"]):
             group["command"], group["command_missing"] = _sweep_command(group["dir"])
         elif todo:
             for run in todo:
@@ -207,6 +231,8 @@ def render(report: dict, show_all: bool = False) -> str:
                 lines.append(printable(f"              continue with: {run['command']}"))
         for st, n in hidden.items():
             lines.append(f"  ... and {n} more {st.replace('_', ' ')} (--all lists them)")
+        if group.get("rounds_left"):
+            lines.append(printable(f"  {group['rounds_left']}"))
         if group["command"]:
             lines.append(printable(f"  continue with: {group['command']}"))
             live = group["counts"]["running"] - group["counts"]["stale"]
