@@ -66,6 +66,7 @@ def test_group_options_validate(group, option):
     (["+reg=l2", "reg.l2.lam=inf"], "reg.l2.lam", "must be a finite number"),
     (["optim.lr=-inf"], "optim.lr", "must be a finite number"),
     (["+reg=l2", "reg.l2.lam=nan"], "reg.l2.lam", "must be a finite number"),
+    (["+reg=dropout", "reg.dropout.p=inf"], "reg.dropout.p", "must be a finite number"),  # float | list
 ])
 def test_bad_values_name_key_value_and_what_is_allowed(overrides, key, allowed):
     with pytest.raises(ConfigError) as err:

@@ -97,7 +97,7 @@ def test_a_run_into_a_sweeps_dir_or_inside_a_run_and_a_sweep_into_a_run_are_refu
     for args, said in (
             (("hydra.run.dir=S",), "S is a sweep's dir (multirun.yaml): its runs are its job dirs"),
             (("hydra.run.dir=S/0/checkpoints",), f"S/0/checkpoints is inside the run dir {tmp_path / 'S' / '0'}"),
-            (("-m", "+reg=l2,l1", "hydra.sweep.dir=S/1"), "hydra.sweep.dir=S/1: is the run dir S/1"),
+            (("-m", "+reg=l2,l1", "hydra.sweep.dir=S/1"), "hydra.sweep.dir=S/1: is a run dir, which holds only what its run writes"),
             (("-m", "+reg=l2,l1", "hydra.sweep.dir=S/1/tb"), f"is inside the run dir {tmp_path / 'S' / '1'}")):
         r = run_cli("run", *args, *TINY, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
@@ -105,6 +105,30 @@ def test_a_run_into_a_sweeps_dir_or_inside_a_run_and_a_sweep_into_a_run_are_refu
     assert fingerprint(tmp_path) == before  # nothing made, nothing changed
     report = run_cli("report", "S", cwd=tmp_path)
     assert report.returncode == 0 and "2 completed" in report.stdout, report.stdout
+
+
+def test_a_sweep_refused_before_its_first_job_may_be_run_again_and_a_design_into_another_sweep_writes_nothing(tmp_path):
+    typo = run_cli("run", "-m", "+reg=none,droput", *TINY, "hydra.sweep.dir=S", cwd=tmp_path)
+    assert typo.returncode == 2 and (tmp_path / "S" / "multirun.yaml").exists(), typo.stderr
+    fixed = run_cli("run", "-m", "+reg=none,dropout", *TINY, "hydra.sweep.dir=S", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]  # no job ran under the refused command
+    assert "+reg=none,dropout" in (tmp_path / "S" / "multirun.yaml").read_text()
+    before = fingerprint(tmp_path / "S")
+    design = run_cli("run", "-m", "+reg=[dropout,l2]", "hydra.sweeper.design=factorial", "seed=0,1,2", *TINY,
+                     "hydra.sweep.dir=S", cwd=tmp_path)
+    assert design.returncode == 2 and "S holds another sweep's jobs (" in design.stderr, design.stderr
+    assert fingerprint(tmp_path / "S") == before  # no ablation.json left behind
+
+
+def test_only_a_real_run_dir_above_a_path_holds_it(tmp_path):
+    """A report saved as summary.json, or `..` through a run dir, is no run dir above a path."""
+    from regablate.rundir.claim import enclosing_run
+
+    (tmp_path / "summary.json").write_text(json.dumps({"schema": 1, "groups": []}))
+    assert enclosing_run(tmp_path / "outputs" / "run") is None
+    assert run_cli("run", *TINY, "hydra.run.dir=R", cwd=tmp_path).returncode == 0
+    assert enclosing_run(tmp_path / "R" / "tb") == tmp_path / "R"
+    assert enclosing_run(tmp_path / "R" / ".." / "R2") is None
 
 
 def test_resume_continues_only_the_run_of_the_same_seeds_and_configuration(tmp_path):
@@ -214,8 +238,8 @@ def test_ctrl_c_without_checkpoints_says_the_run_starts_again(tmp_path):
                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err = _stop_at_epoch(proc, 2, signal.SIGINT)
     assert proc.returncode == 130 and not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
-    assert err.strip().endswith("hydra.run.dir=run trainer.resume=auto (from epoch 1: no checkpoints/last.pt was "
-                                "written; trainer.checkpoint=true keeps one)"), err
+    assert err.strip().endswith("hydra.run.dir=run trainer.resume=auto (from epoch 1: it wrote no "
+                                "checkpoints/last.pt)"), err
 
 
 def test_ctrl_c_in_a_sweep_prints_the_command_that_continues_the_sweep(tmp_path):

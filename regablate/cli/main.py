@@ -130,9 +130,8 @@ def run(argv: list[str]) -> int:
         if again:
             run_dir = LAUNCH_DIRS.get("run")
             anew = run_dir and not (Path(run_dir) / "checkpoints" / "last.pt").exists()
-            print(f"continue with: {again}" + (" (from epoch 1: no checkpoints/last.pt was written; "
-                                               "trainer.checkpoint=true keeps one)" if anew else ""),
-                  file=sys.stderr)
+            print(f"continue with: {again}" + (" (from epoch 1: it wrote no checkpoints/last.pt)"
+                                               if anew else ""), file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except SweepFailed as e:  # jobs of a sweep did not complete: one closing line
         again = resume_command(argv, LAUNCH_DIRS, e.overrides) if e.resumable else None

@@ -17,6 +17,8 @@ from typing import Any, Literal, Union
 
 from regablate.errors import ConfigError
 
+FINITE = "must be a finite number"
+
 
 def check(ok: Callable[[Any], bool], allowed: str, default: Any = dataclasses.MISSING, **kw):
     """A dataclass field whose value must satisfy `ok`; `allowed` says what is allowed."""
@@ -72,8 +74,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(arg, value, key)
-            except ConfigError:
-                pass
+            except ConfigError as e:
+                if e.allowed == FINITE:  # a number, but not a finite one: say that, not the union
+                    raise
         raise ConfigError(key, value, f"must be {_type_name(tp)}")
     if origin is Literal:
         if value in typing.get_args(tp):
@@ -93,7 +96,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):  # inf passes `>= 0`; nan passes no check, but say it once
-                raise ConfigError(key, value, "must be a finite number")
+                raise ConfigError(key, value, FINITE)
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -13,8 +13,9 @@ written when operational settings were still part of summary.json's `group` join
 same science; without a config, or with an unresolved `${...}` in a science setting (two runs
 would read alike), the summary's `group` is kept.
 
-Runs of one group on the same seeds (the same sweep run again into another dir) are one
-replicate: the first averaged one is kept, each other is skipped with the reason.
+Runs of one group on the same seeds from different sweeps or single runs (the same sweep run
+again into another dir) are one replicate: one sweep's are kept, each other is skipped with the
+reason.
 
 A run dir may come from someone else (regablate.rundir.untrusted): its files are read only when they
 are regular files inside the run dir and under a size cap, YAML without aliases, numbers only of
@@ -366,26 +367,38 @@ def collect(roots: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
     return _count_repeats_once(runs, skipped)
 
 
+def _sweep_root(path: Path) -> Path:
+    """The sweep a run belongs to: the nearest dir above it holding multirun.yaml, else the run
+    dir itself (a single run)."""
+    return next((d for d in Path(path).parents if (d / "multirun.yaml").is_file()), Path(path))
+
+
 def _count_repeats_once(runs: list[Run], skipped: list) -> tuple[list[Run], list]:
-    """One run per (group, seed, data_seed): the same configuration run again on the same seeds
-    (a sweep repeated into another dir) is the same replicate, not another one; counting it
-    twice would shrink every interval. Kept: the first averaged run, else the first completed,
-    else the first found; each other one is skipped with the reason."""
+    """One sweep's runs per (group, seed, data_seed): the same configuration run again on the same
+    seeds by another sweep or single run (a sweep repeated into another dir) is the same
+    replicate, not another one; counting it twice would shrink every interval. Kept: the runs of
+    the sweep that holds the first averaged one (else the first completed, else the first found);
+    each other is skipped with the reason. Within one sweep (an Optuna study that samples one
+    point twice, a sweep over operational settings) every run is kept."""
     def rank(r: Run) -> int:
         return 0 if r.done else 1 if r.status == "completed" else 2
 
-    kept: dict[tuple, Run] = {}
+    by_key: dict[tuple, list[Run]] = {}
     for r in runs:
-        key = (r.group, r.summary.get("seed"), r.summary.get("data_seed"))
-        if key not in kept or rank(r) < rank(kept[key]):
-            kept[key] = r
-    chosen = {id(r) for r in kept.values()}
-    for r in runs:
-        if id(r) not in chosen:
-            first = kept[(r.group, r.summary.get("seed"), r.summary.get("data_seed"))]
-            skipped.append((r.path, f"a repeat of {first.path} (the same configuration and seeds: seed="
-                            f"{r.summary.get('seed')}, data_seed={r.summary.get('data_seed')}), counted once"))
-    return [r for r in runs if id(r) in chosen], skipped
+        by_key.setdefault((r.group, r.summary.get("seed"), r.summary.get("data_seed")), []).append(r)
+    dropped = set()
+    for same in by_key.values():
+        roots = [_sweep_root(r.path) for r in same]
+        if len(set(roots)) < 2:
+            continue
+        first = min(same, key=rank)
+        kept_root = roots[same.index(first)]
+        for r, root in zip(same, roots, strict=True):
+            if root != kept_root:
+                dropped.add(id(r))
+                skipped.append((r.path, f"a repeat of {first.path} (the same configuration and seeds: seed="
+                                f"{r.summary.get('seed')}, data_seed={r.summary.get('data_seed')}), counted once"))
+    return [r for r in runs if id(r) not in dropped], skipped
 
 
 def plain_value(x):

@@ -85,21 +85,23 @@ def _roots(paths: list[str]) -> list[Path]:
     return roots
 
 
-SWEEP_RECORDS = ("multirun.yaml", "ablation.json", "sequential.json")  # a sweep root's own files
+SWEEP_RECORDS = ("multirun.yaml", "ablation.json", "sequential.json", "optuna_study.json")  # a sweep root's
 
 
 def _check_out(flag: str, out: str | None, folder: bool = False) -> None:
     """Refuse an --out (or a --plot folder) that would write over or into what a run or a sweep
-    wrote: a path inside a run dir (one holding summary.json or .hydra/), or a sweep root's own
-    record (multirun.yaml, ablation.json, sequential.json)."""
+    wrote: a path inside a run dir (`regablate.rundir.claim.is_run_dir`), or a sweep root's own
+    record (multirun.yaml, ablation.json, sequential.json, optuna_study.json). Links and `..` are
+    followed to where the file would really be written."""
+    from regablate.rundir.claim import enclosing_run, is_run_dir
+
     if out is None:
         return
-    path = Path(out).expanduser().absolute()
-    for d in ([path] if folder else []) + list(path.parents):
-        if (d / "summary.json").exists() or (d / ".hydra").is_dir():
-            raise UsageError(f"{flag} {out!r} is inside the run dir {d}: a run dir holds only what "
-                             f"its run wrote; write outside it, e.g. {flag} "
-                             f"{'plots' if folder else 'report.md'}")
+    path = Path(os.path.realpath(Path(out).expanduser()))
+    run = path if folder and is_run_dir(path) else enclosing_run(path)
+    if run is not None:
+        raise UsageError(f"{flag} {out!r} is inside the run dir {run}: a run dir holds only what "
+                         f"its run wrote; write outside it, e.g. {flag} {'plots' if folder else 'report.md'}")
     if not folder and path.name in SWEEP_RECORDS and (path.parent / "multirun.yaml").exists():
         raise UsageError(f"{flag} {out!r} is the sweep's own {path.name}: it is never written "
                          "over; name another file, e.g. --out report.md")

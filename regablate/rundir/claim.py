@@ -32,23 +32,49 @@ class RunRefused(UsageError):
 
 
 def is_run_dir(path: Path) -> bool:
-    """A dir that holds a run: its summary.json, or the `.hydra/` its launch wrote first."""
-    return (path / "summary.json").exists() or (path / ".hydra").is_dir()
+    """A dir that holds a run: the `.hydra/config.yaml` its launch wrote first, or a summary.json
+    that is a run's (its status and seed; a report written as summary.json is not one)."""
+    import json
+
+    from regablate.rundir.untrusted import SMALL_CAP
+
+    if (path / ".hydra" / "config.yaml").is_file():
+        return True
+    summary = path / "summary.json"
+    try:
+        if not summary.is_file() or summary.stat().st_size > SMALL_CAP:
+            return False
+        doc = json.loads(summary.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "status" in doc and "seed" in doc
+
+
+def _absolute(path) -> Path:
+    """`path` made absolute with `..` and links resolved (where it would really be written)."""
+    return Path(os.path.realpath(path))
 
 
 def enclosing_run(path: Path) -> Path | None:
-    """The run dir that `path` lies inside, if any (a run dir holds only what its run writes)."""
-    return next((d for d in Path(path).absolute().parents if is_run_dir(d)), None)
+    """The run dir that `path` lies inside, if any (a run dir holds only what its run writes).
+    The walk up stops at a sweep's root (multirun.yaml): nothing above one is a run."""
+    for d in _absolute(path).parents:
+        if is_run_dir(d):
+            return d
+        if (d / "multirun.yaml").is_file():
+            return None
+    return None
 
 
 def check_sweep_dir(sweep_dir: Path) -> None:
     """Refuse a `hydra.sweep.dir` that is a run dir or lies inside one: its multirun.yaml and job
     dirs would go among that run's files and hide it from the report."""
-    for d in (Path(sweep_dir), enclosing_run(sweep_dir)):
-        if d is not None and is_run_dir(d):
-            raise UsageError(f"hydra.sweep.dir={sweep_dir}: {'is' if d == Path(sweep_dir) else 'is inside'} "
-                             f"the run dir {d}, which holds only what its run writes; give the sweep "
-                             "its own hydra.sweep.dir")
+    outer = enclosing_run(sweep_dir)
+    where = "is a run dir" if is_run_dir(_absolute(sweep_dir)) else \
+        f"is inside the run dir {outer}" if outer is not None else None
+    if where:
+        raise UsageError(f"hydra.sweep.dir={sweep_dir}: {where}, which holds only what its run writes; "
+                         "give the sweep its own hydra.sweep.dir")
 
 
 @contextmanager

@@ -258,6 +258,9 @@ class OptunaSearch:
             from regablate.errors import UsageError
 
             raise UsageError(self.refusal)
+        from regablate.rundir.claim import check_sweep_dir
+
+        check_sweep_dir(Path(str(config.hydra.sweep.dir)))  # before its study record is written
         self.config, self.hydra_context, self.job_idx = config, hydra_context, 0
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)

@@ -145,29 +145,59 @@ def auto_seeds(seeds: str | None, overrides: Sequence[Any]) -> bool:
     return True
 
 
-def same_jobs(sweep_dir: Path, multirun_yaml: bytes, task: list[str]) -> None:
-    """Refuse a sweep into a dir that holds another sweep's jobs (its multirun.yaml's command
-    overrides differ from these, operational settings aside): job dirs are numbered by job, so
-    another list of jobs (one more seed) would put runs into the wrong dirs and repeat some."""
+def _job_lines(cfg) -> list[str] | None:
+    """What makes a sweep's list of jobs, from its config (unresolved): the command's task
+    overrides in order, less operational ones that are not swept (`trainer.resume=auto`), then
+    the sweeper's own `params` in order; None when it cannot be read."""
+    from omegaconf import OmegaConf
+
+    from regablate.rundir.group import is_operational
+
+    def swept(o: str) -> bool:
+        value = o.split("=", 1)[1] if "=" in o else ""
+        return "," in value or "(" in value
+
+    try:
+        hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
+        task = [str(o) for o in hydra["overrides"]["task"]]
+        params = (hydra.get("sweeper") or {}).get("params") or {}
+    except Exception:
+        return None
+    return [o for o in task if swept(o) or not is_operational(o)] + [f"params {k}={v}" for k, v in params.items()]
+
+
+def same_jobs(sweep_dir: Path, multirun_yaml: bytes, config) -> bool:
+    """Refuse a sweep into a dir that holds another sweep's jobs (its multirun.yaml's command or
+    sweeper params differ from these, operational settings aside): job dirs are numbered by job
+    (`hydra.sweep.subdir=${hydra.job.num}`, Hydra's default), so another list of jobs (one more
+    seed, another order) would put runs into the wrong dirs and repeat some. A dir that holds no
+    job yet (a sweep refused before its first job) is not held against the new sweep. Returns
+    whether the dir holds jobs."""
     from omegaconf import OmegaConf
 
     from regablate.errors import UsageError
-    from regablate.rundir.group import is_operational
+    from regablate.report.collect import find_run_dirs
 
+    found, broken = find_run_dirs(sweep_dir)
+    if not found and not broken:
+        return False
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    if "hydra.job.num" not in str(subdir):  # job dirs named by their overrides: any jobs fit
+        return True
     try:
-        there = [str(o) for o in OmegaConf.create(multirun_yaml.decode()).hydra.overrides.task]
+        old = _job_lines(OmegaConf.create(multirun_yaml.decode()))
     except Exception:  # not a multirun.yaml Hydra wrote: the jobs' own checks still hold
-        return
-    old = sorted(o for o in there if not is_operational(o))
-    new = sorted(str(o) for o in task if not is_operational(str(o)))
-    if old != new:
-        gone = " ".join(o for o in old if o not in new)
-        added = " ".join(o for o in new if o not in old)
-        what = (f"{gone} there, {added} now" if gone and added else
-                f"{added} given now, not there" if added else f"{gone} given there, not now")
-        raise UsageError(f"{sweep_dir} holds another sweep's jobs ({what}): its job "
-                         "dirs are numbered by job, so other jobs would land in the wrong ones; give "
-                         "this sweep its own hydra.sweep.dir (the report reads several)")
+        return True
+    new = _job_lines(config)
+    if old is None or new is None or old == new:
+        return True
+    gone = " ".join(o for o in old if o not in new)
+    added = " ".join(o for o in new if o not in old)
+    what = (f"{gone} there, {added} now" if gone and added else f"{added} given now, not there" if added
+            else f"{gone} given there, not now" if gone else "the same overrides in another order")
+    raise UsageError(f"{sweep_dir} holds another sweep's jobs ({what}): its job dirs are numbered by job, "
+                     "so other jobs would land in the wrong ones; give this sweep its own hydra.sweep.dir "
+                     "(the report reads several)")
 
 
 def sweep(sweeper: Any, arguments: list[str]) -> object:
@@ -208,6 +238,11 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
                        **sweeper.sequential)
     sweep_file = sweep_dir / "multirun.yaml"
     first = sweep_file.read_bytes() if sweep_file.exists() else None
+    if ablation is not None and (sweep_dir / "ablation.json").exists():  # another design: its own line
+        designs.write_ablation_json(sweep_dir, ablation["design"], ablation["components"],
+                                    ablation["seeds"], ablation["overrides"])  # compares, writes nothing
+    if first is not None and not same_jobs(sweep_dir, first, sweeper.config):
+        first = None  # no job ran under it (refused before the first): this sweep's multirun.yaml
     returns: list[Sequence[JobReturn]] = []
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -216,8 +251,6 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
         if ablation is not None:  # written once; another design into this dir is refused
             designs.write_ablation_json(sweep_dir, ablation["design"], ablation["components"],
                                         ablation["seeds"], ablation["overrides"])
-        if first is not None:  # another sweep's jobs are refused before any is launched
-            same_jobs(sweep_dir, first, list(sweeper.config.hydra.overrides.task))
         initial_job_idx = 0
 
         def launch(batch):
