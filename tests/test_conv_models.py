@@ -80,7 +80,7 @@ def test_layernorm_switches_the_norm(tmp_path, root, model):
 
 
 def test_droppath_on_convnet_is_refused(tmp_path, root):
-    with pytest.raises(ConfigError, match="reg.droppath.*use model=resnet"):
+    with pytest.raises(ConfigError, match="reg.droppath.*needs residual branches: model=resnet or model=vit"):
         train(config(root, "convnet", "+reg=droppath"), tmp_path / "refused")
 
 

@@ -117,10 +117,8 @@ def _rounds_left(sweep: str) -> str | None:
     if not os.path.isfile(path):
         return None
     try:
-        from regablate.sweep.sequential import plan_next_round
-
         state = SequentialState.load(path)
-        todo = plan_next_round(state)
+        todo = state.next_round()
     except Exception:  # unreadable: the report says why
         return None
     if not todo:

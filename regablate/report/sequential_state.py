@@ -105,6 +105,20 @@ class SequentialState:
     def decisions(self) -> dict:
         return decide(self.looks, self.arms)
 
+    def next_round(self) -> dict:
+        """{label: [new seeds]} for the next round, the reference included; {} when done (every
+        arm decided, or the last planned look taken). Round 1 runs seeds 0..min_seeds−1 of every
+        arm; round r adds the seeds up to the r-th planned look to the arms still undecided."""
+        s, r = self.settings, len(self.looks)
+        sched = s.schedule
+        if r == 0:
+            return {label: list(range(s.min_seeds)) for label in (s.reference, *self.arms)}
+        open_arms = [a for a, d in self.decisions().items() if d == "undecided"]
+        if r >= len(sched) or not open_arms:
+            return {}
+        seeds = list(range(sched[r - 1], sched[r]))
+        return {label: seeds for label in (s.reference, *open_arms)}
+
     def history(self, label: str) -> list[ArmLook]:
         return [lk["arms"][label] for lk in self.looks if label in lk["arms"]]
 

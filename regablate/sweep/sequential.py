@@ -70,16 +70,8 @@ __all__ = ["plan_next_round", "add_look", "spend", "look_levels", "simulate"]
 
 def plan_next_round(state: SequentialState) -> dict:
     """{label: [new seeds]} for the next round, the reference included; {} when done (every
-    arm decided, or the last planned look taken)."""
-    s, r = state.settings, len(state.looks)
-    sched = s.schedule
-    if r == 0:
-        return {label: list(range(s.min_seeds)) for label in (s.reference, *state.arms)}
-    open_arms = [a for a, d in state.decisions().items() if d == "undecided"]
-    if r >= len(sched) or not open_arms:
-        return {}
-    seeds = list(range(sched[r - 1], sched[r]))
-    return {label: seeds for label in (s.reference, *open_arms)}
+    arm decided, or the last planned look taken): `SequentialState.next_round`."""
+    return state.next_round()
 
 
 def add_look(state: SequentialState, values: dict) -> dict:
