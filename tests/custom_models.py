@@ -76,3 +76,25 @@ class FixedWidth(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class SqueezedRegressor(nn.Module):
+    """Returns (B,) where the targets are (B, 1): MSE would broadcast to a B×B loss."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int):
+        super().__init__()
+        self.net = nn.Linear(in_shape[0], out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class TupleOut(nn.Module):
+    """Returns (logits, None), as some models return (logits, aux)."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int):
+        super().__init__()
+        self.net = nn.Linear(in_shape[0], out_dim + 3)
+
+    def forward(self, x: torch.Tensor):
+        return self.net(x), None

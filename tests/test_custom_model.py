@@ -209,6 +209,23 @@ def test_cli_a_model_that_fails_on_the_datas_shape_is_one_line_and_in_a_sweep_fa
         assert (s["status"], s["error"], s["model"], s["seed"]) == ("failed", FIXED_WIDTH, "custom", seed)
 
 
+@pytest.mark.parametrize("target, data, said", [
+    ("SqueezedRegressor", ("dataset=sine",), "raised ValueError: it returned a tensor of shape (2,); the loss and "
+                                             "metrics need one tensor of shape (2, 1)"),
+    ("TupleOut", (), "raised ValueError: it returned a tuple; the loss and metrics need one tensor of shape (2, 4)"),
+])
+def test_a_model_whose_output_is_not_batch_by_out_dim_is_refused_before_training(small_cfg, tmp_path, target, data,
+                                                                                 said):
+    from regablate.checks.lint import ModelInputError
+    from regablate.training.loop import train
+
+    cfg = small_cfg(*data, *custom(target))
+    with pytest.raises(ModelInputError) as e:
+        train(cfg, tmp_path)
+    assert said in str(e.value) and "\n" not in str(e.value)
+    assert not list(tmp_path.iterdir())  # found before any file is written (the CLI records it failed)
+
+
 def test_cli_a_single_run_of_a_model_that_fails_on_the_datas_shape_is_recorded_as_failed(tmp_path):
     r = _cli(tmp_path, *custom("FixedWidth"))
     assert r.returncode == 2

@@ -128,6 +128,32 @@ def _order(model: nn.Module, in_shape: tuple[int, ...] | None,
     return list(called.items())
 
 
+@torch.no_grad()
+def check_output(model: nn.Module, in_shape: tuple[int, ...], out_dim: int, who: str) -> None:
+    """A model's eval-mode output on two zero inputs of `in_shape` must be one tensor of shape
+    (2, out_dim): the loss and every metric read it so. Another shape (a regression model's
+    (B,) broadcasts against (B, 1) targets into a B×B loss) or a tuple is a ModelInputError. The
+    CPU RNG is left as it was."""
+    modes = {m: m.training for m in model.modules()}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            try:
+                out = model(torch.zeros(2, *in_shape, device=device))
+            except Exception as e:  # noqa: BLE001 — the model's own failure, said as the lint says it
+                raise ModelInputError(who, tuple(in_shape), e) from None
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if isinstance(out, torch.Tensor) and tuple(out.shape) == (2, out_dim):
+        return
+    got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+    raise ModelInputError(who, tuple(in_shape), ValueError(
+        f"it returned {got}; the loss and metrics need one tensor of shape (2, {out_dim}): "
+        f"(batch, {out_dim} outputs or class logits)"))
+
+
 def _rates(p: float | list[float] | None) -> list[float]:
     return [] if p is None else p if isinstance(p, list) else [p]
 

@@ -112,6 +112,10 @@ def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
 
         raise ConfigError("trainer.amp", True, f"bf16 autocast is for CUDA; the device is {device}")
     model = build_model(s.model, data.in_shape, data.out_dim, s.stack).to(device)
+    if s.model.name == "custom":  # the built-in models return (batch, out_dim) by construction
+        from regablate.checks.lint import check_output, model_name
+
+        check_output(model, data.in_shape, data.out_dim, model_name(s))
     if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
     check_optimizer(s.optim)
