@@ -171,6 +171,15 @@ def _classes_differ(img: Path) -> None:
     (img / "test" / "owl").rename(img / "test" / "emu")
 
 
+def _one_class(img: Path) -> None:
+    import shutil
+
+    write_images(img, {"train": 2})
+    for d in (img / "train").iterdir():
+        if d.name != CLASSES[0]:
+            shutil.rmtree(d)
+
+
 def _unreadable(img: Path) -> None:
     write_images(img, {"train": 2})
     (img / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
@@ -179,12 +188,13 @@ def _unreadable(img: Path) -> None:
 @pytest.mark.parametrize("make,extra,message", [
     (_no_classes, (), "/img: no class folders: expected train/<class>/<image>"),
     (_empty_class, (), "/img/train/emu: an empty class"),
+    (_one_class, (), f"/img: one class ({CLASSES[0]!r}) in train/; classification needs at least two class folders"),
     (_classes_differ, (), "/img: classes differ between train/ and test/ (only in train/: owl; "
                           "only in test/: emu)"),
     (_unreadable, (), "/img/train/dog/broken.png: unreadable image ("),
     (_unreadable, ("dataset.image_size=1000000",), "/img: 7 images at 3x1000000x1000000 need "),
     (lambda img: None, (), "/img: no such folder or archive"),
-], ids=["no-classes", "empty-class", "classes-differ", "unreadable", "memory", "missing"])
+], ids=["no-classes", "empty-class", "one-class", "classes-differ", "unreadable", "memory", "missing"])
 def test_bad_input_is_one_line_naming_the_path(tmp_path, make, extra, message):
     make(tmp_path / "img")
     r = cli(tmp_path, "run", "dataset=image_folder", f"dataset.path={tmp_path / 'img'}",
@@ -209,6 +219,8 @@ def test_skip_unreadable_skips_and_counts(tmp_path):
     only = tmp_path / "only"
     (only / "train" / "cat").mkdir(parents=True)
     (only / "train" / "cat" / "x.png").write_bytes(b"junk")
+    (only / "train" / "dog").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(only / "train" / "dog" / "ok.png")
     with pytest.raises(UsageError, match=r"/only/train/cat: an empty class \(no readable images; 1 skipped"):
         make_image_folder(settings(only, tmp_path / "c", skip_unreadable=True), 0)
 

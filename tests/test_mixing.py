@@ -159,3 +159,23 @@ def test_transforms_draw_from_a_cuda_generator_as_from_the_global_rngs(names):
     got = stack.transform_batch(x, y, torch.Generator("cuda").manual_seed(3), torch.Generator().manual_seed(3))
     assert torch.equal(torch.get_rng_state(), before[0]) and torch.equal(torch.cuda.get_rng_state(), before[1])
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and got[0].is_cuda
+
+
+def test_a_cutout_that_hides_the_whole_image_from_every_centre_is_refused(tmp_path):
+    """On an HxH image a square of side 2H-1 covers every pixel wherever it is centred (every
+    training image blank); 2H-2 leaves some pixels for a centre at the border."""
+    from conftest import compose_cfg, write_fake_cifar10
+    from regablate.errors import ConfigError
+    from regablate.training.experiment import build_experiment
+    from regablate.training.settings import load_settings
+
+    x = torch.ones(64, 1, 8, 8)
+    cy = torch.arange(64) // 8
+    cx = torch.arange(64) % 8
+    assert cutout(x, 15, cy, cx).sum() == 0 and cutout(x, 14, cy, cx).sum() > 0
+    root = write_fake_cifar10(tmp_path / "c")
+    base = ("dataset=cifar10", f"dataset.root={root}", "model=convnet", "+reg=cutout")
+    with pytest.raises(ConfigError, match=r"reg.cutout.size=63: covers the whole 32x32 image wherever it is "
+                                          r"centred \(every training image blank\); use a size below 63"):
+        build_experiment(load_settings(compose_cfg(*base, "reg.cutout.size=63")))
+    build_experiment(load_settings(compose_cfg(*base, "reg.cutout.size=62")))  # a corner stays

@@ -277,11 +277,15 @@ def _sorted(found: dict) -> dict:
 
 
 def check_layout(src: Source) -> list[str]:
-    """The class names (sorted); UsageError for no classes, an empty class, differing classes."""
+    """The class names (sorted); UsageError for no classes, one class, an empty class,
+    differing classes."""
     classes = list(src.found.get("train", {}))
     if not classes:
         raise UsageError(f"{src.path}: no class folders: expected train/<class>/<image> "
                          "(and optionally val/<class>/..., test/<class>/...)")
+    if len(classes) < 2:  # every prediction right by construction: loss 0, accuracy 1
+        raise UsageError(f"{src.path}: one class ({classes[0]!r}) in train/; classification needs at "
+                         "least two class folders")
     for split, by_class in src.found.items():
         for cls, images in by_class.items():
             if not images:

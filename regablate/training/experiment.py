@@ -107,6 +107,13 @@ def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
             raise ConfigError(f"reg.{key}", "on", "needs image inputs (channels, height, width): dataset=cifar10 "
                               f"or dataset=image_folder; dataset.name={s.dataset.name!r} gives inputs of shape "
                               f"{tuple(data.in_shape)}")
+    cut = s.stack["cutout"]
+    if cut is not None and cut.s.size >= 2 * max(data.in_shape[1:]) - 1:
+        from regablate.errors import ConfigError  # a square that hides the image from any centre
+
+        h, w = data.in_shape[1:]
+        raise ConfigError("reg.cutout.size", cut.s.size, f"covers the whole {h}x{w} image wherever it is "
+                          f"centred (every training image blank); use a size below {2 * max(h, w) - 1}")
     if s.trainer.amp and not amp_on(device, True):
         from regablate.errors import ConfigError
 
