@@ -252,3 +252,23 @@ def test_cli_refuses_an_id_column_in_one_line_and_runs_with_exclude(tmp_path):
                   "hydra.run.dir=run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_tables_a_user_sends_that_would_have_crashed_or_trained_on_nothing(csv, tmp_path):
+    df = patients()
+    with pytest.raises(ConfigError, match=r"dataset.features=\['age', 'age'\]: lists 'age' twice"):
+        make_tabular(settings(csv(df), features=["age", "age"]), 0)
+    with pytest.raises(ConfigError, match=r"dataset.exclude=\['age', 'ward', 'smoker'\]: leaves no input columns"):
+        make_tabular(settings(csv(df), exclude=["age", "ward", "smoker"]), 0)
+    few = df.copy()
+    few.loc[0, "readmitted"] = "maybe"  # a class of one row can be in one split only
+    with pytest.raises(ConfigError, match=r"dataset.target='readmitted': has 1 class\(es\) with fewer than 3 rows "
+                                          r".*'maybe' \(1\); each needs a row in train, val and test"):
+        make_tabular(settings(csv(few)), 0)
+    slots = df.assign(slot=np.resize(["08:00", "12:30", "17:45"], len(df)))  # times of day: categories
+    assert make_tabular(settings(csv(slots)), 0).in_shape == (1 + 3 + 2 + 3,)
+    if importlib.util.find_spec("pyarrow") is not None:  # Parquet keeps lists, CSV cannot
+        df.assign(lst=[[1, 2]] * len(df)).to_parquet(tmp_path / "list.parquet")
+        with pytest.raises(UsageError, match=r"column 'lst' holds lists or arrays \(e.g. \[1, 2\]\), which are not a "
+                                             r"feature; leave it out with dataset.exclude=\[lst\]"):
+            make_tabular(settings(tmp_path / "list.parquet"), 0)

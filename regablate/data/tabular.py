@@ -130,7 +130,13 @@ def _columns(df, s: TabularSettings, path: str) -> list[str]:
         raise ConfigError("dataset.target", None, f"is required: one of the columns of {path}: {listing}")
     if s.target not in df.columns:
         raise ConfigError("dataset.target", s.target, f"not a column of {path}; columns: {listing}")
+    twice = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+    if twice:
+        raise UsageError(f"{path}: column {twice[0]!r} appears twice in the header; give each column its own name")
     features = [c for c in df.columns if c != s.target] if s.features is None else list(s.features)
+    twice = sorted({str(c) for c in features if features.count(c) > 1})
+    if twice:
+        raise ConfigError("dataset.features", s.features, f"lists {twice[0]!r} twice; name each column once")
     unknown = [c for c in features if c not in df.columns]
     if unknown:
         raise ConfigError("dataset.features", unknown, f"not columns of {path}; columns: {listing}")
@@ -144,8 +150,10 @@ def _columns(df, s: TabularSettings, path: str) -> list[str]:
         raise ConfigError("dataset.exclude", s.target, "includes the target column (dataset.target)")
     features = [c for c in features if c not in exclude]
     if not features:
-        raise ConfigError("dataset.features", features, f"no input columns left in {path}")
+        key, value = ("dataset.exclude", exclude) if exclude else ("dataset.features", s.features)
+        raise ConfigError(key, value, f"leaves no input columns of {path}")
     for c in features:
+        _not_nested(df[c], c, s, path)
         _not_a_date(df[c], c, s, path)
         if s.features is None:  # a column named in dataset.features is used as given
             _not_an_identifier(df[c], c, s, path)
@@ -163,6 +171,18 @@ def _drop_hint(c, s: TabularSettings) -> str:
     return f"leave it out with dataset.exclude=[{','.join(map(str, [*(s.exclude or []), c]))}]"
 
 
+def _not_nested(col, c, s: TabularSettings, path: str) -> None:
+    """UsageError for a column of lists, arrays or mappings (Parquet keeps them): one value is
+    not one number or one category."""
+    if col.dtype != object:
+        return
+    nested = next((v for v in col.dropna() if isinstance(v, (list, tuple, dict, set, np.ndarray))), None)
+    if nested is not None:
+        shown = str(nested if not isinstance(nested, np.ndarray) else nested.tolist())[:40]
+        raise UsageError(f"{path}: column {c!r} holds lists or arrays (e.g. {shown}), which are not "
+                         f"a feature; {_drop_hint(c, s)} (or spread it into columns of its own)")
+
+
 def _not_a_date(col, c, s: TabularSettings, path: str) -> None:
     """UsageError for a column of dates or times (datetime values, or text that parses as dates
     with a year: the first DATE_SAMPLE distinct values tried): as text it would be one-hot
@@ -178,8 +198,8 @@ def _not_a_date(col, c, s: TabularSettings, path: str) -> None:
     else:
         values = pd.Series(col.dropna().unique()[:DATE_SAMPLE])
         if values.empty or not all(isinstance(v, str) for v in values) \
-                or not values.str.contains(r"\d").all():
-            return
+                or not values.str.contains(r"\d{4}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2}").all():
+            return  # no year written in it ("12:30", "3rd"): pandas would make today's date of it
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -312,6 +332,14 @@ def make_tabular(s: TabularSettings, data_seed: int) -> Data:
         if len(classes) < 2:
             raise ConfigError("dataset.target", s.target, f"has one class ({classes[0]!r}) in "
                               f"{path}; classification needs at least two")
+        counts = df[s.target].value_counts()
+        few = counts[counts < 3]
+        if len(few):  # stratified splits: a class needs a row in train, val and test
+            shown = ", ".join(f"{k!r} ({n})" for k, n in list(few.items())[:3])
+            raise ConfigError("dataset.target", s.target, f"has {len(few)} class(es) with fewer than 3 rows in "
+                              f"{path}: {shown}{' ...' if len(few) > 3 else ''}; each needs a row in train, "
+                              "val and test: merge or drop them" + (", or set dataset.task=regression"
+                                                                    if _is_numeric(df[s.target]) else ""))
         index = {v: i for i, v in enumerate(classes)}
         y = torch.tensor([index[v] for v in df[s.target]], dtype=torch.long)
         train, val, test = split_rows(y, len(df), s, data_seed)
