@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,10 @@ def test_a_trial_whose_seed_fails_is_told_fail_and_the_others_go_on(tmp_path):
     r = run_cli("run", "-m", "hydra/sweeper=optuna", "dataset.k=choice(2,30)", "hydra.sweeper.sampler=grid",
                 "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra.sweeper.seeds_per_trial=1",
                 *TINY, "hydra.sweep.dir=s", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    # the others go on; the sweep ends with one line counting the failed trials, as any sweep's
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("regablate: error: 1 of 2 trials ran a job that failed (trial ") and "dataset.k" in line
     by_k = {t["params"]["dataset.k"]: t for t in _study(tmp_path / "s")["trials"]}
     assert by_k[30]["state"] == "FAIL" and by_k[30]["statuses"] == ["failed"] and by_k[30]["values"] == [None]
     assert by_k[2]["state"] == "COMPLETE"
@@ -243,3 +247,29 @@ def test_a_bad_sweeper_setting_names_its_value(kw, says):
     from regablate.sweep.optuna_search import OptunaSearch
 
     assert OptunaSearch(**kw).refusal.startswith(says)
+
+
+def test_a_range_optuna_cannot_search_is_one_line():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from regablate.errors import UsageError
+    from regablate.sweep.optuna_search import distribution
+
+    for line, says in (("reg.l2.lam=tag(log, interval(0, 1))", "`low > 0` must hold for `log=True`"),
+                       ("reg.l2.lam=interval(0.5, 0.1)", "`low <= high` must hold")):
+        (o,) = OverridesParser.create().parse_overrides([line])
+        with pytest.raises(UsageError, match=re.escape(f"{line}: not a range Optuna can search (")) as e:
+            distribution(o)
+        assert says in str(e.value)
+
+
+def test_trials_whose_jobs_failed_end_the_sweep_with_one_line_and_exit_2(tmp_path):
+    r = run_cli("run", "-m", "hydra/sweeper=optuna", "+reg=l2", "reg.l2.lam=interval(-1,-0.5)", *TINY,
+                "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra.sweeper.seeds_per_trial=1",
+                "hydra.sweeper.sampler=random", "hydra.sweep.dir=s", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("regablate: error: 2 of 2 trials ran a job that failed (trial 0: invalid config: "
+                           "reg.l2.lam=-0.") and "must be >= 0" in line and line.endswith("fix the settings"), line
+    trials = json.loads((tmp_path / "s" / "optuna_study.json").read_text())["trials"]
+    assert [t["state"] for t in trials] == ["FAIL", "FAIL"]

@@ -23,7 +23,8 @@ attributes. A trial with a seed that did not complete (diverged or failed) is to
 mean over the seeds that survived would flatter it, and a penalty value would be invented; TPE
 then learns nothing from it. Refused jobs (their run dir holds a run, or is being written) are
 counted as regablate's sweeper counts them, their trial told FAIL and marked refused, and the
-sweep ends after the batch with one line.
+sweep ends after the batch with one line. A trial with a job that failed (an invalid value of the
+search space, say) is told FAIL too, and the sweep ends with one line counting them (exit 2).
 
 Direction: `direction=auto` minimises, except `trainer.objective=val_metric` on a task whose
 metric is higher-is-better (acc), from the dataset's task. Storage: in memory by default;
@@ -86,9 +87,12 @@ def distribution(override: Any) -> Any:
     value = override.value()
     if isinstance(value, IntervalSweep):
         log_ = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_)
-        return FloatDistribution(float(value.start), float(value.end), log=log_)
+        try:  # optuna's own checks: low <= high, low > 0 on a log scale
+            if isinstance(value.start, int) and isinstance(value.end, int):
+                return IntDistribution(value.start, value.end, log=log_)
+            return FloatDistribution(float(value.start), float(value.end), log=log_)
+        except ValueError as e:
+            raise UsageError(f"{override.input_line}: not a range Optuna can search ({e})") from None
     if isinstance(value, Glob):
         raise UsageError(f"{override.input_line}: glob() is not searchable; list the choices")
     values = list(override.sweep_iterator(transformer=Transformer.encode))
@@ -262,6 +266,8 @@ class OptunaSearch:
 
         check_sweep_dir(Path(str(config.hydra.sweep.dir)))  # before its study record is written
         self.config, self.hydra_context, self.job_idx = config, hydra_context, 0
+        self.failed: list[tuple[int, str]] = []  # (trial, its failed job's error), this command's
+        self.launched = 0
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -373,6 +379,11 @@ class OptunaSearch:
             done = counted()
         self._write(study, objective, direction, space)
         self._describe()
+        if self.failed:  # as every regablate sweep: one closing line counting them, exit 2
+            shown = "; ".join(f"trial {n}: {why}" for n, why in self.failed[:2])
+            raise UsageError(f"{len(self.failed)} of {self.launched} trials ran a job that failed ({shown}"
+                             f"{' ...' if len(self.failed) > 2 else ''}); the study holds them as FAIL: "
+                             "narrow the search space or fix the settings")
         return study
 
     def _run_batch(self, study: Any, trials: Sequence[Any], keys: dict, fixed: list[str], objective: str,
@@ -413,6 +424,10 @@ class OptunaSearch:
             else:
                 _tell(study, number, state=TrialState.FAIL)
                 log.warning(f"trial {number} FAIL: seeds {dict(zip(self.seeds, statuses))} {dict(t.params)}")
+            self.launched += 1
+            why = next((str(sm.get("error")) for sm, st in zip(summaries, statuses) if st == "failed"), None)
+            if why is not None:  # diverged is a result (told FAIL); failed is a fault to report
+                self.failed.append((number, " ".join(why.split())[:200]))
         if refused:
             self._write(study, objective, study.direction.name.lower(), self.space)
             raise UsageError(refused_message(refused, len(returns)))
