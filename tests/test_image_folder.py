@@ -153,6 +153,13 @@ def test_data_command_decodes_the_cache_runs_reuse(tmp_path, monkeypatch, capsys
     assert len(d.test) == 3
     assert main(["image_folder", str(tmp_path / "nothing")]) == 2
     assert "/nothing: no such folder or archive" in capsys.readouterr().err
+    run = tmp_path / "run"  # a finished run's dir: no cache goes in it, or below it
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    for root in (run, run / "cache"):
+        assert main(["image_folder", str(tmp_path / "img"), "--root", str(root)]) == 2
+        assert f"--root {root}: is inside the run dir {run}" in capsys.readouterr().err
+    assert sorted(p.name for p in run.rglob("*")) == [".hydra", "config.yaml"]
 
 
 # ------------------------------------------------------------------------------ bad input
