@@ -156,9 +156,9 @@ def test_data_command_decodes_the_cache_runs_reuse(tmp_path, monkeypatch, capsys
     run = tmp_path / "run"  # a finished run's dir: no cache goes in it, or below it
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
-    for root in (run, run / "cache"):
+    for root, said in ((run, "is a run dir"), (run / "cache", f"is inside the run dir {run}")):
         assert main(["image_folder", str(tmp_path / "img"), "--root", str(root)]) == 2
-        assert f"--root {root}: is inside the run dir {run}" in capsys.readouterr().err
+        assert f"--root {root}: {said}, which holds only what its run writes" in capsys.readouterr().err
     assert sorted(p.name for p in run.rglob("*")) == [".hydra", "config.yaml"]
 
 

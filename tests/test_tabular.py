@@ -260,11 +260,18 @@ def test_tables_a_user_sends_that_would_have_crashed_or_trained_on_nothing(csv, 
         make_tabular(settings(csv(df), features=["age", "age"]), 0)
     with pytest.raises(ConfigError, match=r"dataset.exclude=\['age', 'ward', 'smoker'\]: leaves no input columns"):
         make_tabular(settings(csv(df), exclude=["age", "ward", "smoker"]), 0)
-    few = df.copy()
-    few.loc[0, "readmitted"] = "maybe"  # a class of one row can be in one split only
-    with pytest.raises(ConfigError, match=r"dataset.target='readmitted': has 1 class\(es\) with fewer than 3 rows "
-                                          r".*'maybe' \(1\); each needs a row in train, val and test"):
-        make_tabular(settings(csv(few)), 0)
+    rare = df.copy()
+    rare.loc[0, "readmitted"] = "maybe"  # one rare class among common ones: it trains
+    assert make_tabular(settings(csv(rare)), 0).out_dim == 3
+    scores = df.assign(score=np.linspace(0, 1, len(df)))  # a measurement taken as classes: one row each
+    with pytest.raises(ConfigError, match=r"dataset.target='score': has 100 of 100 classes with fewer than 3 rows "
+                                          r".*; a class needs rows in train, val and test: merge or drop them, "
+                                          r"or set dataset.task=regression"):
+        make_tabular(settings(csv(scores), target="score", task="classification"), 0)
+    dates = ["2021-03-04", "03/04/2021", "4 Mar 2021", "2021-03-04 12:30", "4-Mar-21", "Mar 4, 21"]
+    for i, day in enumerate(dates):  # each way of writing a date is still one
+        with pytest.raises(UsageError, match="holds dates"):
+            make_tabular(settings(csv(df.assign(day=[day] * len(df)), f"d{i}.csv")), 0)
     slots = df.assign(slot=np.resize(["08:00", "12:30", "17:45"], len(df)))  # times of day: categories
     assert make_tabular(settings(csv(slots)), 0).in_shape == (1 + 3 + 2 + 3,)
     if importlib.util.find_spec("pyarrow") is not None:  # Parquet keeps lists, CSV cannot

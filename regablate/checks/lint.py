@@ -133,12 +133,12 @@ def check_output(model: nn.Module, in_shape: tuple[int, ...], out_dim: int, who:
     """A model's eval-mode output on two zero inputs of `in_shape` must be one tensor of shape
     (2, out_dim): the loss and every metric read it so. Another shape (a regression model's
     (B,) broadcasts against (B, 1) targets into a B×B loss) or a tuple is a ModelInputError. The
-    CPU RNG is left as it was."""
+    RNG (CPU, and the model's CUDA device) is left as it was."""
     modes = {m: m.training for m in model.modules()}
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         model.eval()
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             try:
                 out = model(torch.zeros(2, *in_shape, device=device))
             except Exception as e:  # noqa: BLE001 — the model's own failure, said as the lint says it

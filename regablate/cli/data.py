@@ -83,10 +83,12 @@ def main(argv: list[str]) -> int:
         if args.root is not None:  # a cache is no file of a run's
             from regablate.rundir.claim import enclosing_run, is_run_dir
 
-            run = args.root if is_run_dir(args.root.expanduser()) else enclosing_run(args.root.expanduser())
-            if run is not None:
-                raise UsageError(f"--root {args.root}: is inside the run dir {run}, which holds only what "
-                                 "its run writes; give the cache a folder of its own")
+            outer = enclosing_run(args.root.expanduser())
+            where = "is a run dir" if is_run_dir(args.root.expanduser()) else \
+                f"is inside the run dir {outer}" if outer is not None else None
+            if where:
+                raise UsageError(f"--root {args.root}: {where}, which holds only what its run writes; give "
+                                 "the cache a folder of its own")
         if args.dataset == "image_folder":
             _image_folder(args)
             return 0

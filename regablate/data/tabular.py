@@ -161,6 +161,9 @@ def _columns(df, s: TabularSettings, path: str) -> list[str]:
 
 
 DATE_SAMPLE = 100  # values of a text column tried as dates
+# a year written in the text: 2021, 04/03/21, 4-Mar-21, Mar 4, 21 (not 12:30, not 3rd)
+DATE_WITH_YEAR = (r"\d{4}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2}|\d{1,2}[-/ ][A-Za-z]{3,}[-/ ,]+\d{2}\b"
+                  r"|[A-Za-z]{3,} \d{1,2},? \d{2}\b")
 ID_MIN_ROWS = 10  # fewer rows: all-distinct values say nothing
 
 
@@ -198,7 +201,7 @@ def _not_a_date(col, c, s: TabularSettings, path: str) -> None:
     else:
         values = pd.Series(col.dropna().unique()[:DATE_SAMPLE])
         if values.empty or not all(isinstance(v, str) for v in values) \
-                or not values.str.contains(r"\d{4}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2}").all():
+                or not values.str.contains(DATE_WITH_YEAR).all():
             return  # no year written in it ("12:30", "3rd"): pandas would make today's date of it
         try:
             with warnings.catch_warnings():
@@ -334,12 +337,12 @@ def make_tabular(s: TabularSettings, data_seed: int) -> Data:
                               f"{path}; classification needs at least two")
         counts = df[s.target].value_counts()
         few = counts[counts < 3]
-        if len(few):  # stratified splits: a class needs a row in train, val and test
+        if 2 * len(few) >= len(counts):  # most classes cannot reach train, val and test: no task to learn
             shown = ", ".join(f"{k!r} ({n})" for k, n in list(few.items())[:3])
-            raise ConfigError("dataset.target", s.target, f"has {len(few)} class(es) with fewer than 3 rows in "
-                              f"{path}: {shown}{' ...' if len(few) > 3 else ''}; each needs a row in train, "
-                              "val and test: merge or drop them" + (", or set dataset.task=regression"
-                                                                    if _is_numeric(df[s.target]) else ""))
+            raise ConfigError("dataset.target", s.target, f"has {len(few)} of {len(counts)} classes with fewer "
+                              f"than 3 rows in {path}: {shown}{' ...' if len(few) > 3 else ''}; a class needs "
+                              "rows in train, val and test: merge or drop them" +
+                              (", or set dataset.task=regression" if _is_numeric(df[s.target]) else ""))
         index = {v: i for i, v in enumerate(classes)}
         y = torch.tensor([index[v] for v in df[s.target]], dtype=torch.long)
         train, val, test = split_rows(y, len(df), s, data_seed)

@@ -425,7 +425,8 @@ class OptunaSearch:
                 _tell(study, number, state=TrialState.FAIL)
                 log.warning(f"trial {number} FAIL: seeds {dict(zip(self.seeds, statuses))} {dict(t.params)}")
             self.launched += 1
-            why = next((str(sm.get("error")) for sm, st in zip(summaries, statuses) if st == "failed"), None)
+            why = next((str(sm.get("error")) if st == "failed" else "no summary.json: the job ended without one"
+                        for sm, st in zip(summaries, statuses) if st in ("failed", "missing")), None)
             if why is not None:  # diverged is a result (told FAIL); failed is a fault to report
                 self.failed.append((number, " ".join(why.split())[:200]))
         if refused:
