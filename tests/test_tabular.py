@@ -256,6 +256,9 @@ def test_cli_refuses_an_id_column_in_one_line_and_runs_with_exclude(tmp_path):
 
 def test_tables_a_user_sends_that_would_have_crashed_or_trained_on_nothing(csv, tmp_path):
     df = patients()
+    (tmp_path / "twice.csv").write_text("age,ward,age,readmitted\n" + "1,a,2,yes\n" * 20 + "2,b,3,no\n" * 20)
+    with pytest.raises(UsageError, match=r"twice.csv: column 'age' appears twice in the header"):
+        make_tabular(settings(tmp_path / "twice.csv"), 0)
     with pytest.raises(ConfigError, match=r"dataset.features=\['age', 'age'\]: lists 'age' twice"):
         make_tabular(settings(csv(df), features=["age", "age"]), 0)
     with pytest.raises(ConfigError, match=r"dataset.exclude=\['age', 'ward', 'smoker'\]: leaves no input columns"):

@@ -81,6 +81,11 @@ def read_table(path: str):
     suffix = p.suffix.lower()
     try:
         if suffix == ".csv":
+            header = pd.read_csv(p, header=None, nrows=1, dtype=str).iloc[0].tolist() if p.stat().st_size else []
+            twice = sorted({str(c) for c in header if header.count(c) > 1})
+            if twice:  # pandas would rename the second one (`a.1`) and keep both as features
+                raise UsageError(f"{path}: column {twice[0]!r} appears twice in the header; give each column "
+                                 "its own name")
             return pd.read_csv(p)
         if suffix in (".parquet", ".pq"):
             if importlib.util.find_spec("pyarrow") is None:
