@@ -32,19 +32,23 @@ def lint_inputs(settings: Settings) -> tuple[nn.Module, list[dict], tuple[int, .
     the device and no optimiser), the parameter groups its optimiser would hold, and the input
     shape: `lint(settings, *lint_inputs(settings))`. The shape comes from SHAPES for datasets
     kept on disk, else from generating the data (cheap for the synthetic sets)."""
+    from regablate.checks.lint import check_output, model_name
     from regablate.data import DATASETS
     from regablate.models import build_model
-    from regablate.training.experiment import seed_everything
+    from regablate.training.experiment import check_stack_fits, seed_everything
     from regablate.training.optim import held_groups
 
     s = settings
     if s.dataset.name in SHAPES:
-        in_shape, out_dim = SHAPES[s.dataset.name]
+        (in_shape, out_dim), task = SHAPES[s.dataset.name], "classification"
     else:
         data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed)
-        in_shape, out_dim = data.in_shape, data.out_dim
+        in_shape, out_dim, task = data.in_shape, data.out_dim, data.task
+    check_stack_fits(s, task, tuple(in_shape))  # what the run refuses, lint refuses
     seed_everything(s.seed)
     model = build_model(s.model, in_shape, out_dim, s.stack)  # as the run builds it (custom models too)
+    if s.model.name == "custom":
+        check_output(model, tuple(in_shape), out_dim, model_name(s))
     return model, held_groups(s.optim, s.stack.param_groups(model)), tuple(in_shape)
 
 

@@ -86,6 +86,28 @@ def _listed(group: dict) -> dict:
     return {**group, "params": [params] if isinstance(params, torch.Tensor) else list(params)}
 
 
+def check_stack_fits(s: Settings, task: str, in_shape: tuple[int, ...]) -> None:
+    """ConfigError for a regulariser the data cannot take: label smoothing and mixing on a
+    regression task, image transforms on inputs that are not images, a cutout square that
+    blanks the whole image from every centre (size ≥ 2·side − 1). `regablate run` and `lint`."""
+    from regablate.errors import ConfigError
+
+    for key in ("label_smoothing", "mixup", "cutmix"):
+        if task != "classification" and s.stack[key] is not None:
+            raise ConfigError(f"reg.{key}", "on", f"needs a classification dataset; "
+                              f"dataset.name={s.dataset.name!r} is {task}")
+    for key in ("augment", "cutout", "cutmix"):  # crops, squares and boxes of images
+        if s.stack[key] is not None and len(in_shape) != 3:
+            raise ConfigError(f"reg.{key}", "on", "needs image inputs (channels, height, width): dataset=cifar10 "
+                              f"or dataset=image_folder; dataset.name={s.dataset.name!r} gives inputs of shape "
+                              f"{tuple(in_shape)}")
+    cut = s.stack["cutout"]
+    if cut is not None and cut.s.size >= 2 * max(in_shape[1:]) - 1:
+        h, w = in_shape[1:]
+        raise ConfigError("reg.cutout.size", cut.s.size, f"covers the whole {h}x{w} image wherever it is "
+                          f"centred (every training image blank); use a size below {2 * max(h, w) - 1}")
+
+
 def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
     """Everything a run needs, checked and built before any file is written. `data`: the data
     set these settings make, already built (by a caller that starts many runs on it); building
@@ -94,26 +116,7 @@ def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
     if data is None:
         data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed).to(device)
     seed_everything(s.seed)
-    for key in ("label_smoothing", "mixup", "cutmix"):
-        if data.task != "classification" and s.stack[key] is not None:
-            from regablate.errors import ConfigError
-
-            raise ConfigError(f"reg.{key}", "on", f"needs a classification dataset; "
-                              f"dataset.name={s.dataset.name!r} is {data.task}")
-    for key in ("augment", "cutout", "cutmix"):  # crops, squares and boxes of images
-        if s.stack[key] is not None and len(data.in_shape) != 3:
-            from regablate.errors import ConfigError
-
-            raise ConfigError(f"reg.{key}", "on", "needs image inputs (channels, height, width): dataset=cifar10 "
-                              f"or dataset=image_folder; dataset.name={s.dataset.name!r} gives inputs of shape "
-                              f"{tuple(data.in_shape)}")
-    cut = s.stack["cutout"]
-    if cut is not None and cut.s.size >= 2 * max(data.in_shape[1:]) - 1:
-        from regablate.errors import ConfigError  # a square that hides the image from any centre
-
-        h, w = data.in_shape[1:]
-        raise ConfigError("reg.cutout.size", cut.s.size, f"covers the whole {h}x{w} image wherever it is "
-                          f"centred (every training image blank); use a size below {2 * max(h, w) - 1}")
+    check_stack_fits(s, data.task, data.in_shape)
     if s.trainer.amp and not amp_on(device, True):
         from regablate.errors import ConfigError
 
