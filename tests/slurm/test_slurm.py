@@ -59,14 +59,14 @@ def fingerprint(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and ".submitit" not in p.parts}
 
 
-def sacct_states(array_id: str) -> dict[str, str]:
-    """The jobs' final states as accounting has them (a job that returned its result may still
-    be RUNNING there for a few seconds)."""
+def sacct_states(array_id: str, tasks: int = 1) -> dict[str, str]:
+    """The jobs' final states as accounting has them, once it lists `tasks` of them (a job that
+    returned its result may still be RUNNING there, or not listed yet, for a few seconds)."""
     for _ in range(60):
         out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", array_id, "-o", "JobID,State"], capture_output=True,
                              text=True, timeout=60).stdout
         states = dict(line.split("|", 1) for line in out.split() if "|" in line)
-        if states and not any(s in ("RUNNING", "PENDING", "COMPLETING") for s in states.values()):
+        if len(states) >= tasks and not any(s in ("RUNNING", "PENDING", "COMPLETING") for s in states.values()):
             break
         time.sleep(1)
     return states
@@ -92,7 +92,7 @@ def test_a_cluster_sweep_completes_then_a_resubmission_is_refused_changing_no_by
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     assert {s["threads"] for s in summaries} == {1}  # cluster.yaml: cpus_per_task=1
     assert not list(sweep.glob("*/*.log"))
-    states = sacct_states(array_id(sweep))
+    states = sacct_states(array_id(sweep), tasks=4)
     assert sorted(states.values()) == ["COMPLETED"] * 4, states
     before = fingerprint(sweep)
     again = regablate(*args, cwd=tmp_path)
