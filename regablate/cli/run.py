@@ -167,9 +167,14 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
                 if not (sweep and under_submitit()):
                     raise
                 how = getattr(e, "signal_name", "SIGINT")
-                if container and _not_recorded(run_dir):  # stopped before training began
-                    _failed_summary(run_dir, container, f"interrupted by {how} before training began",
-                                    status="interrupted")
+                if _not_recorded(run_dir):  # stopped before training began (even before its config was read)
+                    try:
+                        container = container or OmegaConf.to_container(cfg, resolve=True)
+                    except Exception:  # noqa: BLE001 — a config that does not resolve: its own error later
+                        container = {}
+                    if container:
+                        _failed_summary(run_dir, container, f"interrupted by {how} before training began",
+                                        status="interrupted")
                 raise RunInterrupted(run_dir, how) from None  # a result the launcher reads
             except RunRefused:
                 raise
