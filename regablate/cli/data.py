@@ -81,11 +81,9 @@ def main(argv: list[str]) -> int:
     root = args.root.expanduser() if args.root is not None else cifar10.default_root()
     try:
         if args.root is not None:  # a cache is no file of a run's
-            from regablate.rundir.claim import enclosing_run, is_run_dir
+            from regablate.rundir.claim import within_run
 
-            outer = enclosing_run(args.root.expanduser())
-            where = "is a run dir" if is_run_dir(args.root.expanduser()) else \
-                f"is inside the run dir {outer}" if outer is not None else None
+            where = within_run(args.root.expanduser())
             if where:
                 raise UsageError(f"--root {args.root}: {where}, which holds only what its run writes; give "
                                  "the cache a folder of its own")

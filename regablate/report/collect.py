@@ -388,6 +388,8 @@ def _count_repeats_once(runs: list[Run], skipped: list) -> tuple[list[Run], list
         by_key.setdefault((r.group, r.summary.get("seed"), r.summary.get("data_seed")), []).append(r)
     dropped = set()
     for same in by_key.values():
+        if len(same) < 2:  # the usual case: no repeat, no walk up the tree
+            continue
         roots = [_sweep_root(r.path) for r in same]
         if len(set(roots)) < 2:
             continue

@@ -66,12 +66,19 @@ def enclosing_run(path: Path) -> Path | None:
     return None
 
 
+def within_run(folder: Path) -> str | None:
+    """Why nothing else may be written in `folder`: "is a run dir", "is inside the run dir D",
+    or None when it is neither."""
+    if is_run_dir(_absolute(folder)):
+        return "is a run dir"
+    outer = enclosing_run(folder)
+    return None if outer is None else f"is inside the run dir {outer}"
+
+
 def check_sweep_dir(sweep_dir: Path) -> None:
     """Refuse a `hydra.sweep.dir` that is a run dir or lies inside one: its multirun.yaml and job
     dirs would go among that run's files and hide it from the report."""
-    outer = enclosing_run(sweep_dir)
-    where = "is a run dir" if is_run_dir(_absolute(sweep_dir)) else \
-        f"is inside the run dir {outer}" if outer is not None else None
+    where = within_run(sweep_dir)
     if where:
         raise UsageError(f"hydra.sweep.dir={sweep_dir}: {where}, which holds only what its run writes; "
                          "give the sweep its own hydra.sweep.dir")

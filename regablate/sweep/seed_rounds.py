@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 from regablate.errors import ConfigError, UsageError
+from regablate.rundir.group import is_operational
+from regablate.rundir.group import override_key as _key
 
 SPLITS = ("val", "test", "gap")
 
@@ -35,10 +37,6 @@ def settings_of(reference_label: str, *, metric: str, min_seeds: int, max_seeds:
                         max_seeds=max_seeds, step=step, alpha=alpha, delta=delta)
     except ValueError as e:
         raise UsageError(f"hydra.sweeper.seeds=auto: {e}") from None
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def arm_labels(jobs: list[list[str]]) -> dict[str, list[str]]:
@@ -81,8 +79,6 @@ def _value(run, split: str):
 def _arm_part(overrides) -> frozenset:
     """The overrides that say which arm a job is: its own less `seed=` and operational settings
     (`trainer.resume=auto`, `trainer.progress=...`: the command that continues a sweep adds them)."""
-    from regablate.rundir.group import is_operational
-
     return frozenset(o for o in overrides if _key(o) != "seed" and not is_operational(o))
 
 
