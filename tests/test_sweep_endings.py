@@ -285,3 +285,38 @@ def test_a_signalled_submitit_job_is_interrupted_and_the_printed_command_complet
     resumed = json.loads((job / "summary.json").read_text())
     for key in ("best_epoch", "epochs_run", "train", "val", "test", "gap"):
         assert resumed[key] == full[key], key
+
+
+# the job's own process, as a submitit job: SUBMITIT_FOLDER set, and the warning signal sent to
+# itself at one moment before training began (the cluster test cannot time it that closely)
+SIGNAL_AT = """
+import os, signal, sys
+import regablate.rundir.claim, regablate.training.loop
+where = sys.argv.pop(1)
+module = regablate.rundir.claim if where == "write_hydra_files" else regablate.training.loop
+real = getattr(module, where)
+def signalled(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGUSR2)
+    return real(*args, **kwargs)
+setattr(module, where, signalled)
+from regablate.cli.main import main
+sys.argv[0] = "regablate"
+main()
+"""
+
+
+@pytest.mark.parametrize("where", ["write_hydra_files", "train"],
+                         ids=["before-its-config-was-read", "before-its-first-epoch"])
+def test_a_submitit_job_signalled_before_training_began_is_recorded_interrupted(tmp_path, where):
+    env = {**ENV, "SUBMITIT_FOLDER": str(tmp_path / "submitit")}
+    r = subprocess.run([sys.executable, "-c", SIGNAL_AT, where, "run", "-m", "+reg=dropout", *TINY,
+                        "hydra.sweep.dir=sweep"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert last_line(r).startswith("regablate: error: 1 of 1 jobs did not complete: 1 interrupted "
+                                   "(sweep/0: by SIGUSR2 (time limit or preemption)); continue them with: ")
+    summary = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["seed"] == 0 and summary["reg"] == ["dropout"]
+    assert summary["error"] == "interrupted by SIGUSR2 (time limit or preemption) before training began"
+    again = run_cli("run", "-m", "+reg=dropout", *TINY, "hydra.sweep.dir=sweep", "trainer.resume=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert statuses(tmp_path / "sweep") == {"0": "completed"}
