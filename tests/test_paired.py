@@ -122,6 +122,19 @@ def test_wilcoxon_matches_scipy():
     assert r.p == 1 / 16 and r.floor == 1 / 16 and r.at_floor
 
 
+@pytest.mark.parametrize("levels", [[115, 116, 115, 121, 123], [100] * 5, [115] * 5, [120, 121, 122, 123, 124]])
+def test_wilcoxon_ranks_the_same_image_count_as_a_tie_at_every_accuracy_level(levels):
+    # +1, +1, +1, +1, -1 images out of 180: four positive and one negative difference of equal
+    # size, whose floats differ in the last bit by level. With mid-ranks the signed-rank p is
+    # P(#positive in {0, 1, 4, 5}) = 12/32, as scipy gives on the counts themselves.
+    n_images, moved = 180, [1, 1, 1, 1, -1]
+    arm = {(i, i): (b + m) / n_images for i, (b, m) in enumerate(zip(levels, moved))}
+    ref = {(i, i): b / n_images for i, b in enumerate(levels)}
+    r = paired_values(arm, ref, "wilcoxon")
+    assert r.p == pytest.approx(12 / 32) == pytest.approx(stats.wilcoxon(moved).pvalue)
+    assert r.estimate == pytest.approx(3 / 5 / n_images)
+
+
 def test_wilcoxon_claims_no_floor_its_p_is_below(monkeypatch):
     # a scipy whose normal approximation (ties) gives p = 0.043 < 1/16 at n = 5: no floor then
     from types import SimpleNamespace

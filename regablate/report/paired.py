@@ -14,9 +14,12 @@ the same whichever test gives p; it is NaN below 2 seeds), and a two-sided p:
   Its floor, the smallest p it can give, is 2/2^n (the observed pattern and its mirror): 1/16 at
   n = 5 — no result at n = 5 can be "p < 0.05" — so `floor` is reported for the report to show
   when p equals it.
-- `wilcoxon`: scipy's signed-rank test (exact null distribution for small n without ties; zero
-  differences dropped); its floor is also 2/2^n', n' the non-zero differences, when exact (no
-  floor where scipy's normal approximation gave a p below it).
+- `wilcoxon`: scipy's signed-rank test on the non-zero d_i (the exact null distribution for small
+  n without ties; with ties, the exact permutation of the mid-ranks up to n = 13, the normal
+  approximation above). |d_i| equal up to float rounding are ties: one image more is the same
+  difference 1/N at every accuracy level, whatever the last bit of v_arm − v_ref. Its floor is
+  also 2/2^n', n' the non-zero differences, when exact (none where scipy's normal approximation
+  gave a p below it).
 
 No p (None, with `reason`):
 - below `MIN_SEEDS` = 3 seeds, whatever the test: one or two seeds estimate no spread worth
@@ -132,6 +135,23 @@ def _signflip_p(d: np.ndarray, scale: float) -> float:
     return (1 + hits) / (1 + SIGNFLIP_DRAWS)
 
 
+def _rounding_ties(d: np.ndarray, tol: float) -> np.ndarray:
+    """The differences with |d_i| that differ by no more than `tol` made exactly equal (the
+    smallest of each run of such values, signs kept) and |d_i| <= tol made 0: one image more in
+    either arm is the same difference 1/N whatever the accuracies around it, but float rounding
+    of v_arm − v_ref gives it a different last bit at each level, and the signed-rank test would
+    rank those ties one above another instead of giving them their mid-rank."""
+    size = np.abs(d)
+    order = np.argsort(size, kind="stable")
+    snapped = size.copy()
+    first = 0.0  # each run of near-equal sizes takes its first (smallest) value
+    for i, j in enumerate(order):
+        if i == 0 or size[j] - first > tol:
+            first = size[j]
+        snapped[j] = 0.0 if first <= tol else first
+    return np.sign(d) * snapped
+
+
 def paired_test(diffs, test: str = "t", scale: float = 0.0) -> TestResult:
     """Two-sided test of mean difference 0 over seeds (see the module doc). `scale`: the
     magnitude of the compared values (for the float-rounding rule); `paired_values` sets it."""
@@ -154,7 +174,7 @@ def paired_test(diffs, test: str = "t", scale: float = 0.0) -> TestResult:
     elif test == "signflip":
         p = _signflip_p(d, scale)
     else:
-        d = np.where(np.abs(d) > RTOL * max(scale, float(np.abs(d).max())), d, 0.0)
+        d = _rounding_ties(d, RTOL * max(scale, float(np.abs(d).max())))
         nonzero = int(np.count_nonzero(d))  # differences that are rounding count as zero
         if nonzero < MIN_SEEDS:
             return none(f"fewer than {MIN_SEEDS} non-zero differences (n = {nonzero})")
