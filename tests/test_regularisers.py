@@ -82,6 +82,35 @@ def test_decoupled_decay_skips_biases_and_norm_parameters():
     assert groups[0]["decoupled_decay"] == 0.1 and groups[1]["decoupled_decay"] == 0.0
 
 
+class Tagger(nn.Module):
+    """A custom model with an embedding table: a row per token, no unit's incoming weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(10, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.embed(x).mean(1))
+
+
+def test_an_embedding_table_is_neither_decayed_penalised_nor_capped():
+    model = Tagger()
+    with torch.no_grad():
+        model.embed.weight.mul_(10)  # rows of norm about 20, far above c
+    table = model.embed.weight.detach().clone()
+    stack = build_stack({"weight_decay": {"lam": 0.1}, "l1": {"lam": 0.01}, "l2": {"lam": 0.02},
+                         "max_norm": {"c": 0.5}})
+    decay, keep = stack.param_groups(model)
+    assert [id(p) for p in decay["params"]] == [id(model.head.weight)]
+    assert {id(p) for p in keep["params"]} == {id(model.embed.weight), id(model.head.bias)}
+    model.zero_grad()
+    stack.penalty(model).backward()
+    assert model.embed.weight.grad is None and model.head.weight.grad is not None
+    stack.after_step(model)
+    assert torch.equal(model.embed.weight, table)
+    assert model.head.weight.norm(dim=1).max() <= 0.5 + 1e-6
+
+
 def test_decoupled_decay_matches_torch_adamw_param_groups_step_by_step():
     """reg.weight_decay with AdamW == torch AdamW with weight_decay on the decay group only."""
     model_a, stack = mlp_with({"weight_decay": {"lam": 0.05}})

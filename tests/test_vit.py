@@ -145,6 +145,26 @@ def test_decay_groups_keep_pos_embed_cls_token_norms_and_biases_out():
     assert len(kept) + len(decayed) == len(list(m.parameters()))
 
 
+def test_penalties_and_max_norm_leave_pos_embed_and_cls_token_alone():
+    # they are no unit's incoming weights: L1/L2 do not penalise them, max-norm does not cap them
+    # (before: the whole (1, T, W) position table was capped as one vector, to c)
+    reg = {"l1": {"lam": 0.01}, "l2": {"lam": 0.02}, "max_norm": {"c": 1.0}}
+    m = vit(reg, pool="cls")
+    stack = build_stack(reg)
+    with torch.no_grad():
+        m.pos_embed.normal_(0, 0.5)
+        m.cls_token.normal_(0, 0.5)
+    pos, cls = m.pos_embed.detach().clone(), m.cls_token.detach().clone()
+    m.zero_grad()
+    stack.penalty(m).backward()
+    assert m.pos_embed.grad is None and m.cls_token.grad is None
+    w = m.blocks[0].attn.qkv.weight
+    assert torch.allclose(w.grad, 0.01 * torch.sign(w.detach()) + 0.02 * w.detach())
+    stack.after_step(m)
+    assert torch.equal(m.pos_embed, pos) and torch.equal(m.cls_token, cls)
+    assert m.blocks[0].mlp.fc1.weight.norm(dim=1).max() <= 1.0 + 1e-6
+
+
 def settings(*overrides: str):
     return load_settings(compose_config(["dataset=cifar10", "model=vit", *SMALL, *overrides]))
 
@@ -161,8 +181,7 @@ def test_lint_transformer_rules():
     assert set(f) == {"RA009"} and "attn_drop" in f["RA009"].message
     f = findings("optim.weight_decay=0.05")
     assert {"RA004", "RA010"} <= set(f) and "pos_embed" in f["RA010"].message
-    assert "RA010" in findings("+reg=l2")
-    assert "RA010" not in findings("+reg=l2", "model.pool=mean", "reg.l2.lam=0")
+    assert "RA010" not in findings("+reg=[l1,l2,max_norm]")  # they leave pos_embed and cls_token alone
 
 
 def test_vectorized_launcher_runs_vit_the_ordinary_way():

@@ -28,8 +28,9 @@ RA008  trainer.objective=gap alone: a model that learns nothing has no train-val
        search that minimises the gap rewards underfitting.
 RA009  dropout on attention probabilities above 0.2 (reg.dropout.attn): transformers use about
        0.1 (ViT, BERT, GPT); more drops most of each token's context and slows training.
-RA010  decay on position embeddings or a class token (a model's `no_weight_decay()` names):
-       shrinking them toward 0 erases where each token is, not an over-confident weight.
+RA010  decay on position embeddings, a class token (a model's `no_weight_decay()` names) or an
+       embedding table: shrinking them toward 0 erases what tells tokens and positions apart, not an
+       over-confident weight (reg.l1, reg.l2 and reg.max_norm leave them alone).
 RA002 exempts a transformer's dropout sites and DropPath (modules with a `site`) ahead of a
 LayerNorm: they act on the residual stream, which a pre-norm block normalises per sample.
 """
@@ -229,8 +230,8 @@ def _decay_on_1d(model: nn.Module, groups: list[dict], s) -> list[Finding]:
 
 
 def _transformer(model: nn.Module, groups: list[dict], s) -> list[Finding]:
-    """RA009 (attention dropout above 0.2) and RA010 (decay on position embeddings / class token)."""
-    from regablate.regularisers.decay import no_decay_names
+    """RA009 (attention dropout above 0.2) and RA010 (decay on position embeddings, class token, embeddings)."""
+    from regablate.regularisers.base import not_weights
 
     out = []
     attn = [_describe(n, m) for n, m in model.named_modules()
@@ -240,7 +241,7 @@ def _transformer(model: nn.Module, groups: list[dict], s) -> list[Finding]:
             "RA009", f"dropout on attention probabilities above 0.2: {_where(attn)}; transformers "
             "use about 0.1 (ViT, BERT, GPT), more drops most of each token's context",
             "set reg.dropout.attn to 0.1 or less (and regularise with +reg=droppath instead)"))
-    skip = no_decay_names(model)
+    skip = not_weights(model)
     params = {id(p): n for n, p in model.named_parameters() if n in skip}
     if not params:
         return out
@@ -251,16 +252,10 @@ def _transformer(model: nn.Module, groups: list[dict], s) -> list[Finding]:
         if found and (wd > 0 or dd > 0):
             sources.append(f"optim.weight_decay={_g(wd)}" if wd > 0 else f"decoupled_decay={_g(dd)}")
             hit += found
-    stack = s.stack
-    for key in ("l1", "l2"):
-        if stack[key] is not None and stack[key].s.lam > 0 and any(p.ndim >= 2 for n, p in
-                                                                  model.named_parameters() if n in skip):
-            sources.append(f"reg.{key} (lam={_g(stack[key].s.lam)})")
-            hit += sorted(skip)
     if sources:
         out.append(Finding(
-            "RA010", f"{' and '.join(dict.fromkeys(sources))} decays the position embeddings or class "
-            f"token ({_where(list(dict.fromkeys(hit)))}); shrinking them erases where each token is",
+            "RA010", f"{' and '.join(dict.fromkeys(sources))} decays the position embeddings, class token or "
+            f"embedding table ({_where(list(dict.fromkeys(hit)))}); shrinking them erases what tells tokens and positions apart",
             "set optim.weight_decay=0 and use +reg=weight_decay (it skips them, with norms and biases)"))
     return out
 

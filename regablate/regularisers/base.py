@@ -68,9 +68,24 @@ def _defines(reg: Regulariser, hook: str) -> bool:
     return getattr(type(reg), hook) is not getattr(Regulariser, hook)
 
 
+def not_weights(model: nn.Module) -> set[str]:
+    """Names of the parameters of >= 2 dims that are no layer's weights: what the model's
+    `no_weight_decay()` names (timm's convention: a ViT's pos_embed and cls_token) and embedding
+    tables (nn.Embedding, nn.EmbeddingBag: a row per token, not a unit's incoming weights).
+    Penalties, max-norm and decay leave them alone."""
+    names = getattr(model, "no_weight_decay", None)
+    out = set(names()) if callable(names) else set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            out |= {f"{prefix}.{name}" if prefix else name for name, _ in module.named_parameters(recurse=False)}
+    return out
+
+
 def weight_matrices(model: nn.Module) -> list[torch.Tensor]:
-    """Weights of Linear and conv layers (>= 2-D); never biases or norm parameters."""
-    return [p for p in model.parameters() if p.ndim >= 2]
+    """Weights of Linear and conv layers (>= 2-D); never biases, norm parameters, position
+    embeddings, class tokens or embedding tables (`not_weights`)."""
+    skip = not_weights(model)
+    return [p for name, p in model.named_parameters() if p.ndim >= 2 and name not in skip]
 
 
 class Stack:

@@ -7,21 +7,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from regablate.config.schema import nonneg
-from regablate.regularisers.base import Regulariser, register
-
-
-def no_decay_names(model: nn.Module) -> set[str]:
-    """Parameters the model keeps out of decay besides the 1-D ones (timm's convention: a
-    `no_weight_decay()` method naming them, e.g. the ViT's pos_embed and cls_token)."""
-    names = getattr(model, "no_weight_decay", None)
-    return set(names()) if callable(names) else set()
+from regablate.regularisers.base import Regulariser, not_weights, register
 
 
 def decay_split(model: nn.Module) -> tuple[list, list]:
     """(decayed, kept) trainable parameters: weight matrices decay; biases, norm parameters, every
-    other 1-D parameter and those named by `no_weight_decay()` (position embeddings, class
-    token) do not."""
-    skip = no_decay_names(model)
+    other 1-D parameter, what the model names in `no_weight_decay()` (position embeddings, class
+    token) and embedding tables do not (`regablate.regularisers.base.not_weights`)."""
+    skip = not_weights(model)
     decay, keep = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -38,8 +31,8 @@ class DecaySettings:
 class WeightDecay(Regulariser):
     """Decoupled decay w ← w(1 − η λ) applied beside the optimiser's update (exactly AdamW's
     rule, for any optimiser). Two parameter groups: parameters with ndim >= 2 decay; biases,
-    norm scales/shifts, every other 1-D parameter and what the model names in
-    `no_weight_decay()` (a ViT's position embeddings and class token) do not. The trainer applies
+    norm scales/shifts, every other 1-D parameter, what the model names in `no_weight_decay()`
+    (a ViT's position embeddings and class token) and embedding tables do not. The trainer applies
     each group's `decoupled_decay` before `optimizer.step()`."""
 
     key, Settings = "weight_decay", DecaySettings
