@@ -125,11 +125,29 @@ def test_ra006_label_smoothing_with_mixing(mixing):
 
 
 def test_ra007_the_same_shrinkage_twice():
-    assert ids("optim.weight_decay=1e-3", "+reg=weight_decay") == ["RA004", "RA007"]
+    assert ids("optim.weight_decay=1e-2", "+reg=weight_decay") == ["RA004", "RA007"]
     assert ids("+reg=[l2,weight_decay]") == ["RA007"]
     assert ids("optim=sgd", "optim.weight_decay=1e-3", "+reg=l2") == ["RA004", "RA007"]
     assert ids("+reg=[l2,weight_decay]", "reg.l2.lam=0") == []
     assert ids("+reg=[l1,l2]") == []  # elastic net: two different penalties
+
+
+def test_ra011_decay_too_weak_to_act():
+    # sparse_synthetic: 1,400 training rows, batch 64 -> 22 steps an epoch, 100 epochs: T = 2,200
+    (f,) = findings("+reg=weight_decay", "reg.weight_decay.lam=1e-3")
+    assert f.id == "RA011" and f.message.startswith(
+        "reg.weight_decay.lam=0.001 at optim.lr=0.001 shrinks the weights by at most 0.22% over the whole run "
+        "(lr·λ·T, T = trainer.max_epochs=100 × 22 steps)")
+    assert f.fix.startswith("raise reg.weight_decay.lam to about 0.045 or more")
+    assert ids("+reg=weight_decay", "reg.weight_decay.lam=0.045") == []  # 9.9 % at most: acts
+    assert ids("+reg=weight_decay", "reg.weight_decay.lam=1e-3", "optim.lr=0.01") == []  # lr·λ·T = 2.2 %
+    assert ids("+reg=weight_decay", "reg.weight_decay.lam=1e-3", "trainer.max_epochs=10") == ["RA011"]
+    assert ids("optim.weight_decay=1e-3") == ["RA004", "RA011"]  # torch's AdamW decays decoupled too
+    assert "optim.weight_decay=0.001 at optim.lr=0.001" in findings("optim.weight_decay=1e-3")[1].message
+    assert ids("optim=adam", "optim.weight_decay=1e-3") == ["RA001", "RA004"]  # coupled: another matter
+    s = settings_for("+reg=weight_decay", "reg.weight_decay.lam=1e-3")
+    model, groups, shape, n_train = build_model(s)
+    assert n_train == 1400 and lint(s, model, groups, shape) == []  # without the split's size: no RA011
 
 
 def test_findings_are_one_line_each_with_a_fix():

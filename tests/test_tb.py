@@ -138,7 +138,7 @@ def test_hparams_columns_say_which_regulariser_and_nothing_operational(server):
     assert list(columns)[:1] == ["reg"]
     assert columns["reg"]["domainDiscrete"] == ["dropout", "none", "weight_decay"]
     assert sorted(columns["reg.dropout.p"]["domainDiscrete"]) == [0.0, 0.2, 0.5]
-    assert sorted(columns["reg.weight_decay.lam"]["domainDiscrete"]) == [0.0, 0.001]
+    assert sorted(columns["reg.weight_decay.lam"]["domainDiscrete"]) == [0.0, 0.05]  # the preset's default
     assert not set(columns) & {*OPERATIONAL, "seed", "data_seed"}
     assert set(columns) == {"reg", "reg.dropout.p", "reg.weight_decay.lam"}  # the rest is constant
     metrics = {(m["name"]["tag"], m["name"].get("group", "")) for m in exp["metricInfos"]}

@@ -31,12 +31,19 @@ RA009  dropout on attention probabilities above 0.2 (reg.dropout.attn): transfor
 RA010  decay on position embeddings, a class token (a model's `no_weight_decay()` names) or an
        embedding table: shrinking them toward 0 erases what tells tokens and positions apart, not an
        over-confident weight (reg.l1, reg.l2 and reg.max_norm leave them alone).
+RA011  decoupled decay too weak to act: over a whole run w shrinks by the factor Π(1 − lr_t·λ),
+       so by at most lr₀·λ·T (T steps, lr_t <= lr₀ under every schedule here); below 1 %
+       (AdamW's lr 1e-3 with λ = 1e-3 over a few thousand steps) its arm trains as the baseline
+       does and an ablation reads "decay does nothing" where the setting never acted. Needs
+       the training split's size (known when a run starts, and to `regablate lint` for the
+       generated datasets).
 RA002 exempts a transformer's dropout sites and DropPath (modules with a `site`) ahead of a
 LayerNorm: they act on the residual stream, which a pre-norm block normalises per sample.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -260,15 +267,43 @@ def _transformer(model: nn.Module, groups: list[dict], s) -> list[Finding]:
     return out
 
 
+WEAK_DECAY = 0.01  # RA011: decay that shrinks the weights by less than this over a whole run
+
+
+def _weak_decay(groups: list[dict], s, n_train: int | None) -> list[Finding]:
+    """RA011: decoupled decay whose whole-run shrink lr₀·λ·T is below WEAK_DECAY."""
+    if not n_train:
+        return []
+    t = s.trainer
+    steps = t.max_epochs * math.ceil(n_train / min(t.batch_size, n_train))
+    out = []
+    for g in groups:
+        rates = [("reg.weight_decay.lam", g.get("decoupled_decay") or 0.0)]
+        if s.optim.name == "adamw":  # torch's AdamW decays decoupled too
+            rates.append(("optim.weight_decay", g.get("weight_decay") or 0.0))
+        for key, lam in rates:
+            bound = g["lr"] * lam * steps
+            if lam > 0 and bound < WEAK_DECAY and not any(key in f.message for f in out):
+                enough = float(f"{0.1 / (g['lr'] * steps):.2g}")  # a 10% shrink at most
+                out.append(Finding(
+                    "RA011", f"{key}={_g(lam)} at optim.lr={_g(g['lr'])} shrinks the weights by at most "
+                    f"{100 * bound:.2g}% over the whole run (lr·λ·T, T = trainer.max_epochs={t.max_epochs} × "
+                    f"{steps // t.max_epochs} steps): too weak to act, its arm trains as the baseline does",
+                    f"raise {key} to about {_g(enough)} or more (at most a 10% shrink), "
+                    "or drop it"))
+    return out
+
+
 def lint(settings, model: nn.Module, groups: list[dict],
-         in_shape: tuple[int, ...] | None = None) -> list[Finding]:
+         in_shape: tuple[int, ...] | None = None, n_train: int | None = None) -> list[Finding]:
     """The findings for a run's typed settings (as `regablate.training.settings.load_settings`
     returns them), its built model and its optimiser's parameter groups (`optimizer.param_groups`,
     or for a model without an optimiser `regablate.training.optim.held_groups` of the settings and
     the stack).
     With the model's input shape `in_shape` (no batch dimension), module order is the forward
     order of a pass on zeros, else registration order; a model that fails on those zeros raises
-    ModelInputError (one line: the model, the shape, the error). Empty for a clean stack."""
+    ModelInputError (one line: the model, the shape, the error). `n_train`, the training split's
+    size, lets RA011 count the run's steps. Empty for a clean stack."""
     s, stack = settings, settings.stack
     wd = getattr(s.optim, "weight_decay", 0.0)
     out: list[Finding] = []
@@ -281,6 +316,7 @@ def lint(settings, model: nn.Module, groups: list[dict],
     out += _dropout_vs_norm(model, in_shape, model_name(s))
     out += _decay_on_1d(model, groups, s)
     out += _transformer(model, groups, s)
+    out += _weak_decay(groups, s, n_train)
     high = [_describe(n, m) for n, m in model.named_modules()
             if is_dropout(m) and (drop_rate(m) or 0.0) >= 0.8]
     if high:

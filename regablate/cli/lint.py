@@ -26,12 +26,13 @@ example: regablate lint optim=adam optim.weight_decay=1e-4 +reg=dropout
 """
 
 
-def lint_inputs(settings: Settings) -> tuple[nn.Module, list[dict], tuple[int, ...]]:
+def lint_inputs(settings: Settings) -> tuple[nn.Module, list[dict], tuple[int, ...], int | None]:
     """What `lint` reads of a run that is not built: its model as `build_experiment` builds it
     (regablate.models.build_model after seed_everything(seed); here on the CPU, with no data on
     the device and no optimiser), the parameter groups its optimiser would hold, and the input
-    shape: `lint(settings, *lint_inputs(settings))`. The shape comes from SHAPES for datasets
-    kept on disk, else from generating the data (cheap for the synthetic sets)."""
+    shape and the training split's size: `lint(settings, *lint_inputs(settings))`. The shape comes
+    from SHAPES for datasets kept on disk (their size unknown here: None), else from generating
+    the data (cheap for the synthetic sets)."""
     from regablate.checks.lint import check_output, model_name
     from regablate.data import DATASETS
     from regablate.models import build_model
@@ -41,15 +42,16 @@ def lint_inputs(settings: Settings) -> tuple[nn.Module, list[dict], tuple[int, .
     s = settings
     if s.dataset.name in SHAPES:
         (in_shape, out_dim), task = SHAPES[s.dataset.name], "classification"
+        n_train = None
     else:
         data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed)
-        in_shape, out_dim, task = data.in_shape, data.out_dim, data.task
+        in_shape, out_dim, task, n_train = data.in_shape, data.out_dim, data.task, len(data.train)
     check_stack_fits(s, task, tuple(in_shape))  # what the run refuses, lint refuses
     seed_everything(s.seed)
     model = build_model(s.model, in_shape, out_dim, s.stack)  # as the run builds it (custom models too)
     if s.model.name == "custom":
         check_output(model, tuple(in_shape), out_dim, model_name(s))
-    return model, held_groups(s.optim, s.stack.param_groups(model)), tuple(in_shape)
+    return model, held_groups(s.optim, s.stack.param_groups(model)), tuple(in_shape), n_train
 
 
 def main(argv: list[str]) -> int:

@@ -24,7 +24,7 @@ def decay_split(model: nn.Module) -> tuple[list, list]:
 
 @dataclass
 class DecaySettings:
-    lam: float = nonneg(1e-3)  # decay rate λ: w <- w (1 - lr λ) before each optimiser step
+    lam: float = nonneg(0.05)  # decay rate λ: w <- w (1 - lr λ) before each optimiser step
 
 
 @register

@@ -100,7 +100,7 @@ def open_run(cfg: dict, x: Experiment, run_dir: Path, resume: dict | None = None
     configuration, given by a caller that starts many (it is then neither redone nor printed)."""
     talk = findings is None
     if findings is None:
-        findings = lint(x.s, x.model, x.optimizer.param_groups, x.data.in_shape)
+        findings = lint(x.s, x.model, x.optimizer.param_groups, x.data.in_shape, len(x.data.train))
     if findings and talk and x.s.trainer.progress != "none":
         print(format_findings(findings), file=sys.stderr, flush=True)
     head = {**_summary_head(cfg, x), "warnings": [f.as_dict() for f in findings]}

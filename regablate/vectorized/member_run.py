@@ -48,7 +48,7 @@ def _open(m: Member, findings: dict[str, list], device: torch.device) -> MemberR
     """Member m's files and bookkeeping (lint and self-check once per `group_id`)."""
     key = group_id(m.cfg)
     if key not in findings:
-        findings[key] = lint(m.s, m.x.model, m.x.param_groups(), m.x.data.in_shape)
+        findings[key] = lint(m.s, m.x.model, m.x.param_groups(), m.x.data.in_shape, len(m.x.data.train))
         if findings[key] and m.s.trainer.progress != "none":
             print(format_findings(findings[key]), file=sys.stderr, flush=True)
         check_eval_determinism(m.x.model, m.x.data)
