@@ -130,9 +130,20 @@ def test_paired_tests_need_the_baselines_seeds(tmp_path):
         write_run(root / f"b{seed}", seed=seed, val=0.8 + 0.01 * seed)
         write_run(root / f"d{seed}", reg=("dropout",), seed=seed + 10, val=0.85 + 0.02 * seed)
     table = _report(tmp_path, root, "--test", "signflip")
-    assert "no p for dropout: the paired sign-flip permutation test needs the same seeds as " \
-           "the baseline (the groups ran different seeds)" in table
+    assert "no p for dropout: the paired sign-flip permutation test needs at least 3 of the " \
+           "baseline's seeds (0 seeds in common)" in table
     assert "Welch's t-test, two-sided" in _report(tmp_path, root)  # t falls back to Welch's
+
+
+def test_groups_that_share_three_seeds_are_paired_over_those(tmp_path):
+    root = tmp_path / "multirun"
+    for seed in range(5):
+        write_run(root / f"b{seed}", seed=seed, val=0.8 + 0.01 * seed)
+    for seed in range(3):
+        write_run(root / f"d{seed}", reg=("dropout",), seed=seed, val=0.85 + 0.012 * seed)
+    table = _report(tmp_path, root)
+    assert "paired t-test, two-sided" in table and "Welch" not in table
+    assert "Δ and p over the seeds both ran, paired: dropout (3 of its 3, none's 5)" in table
 
 
 def test_unpaired_with_a_paired_test_is_refused(tmp_path, capsys):

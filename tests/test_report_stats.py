@@ -50,7 +50,18 @@ def test_paired_when_the_same_seeds_ran():
     assert c.p == pytest.approx(2 * stats.t.sf(abs(t), 3))
     assert c.p == pytest.approx(stats.ttest_rel(a, b).pvalue)
     assert compare(pairs(keys, a), pairs(keys, b), paired=False).test == WELCH
-    assert compare(pairs(keys, a), pairs(keys[:3], b[:3])).test == WELCH
+    assert compare(pairs(keys, a), pairs([*keys[:2], (7, 0)], b[:3])).test == WELCH  # 2 in common: too few to pair
+
+
+def test_paired_over_the_seeds_both_ran_when_they_differ():
+    # a seeds=auto arm stopped after 4 seeds while its reference ran 6, or one failed run: the
+    # 4 seeds both ran are paired (data_seed follows seed: the other 2 are other data sets)
+    a, b = [0.84, 0.85, 0.83, 0.86], [0.80, 0.82, 0.79, 0.80, 0.95, 0.97]
+    c = compare(pairs([(s, s) for s in range(4)], a), pairs([(s, s) for s in range(6)], b))
+    assert c.test == PAIRED and c.pairs == 4
+    assert c.p == pytest.approx(stats.ttest_rel(a, b[:4]).pvalue)
+    assert c.delta == pytest.approx(sum(a) / 4 - sum(b[:4]) / 4)  # not the difference of all means
+    assert compare(pairs([(s, s) for s in range(4)], a), pairs([(s, s) for s in range(4)], b[:4])).pairs is None
 
 
 def test_no_test_below_three_seeds():
@@ -77,7 +88,7 @@ def test_paired_tests_and_their_floor():
     assert w.test == "Wilcoxon signed-rank test" and w.floor == 1 / 16
     # different seeds: only the t-test has an unpaired form (Welch's)
     c = compare(pairs(range(3), a[:3]), pairs(range(5, 8), b[:3]), test="signflip")
-    assert math.isnan(c.p) and c.test is None and "needs the same seeds" in c.reason
+    assert math.isnan(c.p) and c.test is None and "needs at least 3 of the baseline's seeds" in c.reason
     with pytest.raises(ValueError, match="allowed"):
         compare(pairs(keys, a), pairs(keys, b), test="sign")
 

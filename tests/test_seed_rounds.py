@@ -36,7 +36,8 @@ def test_a_harmful_dropout_is_decided_worse_well_before_max_seeds(tmp_path):
     doc = json.loads(report.stdout)
     assert doc["sequential"] == [{**arm, "ci95": arm["ci95"]}]  # the decisions as sequential.json has them
     assert any(line.startswith(f"  reg.dropout.p=0.95: worse after {arm['n']} seeds") for line in doc["footer"])
-    assert any("O'Brien–Fleming-type alpha spending" in line for line in doc["footer"])
+    assert any("O'Brien–Fleming-type alpha spending" in line and "the table's p values are fixed-n tests" in line
+               for line in doc["footer"])
 
 
 def test_a_killed_sequential_sweep_rerun_reaches_the_same_decisions(tmp_path):

@@ -165,7 +165,8 @@ def _sequential(shown) -> tuple[list, list[str]] | None:
     lines = [f"seeds=auto vs {s.reference} ({s.metric}): group-sequential paired t-tests, "
              f"O'Brien–Fleming-type alpha spending over looks at {s.schedule} seeds, Bonferroni "
              f"over {len(arms)} arm(s): family-wise error ≤ {s.alpha:g} over arms and looks "
-             "(simulated: 0.047 for 3 arms at 0.05); p and CI are repeated (valid at every look)"]
+             "(simulated: 0.047 for 3 arms at 0.05); p and CI are repeated (valid at every look); "
+             "the table's p values are fixed-n tests that ignore when each arm stopped: decide by these"]
     for a in arms:
         est = "" if a["delta"] is None else f", Δ {a['delta']:+.4g}"
         ci = "" if a["ci95"][0] is None else f" [{a['ci95'][0]:+.4g}, {a['ci95'][1]:+.4g}]"

@@ -349,8 +349,9 @@ def summarize(runs, metric: str = "val", baseline: str | None = None, paired: bo
     Columns: label, the config settings that tell groups apart, n (completed runs averaged),
     <split>_mean / _std / _ci_low / _ci_high / _n for train, val, test and gap (sample std,
     t-based 95% interval), best_epoch (mean), delta and p (the `metric` split minus the
-    baseline's, Holm-adjusted p) and p_raw, method (the test; paired when both groups ran the
-    same seeds and `paired`, else Welch's), delta_gap, p_gap, p_gap_raw, method_gap, p_reason
+    baseline's, Holm-adjusted p) and p_raw, method (the test; paired when `paired` and both
+    groups ran the same seeds, or at least 3 in common: then over those alone, their number in
+    `pairs`, else NaN; otherwise Welch's), delta_gap, p_gap, p_gap_raw, method_gap, pairs_gap, p_reason
     and p_gap_reason (why p is NaN: fewer than 3 seeds, no significance test, method None; or a spread
     that is float rounding), p_floor and p_gap_floor (the smallest p the sign-flip or Wilcoxon
     test can give at that n, else NaN), warnings (distinct ids), not_averaged (runs of other
@@ -403,6 +404,7 @@ def report_frame(report, groups: list):
         flat.update({"p_raw": row["p_raw"], "p_gap_raw": row["p_gap_raw"],
                      "method": row["method"], "method_gap": row["method_gap"],
                      **{k: row[k] for k in ("p_reason", "p_gap_reason")},
+                     **{k: math.nan if row[k] is None else row[k] for k in ("pairs", "pairs_gap")},
                      **{k: math.nan if row[k] is None else row[k]
                         for k in ("p_floor", "p_gap_floor")},
                      "group": g.id, "reg": stack_name(g.stack), "metric": row["metric"],

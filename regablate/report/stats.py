@@ -44,15 +44,18 @@ def describe(values) -> Stat:
 
 @dataclass(frozen=True)
 class Comparison:
-    """`delta` = mean(values) − mean(baseline); two-sided p (NaN: none); the test that gave it
-    (None: no test was run, fewer than 3 seeds); `reason`: why there is no p; `floor`: the
-    smallest p the test can give at this n (None for the t-tests)."""
+    """`delta` = mean(values) − mean(baseline), or over `pairs` seeds the mean paired difference;
+    two-sided p (NaN: none); the test that gave it (None: no test was run, fewer than 3 seeds);
+    `reason`: why there is no p; `floor`: the smallest p the test can give at this n (None for
+    the t-tests); `pairs`: where the groups ran different seeds, how many both ran (the
+    comparison was paired over those alone), else None."""
 
     delta: float
     p: float
     test: str | None
     reason: str | None = None
     floor: float | None = None
+    pairs: int | None = None
 
     @property
     def at_floor(self) -> bool:
@@ -65,11 +68,14 @@ def compare(values: list, baseline: list, paired: bool = True, test: str = "t") 
     """values and baseline are (pairing key, number) lists, the key being (seed, data_seed).
 
     Paired (regablate.report.paired.paired_values, with `test`: "t", "signflip" or "wilcoxon")
-    when allowed and both sides hold the same keys, once each; else Welch's unequal-variance
-    t-test, which only `test="t"` falls back to (a sign-flip or Wilcoxon test needs pairs: no p,
-    with the reason). No p (NaN, with `reason`) below 3 seeds, whatever the test (then `test` is
-    None: no test was run), nor from paired differences, or groups, whose spread is float
-    rounding (regablate.report.paired).
+    when allowed and each side holds a key once: over every seed when both ran the same ones,
+    else over the seeds both ran when there are at least 3 of them (a seeds=auto arm stopped
+    before its reference, a run that failed on one side: the pairing, data_seed included, is
+    kept and Δ is the mean paired difference over those seeds, `pairs` of them). Otherwise
+    Welch's unequal-variance t-test over all the values, which only `test="t"` falls back to (a
+    sign-flip or Wilcoxon test needs pairs: no p, with the reason). No p (NaN, with `reason`)
+    below 3 seeds, whatever the test (then `test` is None: no test was run), nor from paired
+    differences, or groups, whose spread is float rounding (regablate.report.paired).
     """
     if test not in TESTS:
         raise ValueError(f"test {test!r}: allowed: {', '.join(TESTS)}")
@@ -79,18 +85,24 @@ def compare(values: list, baseline: list, paired: bool = True, test: str = "t") 
         return Comparison(math.nan, math.nan, None)
     delta = float(np.mean([v for _, v in a]) - np.mean([v for _, v in b]))
     ka, kb = [k for k, _ in a], [k for k, _ in b]
-    if paired and len(set(ka)) == len(ka) and set(ka) == set(kb) and len(kb) == len(ka):
+    once = len(set(ka)) == len(ka) and len(set(kb)) == len(kb)
+    common = set(ka) & set(kb)
+    pairs = None
+    if paired and once and set(ka) == set(kb):
         r = paired_values(dict(a), dict(b), test)
+    elif paired and once and len(common) >= MIN_SEEDS:
+        r = paired_values({k: v for k, v in a if k in common}, {k: v for k, v in b if k in common}, test)
+        delta, pairs = r.estimate, r.n
     elif test == "t":
         r = welch_test([v for _, v in a], [v for _, v in b])
     else:
-        why = "--unpaired" if not paired else "the groups ran different seeds"
+        why = "--unpaired" if not paired else f"{len(common)} seeds in common"
         return Comparison(delta, math.nan, None,
-                          f"the {NAMES[test]} needs the same seeds as the baseline ({why}); "
+                          f"the {NAMES[test]} needs at least {MIN_SEEDS} of the baseline's seeds ({why}); "
                           "the t-test falls back to Welch's", None)
     if r.n < MIN_SEEDS:
-        return Comparison(delta, math.nan, None, r.reason, None)
-    return Comparison(delta, math.nan if r.p is None else r.p, r.name, r.reason, r.floor)
+        return Comparison(delta, math.nan, None, r.reason, None, pairs)
+    return Comparison(delta, math.nan if r.p is None else r.p, r.name, r.reason, r.floor, pairs)
 
 
 def holm(pvalues: list[float]) -> list[float]:

@@ -108,7 +108,7 @@ def group_report(groups: list[Group], split: str, paired: bool, test: str = "t")
                 if g.baseline else compare([], [])
             row.update({f"delta{name}": c.delta, f"p{name}_raw": c.p, f"method{name}": c.test,
                         f"p{name}_reason": c.reason, f"p{name}_floor": c.floor,
-                        f"p{name}_at_floor": c.at_floor})
+                        f"p{name}_at_floor": c.at_floor, f"pairs{name}": c.pairs})
         rows.append(row)
         docs.append({
             **{k: row[k] for k in ("name", "group", "reg", "metric", "higher_is_better", "n")},
@@ -141,7 +141,7 @@ def group_report(groups: list[Group], split: str, paired: bool, test: str = "t")
         columns.append(Column("not_averaged", "not\naveraged", drop=4))
     footer = (_counts(runs, " (only completed runs are averaged)") + _nonfinite_note(runs)
               + _final_model_note(runs) + _test_note(rows, split) + _no_p_note(rows, split)
-              + _floor_note(rows) + _seed_note(rows))
+              + _pairs_note(rows) + _floor_note(rows) + _seed_note(rows))
     return Report(columns, rows, footer, {"metric_split": split})
 
 
@@ -154,6 +154,8 @@ def _vs_json(row: dict, name: str) -> dict:
         out["reason"] = row[f"p{name}_reason"]
     if row[f"p{name}_floor"] is not None:
         out["floor"] = row[f"p{name}_floor"]
+    if row[f"pairs{name}"] is not None:
+        out["pairs"] = row[f"pairs{name}"]
     return out
 
 
@@ -273,6 +275,14 @@ def _no_p_note(rows: list[dict], split: str) -> list[str]:
                 by_reason.setdefault(reason, {}).setdefault(r["name"], []).append(what)
     return [f"no p for {', '.join(g if len(w) == 2 else f'{g} ({w[0]})' for g, w in groups.items())}"
             f": {reason}" for reason, groups in by_reason.items()]
+
+
+def _pairs_note(rows: list[dict]) -> list[str]:
+    """A line naming the groups compared over only the seeds they and their baseline both ran."""
+    n = {r["name"]: r["n"] for r in rows}
+    some = [f"{r['name']} ({r['pairs']} of its {r['n']}, {r['baseline']}'s {n.get(r['baseline'], '?')})"
+            for r in rows if r["pairs"] is not None]
+    return [f"Δ and p over the seeds both ran, paired: {', '.join(some)}"] if some else []
 
 
 def _floor_note(rows: list[dict]) -> list[str]:
