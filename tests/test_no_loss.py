@@ -153,6 +153,11 @@ def test_resume_continues_only_the_run_of_the_same_seeds_and_configuration(tmp_p
     assert swept.stderr.startswith("regablate: error: sweep holds another sweep's jobs (seed=0,1 there, seed=0,2 "
                                    "now)"), swept.stderr
     assert fingerprint(tmp_path / "sweep") == before
+    # the same jobs written another way are the same sweep: it continues (here: nothing to do)
+    again = run_cli("run", "-m", *TINY, "seed=range(0,2)", "hydra.sweep.dir=sweep", "trainer.resume=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    runs = {k: v for k, v in before.items() if k.split("/")[0] in ("0", "1")}
+    assert {k: v for k, v in fingerprint(tmp_path / "sweep").items() if k in runs} == runs and len(runs) > 10
 
 
 # -- item 2: output that goes away ----------------------------------------------------------------

@@ -163,7 +163,25 @@ def _job_lines(cfg) -> list[str] | None:
         params = (hydra.get("sweeper") or {}).get("params") or {}
     except Exception:
         return None
-    return [o for o in task if swept(o) or not is_operational(o)] + [f"params {k}={v}" for k, v in params.items()]
+    return [_values(o) for o in task if swept(o) or not is_operational(o)] + \
+        [f"params {_values(f'{k}={v}')}" for k, v in params.items()]
+
+
+def _values(override: str) -> str:
+    """A swept override as the values it runs, in order (`seed=range(0,3)` and `seed=0,1,2` are
+    one list of jobs: `seed=0,1,2`); any other override, or a sweep that has no fixed order
+    (shuffle, glob, interval), as written."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if "shuffle(" in override:
+        return override
+    try:
+        (parsed,) = OverridesParser.create().parse_overrides([override])
+        if not parsed.is_sweep_override():
+            return override
+        return f"{parsed.get_key_element()}={','.join(parsed.sweep_string_iterator())}"
+    except Exception:  # noqa: BLE001 — glob() needs the config loader, interval() has no values
+        return override
 
 
 def same_jobs(sweep_dir: Path, multirun_yaml: bytes, config) -> bool:
