@@ -238,6 +238,11 @@ def test_a_refusal_shows_whole_numbers_as_typed():
     stored, now = {"trainer.max_epochs": "2.0", "optim.lr": "0.001"}, {"trainer.max_epochs": "3.0", "optim.lr": "0.05"}
     assert _differences(stored, now) == "trainer.max_epochs=2 stored, 3 now; optim.lr=0.001 stored, 0.05 now"
     assert _differences({"x": "-1.0"}, {"x": "'1.0'"}) == "x=-1 stored, '1.0' now"
+    seeds = {"hydra.sweeper.seeds": "[0, 1, 2]"}, {"hydra.sweeper.seeds": "[0, 1, 2, 3, 4]"}
+    assert _differences(*seeds) == ("hydra.sweeper.seeds=[0, 1, 2] (seeds_per_trial=3) stored, "
+                                    "[0, 1, 2, 3, 4] (seeds_per_trial=5) now")
+    assert _differences({"hydra.sweeper.seeds": "[0, 1, 2]"}, {"hydra.sweeper.seeds": "[4, 7]"}) == \
+        "hydra.sweeper.seeds=[0, 1, 2] (seeds_per_trial=3) stored, [4, 7] now"
 
 
 @pytest.mark.parametrize("kw, says", [({"n_trials": 0}, "hydra.sweeper.n_trials=0: must be >= 1"),

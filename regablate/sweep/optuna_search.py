@@ -152,6 +152,8 @@ def _differences(stored: dict[str, str], now: dict[str, str], show: int = 3) -> 
 
     def shown(d: dict[str, str], k: str) -> str:  # a whole number kept as a float (1 == 1.0) shown as typed
         v = d.get(k, "unset")
+        if k == "hydra.sweeper.seeds" and v == repr(list(range(n := v.count(",") + 1))):
+            return f"{v} (seeds_per_trial={n})"  # what the user typed: seeds 0..n-1
         return v[:-2] if re.fullmatch(r"-?\d+\.0", v) else v
 
     parts = [f"{k}={shown(stored, k)} stored, {shown(now, k)} now" for k in keys[:show]]
