@@ -48,7 +48,7 @@ def test_multirun_2x2_shares_groups_across_seeds(tmp_path):
     (("trainer.threads=-2",), "trainer.threads=-2: must be an integer >= 0 (0 = auto)"),
     (("trainer.threads=1.5",), "trainer.threads=1.5: must be an integer >= 0"),
     (("+reg=augment",), "reg.augment='on': needs image inputs (channels, height, width): dataset=cifar10 or "
-                        "dataset=image_folder; dataset.name='sparse_synthetic' gives inputs of shape (50,)"),
+                        "dataset=image_folder; the dataset chosen (dataset.name='sparse_synthetic') gives inputs of shape (50,)"),
     (("dataset=sine_sequence", "model=lstm", "+reg=cutout"), "reg.cutout='on': needs image inputs"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, message):

@@ -99,7 +99,7 @@ def check_stack_fits(s: Settings, task: str, in_shape: tuple[int, ...]) -> None:
     for key in ("augment", "cutout", "cutmix"):  # crops, squares and boxes of images
         if s.stack[key] is not None and len(in_shape) != 3:
             raise ConfigError(f"reg.{key}", "on", "needs image inputs (channels, height, width): dataset=cifar10 "
-                              f"or dataset=image_folder; dataset.name={s.dataset.name!r} gives inputs of shape "
+                              f"or dataset=image_folder; the dataset chosen (dataset.name={s.dataset.name!r}) gives inputs of shape "
                               f"{tuple(in_shape)}")
     cut = s.stack["cutout"]
     if cut is not None and cut.s.size >= 2 * max(in_shape[1:]) - 1:
