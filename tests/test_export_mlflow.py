@@ -152,6 +152,22 @@ def test_hostile_names_are_made_mlflow_keys(sqlite_uri, tmp_path, capsys):
     assert "curve/x_.._.._y_z" in curves and "curve/val_acc" in curves
 
 
+def test_a_sqlite_stores_plots_go_beside_it_not_into_the_working_dir(tmp_path, monkeypatch, capsys):
+    # MLflow's default artifact root is ./mlruns: an export run from inside a sweep dir wrote there
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    root = _sweep(tmp_path / "sweep")
+    monkeypatch.chdir(root)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    assert _export(".", "--tracking-uri", uri) == 0
+    assert not (root / "mlruns").exists() and not (root / "mlartifacts").exists()
+    exp = MlflowClient(uri).get_experiment_by_name("regablate")
+    assert exp.artifact_location == (tmp_path / "store" / "mlartifacts").as_uri()
+    plots = list((tmp_path / "store" / "mlartifacts").rglob("curves_*.png"))
+    assert len(plots) == 3 and all(p.stat().st_size > 0 for p in plots)
+
+
 def test_a_server_that_does_not_answer_is_one_line(tmp_path, capsys):
     pytest.importorskip("mlflow")
     write_run(tmp_path / "r")

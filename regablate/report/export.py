@@ -30,7 +30,9 @@ A run dir changed after it was exported is not updated (delete its run in MLflow
 again). A run that an export created but did not finish (the export was killed) is deleted and
 written again by the next export. A name MLflow does not allow (it takes letters, digits and
 `_ - . / space`) has its other characters replaced by `_`; a value that is not finite is not
-logged (MLflow stores none).
+logged (MLflow stores none). A new experiment in a sqlite store keeps its artifacts in
+`mlartifacts/` beside the database file unless `--artifact-location` says otherwise (MLflow's
+default would be ./mlruns in whatever dir the export is run from).
 """
 
 from __future__ import annotations
@@ -136,6 +138,17 @@ def _existing(client, experiment_id: str, kind: str, key: str) -> dict:
             return out
 
 
+def beside_the_store(tracking_uri: str) -> str | None:
+    """Where a new experiment in a sqlite store keeps its artifacts (the plots) when no
+    --artifact-location is given: `mlartifacts/` beside the database file, as a file URI.
+    MLflow's own default is ./mlruns in the working dir: an export run from inside a sweep or
+    run dir would write there, and one from elsewhere would scatter a store's plots."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri[len("sqlite:///"):]).resolve()
+    return (database.parent / "mlartifacts").as_uri()
+
+
 def _experiment(client, name: str, artifact_location: str | None) -> str:
     found = client.get_experiment_by_name(name)
     if found is None:
@@ -233,7 +246,7 @@ def _export(paths, tracking_uri, experiment, artifact_location, plots) -> dict:
     metric_cols = [c for c in frame.columns if c not in NOT_METRICS and c not in config_keys]
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment_id = _experiment(client, experiment, artifact_location)
+    experiment_id = _experiment(client, experiment, artifact_location or beside_the_store(tracking_uri))
     children = _existing(client, experiment_id, "seed", DIR)
     parents = _existing(client, experiment_id, "group", GROUP)
 
