@@ -320,3 +320,77 @@ def test_a_submitit_job_signalled_before_training_began_is_recorded_interrupted(
     again = run_cli("run", "-m", "+reg=dropout", *TINY, "hydra.sweep.dir=sweep", "trainer.resume=auto", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert statuses(tmp_path / "sweep") == {"0": "completed"}
+
+
+# -- the joblib launcher: signals and a worker that dies ----------------------------------------
+
+JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+reg=none,dropout", "seed=0,1")
+
+
+def _joblib_sweep(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "regablate", "run", "-m", *JOBLIB, *SLOW, *extra,
+                             "trainer.max_epochs=60", "hydra.sweep.dir=sweep"], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _both_training(tmp_path: Path, proc: subprocess.Popen) -> dict[str, int]:
+    """The worker pids of jobs 0 and 1 once each has done 2 epochs."""
+    jobs = {n: tmp_path / "sweep" / n for n in ("0", "1")}
+    deadline, pids = time.time() + 120, {}
+    while time.time() < deadline and proc.poll() is None and len(pids) < 2:
+        for n, job in jobs.items():
+            if n not in pids and epochs_done(job) >= 2 and (pid := holder_of(job)):
+                pids[n] = pid
+        time.sleep(0.05)
+    return pids
+
+
+@pytest.mark.parametrize("how", ["sigterm-to-the-sweep", "ctrl-c-to-the-group"])
+def test_a_signalled_joblib_sweep_records_every_running_job_interrupted_and_continues(tmp_path, how):
+    # before: the parent aborted joblib, which SIGKILLs every worker while it writes its record:
+    # runs were left `running`, often with no last.pt (a worker had no SIGTERM handler at all)
+    proc = _joblib_sweep(tmp_path)
+    assert len(_both_training(tmp_path, proc)) == 2, proc.communicate(timeout=60)[1][-3000:]
+    if how == "sigterm-to-the-sweep":
+        proc.send_signal(signal.SIGTERM)  # `kill PID`: the workers are not signalled
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err[-3000:]
+    said = "terminated (SIGTERM)" if how == "sigterm-to-the-sweep" else "interrupted"
+    assert proc.returncode == 128 + (signal.SIGTERM if how == "sigterm-to-the-sweep" else signal.SIGINT), err[-3000:]
+    lines = err.strip().splitlines()
+    assert lines[-2] == f"regablate: {said}" and lines[-1].startswith("continue with: regablate run -m "), err[-3000:]
+    assert statuses(tmp_path / "sweep") == {"0": "interrupted", "1": "interrupted"}
+    assert all((tmp_path / "sweep" / n / "checkpoints" / "last.pt").exists() for n in ("0", "1"))
+    assert not (tmp_path / "sweep" / "2").exists() and not (tmp_path / "sweep" / "3").exists()
+    if how == "sigterm-to-the-sweep":
+        return  # the printed command: checked once
+    again = run_cli(*shlex.split(lines[-1].split("continue with: ", 1)[1])[1:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert statuses(tmp_path / "sweep") == dict.fromkeys("0123", "completed")
+
+
+def test_a_joblib_worker_killed_ends_the_sweep_in_one_line_with_every_job_accounted_for(tmp_path):
+    # before: loky SIGKILLed the other worker too and joblib raised a page of traceback; the
+    # healthy job was left `running` and the rest never ran, with no command to continue them
+    proc = _joblib_sweep(tmp_path)
+    pids = _both_training(tmp_path, proc)
+    assert len(pids) == 2, proc.communicate(timeout=60)[1][-3000:]
+    os.kill(pids["0"], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("regablate: error: 4 of 4 jobs did not complete: 2 stopped (sweep/0, sweep/1: a worker "
+                           "process died (SIGKILL(-9): out of memory, or a kill); joblib stops every worker with it), "
+                           "2 not started (sweep/2, sweep/3: a worker process died"), line
+    assert "; continue them with: regablate run -m " in line
+    assert statuses(tmp_path / "sweep") == {"0": "interrupted", "1": "interrupted"}  # none left `running`
+
+
+def test_joblib_n_jobs_0_is_one_line_and_makes_nothing(tmp_path):
+    r = run_cli("run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", *TINY, "seed=0,1",
+                "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("regablate: error: invalid config: hydra.launcher.n_jobs=0: must be a whole number")
+    assert not (tmp_path / "sweep").exists()

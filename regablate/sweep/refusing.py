@@ -234,6 +234,11 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
     assert sweeper.config is not None and sweeper.launcher is not None and sweeper.hydra_context is not None
     if submitit_jobs.is_submitit(sweeper.launcher):
         sweeper.launcher.launch = functools.partial(submitit_jobs.launch, sweeper.launcher)
+    elif type(sweeper.launcher).__module__.startswith("hydra_plugins.hydra_joblib_launcher"):
+        from regablate.sweep import joblib_jobs
+
+        joblib_jobs.check_n_jobs(sweeper.launcher.joblib.get("n_jobs"))  # before the sweep dir is made
+        sweeper.launcher.launch = functools.partial(joblib_jobs.launch, sweeper.launcher)
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
     overrides = parser.parse_overrides([*sweeper._parse_config(), *arguments])
     ablation, auto = None, auto_seeds(sweeper.seeds, overrides)

@@ -41,17 +41,25 @@ def stop_on_cluster_signals():
     if not under_submitit():
         yield
         return
-    from regablate.errors import Terminated
-
     usr = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
-    names = {signal.SIGTERM: "SIGTERM", usr: f"{signal.Signals(usr).name} (time limit or preemption)"}
+    with stop_on_signals({signal.SIGTERM: "SIGTERM", usr: f"{signal.Signals(usr).name} (time limit or preemption)"}):
+        yield
+
+
+@contextmanager
+def stop_on_signals(names: dict):
+    """While inside: each signal in `names` (signal -> how the run records it) stops the run as
+    Ctrl-C does (SIGINT raises KeyboardInterrupt, the others `Terminated(name)`), once: a second
+    signal must not cut short the checkpoint and record being written. The handlers before are
+    back on the way out."""
+    from regablate.errors import Terminated
 
     stopped = []
 
     def stop(signum, frame):
-        if not stopped:  # once: a second signal must not cut short the checkpoint being written
+        if not stopped:
             stopped.append(signum)
-            raise Terminated(names[signum])
+            raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(names[signum])
 
     previous = {sig: signal.signal(sig, stop) for sig in names}
     try:
