@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from regablate.cli.status import main, sweep_status
 from regablate.rundir.scan import last_epoch
 from regablate.training.loop import train
-from tests.conftest import ENV, REPO, compose_cfg
+from tests.conftest import ENV, REPO, compose_cfg, run_cli
 
 TINY = ("dataset=tiny_binary", "trainer.max_epochs=2", "trainer.progress=none",
         "trainer.tensorboard=false")
@@ -214,3 +217,132 @@ def test_an_optuna_sweep_is_one_sweep_continued_by_its_own_command(sweep, tmp_pa
     [group] = sweep_status([study])["groups"]
     assert group["sweep"] and group["counts"]["interrupted"] == 1 and group["command"] is None
     assert group["command_missing"].startswith("an Optuna study: run the command that started it")
+
+
+@pytest.fixture(scope="module")
+def three_jobs(tmp_path_factory):
+    """A complete sweep of three jobs as `regablate run -m` leaves it (the tests copy it)."""
+    cwd = tmp_path_factory.mktemp("jobs")
+    done = run_cli("run", "-m", "seed=0,1,2", *TINY, "hydra.sweep.dir=sw", cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return cwd / "sw"
+
+
+def _group(path) -> dict:
+    [group] = sweep_status([path])["groups"]
+    return group
+
+
+def test_jobs_that_never_started_are_counted_and_continued(three_jobs, tmp_path, capsys):
+    sw = tmp_path / "sw"
+    shutil.copytree(three_jobs, sw)
+    shutil.rmtree(sw / "1")  # the sweep was killed before job 1 made its dir
+    assert main([str(sw)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    command = (f"regablate run -m seed=0,1,2 {' '.join(TINY)} hydra.sweep.dir={sw} "
+               "trainer.resume=auto")
+    assert lines == [f"{sw}: 3 jobs: 2 completed, 0 running, 1 not started",
+                     "  not started 1", f"  continue with: {command}"]
+    assert main(["--json", str(sw)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    [group] = report["groups"]
+    assert (group["jobs"], group["not_started"], group["not_started_jobs"]) == (3, 1, [1])
+    assert report["not_started"] == 1 and group["command"] == command
+
+    done = run_cli(*shlex.split(command)[1:], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert main([str(sw)]) == 0
+    assert capsys.readouterr().out == f"{sw}: 3 runs: 3 completed, 0 running\n"
+    group = _group(sw)
+    assert (group["jobs"], group["not_started"], group["not_started_jobs"], group["command"]) == (3, 0, [], None)
+
+
+def test_a_complete_sweep_shows_no_jobs_not_started(three_jobs, capsys):
+    assert main([str(three_jobs)]) == 0
+    assert capsys.readouterr().out == f"{three_jobs}: 3 runs: 3 completed, 0 running\n"
+
+
+def _variant(three_jobs, where, task=None, params=None, **hydra):
+    """A copy of the three-job sweep whose multirun.yaml says another sweep: `task` overrides,
+    sweeper `params`, and other settings as `sweeper__seeds="auto"` (hydra.sweeper.seeds)."""
+    shutil.copytree(three_jobs, where)
+    tree = yaml.safe_load((where / "multirun.yaml").read_text())
+    if task is not None:
+        tree["hydra"]["overrides"]["task"] = list(task)
+    tree["hydra"]["sweeper"]["params"] = params
+    for key, value in hydra.items():
+        outer, inner = key.split("__")
+        tree["hydra"][outer][inner] = value
+    (where / "multirun.yaml").write_text(yaml.safe_dump(tree))
+    return where
+
+
+@pytest.mark.parametrize(("task", "params", "jobs"), [
+    (["seed=range(0,5)", *TINY], None, 5),
+    (["seed=choice(0,1,2,3)", "+reg=none,dropout", *TINY], None, 8),
+    (["seed=range(0,3)", *TINY], {"+reg": "none,dropout,l2"}, 9),
+    (["seed=0,1", *TINY], {"seed": "0,1,2,3", "trainer.lr": 0.1}, 2),  # the command's seed= wins
+])
+def test_the_jobs_of_a_sweep_are_counted(three_jobs, tmp_path, task, params, jobs):
+    group = _group(_variant(three_jobs, tmp_path / "sw", task, params))
+    missing = list(range(3, jobs))
+    assert (group["jobs"], group["not_started"], group["not_started_jobs"]) == (jobs, len(missing), missing)
+    assert (group["command"] is None) == (not missing)
+
+
+def test_a_design_sweep_counts_its_arms_as_its_ablation_json_lists_them(three_jobs, tmp_path):
+    from regablate.sweep.designs import write_ablation_json
+
+    task = ["+reg=[dropout,l2]", "seed=0,1", *TINY]
+    sw = _variant(three_jobs, tmp_path / "sw", task, sweeper__design="factorial")
+    assert _group(sw)["jobs"] is None  # no ablation.json: the arms are not known for sure
+    write_ablation_json(sw, "factorial", ["dropout", "l2"], [0, 1], task[1:])
+    group = _group(sw)
+    assert (group["jobs"], group["not_started_jobs"]) == (8, [3, 4, 5, 6, 7])
+    other = _variant(three_jobs, tmp_path / "other", task, sweeper__design="factorial")
+    write_ablation_json(other, "factorial", ["dropout", "l2"], [0, 1, 2], task[1:])
+    assert _group(other)["jobs"] is None  # it says other seeds
+
+
+@pytest.mark.parametrize("change", [
+    {"task": ["seed=shuffle(0,1,2,3)", *TINY]},
+    {"task": ["+reg=glob(*)", "seed=0,1,2,3", *TINY]},
+    {"task": ["seed=0,1,2,3", "trainer.lr=interval(0.01,0.1)", *TINY]},
+    {"task": ["seed=range(0,10**9)", *TINY]},
+    {"task": ["seed=range(0,2000000)", *TINY]},
+    {"task": ["seed=0,1,2,3", *TINY], "sweep__subdir": "${hydra.job.override_dirname}"},
+    {"task": ["+reg=none,dropout", *TINY], "sweeper__seeds": "auto"},
+    {"task": ["seed=0,1,2,3", *TINY], "sweeper___target_": "hydra_plugins.regablate_optuna.optuna_sweeper.OptunaSweeper"},
+    {"task": ["seed=0,1,2,3", *TINY], "file": "sequential.json"},
+    {"task": ["seed=0,1,2,3", *TINY], "file": "optuna_study.json"},
+], ids=["shuffle", "glob", "interval", "unparsed", "too-many", "subdir", "seeds-auto", "optuna",
+        "rounds", "study"])
+def test_a_sweep_whose_jobs_cannot_be_counted_exactly_gets_no_count(three_jobs, tmp_path, change, capsys):
+    change = dict(change)
+    file = change.pop("file", None)
+    sw = _variant(three_jobs, tmp_path / "sw", **change)
+    if file:
+        (sw / file).write_text("{}")
+    group = _group(sw)
+    assert (group["jobs"], group["not_started"], group["not_started_jobs"]) == (None, None, None)
+    assert main([str(sw)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{sw}: 3 runs: 3 completed, 0 running"
+
+
+def test_jobs_not_started_beside_a_live_run_and_the_total(three_jobs, tmp_path, capsys):
+    sw = _variant(three_jobs, tmp_path / "m" / "sw", ["seed=range(0,30)", *TINY])
+    shutil.copytree(three_jobs, tmp_path / "m" / "done")
+    _edit(sw / "2", status="running")
+    fd = os.open(sw / "2", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the job writing it holds it
+        assert main([str(tmp_path / "m")]) == 0
+    finally:
+        os.close(fd)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[lines.index(f"{sw}: 30 jobs: 2 completed, 1 running, 27 not started") + 1].startswith("  running")
+    assert lines.count("  not started 3") == 1 and "  not started 22" in lines
+    assert "  not started 23" not in lines and "  ... and 7 more not started (--all lists them)" in lines
+    assert "  (the sweep may still be running and start the jobs not started itself: continue it " \
+           "once it has ended)" in lines
+    assert lines[-1] == "total: 33 jobs: 5 completed, 1 running, 27 not started"

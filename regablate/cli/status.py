@@ -14,12 +14,26 @@ root (default: ./multirun and ./outputs) the runs are counted by status, per swe
 - a `failed` or `interrupted` run shows its error on one line;
 - a damaged `summary.json` (not a regular file, too large, not JSON, not contract v1) is counted
   as `unreadable`, with the reason;
-- what is unfinished (failed, interrupted, stale, no summary) gets the command that continues
-  it: `regablate run -m <the sweep's overrides> hydra.sweep.dir=<dir> trainer.resume=auto`
+- a job that never made its dir (the sweep was killed, or its launcher stopped between batches,
+  before it started) is counted `not started` where the sweep's number of jobs is known exactly
+  (`sw: 3 jobs: 2 completed, 0 running, 1 not started`, and `jobs`, `not_started`,
+  `not_started_jobs` in `--json`): from `multirun.yaml`, a sweep by Hydra's basic sweeper
+  (regablate's or Hydra's own) whose job dirs are named by `hydra.job.num` (Hydra's default
+  `hydra.sweep.subdir`) has the product of each swept key's number of values (the sweeper's
+  `params`, then the command's overrides: `a=1,2`, `range(...)`, `choice(...)`), a design
+  sweep's stack counted as the arms its `ablation.json` lists; job `N` is not started when
+  `<sweep>/<N>` does not exist. Nothing is said where the count is not exact: seeds=auto rounds
+  and Optuna studies (their jobs grow by design), other job dir names, glob, interval or
+  shuffle sweeps, an override that does not parse, more than a million jobs;
+- what is unfinished (failed, interrupted, stale, no summary, not started) gets the command that
+  continues it: `regablate run -m <the sweep's overrides> hydra.sweep.dir=<dir> trainer.resume=auto`
   (from `multirun.yaml`; for a single run, from its `.hydra/overrides.yaml`; an Optuna study is
-  continued by its own command again, which runs only the trials still missing).
+  continued by its own command again, which runs only the trials still missing). A sweep still
+  running may yet start its jobs not started itself (a scheduler's queued jobs have no dir
+  either): with a live run beside them, status says to continue once the sweep has ended.
 
-Only `summary.json` is read whole (bounded, `regablate.rundir.untrusted`); the rest is listed with
+Only `summary.json` and `multirun.yaml` (and a design sweep's `ablation.json`) are read whole
+(bounded, `regablate.rundir.untrusted`); the rest is listed with
 `os.scandir` and `stat`ed: 10,000 run dirs take about 2 s of CPU, most of it checking the
 summaries' values (`load_json_safe`). Everything printed has its
 control characters escaped; `--json` writes plain ASCII JSON.
@@ -46,6 +60,10 @@ from regablate.rundir.untrusted import (
 DEFAULT_ROOTS = ("multirun", "outputs")
 LISTED = ("running", "stale", "failed", "interrupted", "no_summary", "unreadable")  # shown in this order
 SHOWN = 20            # runs listed per status and sweep without --all
+MAX_JOBS = 1_000_000  # a sweep of more jobs is not counted
+SWEEPERS = ("hydra_plugins.regablate_sweeper.refusing_sweeper.RefusingSweeper",
+            "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")  # their jobs: a product
+JOB_SUBDIR = "${hydra.job.num}"  # Hydra's default hydra.sweep.subdir: job dirs named by number
 
 USAGE = """usage: regablate status [DIR...] [--json] [--all]
 
@@ -64,10 +82,9 @@ def _error_line(text: str, limit: int = ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _read_list(path: str, within: str, key_path: tuple) -> list[str]:
-    """A list of texts at `key_path` in the YAML file `path` (bounded, no aliases); raises
-    ValueError/OSError with the reason."""
-    tree = load_yaml_safe(read_bounded(path, SMALL_CAP, within=within))
+def _list_at(tree, key_path: tuple) -> list[str]:
+    """The list of texts at `key_path` in a loaded YAML `tree` ([] where there is none); raises
+    RefusedValue (a ValueError) with the reason."""
     for key in key_path:
         tree = tree.get(key) if isinstance(tree, dict) else None
     if tree is None:
@@ -77,17 +94,38 @@ def _read_list(path: str, within: str, key_path: tuple) -> list[str]:
     return tree
 
 
-def _sweep_command(sweep: str) -> tuple[str | None, str | None]:
-    """(the command that continues the sweep in `sweep`, None) or (None, why there is none)."""
+def _read_list(path: str, within: str, key_path: tuple) -> list[str]:
+    """A list of texts at `key_path` in the YAML file `path` (bounded, no aliases); raises
+    ValueError/OSError with the reason."""
+    return _list_at(load_yaml_safe(read_bounded(path, SMALL_CAP, within=within)), key_path)
+
+
+def _multirun(sweep: str) -> tuple[object, str | None]:
+    """(the sweep's multirun.yaml, read bounded and without aliases, None), (None, why it is
+    unreadable), or (None, None) where there is none (an Optuna study)."""
+    path = os.path.join(sweep, "multirun.yaml")
+    if not os.path.lexists(path):
+        return None, None
+    try:
+        return load_yaml_safe(read_bounded(path, SMALL_CAP, within=sweep)), None
+    except (OSError, ValueError) as e:
+        return None, f"multirun.yaml: {e}"
+
+
+def _sweep_command(sweep: str, multirun=None, unreadable: str | None = None) -> tuple[str | None, str | None]:
+    """(the command that continues the sweep in `sweep`, None) or (None, why there is none), from
+    its multirun.yaml as `_multirun` read it."""
     from regablate.cli.main import resume_command
 
-    if not os.path.lexists(os.path.join(sweep, "multirun.yaml")):
+    if unreadable:
+        return None, unreadable
+    if multirun is None:
         return None, ("an Optuna study: run the command that started it again (same storage and "
                       "study name); it runs only the trials still missing")
     try:
-        task = _read_list(os.path.join(sweep, "multirun.yaml"), sweep, ("hydra", "overrides", "task"))
-        extra = _read_list(os.path.join(sweep, "multirun.yaml"), sweep, ("hydra", "overrides", "hydra"))
-    except (OSError, ValueError) as e:
+        task = _list_at(multirun, ("hydra", "overrides", "task"))
+        extra = _list_at(multirun, ("hydra", "overrides", "hydra"))
+    except ValueError as e:
         return None, f"multirun.yaml: {e}"
     extra = [a for a in extra if a.split("=", 1)[0] != "hydra.mode"]
     return resume_command(["-m", *extra, *task], {"sweep": sweep}), None
@@ -129,23 +167,124 @@ def _rounds_left(sweep: str) -> str | None:
             f"{len(state.settings.schedule)}; the next round runs seeds {seeds[0]}–{seeds[-1]}")
 
 
+def _at(tree, *keys):
+    """The value at `keys` in nested dicts, None where there is none."""
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _job_count(sweep: str, multirun) -> int | None:
+    """How many jobs the sweep in `sweep` has, where its multirun.yaml says so exactly: Hydra's
+    basic sweep (regablate's sweeper or Hydra's own) into job dirs named by `hydra.job.num`, no
+    seeds=auto rounds. None otherwise (another sweeper such as Optuna's, other job dir names, a
+    list of jobs that grows by rounds, a sweep `_sweep_size` cannot count)."""
+    from regablate.report.sequential_state import FILE
+
+    sweeper = _at(multirun, "hydra", "sweeper")
+    if not isinstance(sweeper, dict) or sweeper.get("_target_") not in SWEEPERS \
+            or str(_at(multirun, "hydra", "sweep", "subdir")).strip() != JOB_SUBDIR \
+            or sweeper.get("seeds") is not None \
+            or any(os.path.lexists(os.path.join(sweep, f)) for f in (FILE, "optuna_study.json")):
+        return None
+    params = sweeper.get("params") or {}
+    if not isinstance(params, dict) or any(isinstance(v, (dict, list)) for v in params.values()):
+        return None
+    try:
+        task = _list_at(multirun, ("hydra", "overrides", "task"))
+    except ValueError:
+        return None
+    return _sweep_size([f"{k}={v}" for k, v in params.items()] + task, sweeper.get("design"), sweep)
+
+
+def _sweep_size(lines: list[str], design, sweep: str) -> int | None:
+    """The number of jobs Hydra's basic sweeper makes of `lines` (the sweeper's params, then the
+    task overrides): the product of each key's number of values, a later override of a key
+    replacing an earlier one; a design sweep's stack replaced by its arms
+    (`regablate.sweep.designs.design_arguments`) when the sweep's ablation.json lists the same arms
+    and seeds. None for a value that does not parse, a sweep of no fixed list (glob, interval,
+    shuffle), or more than MAX_JOBS jobs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    sizes: dict[str, int | None] = {}
+    try:
+        overrides = parser.parse_overrides(lines)
+        if design is not None:
+            from regablate.report.designs import read_ablation_json
+            from regablate.sweep.designs import design_arguments
+
+            arguments, doc = design_arguments(design, overrides)
+            saved = read_ablation_json(sweep)
+            if saved is None or (saved.get("arms"), saved.get("seeds")) != (doc["arms"], doc["seeds"]):
+                return None
+            overrides = parser.parse_overrides(arguments)
+        for o in overrides:
+            sizes[o.get_key_element()] = _values(o)
+    except Exception:  # noqa: BLE001 - not a sweep this version can count: say nothing
+        return None
+    total = 1
+    for n in sizes.values():
+        if n is None or total * n > MAX_JOBS:
+            return None
+        total *= n
+    return total
+
+
+def _values(override) -> int | None:
+    """How many values an override runs: 1, or a discrete sweep's count (at most MAX_JOBS + 1);
+    None for glob (its values are the config groups), interval and shuffle."""
+    import itertools
+
+    from hydra.core.override_parser.types import Glob
+
+    if not override.is_sweep_override():
+        return 1
+    value = override.value()
+    if not override.is_discrete_sweep() or isinstance(value, Glob) or getattr(value, "shuffle", False):
+        return None
+    return sum(1 for _ in itertools.islice(override.sweep_string_iterator(), MAX_JOBS + 1))
+
+
+def _not_started(sweep: str, total: int) -> list[int] | None:
+    """The job numbers below `total` with nothing named so in `sweep` (the job never made its
+    dir), None when the dir cannot be listed."""
+    try:
+        names = set(os.listdir(sweep))
+    except OSError:
+        return None
+    return [n for n in range(total) if str(n) not in names]
+
+
 def sweep_status(paths) -> dict:
     """Where the runs below `paths` stand (see the module docstring): a dict of plain values,
 
         {"roots": [...], "counts": {running, completed, diverged, failed, interrupted,
-         no_summary, unreadable, stale}, "groups": [{"dir", "sweep": bool, "counts", "runs":
-         [{"dir", "status", ...}], "command", "command_missing", "rounds_left"}]}
+         no_summary, unreadable, stale}, "not_started", "groups": [{"dir", "sweep": bool,
+         "counts", "runs": [{"dir", "status", ...}], "jobs", "not_started", "not_started_jobs",
+         "command", "command_missing", "rounds_left"}]}
 
     one group per sweep dir, and one (`"sweep": False`) for the single runs below each root.
+    `jobs` is the sweep's number of jobs where it is known exactly (`_job_count`), with
+    `not_started` (a count) and `not_started_jobs` (their numbers) the jobs below it that have no
+    dir yet; all three are None elsewhere. The top-level `not_started` sums them.
     Raises MissingDir (a FileNotFoundError) naming a path that is not a directory."""
     roots = [os.fspath(p) for p in paths]
     out = scan(roots)
     for group in out:
         group["command"], group["command_missing"] = None, None
+        group["jobs"], group["not_started"], group["not_started_jobs"] = None, None, None
         todo = [r for r in group["runs"] if unfinished(r)]
         group["rounds_left"] = _rounds_left(group["dir"]) if group["sweep"] else None
-        if group["sweep"] and (todo or group["rounds_left"]):
-            group["command"], group["command_missing"] = _sweep_command(group["dir"])
+        multirun, unreadable = None, None
+        if group["sweep"]:
+            multirun, unreadable = _multirun(group["dir"])
+            total = None if multirun is None else _job_count(group["dir"], multirun)
+            missing = None if total is None else _not_started(group["dir"], total)
+            if missing is not None:
+                group["jobs"], group["not_started"], group["not_started_jobs"] = total, len(missing), missing
+        if group["sweep"] and (todo or group["rounds_left"] or group["not_started"]):
+            group["command"], group["command_missing"] = _sweep_command(group["dir"], multirun, unreadable)
         elif todo:
             for run in todo:
                 run["command"], why = _run_command(run["dir"])
@@ -155,7 +294,8 @@ def sweep_status(paths) -> dict:
     for group in out:
         for k, v in group["counts"].items():
             total[k] += v
-    return {"roots": roots, "counts": total, "groups": out}
+    return {"roots": roots, "counts": total, "not_started": sum(g["not_started"] or 0 for g in out),
+            "groups": out}
 
 
 def _age(seconds: float | None) -> str:
@@ -171,7 +311,9 @@ def _age(seconds: float | None) -> str:
     return f"{s // 86400}d ago"
 
 
-def _count_line(counts: dict) -> str:
+def _count_line(counts: dict, not_started: int | None = None) -> str:
+    """'3 runs: 3 completed, 0 running', or with jobs not started '4 jobs: 3 completed, 0 running,
+    1 not started'."""
     n = sum(counts[k] for k in KINDS)
     parts = [f"{counts['completed']} completed"]
     running = f"{counts['running']} running"
@@ -180,6 +322,9 @@ def _count_line(counts: dict) -> str:
     parts.append(running)
     parts += [f"{counts[k]} {k.replace('_', ' ')}" for k in ("diverged", "failed", "interrupted",
                                                              "no_summary", "unreadable") if counts[k]]
+    if not_started:
+        parts.append(f"{not_started} not started")
+        return f"{n + not_started} job{'s' * (n + not_started != 1)}: " + ", ".join(parts)
     return f"{n} run{'s' * (n != 1)}: " + ", ".join(parts)
 
 
@@ -206,7 +351,7 @@ def render(report: dict, show_all: bool = False) -> str:
     lines = []
     for group in report["groups"]:
         title = group["dir"] if group["sweep"] else f"{group['dir']} (single runs)"
-        lines.append(printable(f"{title}: {_count_line(group['counts'])}"))
+        lines.append(printable(f"{title}: {_count_line(group['counts'], group.get('not_started'))}"))
         shown: dict[str, int] = {}
         hidden: dict[str, int] = {}
         order = {st: i for i, st in enumerate(LISTED)}
@@ -220,10 +365,16 @@ def render(report: dict, show_all: bool = False) -> str:
             shown[st] = shown.get(st, 0) + 1
             name = os.path.relpath(run["dir"], group["dir"]) if group["sweep"] else run["dir"]
             rows.append((st, printable(name), run))
+        for number in group.get("not_started_jobs") or ():
+            if not show_all and shown.get("not_started", 0) >= SHOWN:
+                hidden["not_started"] = hidden.get("not_started", 0) + 1
+                continue
+            shown["not_started"] = shown.get("not_started", 0) + 1
+            rows.append(("not_started", str(number), {}))
         width = min(40, max((len(name) for _, name, _ in rows), default=0))
         for st, name, run in rows:
-            label = "no summary" if st == "no_summary" else st
-            detail = _detail(run)
+            label = st.replace("_", " ")
+            detail = _detail(run) if run else ""
             lines.append(printable(f"  {label:<11} {name:<{width}}" + (f"  {detail}" if detail else "")).rstrip())
             if not group["sweep"] and run.get("command"):
                 lines.append(printable(f"              continue with: {run['command']}"))
@@ -239,10 +390,13 @@ def render(report: dict, show_all: bool = False) -> str:
             elif live:
                 lines.append(f"  ({live} runs are still being written: their jobs are refused "
                              "until they end)")
+            if live and group.get("not_started"):
+                lines.append("  (the sweep may still be running and start the jobs not started "
+                             "itself: continue it once it has ended)")
         elif group["command_missing"]:
             lines.append(printable(f"  no command to continue it: {group['command_missing']}"))
     if len(report["groups"]) > 1:
-        lines.append(printable(f"total: {_count_line(report['counts'])}"))
+        lines.append(printable(f"total: {_count_line(report['counts'], report.get('not_started'))}"))
     if not report["groups"]:
         lines.append(printable("no run dirs below " + ", ".join(report["roots"])))
     return "\n".join(lines) + "\n"
