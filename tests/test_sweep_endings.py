@@ -394,3 +394,20 @@ def test_joblib_n_jobs_0_is_one_line_and_makes_nothing(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("regablate: error: invalid config: hydra.launcher.n_jobs=0: must be a whole number")
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_second_sweep_into_a_dir_being_swept_is_refused_before_it_writes(tmp_path):
+    # before: two sweeps started together each found no job in the dir, and the second's
+    # multirun.yaml replaced the first's: its printed continue command then fit no run
+    proc = _joblib_sweep(tmp_path)
+    assert len(_both_training(tmp_path, proc)) == 2, proc.communicate(timeout=60)[1][-3000:]
+    first = (tmp_path / "sweep" / "multirun.yaml").read_bytes()
+    for other in (("+reg=l2", "seed=0,1"), ("+reg=none,dropout", "seed=0,1")):  # another sweep, or the same
+        r = run_cli("run", "-m", *other, *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("regablate: error: hydra.sweep.dir=sweep is being swept by another process: "
+                                   "wait for it to end (regablate status sweep)"), r.stderr
+    assert (tmp_path / "sweep" / "multirun.yaml").read_bytes() == first
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert statuses(tmp_path / "sweep") == dict.fromkeys("0123", "completed")

@@ -85,6 +85,28 @@ def check_sweep_dir(sweep_dir: Path) -> None:
 
 
 @contextmanager
+def hold_sweep_dir(sweep_dir: Path) -> Iterator[None]:
+    """Hold a sweep's root for this sweep while it runs (`flock` on the directory, as `claim`
+    holds a run dir): a second sweep into it meanwhile, the same or another, is refused before it
+    reads or writes multirun.yaml (two sweeps started together each found no job there, and the
+    second's multirun.yaml replaced the first's: its continue command then fit no run). Made if
+    missing. Where the file system cannot lock (some network mounts), the sweep goes on unheld."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(sweep_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"hydra.sweep.dir={sweep_dir} is being swept by another process: wait for it to end "
+                             f"(regablate status {sweep_dir}), or give this sweep its own hydra.sweep.dir") from None
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
 def claim(run_dir: Path, resume: str = "never") -> Iterator[None]:
     """Hold `run_dir` for this process while the body writes it (see the module docstring).
     A dir inside another run dir, or a sweep's root (multirun.yaml), is refused before anything

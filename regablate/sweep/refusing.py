@@ -224,12 +224,9 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
     import functools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
-    from regablate.rundir.atomic import write_atomic
-    from regablate.rundir.claim import check_sweep_dir
+    from regablate.rundir.claim import check_sweep_dir, hold_sweep_dir
     from regablate.sweep import submitit_jobs
-    from regablate.tensorboard.view import describe_sweep
 
     assert sweeper.config is not None and sweeper.launcher is not None and sweeper.hydra_context is not None
     if submitit_jobs.is_submitit(sweeper.launcher):
@@ -259,21 +256,33 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
 
         prepare_rounds([job for batch in sweeper.overrides for job in batch], sweeper.reference,
                        **sweeper.sequential)
+    with hold_sweep_dir(sweep_dir):  # another sweep into it meanwhile is refused
+        return _held_sweep(sweeper, sweep_dir, auto, ablation)
+
+
+def _held_sweep(sweeper: Any, sweep_dir: Path, auto: bool, ablation: dict | None) -> object:
+    """The rest of `sweep`, while this process holds the sweep dir: multirun.yaml (and
+    ablation.json) checked and written, the batches run, the closing line."""
+    from omegaconf import OmegaConf
+
+    from regablate.rundir.atomic import write_atomic
+    from regablate.sweep.designs import write_ablation_json
+    from regablate.tensorboard.view import describe_sweep
+
     sweep_file = sweep_dir / "multirun.yaml"
     first = sweep_file.read_bytes() if sweep_file.exists() else None
     if ablation is not None and (sweep_dir / "ablation.json").exists():  # another design: its own line
-        designs.write_ablation_json(sweep_dir, ablation["design"], ablation["components"],
-                                    ablation["seeds"], ablation["overrides"])  # compares, writes nothing
+        write_ablation_json(sweep_dir, ablation["design"], ablation["components"],
+                            ablation["seeds"], ablation["overrides"])  # compares, writes nothing
     if first is not None and not same_jobs(sweep_dir, first, sweeper.config):
         first = None  # no job ran under it (refused before the first): this sweep's multirun.yaml
     returns: list[Sequence[JobReturn]] = []
     try:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         if first is None:  # the launch that makes the sweep dir writes it; later ones leave it
             OmegaConf.save(sweeper.config, sweep_file)
         if ablation is not None:  # written once; another design into this dir is refused
-            designs.write_ablation_json(sweep_dir, ablation["design"], ablation["components"],
-                                        ablation["seeds"], ablation["overrides"])
+            write_ablation_json(sweep_dir, ablation["design"], ablation["components"],
+                                ablation["seeds"], ablation["overrides"])
         initial_job_idx = 0
 
         def launch(batch):
