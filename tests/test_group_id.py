@@ -40,8 +40,8 @@ def test_science_changes_the_id(override):
 
 def test_runner_and_report_agree_on_the_id(tmp_path):
     """A real sweep over operational settings only: one id in every summary.json, and the report
-    (which recomputes it from .hydra/config.yaml) shows that one group with all four runs (one
-    sweep's: repeats are counted once only across sweeps)."""
+    (which recomputes it from .hydra/config.yaml) shows that one group, its four runs of one seed
+    counted as one replicate (the same draw four times)."""
     r = run_cli("run", "-m", "trainer.threads=1,2", "trainer.checkpoint=true,false", "dataset.n=200",
                 "dataset.n_test=100", *FAST, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -49,5 +49,5 @@ def test_runner_and_report_agree_on_the_id(tmp_path):
     r = run_cli("report", "sweep", "--format", "json", "--out", "r.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     groups = json.loads((tmp_path / "r.json").read_text())["groups"]
-    assert len(ids) == 1 and [(g["group"], g["n"], g["name"]) for g in groups] == [(ids.pop(), 4, "none")]
-    assert "counted once" not in r.stderr  # one sweep's runs: each kept, as it asked
+    assert len(ids) == 1 and [(g["group"], g["n"], g["name"]) for g in groups] == [(ids.pop(), 1, "none")]
+    assert r.stderr.count("counted once") == 3

@@ -290,11 +290,13 @@ def test_a_sweep_repeated_into_another_dir_is_one_replicate_not_two(tmp_path, ca
     write_run(tmp_path / "a" / "0-failed", reg=("dropout",), seed=1, status="failed")
     write_run(tmp_path / "a" / "00-rerun", reg=("dropout",), seed=1, val=0.85, status="completed")
     runs = {r["dir"]: r["status"] for r in report(tmp_path, tmp_path / "a", "--runs")["runs"]}
-    assert "failed" not in runs.values() and len(runs) == 6
-    # within one sweep (an Optuna study that samples a point twice, a sweep over operational
-    # settings) every run is its own: kept
+    assert "failed" not in runs.values() and len(runs) == 6  # one per group and seed: the rerun of seed 1 is one replicate
+    # within one sweep too (an Optuna study that samples a point twice, a sweep over operational
+    # settings): the same seeds are one draw, whatever else differs
     write_run(one / "97", reg=("dropout",), seed=0)
-    assert by_name(report(tmp_path, one))["dropout"]["n"] == 4
+    capsys.readouterr()
+    assert by_name(report(tmp_path, one))["dropout"]["n"] == 3
+    assert f"skipped {one / '97'}: a repeat of" in capsys.readouterr().err
 
 
 def test_as_a_user_types_it(tmp_path):

@@ -367,19 +367,16 @@ def collect(roots: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
     return _count_repeats_once(runs, skipped)
 
 
-def _sweep_root(path: Path) -> Path:
-    """The sweep a run belongs to: the nearest dir above it holding multirun.yaml, else the run
-    dir itself (a single run)."""
-    return next((d for d in Path(path).parents if (d / "multirun.yaml").is_file()), Path(path))
+REPEAT = "a repeat of "  # how a skipped repeat's reason begins
 
 
 def _count_repeats_once(runs: list[Run], skipped: list) -> tuple[list[Run], list]:
-    """One sweep's runs per (group, seed, data_seed): the same configuration run again on the same
-    seeds by another sweep or single run (a sweep repeated into another dir) is the same
-    replicate, not another one; counting it twice would shrink every interval. Kept: the runs of
-    the sweep that holds the first averaged one (else the first completed, else the first found);
-    each other is skipped with the reason. Within one sweep (an Optuna study that samples one
-    point twice, a sweep over operational settings) every run is kept."""
+    """One run per (group, seed, data_seed): the same configuration run again on the same seeds
+    (a sweep repeated into another dir, a single run made twice, a sweep over operational
+    settings such as trainer.threads=1,2, an Optuna study that samples one point twice) is the
+    same replicate, not another one; counting it twice would shrink every interval with numbers
+    that are one draw. Kept: the first averaged one (else the first completed, else the first
+    found); each other is skipped with the reason."""
     def rank(r: Run) -> int:
         return 0 if r.done else 1 if r.status == "completed" else 2
 
@@ -388,17 +385,13 @@ def _count_repeats_once(runs: list[Run], skipped: list) -> tuple[list[Run], list
         by_key.setdefault((r.group, r.summary.get("seed"), r.summary.get("data_seed")), []).append(r)
     dropped = set()
     for same in by_key.values():
-        if len(same) < 2:  # the usual case: no repeat, no walk up the tree
-            continue
-        roots = [_sweep_root(r.path) for r in same]
-        if len(set(roots)) < 2:
+        if len(same) < 2:  # the usual case: no repeat
             continue
         first = min(same, key=rank)
-        kept_root = roots[same.index(first)]
-        for r, root in zip(same, roots, strict=True):
-            if root != kept_root:
+        for r in same:
+            if r is not first:
                 dropped.add(id(r))
-                skipped.append((r.path, f"a repeat of {first.path} (the same configuration and seeds: seed="
+                skipped.append((r.path, f"{REPEAT}{first.path} (the same configuration and seeds: seed="
                                 f"{r.summary.get('seed')}, data_seed={r.summary.get('data_seed')}), counted once"))
     return [r for r in runs if id(r) not in dropped], skipped
 

@@ -235,7 +235,7 @@ def _parquet(report, groups, args) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from regablate.report import render
-    from regablate.report.collect import collect
+    from regablate.report.collect import REPEAT, collect
     from regablate.report.select import SelectError, choose, parse_filter
     from regablate.report.study import find_study, rank
     from regablate.report.table import group_report, run_report
@@ -255,9 +255,11 @@ def run(args: argparse.Namespace) -> int:
         print(escape_control(f"regablate report: warning: skipped {path}: {reason}"),
               file=sys.stderr)
     where = ", ".join(map(str, roots))
+    repeats = sum(reason.startswith(REPEAT) for _, reason in skipped)
+    unreadable = len(skipped) - repeats
     if not runs:
         raise UsageError(f"no runs found under {where}" +
-                         (f" ({len(skipped)} unreadable, see warnings)" if skipped else ""))
+                         (f" ({unreadable} unreadable, see warnings)" if unreadable else ""))
     try:
         shown = choose(runs, filters, args.baseline)
     except SelectError as e:
@@ -268,7 +270,10 @@ def run(args: argparse.Namespace) -> int:
     report = run_report(shown) if args.runs else group_report(shown, args.metric, not args.unpaired,
                                                                   args.test)
     if skipped:
-        report.footer.insert(1, f"{len(skipped)} run dir(s) skipped as unreadable (see warnings)")
+        report.footer.insert(1, "run dir(s) skipped (see warnings): " + ", ".join(
+            part for part in (f"{unreadable} unreadable" if unreadable else "",
+                              f"{repeats} repeat(s) of a run on the same seeds, counted once" if repeats else "")
+            if part))
     study = None if args.runs else find_study(roots)  # an Optuna sweep dir: trials ranked, best marked
     if study:
         rank(report, shown, study)
