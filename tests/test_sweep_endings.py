@@ -72,6 +72,18 @@ def test_one_invalid_value_in_a_parallel_sweep_is_one_line_and_the_good_jobs_com
     assert not list((tmp_path / "sweep").glob("*/*.log"))  # no (empty) job log, under any launcher
 
 
+def test_a_job_failed_for_its_seed_is_a_failed_run_the_report_counts(tmp_path):
+    # its summary.json held data_seed='x', which the report refused as unreadable: 1 failed
+    # run under status, none in the report
+    r = run_cli("run", "-m", "data_seed=x,0", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 2 and "sweep/0: invalid config: data_seed='x'" in last_line(r), r.stderr
+    summary = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["data_seed"] is None and summary["seed"] == 0
+    report = run_cli("report", "sweep", cwd=tmp_path)
+    assert report.returncode == 0 and "unreadable" not in report.stdout + report.stderr, report.stderr
+    assert "runs: 1 completed · 0 running · 0 diverged · 1 failed" in report.stdout
+
+
 CRASHING = """
 from torch import nn
 

@@ -101,10 +101,14 @@ def _failed_summary(run_dir: Path, cfg: dict, error: str, status: str = "failed"
     write_json(run_dir / "summary.json", {
         "schema": 1, "status": status, "task": task, "metric": metric,
         "higher_is_better": None if task is None else task == "classification",
-        "seed": cfg.get("seed"), "data_seed": cfg.get("data_seed"),
+        **{k: cfg.get(k) if _whole(cfg.get(k)) else None for k in ("seed", "data_seed")},  # data_seed=x: its error says it
         "dataset": (cfg.get("dataset") or {}).get("name"), "model": (cfg.get("model") or {}).get("name"),
         "reg": sorted(reg), "group": group_id(cfg), "warnings": [], "error": error,
     })
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 LAUNCH_DIRS: dict[str, str] = {}  # "run" / "sweep" -> this process's output dir, for the resume hint
