@@ -200,27 +200,25 @@ def _job_count(sweep: str, multirun) -> int | None:
 def _sweep_size(lines: list[str], design, sweep: str) -> int | None:
     """The number of jobs Hydra's basic sweeper makes of `lines` (the sweeper's params, then the
     task overrides): the product of each key's number of values, a later override of a key
-    replacing an earlier one; a design sweep's stack replaced by its arms
-    (`regablate.sweep.designs.design_arguments`) when the sweep's ablation.json lists the same arms
-    and seeds. None for a value that does not parse, a sweep of no fixed list (glob, interval,
-    shuffle), or more than MAX_JOBS jobs."""
+    replacing an earlier one; a design sweep's, its ablation.json's arms times its seeds, where
+    `seed` is its only other swept key. None for a value that does not parse, a sweep of no fixed
+    list (glob, interval, shuffle), or more than MAX_JOBS jobs."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
     sizes: dict[str, int | None] = {}
     try:
         overrides = parser.parse_overrides(lines)
-        if design is not None:
-            from regablate.report.designs import read_ablation_json
-            from regablate.sweep.designs import design_arguments
-
-            arguments, doc = design_arguments(design, overrides)
-            saved = read_ablation_json(sweep)
-            if saved is None or (saved.get("arms"), saved.get("seeds")) != (doc["arms"], doc["seeds"]):
-                return None
-            overrides = parser.parse_overrides(arguments)
         for o in overrides:
             sizes[o.get_key_element()] = _values(o)
+        if design is not None:
+            from regablate.report.designs import read_ablation_json
+
+            saved = read_ablation_json(sweep)
+            if saved is None or len(saved["seeds"]) != sizes.get("seed") or \
+                    any(n != 1 for key, n in sizes.items() if key != "seed" and not key.lstrip("+").startswith("reg")):
+                return None
+            sizes = {"arms": len(saved["arms"]), "seed": len(saved["seeds"])}
     except Exception:  # noqa: BLE001 - not a sweep this version can count: say nothing
         return None
     total = 1
