@@ -75,13 +75,13 @@ def test_one_invalid_value_in_a_parallel_sweep_is_one_line_and_the_good_jobs_com
 def test_a_job_failed_for_its_seed_is_a_failed_run_the_report_counts(tmp_path):
     # its summary.json held data_seed='x', which the report refused as unreadable: 1 failed
     # run under status, none in the report
-    r = run_cli("run", "-m", "data_seed=x,0", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    r = run_cli("run", "-m", "data_seed=x,y,0", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert r.returncode == 2 and "sweep/0: invalid config: data_seed='x'" in last_line(r), r.stderr
     summary = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["data_seed"] is None and summary["seed"] == 0
     report = run_cli("report", "sweep", cwd=tmp_path)
     assert report.returncode == 0 and "unreadable" not in report.stdout + report.stderr, report.stderr
-    assert "runs: 1 completed · 0 running · 0 diverged · 1 failed" in report.stdout
+    assert "runs: 1 completed · 0 running · 0 diverged · 2 failed" in report.stdout  # two jobs, not repeats
 
 
 CRASHING = """
@@ -400,12 +400,17 @@ def test_a_joblib_worker_killed_ends_the_sweep_in_one_line_with_every_job_accoun
     assert statuses(tmp_path / "sweep") == {"0": "interrupted", "1": "interrupted"}  # none left `running`
 
 
-def test_joblib_n_jobs_0_is_one_line_and_makes_nothing(tmp_path):
+def test_joblib_n_jobs_0_is_one_line_and_makes_nothing_and_one_worker_runs_every_job(tmp_path):
     r = run_cli("run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", *TINY, "seed=0,1",
                 "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("regablate: error: invalid config: hydra.launcher.n_jobs=0: must be a whole number")
     assert not (tmp_path / "sweep").exists()
+    # one worker (n_jobs=1, or -1 on a one-core machine): still a worker process, every job runs
+    r = run_cli("run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", *TINY, "seed=0,1",
+                "hydra.sweep.dir=one", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert statuses(tmp_path / "one") == {"0": "completed", "1": "completed"}
 
 
 def test_a_second_sweep_into_a_dir_being_swept_is_refused_before_it_writes(tmp_path):

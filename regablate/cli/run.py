@@ -13,7 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 from regablate.config.objective import value as objective_value
 from regablate.config.paths import CONF_DIR
 from regablate.errors import ConfigError, UsageError, survives_pickling
-from regablate.training.job import describe, job_cpus, stop_on_cluster_signals, under_submitit
+from regablate.training.job import (
+    describe,
+    job_cpus,
+    returns_interruptions,
+    stop_on_cluster_signals,
+)
 
 
 def _remove_if_only_hydra(run_dir: Path) -> None:
@@ -168,7 +173,7 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
                     place_job(container, hc)
                     summary = train(container, run_dir)
             except KeyboardInterrupt as e:
-                if not (sweep and under_submitit()):
+                if not (sweep and returns_interruptions()):
                     raise
                 how = getattr(e, "signal_name", "SIGINT")
                 if _not_recorded(run_dir):  # stopped before training began (even before its config was read)

@@ -45,6 +45,7 @@ At the end the sweep dir gets `optuna_study.json` (every trial of the study, and
 Optuna is imported only when a sweep starts.
 """
 
+import functools
 import json
 import logging
 import math
@@ -272,6 +273,11 @@ class OptunaSearch:
         self.launched = 0
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
+        from regablate.sweep import joblib_jobs
+
+        if joblib_jobs.is_joblib(self.launcher):  # its jobs' ends said as under regablate's sweeper
+            joblib_jobs.check_n_jobs(self.launcher.joblib.get("n_jobs"))
+            self.launcher.launch = functools.partial(joblib_jobs.launch, self.launcher)
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     # -- what is searched, and which way -----------------------------------------------------
@@ -347,8 +353,6 @@ class OptunaSearch:
 
     # -- the sweep ---------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> Any:
-        from optuna.trial import TrialState
-
         from regablate.errors import UsageError
 
         params = [f"{k}={v}" for k, v in (self.params or {}).items()]
@@ -357,6 +361,17 @@ class OptunaSearch:
             raise UsageError("nothing to search: give a sweep such as 'reg.l2.lam=tag(log, interval(1e-6, 1e-1))'")
         if "seed" in space or any(f.lstrip("+").split("=", 1)[0] == "seed" for f in fixed):
             raise UsageError("seeds are the sweeper's: use hydra.sweeper.seeds_per_trial or hydra.sweeper.seeds")
+        from regablate.rundir.claim import hold_sweep_dir
+
+        with hold_sweep_dir(self.sweep_dir):  # another sweep into it meanwhile is refused
+            return self._search(space, keys, fixed)
+
+    def _search(self, space: dict, keys: dict, fixed: list) -> Any:
+        """The rest of `sweep`, while this process holds the sweep dir."""
+        from optuna.trial import TrialState
+
+        from regablate.errors import UsageError
+
         objective, direction = self._objective()
         study = self._study(objective, direction, space)
         self.space = space

@@ -226,14 +226,12 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from regablate.rundir.claim import check_sweep_dir, hold_sweep_dir
-    from regablate.sweep import submitit_jobs
+    from regablate.sweep import joblib_jobs, submitit_jobs
 
     assert sweeper.config is not None and sweeper.launcher is not None and sweeper.hydra_context is not None
     if submitit_jobs.is_submitit(sweeper.launcher):
         sweeper.launcher.launch = functools.partial(submitit_jobs.launch, sweeper.launcher)
-    elif type(sweeper.launcher).__module__.startswith("hydra_plugins.hydra_joblib_launcher"):
-        from regablate.sweep import joblib_jobs
-
+    elif joblib_jobs.is_joblib(sweeper.launcher):
         joblib_jobs.check_n_jobs(sweeper.launcher.joblib.get("n_jobs"))  # before the sweep dir is made
         sweeper.launcher.launch = functools.partial(joblib_jobs.launch, sweeper.launcher)
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)

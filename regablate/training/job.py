@@ -30,6 +30,16 @@ def under_submitit() -> bool:
     return bool(os.environ.get("SUBMITIT_FOLDER"))
 
 
+JOBLIB_WORKER = "REGABLATE_JOBLIB_WORKER"  # set in regablate's joblib workers (regablate.sweep.joblib_jobs)
+
+
+def returns_interruptions() -> bool:
+    """Whether a sweep's job stopped by a signal in this process is a result the launcher reads
+    (`RunInterrupted`, its run recorded `interrupted` even before training began), not an
+    interrupt of the whole process: a submitit job, or a job in one of regablate's joblib workers."""
+    return under_submitit() or bool(os.environ.get(JOBLIB_WORKER))
+
+
 @contextmanager
 def stop_on_cluster_signals():
     """Inside a submitit job: SIGTERM (scancel, preemption, the end of the time limit) and
