@@ -382,7 +382,8 @@ def _count_repeats_once(runs: list[Run], skipped: list) -> tuple[list[Run], list
 
     by_key: dict[tuple, list[Run]] = {}
     for r in runs:
-        by_key.setdefault((r.group, r.summary.get("seed"), r.summary.get("data_seed")), []).append(r)
+        if all(isinstance(r.summary.get(k), int) for k in ("seed", "data_seed")):  # a job refused for its seeds has none
+            by_key.setdefault((r.group, r.summary.get("seed"), r.summary.get("data_seed")), []).append(r)
     dropped = set()
     for same in by_key.values():
         if len(same) < 2:  # the usual case: no repeat
