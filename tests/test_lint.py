@@ -142,6 +142,10 @@ def test_ra011_decay_too_weak_to_act():
     assert ids("+reg=weight_decay", "reg.weight_decay.lam=0.045") == []  # 9.9 % at most: acts
     assert ids("+reg=weight_decay", "reg.weight_decay.lam=1e-3", "optim.lr=0.01") == []  # lr·λ·T = 2.2 %
     assert ids("+reg=weight_decay", "reg.weight_decay.lam=1e-3", "trainer.max_epochs=10") == ["RA011"]
+    # a cosine schedule can end above its start: the bound takes its min_lr then
+    assert ids("+reg=weight_decay", "reg.weight_decay.lam=1e-3", "sched=cosine", "sched.min_lr=0.01") == []
+    assert "sched.min_lr=0.002 shrinks" in findings("+reg=weight_decay", "reg.weight_decay.lam=1e-3", "sched=cosine",
+                                                    "sched.min_lr=0.002")[0].message
     assert ids("optim.weight_decay=1e-3") == ["RA004", "RA011"]  # torch's AdamW decays decoupled too
     assert "optim.weight_decay=0.001 at optim.lr=0.001" in findings("optim.weight_decay=1e-3")[1].message
     assert ids("optim=adam", "optim.weight_decay=1e-3") == ["RA001", "RA004"]  # coupled: another matter

@@ -275,18 +275,20 @@ def _weak_decay(groups: list[dict], s, n_train: int | None) -> list[Finding]:
     if not n_train:
         return []
     t = s.trainer
-    steps = t.max_epochs * math.ceil(n_train / min(t.batch_size, n_train))
+    bs = min(t.batch_size, n_train)  # as the training loop batches (a last batch of one left out)
+    steps = t.max_epochs * (math.ceil(n_train / bs) - (n_train % bs == 1 and n_train > bs))
     out = []
     for g in groups:
         rates = [("reg.weight_decay.lam", g.get("decoupled_decay") or 0.0)]
         if s.optim.name == "adamw":  # torch's AdamW decays decoupled too
             rates.append(("optim.weight_decay", g.get("weight_decay") or 0.0))
         for key, lam in rates:
-            bound = g["lr"] * lam * steps
+            lr = max(g["lr"], getattr(s.sched, "min_lr", 0.0) if s.sched.name == "cosine" else 0.0)
+            bound = lr * lam * steps  # the lr never rises above its start, but to a cosine's min_lr
             if lam > 0 and bound < WEAK_DECAY and not any(key in f.message for f in out):
-                enough = float(f"{0.1 / (g['lr'] * steps):.2g}")  # a 10% shrink at most
+                enough = float(f"{0.1 / (lr * steps):.2g}")  # a 10% shrink at most
                 out.append(Finding(
-                    "RA011", f"{key}={_g(lam)} at optim.lr={_g(g['lr'])} shrinks the weights by at most "
+                    "RA011", f"{key}={_g(lam)} at {'optim.lr' if lr == g['lr'] else 'sched.min_lr'}={_g(lr)} shrinks the weights by at most "
                     f"{100 * bound:.2g}% over the whole run (lr·λ·T, T = trainer.max_epochs={t.max_epochs} × "
                     f"{steps // t.max_epochs} steps): too weak to act, its arm trains as the baseline does",
                     f"raise {key} to about {_g(enough)} or more (at most a 10% shrink), "
