@@ -85,25 +85,33 @@ def check_sweep_dir(sweep_dir: Path) -> None:
 
 
 @contextmanager
-def hold_sweep_dir(sweep_dir: Path) -> Iterator[None]:
-    """Hold a sweep's root for this sweep while it runs (`flock` on the directory, as `claim`
-    holds a run dir): a second sweep into it meanwhile, the same or another, is refused before it
-    reads or writes multirun.yaml (two sweeps started together each found no job there, and the
-    second's multirun.yaml replaced the first's: its continue command then fit no run). Made if
-    missing. Where the file system cannot lock (some network mounts), the sweep goes on unheld."""
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(sweep_dir, os.O_RDONLY)
+def _held(directory: Path, busy, unlockable_ok: bool = False) -> Iterator[None]:
+    """`directory` (made if missing) held by this process (`flock`, exclusive) while inside;
+    `busy()` is raised when another process holds it. `unlockable_ok`: where the file system
+    cannot lock (some network mounts), go on unheld."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"hydra.sweep.dir={sweep_dir} is being swept by another process: wait for it to end "
-                             f"(regablate status {sweep_dir}), or give this sweep its own hydra.sweep.dir") from None
+            raise busy() from None
         except OSError:
-            pass
+            if not unlockable_ok:
+                raise
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def hold_sweep_dir(sweep_dir: Path):
+    """Hold a sweep's root for this sweep while it runs, as `claim` holds a run dir: a second
+    sweep into it meanwhile, the same or another, is refused before it reads or writes
+    multirun.yaml (two sweeps started together each found no job there, and the second's
+    multirun.yaml replaced the first's: its continue command then fit no run)."""
+    return _held(sweep_dir, lambda: UsageError(
+        f"hydra.sweep.dir={sweep_dir} is being swept by another process: wait for it to end "
+        f"(regablate status {sweep_dir}), or give this sweep its own hydra.sweep.dir"), unlockable_ok=True)
 
 
 @contextmanager
@@ -119,19 +127,12 @@ def claim(run_dir: Path, resume: str = "never") -> Iterator[None]:
     if (run_dir / "multirun.yaml").exists():
         raise RunRefused(run_dir, "is a sweep's dir (multirun.yaml): its runs are its job dirs",
                          "report it with regablate report; choose another hydra.run.dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunRefused(run_dir, "is being written by another process",
-                             "wait for it, or choose another hydra.run.dir / hydra.sweep.dir", busy=True) from None
+    with _held(run_dir, lambda: RunRefused(run_dir, "is being written by another process",
+                                           "wait for it, or choose another hydra.run.dir / hydra.sweep.dir",
+                                           busy=True)):
         if resume != "auto" and (run_dir / "summary.json").exists():
             raise RunRefused(run_dir, "already holds a run (summary.json)")
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def write_hydra_files(run_dir: Path, task_cfg, hydra_cfg, overrides, to_yaml=None) -> None:
