@@ -257,6 +257,32 @@ def test_jobs_that_never_started_are_counted_and_continued(three_jobs, tmp_path,
     assert (group["jobs"], group["not_started"], group["not_started_jobs"], group["command"]) == (3, 0, [], None)
 
 
+def test_a_sweep_killed_before_any_job_made_its_dir_is_all_not_started(three_jobs, tmp_path, capsys):
+    # before: "no run dirs below sw", as if there were no sweep
+    sw = tmp_path / "multirun" / "sw"
+    sw.mkdir(parents=True)
+    shutil.copy(three_jobs / "multirun.yaml", sw)
+    assert main([str(tmp_path / "multirun")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{sw}: 3 jobs: 0 completed, 0 running, 3 not started"
+    assert lines[-1].startswith("  continue with: regablate run -m seed=0,1,2 ")
+
+
+def test_a_sweep_whose_process_holds_its_dir_is_said_to_be_running(three_jobs, tmp_path, capsys):
+    from regablate.rundir.claim import hold_sweep_dir
+
+    sw = tmp_path / "sw"
+    shutil.copytree(three_jobs, sw)
+    shutil.rmtree(sw / "2")
+    with hold_sweep_dir(sw):  # as the sweep's own process holds it while it runs
+        assert main([str(sw)]) == 0
+        out = capsys.readouterr().out
+        assert _group(sw)["being_swept"] is True
+    assert "  (its sweep is running: a process holds the sweep dir; continue it once that has ended)" in out
+    assert main([str(sw)]) == 0
+    assert "its sweep is running" not in capsys.readouterr().out and _group(sw)["being_swept"] is False
+
+
 def test_a_complete_sweep_shows_no_jobs_not_started(three_jobs, capsys):
     assert main([str(three_jobs)]) == 0
     assert capsys.readouterr().out == f"{three_jobs}: 3 runs: 3 completed, 0 running\n"

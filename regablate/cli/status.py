@@ -30,7 +30,10 @@ root (default: ./multirun and ./outputs) the runs are counted by status, per swe
   (from `multirun.yaml`; for a single run, from its `.hydra/overrides.yaml`; an Optuna study is
   continued by its own command again, which runs only the trials still missing). A sweep still
   running may yet start its jobs not started itself (a scheduler's queued jobs have no dir
-  either): with a live run beside them, status says to continue once the sweep has ended.
+  either): where a process holds the sweep's dir (`regablate.rundir.claim.hold_sweep_dir`: its
+  sweep is running; `being_swept` in `--json`), or a live run stands beside them, status says to
+  continue once the sweep has ended. A sweep none of whose jobs made its dir is a group with
+  no run, all of its jobs not started.
 
 Only `summary.json` and `multirun.yaml` (and a design sweep's `ablation.json`) are read whole
 (bounded, `regablate.rundir.untrusted`); the rest is listed with
@@ -48,7 +51,7 @@ import json
 import os
 import sys
 
-from regablate.rundir.scan import ERROR_CHARS, KINDS, MissingDir, scan, unfinished
+from regablate.rundir.scan import ERROR_CHARS, KINDS, MissingDir, lock_of, scan, unfinished
 from regablate.rundir.untrusted import (
     SMALL_CAP,
     RefusedValue,
@@ -274,6 +277,7 @@ def sweep_status(paths) -> dict:
         group["jobs"], group["not_started"], group["not_started_jobs"] = None, None, None
         todo = [r for r in group["runs"] if unfinished(r)]
         group["rounds_left"] = _rounds_left(group["dir"]) if group["sweep"] else None
+        group["being_swept"] = group["sweep"] and lock_of(group["dir"]) == "held"  # its sweep is running
         multirun, unreadable = None, None
         if group["sweep"]:
             multirun, unreadable = _multirun(group["dir"])
@@ -388,7 +392,10 @@ def render(report: dict, show_all: bool = False) -> str:
             elif live:
                 lines.append(f"  ({live} runs are still being written: their jobs are refused "
                              "until they end)")
-            if live and group.get("not_started"):
+            if group.get("being_swept"):
+                lines.append("  (its sweep is running: a process holds the sweep dir; continue it once "
+                             "that has ended)")
+            elif live and group.get("not_started"):
                 lines.append("  (the sweep may still be running and start the jobs not started "
                              "itself: continue it once it has ended)")
         elif group["command_missing"]:

@@ -72,8 +72,9 @@ def _listing(path: str) -> tuple[set, list]:
     return files, dirs
 
 
-def _find(root: str) -> list[tuple[str, str | None, bool]]:
-    """(run dir, its sweep dir or None, has summary.json) for every run below `root`.
+def _find(root: str) -> tuple[list[tuple[str, str | None, bool]], list[str]]:
+    """(run dir, its sweep dir or None, has summary.json) for every run below `root`, and the
+    sweep dirs (multirun.yaml) found, those with no run yet included.
 
     The rule of `regablate.report.collect.find_run_dirs` (a dir holding summary.json is a run;
     one holding `.hydra/` but no summary.json is a run with no summary yet; nothing below a
@@ -83,6 +84,7 @@ def _find(root: str) -> list[tuple[str, str | None, bool]]:
     parent = os.path.dirname(os.path.abspath(root))
     top_sweep = parent if os.path.isfile(os.path.join(parent, "multirun.yaml")) else None
     found: list[tuple[str, str | None, bool]] = []
+    sweeps: list[str] = []
     stack = [(root, top_sweep, False)]
     while stack:
         here, sweep, job = stack.pop()
@@ -96,17 +98,20 @@ def _find(root: str) -> list[tuple[str, str | None, bool]]:
         if "multirun.yaml" in files or "optuna_study.json" in files \
                 or any(_TRIAL.fullmatch(d) for d in dirs):
             sweep = here
+            if "multirun.yaml" in files:
+                sweeps.append(here)
         for name in sorted((d for d in dirs if not d.startswith(".")), key=_natural, reverse=True):
             stack.append((os.path.join(here, name), sweep, sweep == here and name.isdigit()))
-    return found
+    return found, sweeps
 
 
 _TRIAL = re.compile(r"trial_\d+")  # an Optuna sweep's trial dirs (trial_<n>/seed_<s>)
 
 
-def _lock(run_dir: str) -> str | None:
-    """"held" when a process holds the run dir's lock (`regablate.rundir.claim`), "free" when none
-    does, None when it cannot be told. The lock is taken shared and released at once."""
+def lock_of(run_dir: str) -> str | None:
+    """"held" when a process holds the run dir's lock (`regablate.rundir.claim`; a sweep's root:
+    its sweep is running, `hold_sweep_dir`), "free" when none does, None when it cannot be told.
+    The lock is taken shared and released at once."""
     try:
         fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
@@ -224,7 +229,7 @@ def _inspect(run_dir: str, has_summary: bool, now: float) -> dict:
     run: dict = {"dir": run_dir}
     if not has_summary:
         run["status"] = "no_summary"
-        run["lock"] = _lock(run_dir)
+        run["lock"] = lock_of(run_dir)
         return run
     summary, why = read_summary(run_dir)
     if summary is None:
@@ -234,7 +239,7 @@ def _inspect(run_dir: str, has_summary: bool, now: float) -> dict:
     if status in ("failed", "interrupted") and summary.get("error"):
         run["error"] = summary["error"][:4 * ERROR_CHARS]
     if status == "running":
-        run["lock"] = _lock(run_dir)
+        run["lock"] = lock_of(run_dir)
         run["stale"] = run["lock"] == "free"
         run["last_epoch"], note = last_epoch(run_dir)
         if note:
@@ -273,7 +278,8 @@ def scan(paths) -> list[dict]:
     groups: dict[tuple, dict] = {}
     seen: set[str] = set()
     for root in roots:
-        for run_dir, sweep, has_summary in _find(root):
+        found, sweeps = _find(root)
+        for run_dir, sweep, has_summary in found:
             key = os.path.abspath(run_dir)
             if key in seen:  # roots that overlap
                 continue
@@ -281,6 +287,9 @@ def scan(paths) -> list[dict]:
             group = groups.setdefault((sweep is not None, sweep or root),
                                       {"dir": sweep or root, "sweep": sweep is not None, "runs": []})
             group["runs"].append(_inspect(run_dir, has_summary, now))
+        for sweep in sweeps:  # a sweep none of whose jobs has made its dir yet: a group with no run
+            if not any(os.path.abspath(g["dir"]) == os.path.abspath(sweep) for g in groups.values()):
+                groups[(True, sweep)] = {"dir": sweep, "sweep": True, "runs": []}
     for group in groups.values():
         group["runs"].sort(key=lambda r: _natural(r["dir"]))
         group["counts"] = _counts(group["runs"])
