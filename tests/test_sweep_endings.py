@@ -428,3 +428,20 @@ def test_a_second_sweep_into_a_dir_being_swept_is_refused_before_it_writes(tmp_p
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert statuses(tmp_path / "sweep") == dict.fromkeys("0123", "completed")
+
+
+@pytest.mark.parametrize("setting,said", [
+    ("+hydra.sweeper.seed=auto", "hydra.sweeper.seed: not a setting of hydra/sweeper=regablate; its settings: "
+                                 "max_batch_size, params, design, seeds, min_seeds"),
+    ("+hydra.launcher.njobs=2", "hydra.launcher.njobs: not a setting of hydra/launcher=joblib; its settings: n_jobs, "),
+    ("+hydra.launcher.bogus=1", "hydra.launcher.bogus: not a setting of VectorizedLauncher; its settings: max_members, "
+                                "memory_fraction, single, executor, slurm")],
+    ids=["sweeper", "joblib", "vectorized"])
+def test_a_sweeper_or_launcher_setting_it_does_not_have_is_one_line_not_ignored(tmp_path, setting, said):
+    # before: the sweeper and joblib ran the sweep as if the typo were not there (seed=auto: no rounds)
+    launcher = {"+hydra.launcher.njobs=2": ("hydra/launcher=joblib",),
+                "+hydra.launcher.bogus=1": ("hydra/launcher=vectorized",)}.get(setting, ())
+    r = run_cli("run", "-m", *launcher, setting, *TINY, "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"regablate: error: {said}"), r.stderr
+    assert not (tmp_path / "sweep").exists()

@@ -6,12 +6,13 @@ A shell: Hydra imports every plugin on every command, so the sweep itself lives 
 and is imported when a sweep starts. The settings are in `config.py`.
 """
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-from hydra_plugins.regablate_sweeper.config import RefusingSweeperConf  # noqa: F401  registers it
+from hydra_plugins.regablate_sweeper.config import RefusingSweeperConf  # registers it
 
 
 class RefusingSweeper(BasicSweeper):
@@ -20,6 +21,12 @@ class RefusingSweeper(BasicSweeper):
                  reference: Optional[str] = None, **sequential) -> None:  # noqa: UP045
         super().__init__(max_batch_size, params)
         self.design, self.seeds, self.reference, self.sequential = design, seeds, reference, sequential
+        # a key the sweeper does not know (+hydra.sweeper.seed=auto) is refused when the sweep
+        # starts (raised here, it would reach the user wrapped in Hydra's "Error in call to target")
+        known = [f.name for f in dataclasses.fields(RefusingSweeperConf) if f.name != "_target_"]
+        unknown = [k for k in sequential if k not in known]
+        self.refusal = unknown and (f"hydra.sweeper.{unknown[0]}: not a setting of hydra/sweeper=regablate; "
+                                    f"its settings: {', '.join(known)}")
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Hydra composes every job of a batch here to report a composition error before any
@@ -31,6 +38,9 @@ class RefusingSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> object:
         """BasicSweeper.sweep, running every batch and ending with one closing error."""
+        from regablate.errors import UsageError
         from regablate.sweep import refusing
 
+        if self.refusal:
+            raise UsageError(self.refusal)
         return refusing.sweep(self, arguments)

@@ -55,6 +55,28 @@ def _raised_by_hydra(e: BaseException) -> bool:
     return tb is not None and "/hydra/" in tb.tb_frame.f_code.co_filename
 
 
+def _unknown_setting(message: str) -> str | None:
+    """Hydra's "Error in call to target 'hydra_plugins…Launcher': TypeError(… unexpected keyword
+    argument 'x')" (a `+hydra.launcher.x=` the plugin does not take) as a line naming the key
+    and the settings it has; None for any other error."""
+    import importlib
+    import inspect
+    import re
+
+    found = re.search(r"Error in call to target '(hydra_plugins\.[\w.]+)\.(\w+)'.*unexpected keyword argument '(\w+)'",
+                      message, re.S)
+    if not found:
+        return None
+    module, name, key = found.groups()
+    try:
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters.values()
+    except Exception:  # noqa: BLE001 — Hydra's own line then
+        return None
+    kind = "launcher" if "launcher" in module else "sweeper"
+    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return f"hydra.{kind}.{key}: not a setting of {name}; its settings: {', '.join(known)}"
+
+
 def _on_sigterm(signum, frame) -> None:
     from regablate.errors import Terminated
 
@@ -145,7 +167,7 @@ def run(argv: list[str]) -> int:
     except (HydraException, OmegaConfBaseException) as e:  # before OSError: a missing config is both
         cause = e.__cause__
         extra = f" ({one_line(cause)})" if isinstance(cause, OmegaConfBaseException) else ""
-        return print_error(one_line(e) + extra + _options_of_missing(str(e)))
+        return print_error(_unknown_setting(str(e)) or one_line(e) + extra + _options_of_missing(str(e)))
     except OSError as e:  # e.g. Hydra cannot create the output dir, the disk is full
         return print_error(f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e))
     except ValueError as e:

@@ -51,6 +51,22 @@ def is_joblib(launcher: Any) -> bool:
     return type(launcher).__module__.startswith("hydra_plugins.hydra_joblib_launcher")
 
 
+def check_settings(settings: dict) -> None:
+    """The launcher's settings: `n_jobs` a whole number other than 0; a key the joblib launcher
+    does not know (`+hydra.launcher.njobs=2`) refused, never silently ignored."""
+    import dataclasses
+
+    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+
+    from regablate.errors import UsageError
+
+    known = [f.name for f in dataclasses.fields(JobLibLauncherConf) if f.name != "_target_"]
+    if unknown := [k for k in settings if k not in known]:
+        raise UsageError(f"hydra.launcher.{unknown[0]}: not a setting of hydra/launcher=joblib; "
+                         f"its settings: {', '.join(known)}")
+    check_n_jobs(settings.get("n_jobs"))
+
+
 def check_n_jobs(value: Any) -> None:
     from regablate.errors import ConfigError
 
@@ -121,7 +137,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 
     setup_globals()
     assert launcher.config is not None and launcher.task_function is not None and launcher.hydra_context is not None
-    check_n_jobs(launcher.joblib.get("n_jobs"))
+    check_settings(dict(launcher.joblib))
     workers = min(effective_n_jobs(launcher.joblib.get("n_jobs")), len(job_overrides))
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))

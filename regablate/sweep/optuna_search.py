@@ -276,7 +276,7 @@ class OptunaSearch:
         from regablate.sweep import joblib_jobs
 
         if joblib_jobs.is_joblib(self.launcher):  # its jobs' ends said as under regablate's sweeper
-            joblib_jobs.check_n_jobs(self.launcher.joblib.get("n_jobs"))
+            joblib_jobs.check_settings(dict(self.launcher.joblib))
             self.launcher.launch = functools.partial(joblib_jobs.launch, self.launcher)
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
 

@@ -232,7 +232,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
     if submitit_jobs.is_submitit(sweeper.launcher):
         sweeper.launcher.launch = functools.partial(submitit_jobs.launch, sweeper.launcher)
     elif joblib_jobs.is_joblib(sweeper.launcher):
-        joblib_jobs.check_n_jobs(sweeper.launcher.joblib.get("n_jobs"))  # before the sweep dir is made
+        joblib_jobs.check_settings(dict(sweeper.launcher.joblib))  # before the sweep dir is made
         sweeper.launcher.launch = functools.partial(joblib_jobs.launch, sweeper.launcher)
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
     overrides = parser.parse_overrides([*sweeper._parse_config(), *arguments])
