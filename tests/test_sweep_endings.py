@@ -445,3 +445,30 @@ def test_a_sweeper_or_launcher_setting_it_does_not_have_is_one_line_not_ignored(
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"regablate: error: {said}"), r.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+STOP_WHILE_OPENING = """
+import os, signal, sys
+import regablate.training.session as session
+real = session.RunSession.__init__
+def stopped(self, *args, **kwargs):  # summary.json already says running; the session is not yet
+    os.kill(os.getpid(), signal.SIGINT)
+    return real(self, *args, **kwargs)
+session.RunSession.__init__ = stopped
+from regablate.cli.main import main
+sys.argv[0] = "regablate"
+main()
+"""
+
+
+def test_a_stop_while_the_run_opens_its_files_is_recorded_interrupted(tmp_path):
+    # before: summary.json stayed `running` (stale) when the stop came after it was written
+    # and before the session could record a stop
+    r = subprocess.run([sys.executable, "-c", STOP_WHILE_OPENING, "run", *TINY, "hydra.run.dir=run"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"] == "interrupted by the user (Ctrl-C)"
+    again = run_cli("run", *TINY, "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"

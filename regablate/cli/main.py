@@ -198,7 +198,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     command, rest = argv[0], argv[1:]
     if command == "run":
-        sys.exit(run(rest))
+        code = run(rest)
+        # its outcome is said and written: a signal now would only cut short the interpreter's
+        # exit (a process pool's exit hook joining its threads) with a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(code)
     modules = {"report": "regablate.report.command", "tb": "regablate.cli.tb", "lint": "regablate.cli.lint",
                "data": "regablate.cli.data", "status": "regablate.cli.status", "plan": "regablate.report.plan",
                "export": "regablate.report.export"}

@@ -112,6 +112,22 @@ def _failed_summary(run_dir: Path, cfg: dict, error: str, status: str = "failed"
     })
 
 
+def _stopped_while_opening(run_dir: Path, how: str) -> None:
+    """A stop that came after the run's summary.json said `running` but before its session could
+    record the stop (while it opened its files, built its optimiser): recorded `interrupted` here,
+    in the run dir this process holds, as the session records it."""
+    import json
+
+    from regablate.rundir.atomic import write_json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(summary, dict) and summary.get("status") == "running":
+        write_json(run_dir / "summary.json", {**summary, "status": "interrupted", "error": f"interrupted by {how}"})
+
+
 def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -173,6 +189,7 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
                     place_job(container, hc)
                     summary = train(container, run_dir)
             except KeyboardInterrupt as e:
+                _stopped_while_opening(run_dir, getattr(e, "signal_name", "the user (Ctrl-C)"))
                 if not (sweep and returns_interruptions()):
                     raise
                 how = getattr(e, "signal_name", "SIGINT")

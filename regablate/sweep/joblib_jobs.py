@@ -75,14 +75,32 @@ def check_n_jobs(value: Any) -> None:
                           "than 0 (negative counts back from the cores: -1 is one per core)")
 
 
-def _idle() -> None:
+def _idle(parent: int) -> None:
     """A worker's initializer: SIGINT and SIGTERM are ignored except while it runs a job (an idle
-    worker killed by Ctrl-C breaks the pool, and loky SIGKILLs the busy ones)."""
+    worker killed by Ctrl-C breaks the pool, and loky SIGKILLs the busy ones); what a job imports
+    (torch, the trainer) is imported now, under that cover (a stop inside `import torch` was no
+    run's to record); and a worker whose sweep's process is gone (`kill -9`) exits once idle,
+    as it ignores SIGTERM."""
+    import threading
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from regablate.training.job import JOBLIB_WORKER
 
     os.environ[JOBLIB_WORKER] = "1"  # its runs return a stop as a result (regablate.cli.run)
+    import regablate.cli.run  # noqa: F401 — torch, Hydra's app and the trainer
+    import regablate.training.loop  # noqa: F401
+
+    def orphaned() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent and not _BUSY:
+                os._exit(0)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+
+
+_BUSY: list[int] = []  # the job this worker runs, if any
 
 
 def _job(idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, task_function: Any,
@@ -99,6 +117,7 @@ def _job(idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, ta
         os._exit(0)
     mark = os.path.join(batch, str(os.getpid()))
     open(mark, "w").close()  # noqa: SIM115 — the parent signals the workers that hold a job
+    _BUSY.append(idx)
     try:
         run_dir = _run_dir(_Context(hydra_context, config), overrides, idx)
         try:
@@ -114,6 +133,7 @@ def _job(idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, ta
             return ret
     finally:
         os.unlink(mark)
+        _BUSY.clear()
 
 
 class _Context:
@@ -167,7 +187,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     jobs = [(initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        executor = get_reusable_executor(max_workers=workers, initializer=_idle)
+        executor = get_reusable_executor(max_workers=workers, initializer=_idle, initargs=(os.getpid(),))
         futures += [executor.submit(_job, idx, overrides, launcher.hydra_context, launcher.config,
                                     launcher.task_function, Singleton.get_state(), batch, os.getpid())
                     for idx, overrides in jobs]

@@ -60,7 +60,7 @@ from hydra.core.plugins import Plugins
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from regablate.sweep.refusing import refusals, refused_message
+from regablate.sweep.refusing import closing_error, refusals, refused_message
 
 # the plugin's logger, as before this logic left hydra_plugins/: log configs and job logs name it
 log = logging.getLogger("hydra_plugins.regablate_optuna.optuna_sweeper")
@@ -159,6 +159,17 @@ def _differences(stored: dict[str, str], now: dict[str, str], show: int = 3) -> 
 
     parts = [f"{k}={shown(stored, k)} stored, {shown(now, k)} now" for k in keys[:show]]
     return "; ".join(parts) + (f"; and {len(keys) - show} more" if len(keys) > show else "")
+
+
+def _pool_broke(ret: Any) -> bool:
+    """Whether a job's return says its worker pool broke under it (regablate.sweep.joblib_jobs):
+    its trial is no result, failed or not, but one to continue."""
+    from hydra.core.utils import JobStatus
+
+    from regablate.errors import JobLost
+
+    lost = ret._return_value if ret.status == JobStatus.FAILED else None
+    return isinstance(lost, JobLost) and lost.label in ("stopped", "not started")
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -419,6 +430,8 @@ class OptunaSearch:
                 dirs.append(self.sweep_dir / sub)
         returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         self.job_idx += len(returns)
+        if any(_pool_broke(r) for r in returns):  # a joblib worker died: its trials stay RUNNING
+            raise closing_error(returns)         # and run again, resumed, on the next launch
         refused = refusals(returns)
         refused_dirs = {Path(e.run_dir).resolve() for e in refused}
         n = len(self.seeds)
