@@ -472,3 +472,38 @@ def test_a_stop_while_the_run_opens_its_files_is_recorded_interrupted(tmp_path):
     again = run_cli("run", *TINY, "hydra.run.dir=run", "trainer.resume=auto", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+SIGNAL_BEFORE_CLAIM = """
+import os, signal
+import regablate.rundir.claim as claim_module
+real = claim_module.claim
+def signalled(*args, **kwargs):  # in the submitit job only: its warning signal before its run holds its dir
+    if os.environ.get("SUBMITIT_FOLDER") and not os.environ.get("SIGNALLED_ONCE"):
+        os.environ["SIGNALLED_ONCE"] = "1"
+        os.kill(os.getpid(), signal.SIGUSR2)
+    return real(*args, **kwargs)
+claim_module.claim = signalled
+"""
+
+
+def test_a_submitit_job_signalled_before_its_run_holds_its_dir_is_recorded_interrupted(tmp_path):
+    # SLURM's time-limit warning can come seconds after a job starts, before its run holds its
+    # run dir: before, the sweep said interrupted but the run dir had no summary.json
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SIGNAL_BEFORE_CLAIM)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "regablate", "run", "-m", "hydra/launcher=submitit_local", "+reg=dropout",
+                        *TINY, "hydra.sweep.dir=sweep"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert last_line(r).startswith("regablate: error: 1 of 1 jobs did not complete: 1 interrupted "
+                                   "(sweep/0: by SIGUSR2 (time limit or preemption)); continue them with: ")
+    summary = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["reg"] == ["dropout"] and summary["seed"] == 0
+    assert summary["error"] == "interrupted by SIGUSR2 (time limit or preemption) before training began"
+    again = run_cli("run", "-m", "hydra/launcher=submitit_local", "+reg=dropout", *TINY, "hydra.sweep.dir=sweep",
+                    "trainer.resume=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert statuses(tmp_path / "sweep") == {"0": "completed"}

@@ -110,7 +110,7 @@ def _job(idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, ta
     from hydra_plugins.hydra_joblib_launcher._core import execute_job
 
     from regablate.errors import JobLost, RunInterrupted
-    from regablate.sweep.submitit_jobs import _run_dir
+    from regablate.sweep.submitit_jobs import _run_dir, record_unstarted
     from regablate.training.job import stop_on_signals
 
     if os.getppid() != parent:  # the sweep's process is gone (kill -9): nobody to return to
@@ -128,8 +128,11 @@ def _job(idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, ta
                     return ret
                 return execute_job(idx, overrides, hydra_context, config, task_function, singleton_state)
         except KeyboardInterrupt as e:
+            how = getattr(e, "signal_name", "SIGINT")
+            if run_dir:  # stopped before its run held its dir: recorded all the same
+                record_unstarted(_Context(hydra_context, config), overrides, Path(run_dir), how)
             ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-            ret.return_value = RunInterrupted(run_dir or f"job {idx}", getattr(e, "signal_name", "SIGINT"))
+            ret.return_value = RunInterrupted(run_dir or f"job {idx}", how)
             return ret
     finally:
         os.unlink(mark)

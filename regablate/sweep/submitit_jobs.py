@@ -210,6 +210,27 @@ def record_interrupted(run_dir: Path, why: str) -> None:
         pass
 
 
+def record_unstarted(launcher: Any, overrides: Sequence[str], run_dir: Path, how: str) -> None:
+    """A job stopped before its run held its dir (while Python, torch and Hydra started; SLURM's
+    time-limit warning can come seconds after the start): its run recorded `interrupted`, as one
+    stopped a moment later is, so that status and the report count it. Nothing where the run
+    already has a summary.json or another process holds the dir."""
+    from regablate.cli.run import _failed_summary
+    from regablate.rundir.claim import RunRefused, claim
+
+    try:
+        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+                                           resolve=True)
+        with claim(run_dir, "auto"):
+            if not (run_dir / "summary.json").exists():
+                _failed_summary(run_dir, container, f"interrupted by {how} before training began", status="interrupted")
+    except (RunRefused, OSError):
+        pass
+    except Exception:  # noqa: BLE001 — a config that does not compose: the job's own error says it
+        pass
+
+
 class _Job:
     """What each submitit job runs: the Hydra launcher's own call (compose, run_job, the task),
     with SIGTERM and submitit's warning signal stopping it from the job's first moment, as
@@ -228,9 +249,12 @@ class _Job:
             with stop_on_cluster_signals():
                 return self.launcher(overrides, job_dir_key, job_num, job_id, singleton_state)
         except KeyboardInterrupt as e:
+            how = getattr(e, "signal_name", "SIGINT")
             ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
             run_dir = _run_dir(self.launcher, overrides, job_num)
-            ret.return_value = RunInterrupted(run_dir or f"job {job_num}", getattr(e, "signal_name", "SIGINT"))
+            if run_dir:
+                record_unstarted(self.launcher, overrides, Path(run_dir), how)
+            ret.return_value = RunInterrupted(run_dir or f"job {job_num}", how)
             return ret
 
 

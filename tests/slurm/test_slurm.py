@@ -172,10 +172,10 @@ def test_a_job_cancelled_before_it_ran_is_counted_as_cancelled_and_the_others_co
 
 
 def test_a_job_that_reaches_its_time_limit_is_interrupted_not_failed(tmp_path):
-    """SLURM sends SIGUSR2 signal_delay_s before the limit: here 30 s after the job starts, in
-    training even under load (a signal before training began is tested without a cluster, in
-    tests/test_sweep_endings.py: the moment cannot be timed that closely here). The run is
-    recorded interrupted, not failed."""
+    """SLURM sends SIGUSR2 signal_delay_s before the limit, and up to a minute earlier (its
+    event loop's resolution): here 30 s after the job starts, or as early as its first seconds,
+    before its run holds its run dir. Either way the run is recorded interrupted, not failed
+    (each moment is tested deterministically without a cluster, in tests/test_sweep_endings.py)."""
     r = regablate("run", "-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=1",
                   "hydra.launcher.signal_delay_s=30", *SLOW, "trainer.max_epochs=100000", "hydra.sweep.dir=sweep",
                   cwd=tmp_path)
@@ -183,8 +183,9 @@ def test_a_job_that_reaches_its_time_limit_is_interrupted_not_failed(tmp_path):
     assert last_line(r).startswith("regablate: error: 1 of 1 jobs did not complete: 1 interrupted "
                                    "(sweep/0: by SIGUSR2 (time limit or preemption)); continue them with: ")
     summary = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["error"] == "interrupted by SIGUSR2 (time limit or preemption)"
-    assert (tmp_path / "sweep" / "0" / "checkpoints" / "last.pt").exists()
+    assert summary["status"] == "interrupted", summary
+    assert summary["error"] in ("interrupted by SIGUSR2 (time limit or preemption)",  # in training
+                                "interrupted by SIGUSR2 (time limit or preemption) before training began"), summary
 
 
 @pytest.mark.parametrize("setting,named", [
