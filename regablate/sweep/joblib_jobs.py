@@ -58,20 +58,15 @@ def check_settings(settings: dict) -> None:
 
     from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 
-    from regablate.errors import UsageError
+    from regablate.errors import ConfigError, UsageError
 
     known = [f.name for f in dataclasses.fields(JobLibLauncherConf) if f.name != "_target_"]
     if unknown := [k for k in settings if k not in known]:
         raise UsageError(f"hydra.launcher.{unknown[0]}: not a setting of hydra/launcher=joblib; "
                          f"its settings: {', '.join(known)}")
-    check_n_jobs(settings.get("n_jobs"))
-
-
-def check_n_jobs(value: Any) -> None:
-    from regablate.errors import ConfigError
-
-    if isinstance(value, bool) or not isinstance(value, int) or value == 0:
-        raise ConfigError("hydra.launcher.n_jobs", value, "must be a whole number of worker processes other "
+    n_jobs = settings.get("n_jobs")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
+        raise ConfigError("hydra.launcher.n_jobs", n_jobs, "must be a whole number of worker processes other "
                           "than 0 (negative counts back from the cores: -1 is one per core)")
 
 
@@ -109,8 +104,8 @@ def _job(idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, ta
     a run; not started when the batch was stopped; never when the sweep's process is gone."""
     from hydra_plugins.hydra_joblib_launcher._core import execute_job
 
-    from regablate.errors import JobLost, RunInterrupted
-    from regablate.sweep.submitit_jobs import _run_dir, record_unstarted
+    from regablate.errors import RunInterrupted
+    from regablate.sweep.submitit_jobs import record_unstarted
     from regablate.training.job import stop_on_signals
 
     if os.getppid() != parent:  # the sweep's process is gone (kill -9): nobody to return to
@@ -119,21 +114,16 @@ def _job(idx: int, overrides: Sequence[str], hydra_context: Any, config: Any, ta
     open(mark, "w").close()  # noqa: SIM115 — the parent signals the workers that hold a job
     _BUSY.append(idx)
     try:
-        run_dir = _run_dir(_Context(hydra_context, config), overrides, idx)
-        try:
-            with stop_on_signals({signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}):
-                if os.path.exists(os.path.join(batch, "stop")):  # after the handlers: none slips by
-                    ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-                    ret.return_value = JobLost(run_dir, "the sweep was stopped before it began", label="not started")
-                    return ret
-                return execute_job(idx, overrides, hydra_context, config, task_function, singleton_state)
-        except KeyboardInterrupt as e:
-            how = getattr(e, "signal_name", "SIGINT")
-            if run_dir:  # stopped before its run held its dir: recorded all the same
-                record_unstarted(_Context(hydra_context, config), overrides, Path(run_dir), how)
-            ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-            ret.return_value = RunInterrupted(run_dir or f"job {idx}", how)
-            return ret
+        with stop_on_signals({signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}):
+            if os.path.exists(os.path.join(batch, "stop")):  # after the handlers: none slips by
+                return _not_started(overrides, idx)
+            return execute_job(idx, overrides, hydra_context, config, task_function, singleton_state)
+    except KeyboardInterrupt as e:  # the worker's signals are ignored again here
+        how = getattr(e, "signal_name", "SIGINT")
+        ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+        run_dir = record_unstarted(_Context(hydra_context, config), overrides, idx, how)
+        ret.return_value = RunInterrupted(run_dir or f"job {idx}", how)
+        return ret
     finally:
         os.unlink(mark)
         _BUSY.clear()
@@ -198,7 +188,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         while pending:  # in slices, so that a signal is handled at once
             _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
         try:
-            runs = [_stopped_before(o, i) if f.cancelled() else f.result() for f, (i, o) in zip(futures, jobs, strict=True)]
+            runs = [_not_started(o, i) if f.cancelled() else f.result() for f, (i, o) in zip(futures, jobs, strict=True)]
         except BrokenProcessPool as e:
             _wait_for_the_workers(batch)
             runs = [_after_the_pool_broke(launcher, overrides, idx, e) for idx, overrides in jobs]
@@ -230,7 +220,8 @@ def _wait_for_the_workers(batch: str, limit_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def _stopped_before(overrides: Sequence[str], idx: int) -> JobReturn:
+def _not_started(overrides: Sequence[str], idx: int) -> JobReturn:
+    """A job the stopped batch did not start."""
     from regablate.errors import JobLost
 
     ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)

@@ -147,15 +147,24 @@ def never_starts(array_id: str, params: dict) -> str | None:
     return None
 
 
+def _job_config(launcher: Any, overrides: Sequence[str], idx: int) -> Any:
+    """Job `idx`'s config as Hydra's run_job composes it (its job number set)."""
+    cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    with open_dict(cfg.hydra.job):
+        cfg.hydra.job.num = idx
+        cfg.hydra.job.id = f"job_id_for_{idx}"
+    return cfg
+
+
+def _dir_of(cfg: Any) -> str:
+    return os.path.abspath(os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")),
+                                        str(OmegaConf.select(cfg, "hydra.sweep.subdir"))))
+
+
 def _run_dir(launcher: Any, overrides: Sequence[str], idx: int) -> str | None:
     """The run dir job `idx` was given, as Hydra's run_job computes it."""
     try:
-        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-        with open_dict(cfg.hydra.job):
-            cfg.hydra.job.num = idx
-            cfg.hydra.job.id = f"job_id_for_{idx}"
-        return os.path.abspath(os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")),
-                                            str(OmegaConf.select(cfg, "hydra.sweep.subdir"))))
+        return _dir_of(_job_config(launcher, overrides, idx))
     except Exception:
         return None
 
@@ -210,25 +219,29 @@ def record_interrupted(run_dir: Path, why: str) -> None:
         pass
 
 
-def record_unstarted(launcher: Any, overrides: Sequence[str], run_dir: Path, how: str) -> None:
-    """A job stopped before its run held its dir (while Python, torch and Hydra started; SLURM's
-    time-limit warning can come seconds after the start): its run recorded `interrupted`, as one
-    stopped a moment later is, so that status and the report count it. Nothing where the run
-    already has a summary.json or another process holds the dir."""
+def record_unstarted(launcher: Any, overrides: Sequence[str], idx: int, how: str) -> str | None:
+    """Job `idx`, stopped by a signal before its run held its dir (while Python, torch and Hydra
+    started; SLURM's time-limit warning can come seconds after the start): its run recorded
+    `interrupted`, as one stopped a moment later is, so that status and the report count it;
+    nothing where the run already has a summary.json or another process holds the dir. Returns
+    the run dir (None where the job's config does not compose: its own error says why)."""
     from regablate.cli.run import _failed_summary
     from regablate.rundir.claim import RunRefused, claim
 
     try:
-        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        cfg = _job_config(launcher, overrides, idx)
+        run_dir = Path(_dir_of(cfg))
         container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
                                            resolve=True)
+    except Exception:  # noqa: BLE001
+        return None
+    try:
         with claim(run_dir, "auto"):
             if not (run_dir / "summary.json").exists():
                 _failed_summary(run_dir, container, f"interrupted by {how} before training began", status="interrupted")
     except (RunRefused, OSError):
         pass
-    except Exception:  # noqa: BLE001 — a config that does not compose: the job's own error says it
-        pass
+    return str(run_dir)
 
 
 class _Job:
@@ -251,9 +264,7 @@ class _Job:
         except KeyboardInterrupt as e:
             how = getattr(e, "signal_name", "SIGINT")
             ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-            run_dir = _run_dir(self.launcher, overrides, job_num)
-            if run_dir:
-                record_unstarted(self.launcher, overrides, Path(run_dir), how)
+            run_dir = record_unstarted(self.launcher, overrides, job_num, how)
             ret.return_value = RunInterrupted(run_dir or f"job {job_num}", how)
             return ret
 
