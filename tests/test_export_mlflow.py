@@ -334,3 +334,17 @@ def test_server_sweep_parents_children_and_again(server, tmp_path, capsys):
     for run_dir, r in by_dir.items():
         assert r["tags"]["mlflow.parentRunId"] in parents
         assert r["metrics"]["val_acc"] == _summary(run_dir)["val"]["acc"]
+
+
+def test_an_optuna_runs_trial_number_is_no_curve():
+    """load_curves joins `trial` to an Optuna sweep's rows, as it joins seed: not a metrics.csv column."""
+    pytest.importorskip("mlflow")
+    import pandas as pd
+
+    from regablate.report.export import _curve_metrics
+
+    curves = pd.DataFrame({"run_dir": ["r", "r"], "trial": [7, 7], "seed": [0, 0], "epoch": [1, 2],
+                           "val_acc": [0.5, 0.6]})
+    points = _curve_metrics(curves, now=0)
+    assert sorted({m.key for m in points}) == ["curve/val_acc"]
+    assert [(m.step, m.value) for m in points] == [(1, 0.5), (2, 0.6)]

@@ -65,7 +65,7 @@ MAX_KEY, MAX_PARAM, MAX_TAG = 250, 6000, 8000
 NOT_METRICS = {"run_dir", "status", "group", "label", "seed", "data_seed", "dataset", "model",
                "reg", "task", "metric", "higher_is_better", "stopped_early", "device",
                "warnings", "error", "summary_group"}
-CURVE_KEYS = {"run_dir", "status", "group", "label", "reg", "seed", "data_seed", "epoch"}
+CURVE_KEYS = {"run_dir", "status", "group", "label", "trial", "reg", "seed", "data_seed", "epoch"}
 _BAD = re.compile(r"[^\w.\- /]")
 
 
