@@ -151,6 +151,14 @@ class DropBlock2d(nn.Module):
         self.drop_prob = 0.0 if drop_prob is None else drop_prob
         self.block_size, self.per_channel = block_size, per_channel
 
+    def follow(self, settings: dict) -> DropBlock2d:
+        """Take reg.dropblock's `settings` (ModelSpec.extra["dropblock"]: p, block_size,
+        per_channel) as a configurable block: its rate then follows the regulariser's ramp."""
+        assert self.configurable, "a DropBlock2d given its drop_prob is fixed"
+        self.drop_prob, self.block_size, self.per_channel = (settings["p"], settings["block_size"],
+                                                             settings["per_channel"])
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.drop_prob == 0.0:
             return x
@@ -257,7 +265,7 @@ def configure(model: nn.Module, spec: ModelSpec, asked: list[str] | tuple[str, .
         db = spec.extra["dropblock"]
         for m in _required(model, DropBlock2d, "reg.dropblock", db["p"], what,
                            "regablate.nn.DropBlock2d() where blocks of a feature map should be dropped"):
-            m.drop_prob, m.block_size, m.per_channel = db["p"], db["block_size"], db["per_channel"]
+            m.follow(db)
     if "droppath" in asked:
         p = spec.extra["droppath"]
         blocks = _required(model, DropPath, "reg.droppath", p, what,

@@ -83,6 +83,18 @@ def test_spatial_blocks_in_a_custom_conv_net():
     assert model(torch.randn(2, 1, 20, 20)).shape == (2, 3)
 
 
+def test_a_block_given_its_strength_keeps_it_through_a_schedule():
+    """reg.dropblock's ramp sets the configurable DropBlock2d() blocks each epoch, never a
+    DropBlock2d(0.3) the model fixed (as Dropout(0.2) and DropPath(0.25) are left alone)."""
+    model = nn.Sequential(rnn.DropBlock2d(0.3, block_size=2), rnn.DropBlock2d(), rnn.DropPath(0.25))
+    stack = build_stack({"dropblock": {"p": 0.2, "block_size": 3}})
+    rnn.configure(model, stack.model_spec(ModelSpec()), stack.names, "model test")
+    for epoch in (1, 2):
+        stack.on_epoch(model, epoch, 4)
+        assert [(m.drop_prob, m.block_size) for m in model[:2]] == [(0.3, 2), (pytest.approx(0.05 * epoch), 3)]
+    assert model[2].drop_prob == 0.25
+
+
 @pytest.mark.parametrize(("reg", "block"), [("dropout", "Dropout"), ("spatial_dropout", "Dropout2d"),
                                             ("dropblock", "DropBlock2d"), ("droppath", "DropPath"),
                                             ("batchnorm", "Norm"), ("layernorm", "Norm")])

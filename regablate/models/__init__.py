@@ -26,7 +26,7 @@ TRANSFORMERS = ("vit",)  # models with the reg.dropout.attn/proj/embed sites
 def build_model(settings, in_shape: tuple[int, ...], out_dim: int, stack) -> nn.Module:
     """The run's model (on the CPU; seed first): the stack's ModelSpec shapes it as it is built.
 
-    Built-in models place fixed-strength regablate.nn blocks from the spec; a custom model is
+    Built-in models place regablate.nn blocks set from the spec; a custom model is
     built inside `regablate.nn.building(spec)` and its argument-less blocks are then set by
     `regablate.nn.configure`, which refuses a structural regulariser it has no block for.
     """

@@ -58,8 +58,7 @@ def spatial_layers(spec: ModelSpec, stage: int) -> list[nn.Module]:
     if "spatial_dropout" in spec.extra:
         layers.append(rnn.Dropout2d(spec.extra["spatial_dropout"]))
     if "dropblock" in spec.extra and stage > 0:
-        db = spec.extra["dropblock"]
-        layers.append(rnn.DropBlock2d(db["p"], db["block_size"], db["per_channel"]))
+        layers.append(rnn.DropBlock2d().follow(spec.extra["dropblock"]))
     return layers
 
 

@@ -50,8 +50,8 @@ class BasicBlock(nn.Module):
         self.norm1 = nn.Sequential(*norm2d(norm, cout))
         self.norm2 = nn.Sequential(*norm2d(norm, cout))
         db = spec.extra.get("dropblock") if dropblock else None
-        self.block1 = _maybe(db and rnn.DropBlock2d(db["p"], db["block_size"], db["per_channel"]))
-        self.block2 = _maybe(db and rnn.DropBlock2d(db["p"], db["block_size"], db["per_channel"]))
+        self.block1 = _maybe(db and rnn.DropBlock2d().follow(db))
+        self.block2 = _maybe(db and rnn.DropBlock2d().follow(db))
         p = spec.extra.get("spatial_dropout")
         self.spatial = _maybe(None if p is None else rnn.Dropout2d(p))
         self.drop_path = _maybe(None if drop_path is None else rnn.DropPath(drop_path))

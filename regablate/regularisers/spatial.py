@@ -75,7 +75,7 @@ class DropBlock(Regulariser):
     def on_epoch(self, model: nn.Module, epoch: int, max_epochs: int) -> None:
         p = self.rate(epoch, max_epochs)
         for m in model.modules():
-            if isinstance(m, DropBlock2d):
+            if isinstance(m, DropBlock2d) and m.configurable:  # a DropBlock2d(0.3) keeps its 0.3
                 m.drop_prob = p
 
 
