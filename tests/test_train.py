@@ -160,6 +160,28 @@ def test_tensorboard_scalars_and_hparams_session_group(small_cfg, tmp_path):
     assert "_hparams_/experiment" not in run.PluginTagToContent("hparams")  # the sweep's root says it
 
 
+def test_tensorboard_shows_the_last_epochs_numbers_without_restore_best(small_cfg, tmp_path):
+    """With trainer.restore_best=false the run reports its last weights: `best/*` and the test
+    point (what HParams shows) are those numbers, at that epoch, not the best epoch's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    s = train(small_cfg("trainer.tensorboard=true", "trainer.max_epochs=8", "optim.lr=0.05",
+                        "trainer.restore_best=false"), tmp_path)
+    assert s["metrics_epoch"] == s["epochs_run"] == 8 and s["best_epoch"] < 8  # the case in question
+    split = {}
+    for name in ("train", "val", "test"):
+        split[name] = EventAccumulator(str(tmp_path / "tb" / name))
+        split[name].Reload()
+    for name in ("train", "val"):
+        last = split[name].Scalars("best/acc")[-1]
+        assert (last.step, last.value) == (8, pytest.approx(s[name]["acc"]))
+        assert [e.value for e in split[name].Scalars("best/acc")] == [e.value for e in split[name].Scalars("acc")]
+    assert [(e.step, e.value) for e in split["test"].Scalars("best/acc")] == [(8, pytest.approx(s["test"]["acc"]))]
+    run = EventAccumulator(str(tmp_path / "tb"))
+    run.Reload()
+    assert run.Scalars("best/gap")[-1].value == pytest.approx(s["gap"])
+
+
 def test_long_work_shows_its_progress_within_epochs_and_the_closing_evaluation(small_cfg, tmp_path, monkeypatch,
                                                                                  capsys):
     from regablate.training import loop as train_module

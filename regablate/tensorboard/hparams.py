@@ -6,9 +6,11 @@ TensorBoard is shown; each run writes only its *session start* (its values, its 
 readable name, then every non-operational setting, see `regablate.rundir.group`): never operational
 settings, never seeds.
 
-Metrics are real curves whose last point is the number at the best epoch: `best/loss` and
-`best/<metric>` in the `train/` and `val/` sub-runs (the value at the best epoch so far),
-`best/<metric>` in `test/` (one point, at the best epoch) and the run-level `best/gap`.
+Metrics are real curves whose last point is the number the report uses: `best/loss` and
+`best/<metric>` in the `train/` and `val/` sub-runs (the value at the best epoch so far; with
+trainer.restore_best=false, at the epoch itself, as the run reports its last weights),
+`best/<metric>` in `test/` (one point, at the epoch of the weights tested) and the run-level
+`best/gap`.
 
 Built from TensorBoard's own protos (no TensorFlow). Torch-free.
 """

@@ -162,9 +162,10 @@ class Recorder:
 
 class _TensorBoard:
     """A run's events: `train/` and `val/` sub-runs with the same tags (`loss`, `<metric>` and
-    the best-so-far curves `best/loss`, `best/<metric>`), so every chart overlays train and
-    val; run-level `gap`, `best/gap`, `lr`, `weights/*`; at the end `test/` gets the best
-    epoch's `best/*` point. The HParams session start and end go in their own file
+    the curves `best/loss`, `best/<metric>` of the epoch whose weights the run reports: the best
+    so far, or with trainer.restore_best=false the epoch itself), so every chart overlays train
+    and val; run-level `gap`, `best/gap`, `lr`, `weights/*`; at the end `test/` gets the `best/*`
+    point of the weights tested, at their epoch (`metrics_epoch`). The HParams session start and end go in their own file
     (`hparams.SESSION_FILE`), which `regablate tb` replaces by one that names the session by
     its label.
 
@@ -236,11 +237,12 @@ class _TensorBoard:
     def close(self, summary: dict) -> None:
         self.flush()
         test = summary.get("test") or {}
-        if summary.get("best_epoch") and test:
+        step = summary.get("metrics_epoch") or summary.get("best_epoch")  # the weights tested
+        if step and test:
             from regablate.tensorboard.records import EventsFile
 
             f = EventsFile(self.dir / "test")
-            self._scalars(f, summary["best_epoch"], [("best/loss", test.get("loss")),
+            self._scalars(f, step, [("best/loss", test.get("loss")),
                                                      (f"best/{self.metric}", test.get(self.metric))],
                           time.time())
             f.flush()

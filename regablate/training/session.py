@@ -189,7 +189,8 @@ class RunSession:
         self.history.append(row)
         monitor_metric = self.t.early_stopping.monitor == "metric"
         improved = self.stopper.update(row[f"val_{self.metric}"] if monitor_metric else row["val_loss"], epoch)
-        self.rec.epoch(row, best=self.history[self.stopper.best_epoch - 1])
+        # the `best/*` curves: the epoch whose weights the run reports (the best so far, or this one)
+        self.rec.epoch(row, best=self.history[self.stopper.best_epoch - 1] if self.t.restore_best else row)
         self.epochs_run = epoch
         return improved
 
