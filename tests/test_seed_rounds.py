@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import ENV, run_cli
-from regablate.sweep.seed_rounds import arm_labels, pick_reference
+from regablate.sweep.seed_rounds import arm_labels, design_reference, pick_reference
 
 SEQ = ("+reg=dropout", "reg.dropout.p=0,0.95", "hydra.sweeper.seeds=auto", "dataset=tiny_binary",
        "trainer.max_epochs=20", "trainer.progress=none", "trainer.tensorboard=false")
@@ -95,3 +95,37 @@ def test_arms_are_labelled_by_what_differs_and_the_reference_is_the_empty_stack(
 
     with pytest.raises(ConfigError, match="one of the arms"):
         pick_reference(labels, "+reg=l1")
+
+
+def test_a_designs_reference_makes_each_look_decide_its_contrasts():
+    from regablate.errors import ConfigError, UsageError
+    from regablate.sweep.designs import ablation_doc, reg_override
+
+    comps = ["dropout", "l2", "label_smoothing"]
+
+    def labels_of(design, *others):
+        doc = ablation_doc(design, comps, range(20))
+        jobs = [[reg_override(a), "dataset=x", *o] for a in doc["arms"] for o in (others or [()])]
+        return arm_labels(jobs), doc
+
+    labels, doc = labels_of("leave_one_out")
+    assert design_reference(labels, doc, None) == "+reg=[dropout,l2,label_smoothing]"  # S: S∖c − S
+    labels, doc = labels_of("add_one_in")
+    assert design_reference(labels, doc, None) == "+reg=none"  # {c} − ∅
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.reference='\+reg=dropout': the add_one_in design compares each "
+                                          r"arm with '\+reg=none'"):
+        design_reference(labels, doc, "+reg=dropout")
+    assert design_reference(labels, doc, "+reg=none") == "+reg=none"
+    labels, doc = labels_of("factorial")
+    with pytest.raises(UsageError, match="factorial's main effects and interactions average over all arms"):
+        design_reference(labels, doc, None)
+    labels, doc = labels_of("leave_one_out", ("optim.lr=0.1",), ("optim.lr=0.01",))
+    with pytest.raises(UsageError, match=r"one design's contrasts \(5 arms\), not 10 arms"):
+        design_reference(labels, doc, None)
+
+
+def test_a_factorial_with_seeds_auto_is_refused_before_anything_runs(tmp_path):
+    r = run_cli("run", "-m", "+reg=[dropout,l2]", "hydra.sweeper.design=factorial", "hydra.sweeper.seeds=auto",
+                "dataset=tiny_binary", "hydra.sweep.dir=fact", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "use hydra.sweeper.design=leave_one_out" in r.stderr and not (tmp_path / "fact").exists()

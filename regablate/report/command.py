@@ -150,6 +150,7 @@ def _sequential(shown) -> tuple[list, list[str]] | None:
     """A seeds=auto sweep's decisions (its sequential.json, read bounded): (per-arm records,
     footer lines naming each arm's decision and n, the procedure and its error rate); None for
     any other sweep; a damaged file is a warning line."""
+    from regablate.report.designs import read_ablation_json
     from regablate.report.sequential_state import FILE, SequentialState
 
     roots = {r.path.parent for g in shown for r in g.runs if (r.path.parent / FILE).exists()}
@@ -162,11 +163,19 @@ def _sequential(shown) -> tuple[list, list[str]] | None:
         print(escape_control(f"regablate report: warning: {root / FILE} not read: {e}"), file=sys.stderr)
         return None
     s, arms = state.settings, state.summary()
+    try:
+        design = (read_ablation_json(root) or {}).get("design")
+    except UsageError:  # a damaged ablation.json: the components' own warning says so
+        design = None
+    tables = "the groups and components tables' p values are" if design else "the table's p values are"
     lines = [f"seeds=auto vs {s.reference} ({s.metric}): group-sequential paired t-tests, "
              f"O'Brien–Fleming-type alpha spending over looks at {s.schedule} seeds, Bonferroni "
              f"over {len(arms)} arm(s): family-wise error ≤ {s.alpha:g} over arms and looks "
              "(simulated: 0.047 for 3 arms at 0.05); p and CI are repeated (valid at every look); "
-             "the table's p values are fixed-n tests that ignore when each arm stopped: decide by these"]
+             f"{tables} fixed-n tests that ignore when each arm stopped: decide by these"]
+    if design == "leave_one_out":
+        lines.append("  leave_one_out: each arm S∖c against the full stack S, Δ = −(v(S) − v(S∖c)): "
+                     "an arm decided worse means its missing component helps")
     for a in arms:
         est = "" if a["delta"] is None else f", Δ {a['delta']:+.4g}"
         ci = "" if a["ci95"][0] is None else f" [{a['ci95'][0]:+.4g}, {a['ci95'][1]:+.4g}]"

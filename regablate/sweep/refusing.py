@@ -253,7 +253,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> object:
         from regablate.sweep.seed_rounds import prepare_rounds
 
         prepare_rounds([job for batch in sweeper.overrides for job in batch], sweeper.reference,
-                       **sweeper.sequential)
+                       ablation, **sweeper.sequential)
     with hold_sweep_dir(sweep_dir):  # another sweep into it meanwhile is refused
         return _held_sweep(sweeper, sweep_dir, auto, ablation)
 
@@ -294,7 +294,7 @@ def _held_sweep(sweeper: Any, sweep_dir: Path, auto: bool, ablation: dict | None
             from regablate.sweep.seed_rounds import run_rounds
 
             jobs = [job for batch in sweeper.overrides for job in batch]
-            returns = run_rounds(launch, sweep_dir, jobs, sweeper.reference, **sweeper.sequential)
+            returns = run_rounds(launch, sweep_dir, jobs, sweeper.reference, ablation, **sweeper.sequential)
         while not auto and not sweeper.is_done():
             returns.append(launch(sweeper.get_job_batch()))
     finally:

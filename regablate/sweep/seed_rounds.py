@@ -11,6 +11,13 @@ round is one launcher batch. Every job runs with `trainer.resume=auto`, so the s
 re-run after a kill (or the one that continues it: operational settings do not tell arms apart)
 replays the rounds from the run dirs (finished runs are not repeated) and reaches the same
 decisions. `sequential.json` at the sweep root holds the settings and every look.
+
+With an ablation design (`hydra.sweeper.design`) the reference is the design's own, so that each
+look decides the design's contrasts: `leave_one_out` compares every arm with the full stack S
+(S∖c − S is −(v(S) − v(S∖c)): S∖c decided `worse` means c helps; ∅ − S, the whole stack),
+`add_one_in` with none ({c} − ∅, S − ∅). A factorial's main effects and interactions average
+over all arms, no arm-vs-reference difference, so seeds=auto refuses it, as it refuses other sweep
+axes beside a design (each cell would need its own reference) and another reference.
 """
 
 from __future__ import annotations
@@ -64,6 +71,30 @@ def pick_reference(labels: dict[str, list[str]], given) -> str:
     return next(iter(labels))
 
 
+def design_reference(labels: dict[str, list[str]], ablation: dict, given) -> str:
+    """The label of the arm a design sweep's seeds=auto compares the others with (see the module
+    doc); what it cannot decide is refused in one line."""
+    from regablate.sweep.designs import reg_override
+
+    design, arms = ablation["design"], ablation["arms"]
+    if design == "factorial":
+        raise UsageError("hydra.sweeper.seeds=auto decides each arm against a reference; a factorial's "
+                         "main effects and interactions average over all arms: use "
+                         "hydra.sweeper.design=leave_one_out (each component's v(S) − v(S∖c), decided "
+                         "against the full stack) or add_one_in with seeds=auto, or the factorial with "
+                         "seed=0,1,...,N-1 (regablate plan sizes N from a pilot)")
+    if len(labels) != len(arms):
+        raise UsageError(f"hydra.sweeper.seeds=auto with hydra.sweeper.design={design} decides one "
+                         f"design's contrasts ({len(arms)} arms), not {len(labels)} arms: sweep the other "
+                         "axes in sweeps of their own")
+    want = reg_override(arms[0] if design == "leave_one_out" else ())  # S, or ∅
+    reference = next(label for label, job in labels.items() if want in job)
+    if given is not None and given != reference:
+        raise ConfigError("hydra.sweeper.reference", given, f"the {design} design compares each arm with "
+                          f"{reference!r} (its contrasts): leave hydra.sweeper.reference out")
+    return reference
+
+
 def _value(run, split: str):
     """The run's metric on `split` (val/test: the primary metric; gap), None unless completed."""
     s = run.summary
@@ -104,18 +135,22 @@ def values(sweep_dir: Path, labels: dict[str, list[str]], split: str) -> tuple[d
     return out, higher
 
 
-def prepare_rounds(jobs: list[list[str]], given_reference, **keys) -> tuple[dict, str, object]:
-    """(arm labels, the reference's label, Settings) of the sweep's seedless `jobs`; a sweep of
-    fewer than two arms or a bad setting is refused in one line."""
+def prepare_rounds(jobs: list[list[str]], given_reference, ablation: dict | None = None,
+                   **keys) -> tuple[dict, str, object]:
+    """(arm labels, the reference's label, Settings) of the sweep's seedless `jobs` (of the
+    design in `ablation`, its ablation.json doc, if any); a sweep of fewer than two arms or a bad
+    setting is refused in one line."""
     labels = arm_labels(jobs)
     if len(labels) < 2:
         raise UsageError("hydra.sweeper.seeds=auto compares arms with a reference: sweep at least two "
                          "arms, e.g. +reg=none,dropout")
-    reference = pick_reference(labels, given_reference)
+    reference = (pick_reference(labels, given_reference) if ablation is None
+                 else design_reference(labels, ablation, given_reference))
     return labels, reference, settings_of(reference, **keys)
 
 
-def run_rounds(launch, sweep_dir: Path, jobs: list[list[str]], given_reference, **keys) -> list:
+def run_rounds(launch, sweep_dir: Path, jobs: list[list[str]], given_reference,
+               ablation: dict | None = None, **keys) -> list:
     """Run the rounds; `launch(batch) -> list[JobReturn]` runs one batch of override lists.
     Returns every batch's returns. Writes sequential.json after each look."""
     from dataclasses import replace
@@ -123,7 +158,7 @@ def run_rounds(launch, sweep_dir: Path, jobs: list[list[str]], given_reference, 
     from regablate.report.sequential_state import FILE, SequentialState
     from regablate.sweep.sequential import add_look, plan_next_round
 
-    labels, reference, settings = prepare_rounds(jobs, given_reference, **keys)
+    labels, reference, settings = prepare_rounds(jobs, given_reference, ablation, **keys)
     state = SequentialState(settings, [label for label in labels if label != reference])
     returns, launched = [], {label: set() for label in labels}
     while todo := plan_next_round(state):
