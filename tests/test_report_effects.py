@@ -137,8 +137,9 @@ def test_json_carries_the_records_of_effects(factorial, frame, tmp_path):
     assert len(doc["groups"]) == 8 and doc["schema"] == 1
 
 
-def test_csv_appends_the_effects_frame_after_a_blank_line(factorial, frame, tmp_path):
-    text = _report(tmp_path, factorial, "csv")
+def test_csv_on_stdout_appends_the_effects_frame_after_a_blank_line(factorial, frame, capsys):
+    assert main([str(factorial), "--format", "csv"]) == 0
+    text = capsys.readouterr().out
     groups, effects = text.split("\n\n")
     assert len(list(csv.reader(io.StringIO(groups)))) == 9
     rows = list(csv.DictReader(io.StringIO(effects)))
@@ -148,6 +149,19 @@ def test_csv_appends_the_effects_frame_after_a_blank_line(factorial, frame, tmp_
         for key in ("delta", "lo", "hi", "p", "p_holm"):
             assert (row[key] == "" and math.isnan(rec[key])) or float(row[key]) == rec[key]
         assert int(row["n"]) == rec["n"]
+
+
+def test_csv_out_puts_the_components_in_a_file_of_their_own(factorial, frame, tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "results.csv"
+    assert main([str(factorial), "--format", "csv", "--out", str(out)]) == 0
+    assert f"components table in {tmp_path / 'results.components.csv'}" in capsys.readouterr().err
+    groups = pd.read_csv(out)  # one table per file: pandas reads each as it is
+    assert len(groups) == 8 and groups["n"].dtype.kind == "i" and "component" not in groups
+    components = pd.read_csv(tmp_path / "results.components.csv")
+    assert list(components.columns) == list(frame.columns)
+    assert components["delta"].tolist() == pytest.approx(frame["delta"].tolist())
 
 
 def test_latex_escapes_the_new_symbols(factorial, frame, tmp_path):

@@ -3,8 +3,9 @@
 On a design sweep (an ablation.json at the sweep root, regablate.report.designs) a components table
 follows the groups table: each regulariser's effect by the design's kinds, with 95% intervals,
 Holm p and its Shapley share of the full gain (regablate.report.effects); `--format json`
-carries effects' records under "effects", csv appends its frame after a blank line, and
-`--plot` adds effects.png. Any other sweep prints exactly the groups table.
+carries effects' records under "effects"; csv and parquet written to `--out F.csv` put its frame in
+a file of its own beside it, `F.components.csv` (one table per file, as pandas reads them; csv on
+stdout appends it after a blank line), and `--plot` adds effects.png. Any other sweep prints exactly the groups table.
 
 Exit codes: 0 done; 2 bad input or no runs (one line on stderr, no traceback). A run dir
 that cannot be read safely is skipped with one warning line naming it and why; what is printed
@@ -116,6 +117,27 @@ def _write(text: str, out: str | None) -> None:
             f.write(text)
     except OSError as e:
         raise UsageError(f"--out {out!r}: {e.strerror}") from None
+
+
+def components_path(out: str) -> str:
+    """Where `--out` F.csv (or .parquet) puts the components table: F.components.csv."""
+    root, ext = os.path.splitext(out)
+    return f"{root}.components{ext}"
+
+
+def _write_components(frame, fmt: str, out: str) -> None:
+    """The effects frame into `components_path(out)`, as csv or parquet; a line on stderr names it."""
+    path = components_path(out)
+    if fmt == "csv":
+        from regablate.report.render import effects_csv
+
+        _write(effects_csv(frame), path)
+    else:
+        try:
+            frame.to_parquet(path, index=False)
+        except OSError as e:
+            raise UsageError(f"--out {path!r}: {e.strerror or e}") from None
+    print(escape_control(f"regablate report: components table in {path}"), file=sys.stderr)
 
 
 def _terminal(report, out: str | None, extra=None) -> None:
@@ -258,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
                          "(a paired test)")
     roots = _roots(args.paths)
     _check_out("--out", args.out)
+    if args.out is not None and args.format in ("csv", "parquet"):  # a design's components go beside it
+        _check_out("--out", components_path(args.out))
     _check_out("--plot", args.plot, folder=True)
     runs, skipped = collect(roots)
     for path, reason in skipped:
@@ -312,6 +336,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format == "parquet":
         _parquet(report, shown, args)
+        if components is not None:
+            _write_components(frame, "parquet", args.out)
     elif args.format == "table":
         _terminal(report, args.out, components)
     elif args.format == "json":
@@ -333,10 +359,14 @@ def run(args: argparse.Namespace) -> int:
         to_text = {"markdown": render.to_markdown, "csv": render.to_csv,
                    "latex": render.to_latex}[args.format]
         text = to_text(report)
-        if components is not None:
-            text += "\n" + (render.effects_csv(frame) if args.format == "csv"
-                            else to_text(components))
-        _write(text, args.out)
+        if components is not None and args.format == "csv" and args.out is not None:
+            _write(text, args.out)
+            _write_components(frame, "csv", args.out)
+        else:
+            if components is not None:
+                text += "\n" + (render.effects_csv(frame) if args.format == "csv"
+                                else to_text(components))
+            _write(text, args.out)
 
     if args.plot:
         from regablate.report.plots import write_plots
