@@ -124,6 +124,10 @@ def test_footer_names_design_test_and_the_full_gain(factorial, frame, tmp_path):
     assert "factorial design" in text and "p: paired t-test, two-sided, Holm-adjusted" in text
     phi = frame[frame.kind == "shapley"]["delta"].sum()
     assert f"full − none (Σφ): {phi:+.3f}" in text
+    # its interval is over the seeds the φ use (every arm ran them), so it is Σφ's: n=4, not 5
+    (whole,) = frame.attrs["totals"]
+    assert whole["n"] == 4 and set(frame[frame.kind == "shapley"]["n"]) == {4}
+    assert whole["delta"] == pytest.approx(phi, abs=1e-12) and f"], n=4" in text
     assert "n: seeds used by the row's estimates" in text
 
 
@@ -162,6 +166,18 @@ def test_csv_out_puts_the_components_in_a_file_of_their_own(factorial, frame, tm
     components = pd.read_csv(tmp_path / "results.components.csv")
     assert list(components.columns) == list(frame.columns)
     assert components["delta"].tolist() == pytest.approx(frame["delta"].tolist())
+
+
+def test_a_component_against_the_whole_gain_is_named(tmp_path, monkeypatch):
+    monkeypatch.setitem(EFFECT, "weight_decay", -0.015)  # dropout +0.04, weight decay −0.015
+    root = tmp_path / "sweep"
+    _sweep(root, "factorial", ("dropout", "weight_decay"), range(5))
+    text = _report(tmp_path, root, "markdown")
+    _, components = _markdown_tables(text)
+    shares = {r["component"]: r["share of full − none"] for r in components if r["share of full − none"] != "–"}
+    assert shares["weight_decay"].startswith("-") and float(shares["dropout"][:-1]) > 100
+    assert "share: weight_decay worked against the whole gain (φ of the other sign)" in text
+    assert "dropout worked against" not in text
 
 
 def test_latex_escapes_the_new_symbols(factorial, frame, tmp_path):

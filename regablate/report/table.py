@@ -369,7 +369,9 @@ def effects_report(frame) -> Report:
         total = math.fsum(phi) if phi and all(map(math.isfinite, phi)) else math.nan
         scale = max((abs(x) for x in phi), default=0.0)
         if "shapley" in present:
-            sums.append((first, total, whole))
+            against = [c for c, r in cell["rows"].items() if "shapley" in r and math.isfinite(total)
+                       and r["shapley"]["delta"] * total < 0 and abs(r["shapley"]["delta"]) > RTOL_SHARE * scale]
+            sums.append((first, total, whole, against))
         for component, kinds in cell["rows"].items():
             ns = [r["n"] for r in kinds.values()]
             row = {**{c: first[c] for c in settings}, "component": component,
@@ -423,8 +425,8 @@ def _effects_footer(frame, rows, present, sums, settings, test) -> list[str]:
              + (" and cell" if settings else "")
              + (f"; lower {', '.join(lower)} is better" if lower else "")]
     lines.append("; ".join(EFFECT_LEGEND[g] for g, _ in EFFECT_GROUPS if g in present))
-    hidden = False
-    for rec, total, whole in sums:
+    hidden, opposed = False, []
+    for rec, total, whole, against in sums:
         where = " ".join(f"{c}={rec[c]}" for c in settings)
         number = ((lambda x: no_negative_zero(f"{x:+.3f}", True)) if rec["metric"].endswith("_acc")
                   else (lambda x: no_negative_zero(f"{x:+#.4g}", True)))
@@ -433,6 +435,11 @@ def _effects_footer(frame, rows, present, sums, settings, test) -> list[str]:
         lines.append(f"full − none (Σφ){' at ' + where if where else ''}: "
                      + ("–" if not math.isfinite(total) else number(total) + ci))
         hidden |= math.isfinite(total) and not _excludes_zero(whole)
+        if against and _excludes_zero(whole):
+            opposed.append(", ".join(against) + (f" at {where}" if where else ""))
+    if opposed:
+        lines.append(f"share: {'; '.join(opposed)} worked against the whole gain (φ of the other sign): "
+                     "a negative share, and the others' add up to more than 100%; read φ itself")
     if hidden:
         lines.append("share: not shown where full − none's 95% CI includes 0 (a share of a whole "
                      "gain that may be zero, or of the other sign, means nothing)")
