@@ -322,7 +322,8 @@ EFFECT_LEGEND = {
     "leave_one_out": "leave-one-out Δ = v(S) − v(S∖c)",
     "add_one_in": "add-one-in Δ = v({c}) − v(∅)",
     "main": "factorial Δ = main effect, mean over the arms with c minus those without "
-            "(rows c×d: the two-way interaction, averaged over the other components)",
+            "(rows c×d: the interaction v(B∪cd) − v(B∪c) − v(B∪d) + v(B), averaged over the other "
+            "components' subsets B: twice the ±½ effect-coding convention)",
     "shapley": "Shapley φ_c = c's share of the full gain v(S) − v(∅) (Σ_c φ_c = v(S) − v(∅) "
                "per seed); share = φ_c / Σφ"}
 
