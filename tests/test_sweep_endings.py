@@ -507,3 +507,19 @@ def test_a_submitit_job_signalled_before_its_run_holds_its_dir_is_recorded_inter
                     "trainer.resume=auto", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert statuses(tmp_path / "sweep") == {"0": "completed"}
+
+
+def test_a_process_pools_copy_of_regablates_task_writes_no_hydra_files_before_its_claim(tmp_path):
+    # before: loky sends the task by value (pickle cannot find the undecorated function by its
+    # name), so the workers' on_job_start took it for another app's task and wrote .hydra/ with
+    # no claim: a job refused for a dir another job held wrote its seed over that run's files
+    cloudpickle = pytest.importorskip("cloudpickle")
+    from regablate.cli.run import RememberDir, hydra_main, is_ours
+
+    sent = pickle.loads(cloudpickle.dumps(hydra_main.__wrapped__))
+    assert sent is not hydra_main.__wrapped__ and is_ours(sent) and is_ours(hydra_main)
+    config = OmegaConf.create({"seed": 1, "hydra": {"output_subdir": None,
+                                                    "runtime": {"output_dir": str(tmp_path / "run")}}})
+    RememberDir().on_job_start(config, task_function=sent)
+    assert not (tmp_path / "run").exists()
+    assert not is_ours(lambda cfg: None)  # another app's task on regablate's configs gets them

@@ -135,6 +135,14 @@ def _whole(value) -> bool:
 LAUNCH_DIRS: dict[str, str] = {}  # "run" / "sweep" -> this process's output dir, for the resume hint
 
 
+def is_ours(task_function) -> bool:
+    """Whether `task_function` is regablate's own task (`hydra_main`), also as a process pool
+    sends it to its workers: by value (pickle cannot find the undecorated function under its
+    name), so known by its module and name, not by identity."""
+    f = getattr(task_function, "__wrapped__", task_function)
+    return (getattr(f, "__module__", None), getattr(f, "__qualname__", None)) == (__name__, "hydra_main")
+
+
 class RememberDir(Callback):
     """Keeps the run or sweep dir as Hydra resolves it, for the hint printed after Ctrl-C; and
     writes `.hydra/` for another Hydra app's task on regablate's configs (regablate's own task
@@ -152,9 +160,7 @@ class RememberDir(Callback):
 
         from regablate.rundir.claim import write_hydra_files
 
-        ours = getattr(hydra_main, "__wrapped__", None)
-        if (task_function is None or config.hydra.output_subdir is not None or task_function is ours
-                or getattr(task_function, "__wrapped__", None) is ours):
+        if task_function is None or config.hydra.output_subdir is not None or is_ours(task_function):
             return
         task_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         with read_write(task_cfg), open_dict(task_cfg):
