@@ -98,11 +98,15 @@ def test_a_run_into_a_sweeps_dir_or_inside_a_run_and_a_sweep_into_a_run_are_refu
             (("hydra.run.dir=S",), "S is a sweep's dir (multirun.yaml): its runs are its job dirs"),
             (("hydra.run.dir=S/0/checkpoints",), f"S/0/checkpoints is inside the run dir {tmp_path / 'S' / '0'}"),
             (("-m", "+reg=l2,l1", "hydra.sweep.dir=S/1"), "hydra.sweep.dir=S/1: is a run dir, which holds only what its run writes"),
-            (("-m", "+reg=l2,l1", "hydra.sweep.dir=S/1/tb"), f"is inside the run dir {tmp_path / 'S' / '1'}")):
+            (("-m", "+reg=l2,l1", "hydra.sweep.dir=S/1/tb"), f"is inside the run dir {tmp_path / 'S' / '1'}"),
+            # a run dir around runs and sweeps would hide them from every reader
+            (("hydra.run.dir=.",), f"{tmp_path} holds other files (S) and no run: a run is written into a new or empty dir"),
+            (("-m", "seed=0", "hydra.sweep.dir=T", "hydra.sweep.subdir=.."), "holds other files (S, T) and no run")):
         r = run_cli("run", *args, *TINY, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
         assert said in r.stderr, (args, r.stderr)
-    assert fingerprint(tmp_path) == before  # nothing made, nothing changed
+    after = {k: v for k, v in fingerprint(tmp_path).items() if k != "T/multirun.yaml"}  # a refused sweep's record
+    assert after == before  # nothing made, nothing changed
     report = run_cli("report", "S", cwd=tmp_path)
     assert report.returncode == 0 and "2 completed" in report.stdout, report.stdout
 
