@@ -46,10 +46,12 @@ def place_job(cfg: dict, hc) -> None:
     """
     import torch
 
+    from regablate.training.settings import MAX_THREADS
+
     trainer = cfg.setdefault("trainer", {})
     threads = trainer.get("threads", 0)
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:  # before torch sees it
-        raise ConfigError("trainer.threads", threads, "must be an integer >= 0 (0 = auto)")
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 0 <= threads <= MAX_THREADS:  # before torch
+        raise ConfigError("trainer.threads", threads, f"must be an integer in [0, {MAX_THREADS}] (0 = auto)")
     launcher = hc.launcher if "launcher" in hc else {}
     cores = job_cpus()
     if not threads:

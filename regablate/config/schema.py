@@ -18,6 +18,8 @@ from typing import Any, Literal, Union
 from regablate.errors import ConfigError
 
 FINITE = "must be a finite number"
+FLOAT32_MAX = 3.4028234663852886e38  # every number a run computes with is a float32 tensor at some point
+SEED_LIMIT = 2 ** 64  # torch.manual_seed takes [0, 2^64)
 
 
 def check(ok: Callable[[Any], bool], allowed: str, default: Any = dataclasses.MISSING, **kw):
@@ -97,6 +99,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):  # inf passes `>= 0`; nan passes no check, but say it once
                 raise ConfigError(key, value, FINITE)
+            if abs(value) > FLOAT32_MAX:  # 1e39 is no float32: torch cannot hold it (a traceback)
+                raise ConfigError(key, value, f"must be a number within float32's range (|x| <= {FLOAT32_MAX:.4g})")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

@@ -7,12 +7,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from regablate.config.objective import is_valid as is_objective
-from regablate.config.schema import check, nonneg, parse, positive
+from regablate.config.schema import SEED_LIMIT, check, nonneg, parse, positive
 from regablate.data import DATASETS
 from regablate.errors import ConfigError
 from regablate.models import MODELS
 from regablate.regularisers import Stack, build_stack
 from regablate.training.optim import OPTIMISERS, SCHEDULES
+
+
+MAX_THREADS = 1024  # more is no machine's core count (and libgomp fails to make 20,000)
+MAX_BINS = 10_000  # far more bins than a validation split fills; 1e12 would not fit in memory
 
 
 @dataclass
@@ -32,7 +36,8 @@ class TrainerSettings:
     device: str = check(lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
                         "must be auto, cpu, cuda or cuda:N", "auto")
     amp: bool = False  # bf16 autocast (CUDA only; channels_last is used for conv models on CUDA)
-    threads: int = nonneg(0)  # torch intra-op threads; 0 = auto (cores shared among parallel jobs)
+    threads: int = check(lambda v: 0 <= v <= MAX_THREADS, f"must be in [0, {MAX_THREADS}] (0: auto)",
+                         0)  # torch intra-op threads; 0 = auto (cores shared among parallel jobs)
     progress: Literal["auto", "rich", "plain", "none"] = "auto"  # auto: rich on a terminal
     tensorboard: bool = True  # write tb/ event files
     checkpoint: bool = True  # checkpoints/last.pt by time, at the end and on interrupt (best.pt always)
@@ -46,7 +51,8 @@ class TrainerSettings:
 class EvalSettings:
     mc_samples: int = nonneg(0)  # MC-dropout passes after training; 0 = off
     histogram_every: int = nonneg(10)  # weight histograms in TensorBoard every N epochs; 0 = off
-    calibration_bins: int = positive(15)  # equal-width bins of the ECE and reliability diagram
+    calibration_bins: int = check(lambda v: 1 <= v <= MAX_BINS, f"must be in [1, {MAX_BINS}]",
+                                  15)  # equal-width bins of the ECE and reliability diagram
 
 
 @dataclass
@@ -82,8 +88,8 @@ def load_settings(cfg: Mapping) -> Settings:
             raise ConfigError(key, cfg[key], "unknown key; allowed: " + ", ".join(TOP_LEVEL))
     for key in ("seed", "data_seed"):
         value = cfg.get(key, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(key, value, "must be an integer >= 0")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < SEED_LIMIT:
+            raise ConfigError(key, value, "must be an integer in [0, 2^64)")
     return Settings(
         seed=cfg.get("seed", 0),
         data_seed=cfg.get("data_seed", cfg.get("seed", 0)),
