@@ -537,3 +537,30 @@ def test_out_of_memory_is_recognised_on_cuda_and_on_the_cpu_and_a_lone_member_is
     assert caught.__traceback__ is not None and caught.__context__.__traceback__ is not None
     kept = _without_frames(caught)
     assert kept is caught and kept.__traceback__ is None and kept.__context__.__traceback__ is None
+
+
+SECOND_MEMBER_FAILS = """
+import regablate.training.session as session
+real, calls = session.closing_fields, []
+def closing(*args, **kwargs):  # the second member's closing evaluation fails, after the first's run ended
+    calls.append(1)
+    if len(calls) == 2:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 TB")
+    return real(*args, **kwargs)
+session.closing_fields = closing
+"""
+
+
+def test_a_chunk_that_fails_after_a_members_run_ended_counts_that_member_as_it_ended(tmp_path):
+    # before: every member of the chunk was counted failed, the one whose summary said completed too
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SECOND_MEMBER_FAILS)
+    env = {**ENV, "PYTHONPATH": ":".join(filter(None, [str(site), ENV.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "regablate", "run", "-m", "hydra/launcher=vectorized", "seed=0,1",
+                        *FAST, "hydra.sweep.dir=sw"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    status = {p.parent.name: json.loads(p.read_text())["status"] for p in (tmp_path / "sw").glob("*/summary.json")}
+    assert status == {"0": "completed", "1": "failed"}, (status, r.stderr[-2000:])
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("regablate: error: 1 of 2 jobs did not complete: 1 failed (sw/1: ")

@@ -309,8 +309,12 @@ class VectorizedLaunch:
             log.error(f"  chunk {c}/{n} failed: {type(e).__name__}: {e}{hint}")
             if hint and len(members) > 1:  # the sweep's closing command continues in smaller chunks
                 failed.continue_with = {"hydra.launcher.max_members": len(members) // 2}
-            for ret in rets:
-                ret.status, ret.return_value = JobStatus.FAILED, failed
+            from regablate.config.objective import value as objective_value
+
+            for ret, m in zip(rets, members):  # a member whose run ended before the failure keeps its end
+                ended = _ended(m.run_dir)
+                ret.status, ret.return_value = ((JobStatus.COMPLETED, objective_value(ended, m.s.trainer.objective))
+                                                if ended else (JobStatus.FAILED, failed))
         else:
             k = len(members)
             log.info(f"  chunk {c}/{n}: K={k}, {stats.steps} steps in {stats.seconds:.1f} s: "
@@ -390,6 +394,17 @@ class VectorizedLaunch:
                       job_subdir_key="hydra.sweep.subdir")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
+
+
+def _ended(run_dir: Any) -> dict | None:
+    """The run's summary where it says the run ended completed or diverged, else None."""
+    import json
+
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("status") in ("completed", "diverged") else None
 
 
 OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "alloc_failed")  # CUDA, the CPU allocator, cuBLAS
