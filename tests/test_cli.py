@@ -51,6 +51,9 @@ def test_multirun_2x2_shares_groups_across_seeds(tmp_path):
     (("seed=18446744073709551616",), "seed=18446744073709551616: must be an integer in [0, 2^64)"),
     (("optim.lr=1e39",), "optim.lr=1e+39: must be a number within float32's range"),
     (("eval.calibration_bins=1000000000000",), "eval.calibration_bins=1000000000000: must be in [1, 10000]"),
+    (("seed=${oc.env:REGABLATE_NO_SUCH_VAR}",), "seed='${oc.env:REGABLATE_NO_SUCH_VAR}': does not resolve: "
+                                                "KeyError raised while resolving interpolation"),
+    (("trainer.batch_size=${nope}",), "trainer.batch_size='${nope}': does not resolve: Interpolation key 'nope' not found"),
     (("+reg=augment",), "reg.augment='on': needs image inputs (channels, height, width): dataset=cifar10 or "
                         "dataset=image_folder; the dataset chosen (dataset.name='sparse_synthetic') gives inputs of shape (50,)"),
     (("dataset=sine_sequence", "model=lstm", "+reg=cutout"), "reg.cutout='on': needs image inputs"),
@@ -61,6 +64,12 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, message
     assert r.stderr.count("\n") == 1 and message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("summary.json"))
     assert not list(tmp_path.rglob(".hydra"))  # no half-made run dir
+
+
+def test_no_trainer_group_is_one_line(tmp_path):
+    r = run_cli("run", "trainer=null", cwd=tmp_path)  # before: AttributeError from reading trainer.resume
+    assert r.returncode == 2 and r.stderr == "regablate: error: invalid config: trainer=None: must be the trainer's settings (trainer.max_epochs=..., ...)\n"
+    assert not list(tmp_path.rglob(".hydra"))
 
 
 def test_bad_job_in_a_sweep_is_recorded_and_the_others_run(tmp_path):

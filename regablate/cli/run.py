@@ -188,12 +188,12 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
     sweep = hc.mode == RunMode.MULTIRUN
     container: dict = {}
     try:
-        with claim(run_dir, cfg.trainer.resume):
+        with claim(run_dir, _resume_of(cfg)):
             try:  # a sweep's job that ends here is recorded while its run dir is held
                 with stop_on_cluster_signals():
+                    container = resolved(cfg)  # before anything is written
                     write_hydra_files(run_dir, cfg if files_cfg is None else files_cfg,
                                       HydraConfig.instance().cfg, hc.overrides.task)
-                    container = OmegaConf.to_container(cfg, resolve=True)
                     place_job(container, hc)
                     summary = train(container, run_dir)
             except KeyboardInterrupt as e:
@@ -241,6 +241,31 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
     if cfg.trainer.progress != "none":
         print(describe(summary, run_dir), flush=True)
     return objective_value(summary, container["trainer"].get("objective", "val_loss"))  # for sweepers
+
+
+def _resume_of(cfg: DictConfig) -> str:
+    """trainer.resume, read before the settings are checked (`trainer=null` is no trainer)."""
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, DictConfig):
+        raise ConfigError("trainer", trainer if trainer is None or isinstance(trainer, (int, float, str))
+                          else str(trainer), "must be the trainer's settings (trainer.max_epochs=..., ...)")
+    resume = trainer.get("resume", "never")
+    return resume if isinstance(resume, str) else str(resume)
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The job's config with its interpolations resolved; one that does not resolve
+    (`seed=${oc.env:NOPE}`) is a ConfigError naming its key."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        raw: object = OmegaConf.to_container(cfg, resolve=False)  # the interpolation as written
+        for part in key.split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        raise ConfigError(key, raw, f"does not resolve: {' '.join(str(e.msg).split('full_key:')[0].split())}") from None
 
 
 def refuse(message: str) -> None:
