@@ -98,3 +98,25 @@ class TupleOut(nn.Module):
 
     def forward(self, x: torch.Tensor):
         return self.net(x), None
+
+
+class NoParameters(nn.Module):
+    """Nothing to train: a fixed function of the inputs."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int):
+        super().__init__()
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, : self.out_dim]
+
+
+class NaNOut(nn.Module):
+    """A model whose output is NaN from the start (its run diverges)."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int):
+        super().__init__()
+        self.net = nn.Linear(in_shape[0], out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * float("nan")

@@ -238,6 +238,16 @@ def test_a_model_whose_output_is_not_batch_by_out_dim_is_refused_before_training
     assert not list(tmp_path.iterdir())  # found before any file is written (the CLI records it failed)
 
 
+def test_a_model_with_nothing_to_train_is_refused_and_one_whose_output_is_nan_diverges(small_cfg, tmp_path):
+    # before: a RuntimeError from backward, and an eval-determinism error blaming self.training (NaN != NaN)
+    with pytest.raises(ConfigError, match="model.target='custom_models:NoParameters': has no parameter to train"):
+        build(small_cfg, *custom("NoParameters"))
+    from regablate.training.loop import train
+
+    s = train(small_cfg(*custom("NaNOut")), tmp_path / "nan")
+    assert s["status"] == "diverged" and s["error"] == "non-finite loss at epoch 1"
+
+
 def test_cli_a_single_run_of_a_model_that_fails_on_the_datas_shape_is_recorded_as_failed(tmp_path):
     r = _cli(tmp_path, *custom("FixedWidth"))
     assert r.returncode == 2

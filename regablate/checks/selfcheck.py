@@ -33,8 +33,15 @@ def _tensors(x) -> list[torch.Tensor]:
     return []
 
 
+def _equal(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Bit for bit, NaN equal to NaN (a model whose output is NaN is not nondeterministic for it:
+    its run diverges)."""
+    return torch.equal(x, y) or (x.shape == y.shape and x.is_floating_point() and y.is_floating_point()
+                                 and torch.allclose(x, y, rtol=0.0, atol=0.0, equal_nan=True))
+
+
 def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
 
 
 def _culprits(model: nn.Module, inputs: torch.Tensor) -> list[tuple[str, nn.Module]]:
@@ -59,7 +66,6 @@ def _culprits(model: nn.Module, inputs: torch.Tensor) -> list[tuple[str, nn.Modu
             if not any(o != n and o.startswith(f"{n}.") or (n == "" and o) for o in bad)]
 
 
-@torch.no_grad()
 @torch.no_grad()  # an evaluation: no autograd graph (two passes of a graph cost ~2x)
 def check_eval_determinism(model: nn.Module, data: Data, batch_size: int = 64) -> None:
     """Run two eval-mode passes over the first `batch_size` validation inputs; raise
@@ -77,8 +83,8 @@ def check_eval_determinism(model: nn.Module, data: Data, batch_size: int = 64) -
     try:
         model.eval()
         stuck = [(name, m) for name, m in model.named_modules() if m.training]
-        same = torch.equal(model(inputs), model(inputs))
-        changed = [name for name, b in model.named_buffers() if not torch.equal(b, buffers[name])]
+        same = _same(_tensors(model(inputs)), _tensors(model(inputs)))
+        changed = [name for name, b in model.named_buffers() if not _equal(b, buffers[name])]
         culprits = [] if same or stuck else _culprits(model, inputs)
     finally:
         for m, mode in modes.items():

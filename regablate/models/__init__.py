@@ -50,6 +50,11 @@ def build_model(settings, in_shape: tuple[int, ...], out_dim: int, stack) -> nn.
     if settings.name == "custom":
         rnn.configure(model, spec, stack.names, f"model {settings.target}")
         rnn.configure_recurrent(model, spec, stack.names, f"model {settings.target}")
+        if not any(p.requires_grad for p in model.parameters()):
+            from regablate.errors import ConfigError
+
+            raise ConfigError("model.target", settings.target, "has no parameter to train "
+                              "(no nn.Parameter with requires_grad)")
     return model
 
 
