@@ -254,6 +254,14 @@ def test_a_bad_sweeper_setting_names_its_value(kw, says):
     assert OptunaSearch(**kw).refusal.startswith(says)
 
 
+def test_a_storage_optuna_cannot_open_is_one_line_and_writes_nothing(tmp_path):
+    r = run_cli("run", "-m", "hydra/sweeper=optuna", "+reg=l2", "reg.l2.lam=interval(0,0.1)", *TINY,
+                "hydra.sweeper.storage=bogus://x", "hydra.sweep.dir=s", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, "regablate: error: hydra.sweeper.storage='bogus://x': NoSuchModuleError: "
+                                           "Can't load plugin: sqlalchemy.dialects:bogus\n")
+    assert not any((tmp_path / "s").iterdir())  # the sweep dir it held, and nothing in it
+
+
 def test_a_range_optuna_cannot_search_is_one_line():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -340,11 +340,13 @@ class OptunaSearch:
         from regablate.errors import UsageError
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        if str(self.storage or "").startswith("sqlite:///"):  # sqlite makes the file, not its folder
-            Path(str(self.storage)[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(storage=self.storage, study_name=self.study_name,
-                                    sampler=make_sampler(self.sampler, self.sampler_seed, space),
-                                    direction=direction, load_if_exists=True)
+        try:  # a storage optuna (SQLAlchemy) cannot open: one line (sqlite makes the file, not its folder)
+            if str(self.storage or "").startswith("sqlite:///"):
+                Path(str(self.storage)[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            study = optuna.create_study(storage=self.storage, study_name=self.study_name, direction=direction,
+                                        sampler=make_sampler(self.sampler, self.sampler_seed, space), load_if_exists=True)
+        except Exception as e:  # noqa: BLE001 — SQLAlchemy's and the file system's errors alike
+            raise UsageError(f"hydra.sweeper.storage={self.storage!r}: {type(e).__name__}: {' '.join(str(e).split())[:300]}") from None
         problem = self._problem(objective, direction, space)
         stored = study.user_attrs.get(PROBLEM)
         if stored is None:  # a new study, or one stored before its problem was kept: what it says
