@@ -46,6 +46,25 @@ def test_never_fewer_seeds_than_the_report_tests():
     assert power_by_integration(2, 20.0, 0.05) >= 0.8 and n_needed(0.001, 0.02) == 3
 
 
+def test_extreme_deltas():
+    """A delta far below the differences' sd needs more seeds than the cap (its normal answer,
+    ((z·sd/delta)², overflowed a float); one far above needs the fewest (scipy's nct gives nan
+    that far in a tail, which read as power 0)."""
+    for delta in (1e-300, 5e-324, 1e-12):
+        with pytest.raises(ValueError, match="more than 1000000 seeds"):
+            n_needed(0.02, delta)
+    assert t_power(2, 1e300, 0.05) == 1.0 and t_power(2, 1e-300, 0.05) == pytest.approx(0.05)
+    assert n_needed(0.02, 1e300) == 3 and n_needed(1e-300, 1.0) == 3
+
+
+def test_extreme_deltas_in_the_table(tmp_path, capsys):
+    ablation(tmp_path, {"none": NONE, "dropout": DROPOUT})
+    (tiny,) = _json(capsys, [str(tmp_path), "--delta", "1e-300", "--format", "json"])
+    assert tiny["n_needed"] is None and tiny["reason"] == "more than 1000000 seeds"
+    (huge,) = _json(capsys, [str(tmp_path), "--delta", "1e300", "--format", "json"])
+    assert huge["n_needed"] == 3 and huge["reason"] is None
+
+
 def test_detectable_delta_has_the_power():
     d = detectable_delta(0.02, 5, 0.8, 0.025)
     assert power_by_integration(5, d / 0.02, 0.025) == pytest.approx(0.8, abs=1e-6)
@@ -92,7 +111,8 @@ def test_table_and_reasons(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--delta", "0.01"], "the following arguments are required: DIR"),
-    (["{d}", "--delta", "-1"], "--delta -1.0: a positive number"),
+    (["{d}", "--delta", "-1"], "--delta -1.0: a finite positive number"),
+    (["{d}", "--delta", "inf"], "--delta inf: a finite positive number (the difference to detect"),
     (["{d}", "--delta", "0.1", "--power", "1.5"], "--power 1.5: a number in (0, 1)"),
     (["{d}", "--delta", "0.1", "--format", "csv"], "invalid choice: 'csv'"),
     (["{d}/nowhere", "--delta", "0.1"], "no such file or directory"),

@@ -38,9 +38,10 @@ def t_power(n: int, effect: float, alpha: float) -> float:
     df = n - 1
     c = float(stats.t.isf(alpha / 2, df))
     nc = effect * math.sqrt(n)
-    upper, lower = (float(stats.nct.sf(c, df, x)) for x in (nc, -nc))  # P(T<−c|λ) = P(T>c|−λ)
-    if math.isnan(upper) or math.isnan(lower):  # scipy's nct fails far in a tail: the tail is 0
-        upper, lower = (0.0 if math.isnan(x) else x for x in (upper, lower))
+    # P(T<−c|λ) = P(T>c|−λ); scipy's nct gives nan far in a tail (|λ| ≳ 1e10): there P(T>c|λ)
+    # is 1 for a λ above c, else 0
+    upper, lower = (p if not math.isnan(p := float(stats.nct.sf(c, df, x))) else float(x > c)
+                    for x in (nc, -nc))
     return upper + lower
 
 
@@ -54,9 +55,9 @@ def n_needed(sd: float, delta: float, power: float = 0.8, alpha: float = 0.05) -
         raise ValueError("n_needed: sd, delta > 0 and power, alpha in (0, 1)")
     effect = abs(delta) / sd
     z = float(stats.norm.isf(alpha / 2) + stats.norm.ppf(power))
-    guess = max(2, int((z / effect) ** 2))  # the normal answer; the t-test's is at least this
-    if guess > N_CAP:
+    if not effect * math.sqrt(N_CAP) >= z:  # (z/effect)² > N_CAP, asked without overflowing
         raise ValueError(f"n_needed: more than {N_CAP} seeds")
+    guess = max(2, int((z / effect) ** 2))  # the normal answer; the t-test's is at least this
     lo, hi = 1, guess  # power(lo) < target (or lo = 1); search hi upward, then bisect
     while t_power(hi, effect, alpha) < power:
         lo, hi = hi, hi * 2
@@ -227,7 +228,8 @@ def main(argv: list[str]) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     if not (math.isfinite(args.delta) and args.delta > 0):
-        return _fail(f"--delta {args.delta}: a positive number")
+        return _fail(f"--delta {args.delta}: a finite positive number (the difference to detect, "
+                     "in the metric's units)")
     for name in ("power", "alpha"):
         if not 0 < getattr(args, name) < 1:
             return _fail(f"--{name} {getattr(args, name)}: a number in (0, 1)")
