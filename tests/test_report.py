@@ -267,6 +267,15 @@ def test_out_and_plot_never_write_into_a_run_dir_or_over_a_sweeps_records(tmp_pa
         assert main([str(root), *args]) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err
+    assert _files(tmp_path) == before
+    (tmp_path / "afile").write_text("mine")
+    before = _files(tmp_path)
+    for plot in ("afile", "afile/sub"):  # refused before --out is written
+        out = tmp_path / "report.md"
+        assert main([str(root), "--out", str(out), "--plot", str(tmp_path / plot)]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"regablate report: error: --plot '{tmp_path / plot}': {tmp_path / 'afile'} "
+                       "is a file; --plot names a folder for the figures (made if missing)\n"), err
     assert _files(tmp_path) == before  # nothing written, nothing changed
     # beside the runs, in the sweep root, is where a report goes
     assert main([str(root), "--format", "csv", "--out", str(where / "report.csv")]) == 0

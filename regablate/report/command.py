@@ -103,6 +103,10 @@ def _check_out(flag: str, out: str | None, folder: bool = False) -> None:
     if run is not None:
         raise UsageError(f"{flag} {out!r} is inside the run dir {run}: a run dir holds only what "
                          f"its run wrote; write outside it, e.g. {flag} {'plots' if folder else 'report.md'}")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if folder and not existing.is_dir():  # the folder, or one it would be made in, is a file
+        raise UsageError(f"{flag} {out!r}: {existing} is a file; {flag} names a folder for the "
+                         "figures (made if missing)")
     if not folder and path.name in SWEEP_RECORDS and (path.parent / "multirun.yaml").exists():
         raise UsageError(f"{flag} {out!r} is the sweep's own {path.name}: it is never written "
                          "over; name another file, e.g. --out report.md")
