@@ -76,6 +76,59 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "--tracking-uri" in capsys.readouterr().err
 
 
+def test_no_target_is_one_line(capsys):
+    assert main([]) == 2
+    assert capsys.readouterr().err == ("regablate export: error: no target; allowed: mlflow (regablate "
+                                       "export mlflow [DIR ...] --tracking-uri URI)\n")
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--tracking-uri", ""], "--tracking-uri '': empty; a store's URI, e.g. sqlite:///mlflow.db"),
+    (["--tracking-uri", " "], "--tracking-uri ' ': empty;"),
+    (["--tracking-uri", "bogus://x"], "--tracking-uri 'bogus://x': not a store MLflow knows; allowed: "
+                                      "a folder, or a URI of scheme file, "),
+    (["--tracking-uri", "sqlite:///{d}/m.db", "--experiment", ""],
+     "--experiment '': empty; a name (default regablate)"),
+    (["--tracking-uri", "sqlite:///{d}/m.db", "--artifact-location", ""], "--artifact-location '': empty"),
+])
+def test_bad_store_or_name_is_one_line_exit_2(tmp_path, capsys, args, said):
+    pytest.importorskip("mlflow")
+    _sweep(tmp_path / "sweep")
+    before = sorted(tmp_path.rglob("*"))
+    assert _export(tmp_path / "sweep", *[a.format(d=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"regablate export: error: {said}") and err.count("\n") == 1, err
+    assert sorted(tmp_path.rglob("*")) == before  # no store made
+
+
+def test_a_store_or_artifacts_in_a_run_dir_are_refused(tmp_path, monkeypatch, capsys):
+    """A run dir holds only what its run wrote: an export never puts a store or its artifacts
+    there (a sqlite:/// database made its file and mlartifacts/ beside it in the run dir)."""
+    pytest.importorskip("mlflow")
+    root = _sweep(tmp_path / "sweep")
+    monkeypatch.chdir(tmp_path)
+    run = root / "0_0"
+    before = sorted(tmp_path.rglob("*"))
+    for args, said in (
+            (["--tracking-uri", "sqlite:///sweep/0_0/m.db"],
+             f"--tracking-uri 'sqlite:///sweep/0_0/m.db': sweep/0_0/m.db is inside the run dir {run}, "
+             "which holds only what its run wrote; put it outside, e.g. --tracking-uri sqlite:///mlflow.db"),
+            (["--tracking-uri", f"sqlite:///{run}/deeper/m.db"], f"is inside the run dir {run}"),
+            (["--tracking-uri", "file:sweep/0_0"], "--tracking-uri 'file:sweep/0_0': sweep/0_0 is a run dir"),
+            (["--tracking-uri", run.as_uri() + "/store"], f"{run}/store is inside the run dir {run}"),
+            (["--tracking-uri", "sweep/0_0/store"], f"sweep/0_0/store is inside the run dir {run}"),
+            (["--tracking-uri", "sqlite:///m.db", "--artifact-location", "sweep/0_0/a"],
+             f"--artifact-location 'sweep/0_0/a': sweep/0_0/a is inside the run dir {run}, which holds "
+             "only what its run wrote; put it outside, e.g. --artifact-location mlartifacts"),
+            (["--tracking-uri", "sqlite:///m.db", "--artifact-location", run.as_uri()],
+             f"{run} is a run dir")):
+        assert _export(root, *args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"regablate export: error: {args[-2]} ") and said in err, err
+        assert err.count("\n") == 1, err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_keys_mlflow_accepts():
     assert _key("reg.dropout.p") == "reg.dropout.p"
     assert _key("val_acc", "curve/") == "curve/val_acc"

@@ -32,7 +32,9 @@ written again by the next export. A name MLflow does not allow (it takes letters
 `_ - . / space`) has its other characters replaced by `_`; a value that is not finite is not
 logged (MLflow stores none). A new experiment in a sqlite store keeps its artifacts in
 `mlartifacts/` beside the database file unless `--artifact-location` says otherwise (MLflow's
-default would be ./mlruns in whatever dir the export is run from).
+default would be ./mlruns in whatever dir the export is run from). A store or artifact location
+on this machine inside a run dir is refused, as are an empty URI or name and a URI of a scheme
+MLflow has no store for (one line, exit 2).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import time
 import warnings
 from pathlib import Path
 
-from regablate.errors import escape_control
+from regablate.errors import UsageError, escape_control
 
 INSTALL = "pip install 'regablate[mlflow]'"
 USAGE = """usage: regablate export mlflow [DIR ...] --tracking-uri URI [--experiment NAME]
@@ -67,6 +69,9 @@ NOT_METRICS = {"run_dir", "status", "group", "label", "seed", "data_seed", "data
                "warnings", "error", "summary_group"}
 CURVE_KEYS = {"run_dir", "status", "group", "label", "trial", "reg", "seed", "data_seed", "epoch"}
 _BAD = re.compile(r"[^\w.\- /]")
+WANTED = {"--tracking-uri": "a store's URI, e.g. sqlite:///mlflow.db, http://HOST:5000 or a folder",
+          "--experiment": "a name (default regablate)",
+          "--artifact-location": "a URI or folder for the artifacts"}
 
 
 class ExportError(Exception):
@@ -147,6 +152,52 @@ def beside_the_store(tracking_uri: str) -> str | None:
         return None
     database = Path(tracking_uri[len("sqlite:///"):]).resolve()
     return (database.parent / "mlartifacts").as_uri()
+
+
+def _local_path(uri: str) -> Path | None:
+    """Where on this machine a store or artifact URI writes: a `sqlite:///` database file, a
+    `file:` URI's or a plain path's folder; None for a server or another remote store."""
+    from urllib.parse import unquote, urlsplit
+
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    scheme = urlsplit(uri).scheme
+    if scheme == "file":
+        return Path(unquote(urlsplit(uri).path))
+    return Path(uri) if not scheme else None
+
+
+def check_args(tracking_uri: str, experiment: str, artifact_location: str | None) -> None:
+    """Refuse, before anything is written, an empty --tracking-uri, --experiment or
+    --artifact-location, and a store or artifact location on this machine that is a run dir or
+    lies inside one (a run dir holds only what its run wrote)."""
+    from regablate.rundir.claim import within_run
+
+    given = {"--tracking-uri": tracking_uri, "--experiment": experiment,
+             "--artifact-location": artifact_location}
+    for flag, value in given.items():
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} {value!r}: empty; {WANTED[flag]}")
+    for flag, outside in (("--tracking-uri", "sqlite:///mlflow.db"), ("--artifact-location", "mlartifacts")):
+        path = given[flag] and _local_path(given[flag])
+        where = path and within_run(path)
+        if where:
+            raise UsageError(f"{flag} {given[flag]!r}: {path} {where}, which holds only what its "
+                             f"run wrote; put it outside, e.g. {flag} {outside}")
+
+
+def _client(tracking_uri: str):
+    """MLflow's client for the store; a URI of a scheme MLflow has no store for is a usage error."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    try:
+        return MlflowClient(tracking_uri=tracking_uri)
+    except UnsupportedModelRegistryStoreURIException as e:
+        schemes = ", ".join(s for s in e.supported_uri_schemes if s)
+        raise UsageError(f"--tracking-uri {tracking_uri!r}: not a store MLflow knows; allowed: a "
+                         f"folder, or a URI of scheme {schemes} (e.g. sqlite:///mlflow.db, "
+                         "http://HOST:5000)") from None
 
 
 def _experiment(client, name: str, artifact_location: str | None) -> str:
@@ -233,11 +284,11 @@ def export_mlflow(paths: list[str], tracking_uri: str, experiment: str = "regabl
 
 def _export(paths, tracking_uri, experiment, artifact_location, plots) -> dict:
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
     from regablate.report.frames import load_curves
     from regablate.report.select import stack_name
 
+    check_args(tracking_uri, experiment, artifact_location)
     _reach(tracking_uri)
     runs, groups, frame = _read(paths)
     by_path = {str(r.path): r for r in runs}
@@ -245,7 +296,7 @@ def _export(paths, tracking_uri, experiment, artifact_location, plots) -> dict:
     config_keys = {k for r in runs for k in r.config if "." in k}
     metric_cols = [c for c in frame.columns if c not in NOT_METRICS and c not in config_keys]
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)  # makes a sqlite store's database
     experiment_id = _experiment(client, experiment, artifact_location or beside_the_store(tracking_uri))
     children = _existing(client, experiment_id, "seed", DIR)
     parents = _existing(client, experiment_id, "group", GROUP)
@@ -370,11 +421,15 @@ def _fail(message: str, code: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """`regablate export mlflow ...`: 0; 2 with one line for a usage error or without mlflow;
+    """`regablate export mlflow ...`: 0; 2 with one line for a usage error (a bad flag, a store
+    MLflow has none for or one in a run dir) or without mlflow;
     1 with one line when the store refuses or cannot be reached."""
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        return _fail("no target; allowed: mlflow (regablate export mlflow [DIR ...] "
+                     "--tracking-uri URI)", 2)
+    if argv[0] in ("-h", "--help"):
         print(USAGE, end="")
-        return 0 if argv else 2
+        return 0
     if argv[0] != "mlflow":
         return _fail(f"unknown target {argv[0]!r}; allowed: mlflow", 2)
     if any(a in ("-h", "--help") for a in argv[1:]):
@@ -403,7 +458,7 @@ def main(argv: list[str]) -> int:
             warnings.simplefilter("always", ExportWarning)
             counts = export_mlflow(paths, args.tracking_uri, args.experiment,
                                    args.artifact_location, plots=not args.no_plots)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, UsageError) as e:
         return _fail(str(e), 2)
     except (ExportError, MlflowException, OSError) as e:  # requests' errors are OSErrors
         return _fail(f"{args.tracking_uri}: {e}", 1)
