@@ -152,7 +152,13 @@ def test_data_command_decodes_the_cache_runs_reuse(tmp_path, monkeypatch, capsys
     d = make_image_folder(settings(tmp_path / "img", tmp_path / "c", image_size=8), 0)
     assert len(d.test) == 3
     assert main(["image_folder", str(tmp_path / "nothing")]) == 2
-    assert "/nothing: no such folder or archive" in capsys.readouterr().err
+    assert "/nothing: no such folder or archive (regablate data image_folder PATH)\n" in capsys.readouterr().err
+    (tmp_path / "fake.tar.gz").write_bytes(b"not a tar")  # tarfile's error: a line per compression
+    assert main(["image_folder", str(tmp_path / "fake.tar.gz")]) == 2
+    assert capsys.readouterr().err == (
+        f"regablate data: error: {tmp_path}/fake.tar.gz: not a folder or a tar archive (regablate data "
+        "image_folder PATH takes a folder, or a .tar, .tar.gz, .tgz, .tar.bz2 or .tar.xz archive, laid "
+        "out as train/<class>/<image>)\n")
     run = tmp_path / "run"  # a finished run's dir: no cache goes in it, or below it
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
@@ -166,6 +172,10 @@ def test_data_command_decodes_the_cache_runs_reuse(tmp_path, monkeypatch, capsys
 
 def _no_classes(img: Path) -> None:
     (img / "train").mkdir(parents=True)
+
+
+def _not_an_archive(img: Path) -> None:
+    img.write_text("a,b\n1,2\n")
 
 
 def _empty_class(img: Path) -> None:
@@ -200,8 +210,11 @@ def _unreadable(img: Path) -> None:
                           "only in test/: emu)"),
     (_unreadable, (), "/img/train/dog/broken.png: unreadable image ("),
     (_unreadable, ("dataset.image_size=1000000",), "/img: 7 images at 3x1000000x1000000 need "),
-    (lambda img: None, (), "/img: no such folder or archive"),
-], ids=["no-classes", "empty-class", "one-class", "classes-differ", "unreadable", "memory", "missing"])
+    (lambda img: None, (), "/img: no such folder or archive (dataset.path)"),
+    (_not_an_archive, (), "/img: not a folder or a tar archive (dataset.path takes a folder, or a .tar, "
+                          ".tar.gz, .tgz, .tar.bz2 or .tar.xz archive, laid out as train/<class>/<image>)"),
+], ids=["no-classes", "empty-class", "one-class", "classes-differ", "unreadable", "memory", "missing",
+        "not-an-archive"])
 def test_bad_input_is_one_line_naming_the_path(tmp_path, make, extra, message):
     make(tmp_path / "img")
     r = cli(tmp_path, "run", "dataset=image_folder", f"dataset.path={tmp_path / 'img'}",
@@ -234,7 +247,7 @@ def test_skip_unreadable_skips_and_counts(tmp_path):
 
 def test_a_file_that_is_not_an_archive(tmp_path):
     (tmp_path / "x.tar.gz").write_bytes(b"not a tar")
-    with pytest.raises(UsageError, match=r"/x.tar.gz: not a folder or a readable tar archive"):
+    with pytest.raises(UsageError, match=r"/x.tar.gz: not a folder or a tar archive \(dataset.path takes"):
         make_image_folder(settings(tmp_path / "x.tar.gz", tmp_path / "c"), 0)
 
 

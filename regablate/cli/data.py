@@ -66,8 +66,7 @@ def _image_folder(args: argparse.Namespace) -> None:
                                 channels=args.channels, skip_unreadable=args.skip_unreadable,
                                 max_image_pixels=pixels, root=str(root.expanduser()))
     path = args.path.expanduser()
-    if not path.exists():
-        raise UsageError(f"{path}: no such folder or archive")
+    imf.check_source(path, "regablate data image_folder PATH")
     cache = imf.cache_path(path, s)
     d = imf.load_or_decode(path, s)
     sizes = ", ".join(f"{split} {len(d[split]['y'])}" for split in imf.SPLITS if split in d)

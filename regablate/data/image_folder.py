@@ -240,6 +240,23 @@ def manifest(path: Path) -> list:
     return out
 
 
+def check_source(path: Path, name: str = "dataset.path") -> None:
+    """Refuse, in one line naming `name` (the setting or argument the path came from), a path
+    that is missing or is neither a folder nor a tar archive (tarfile's own error lists a reason
+    per compression, one a line)."""
+    if not path.exists():
+        raise UsageError(f"{path}: no such folder or archive ({name})")
+    if path.is_dir():
+        return
+    try:
+        tar = path.is_file() and tarfile.is_tarfile(path)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be read ({e.strerror}; {name})") from None
+    if not tar:
+        raise UsageError(f"{path}: not a folder or a tar archive ({name} takes a folder, or a .tar, "
+                         ".tar.gz, .tgz, .tar.bz2 or .tar.xz archive, laid out as train/<class>/<image>)")
+
+
 def scan(path: Path, max_bytes: int = max_file_bytes(MAX_IMAGE_PIXELS)) -> Source:
     """The images of a folder or archive by split and class; nothing is decoded. An image file
     (archive member) of more than `max_bytes` is refused, from its size (member header) alone."""
@@ -442,8 +459,7 @@ def make_image_folder(s: ImageFolderSettings, data_seed: int) -> Data:
         raise ConfigError("dataset.path", s.path, "set it to a folder or .tar.gz laid out as "
                           "train/<class>/<image>")
     path = Path(s.path).expanduser()
-    if not path.exists():
-        raise UsageError(f"{path}: no such folder or archive (dataset.path)")
+    check_source(path)
     d = load_or_decode(path, s)
     if d["skipped"]:
         print(f"regablate: {path}: skipped {len(d['skipped'])} unreadable images (first: "
