@@ -168,6 +168,24 @@ def test_data_command_decodes_the_cache_runs_reuse(tmp_path, monkeypatch, capsys
     assert sorted(p.name for p in run.rglob("*")) == [".hydra", "config.yaml"]
 
 
+@pytest.mark.parametrize("args,said", [
+    (["--channels", "2"], "argument --channels: invalid choice: 2 (choose from 1, 3)"),
+    (["--image-size", "abc"], "argument --image-size: invalid int value: 'abc'"),
+    (["--image-size", "0"], "--image-size 0: must be > 0"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_data_command_bad_flags_are_one_line(tmp_path, capsys, args, said):
+    from regablate.cli.data import main
+
+    assert main(["image_folder", str(tmp_path), *args]) == 2
+    assert capsys.readouterr().err == f"regablate data: error: {said}\n"  # no usage before it
+    assert main(["image_folder"]) == 2
+    assert capsys.readouterr().err == "regablate data: error: the following arguments are required: PATH\n"
+    with pytest.raises(SystemExit) as e:
+        main(["image_folder", "--help"])
+    assert e.value.code == 0 and "usage: regablate data image_folder" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------ bad input
 
 def _no_classes(img: Path) -> None:

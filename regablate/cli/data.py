@@ -18,11 +18,19 @@ from pathlib import Path
 from regablate.errors import UsageError
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag or value is one line (argparse's, naming the flag and what it takes), not the
+    usage before it; --help still prints the usage."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
     from regablate.data import cifar10
 
-    p = argparse.ArgumentParser(prog="regablate data", description="Prepare a data set once: "
-                                "read, verify and convert it into a uint8 tensor cache.")
+    p = _Parser(prog="regablate data", description="Prepare a data set once: read, verify and "
+                "convert it into a uint8 tensor cache.")
     sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     c = sub.add_parser("cifar10", help="CIFAR-10 (python version, or an image-folder export)",
                        description="Convert CIFAR-10 into <root>/cifar10.pt. Without --from or "
@@ -42,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Decode train/<class>/<image> (val/, test/ optional) into the "
                        "cache that runs with the same dataset.* settings reuse (also made by the "
                        "first run; decoding it first helps parallel launchers).")
-    f.add_argument("path", type=Path, help="the folder or archive, as dataset.path")
+    f.add_argument("path", type=Path, metavar="PATH", help="the folder or archive, as dataset.path")
     f.add_argument("--image-size", type=int, default=32, help="as dataset.image_size (default 32)")
     f.add_argument("--channels", type=int, default=3, choices=(1, 3), help="as dataset.channels")
     f.add_argument("--skip-unreadable", action="store_true", help="as dataset.skip_unreadable")
@@ -74,11 +82,11 @@ def _image_folder(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
     from regablate.data import cifar10
 
-    root = args.root.expanduser() if args.root is not None else cifar10.default_root()
     try:
+        args = _parser().parse_args(argv)
+        root = args.root.expanduser() if args.root is not None else cifar10.default_root()
         if args.root is not None:  # a cache is no file of a run's
             from regablate.rundir.claim import within_run
 
