@@ -90,6 +90,49 @@ def test_hydra_flags_keep_working_and_unknown_command(tmp_path):
     assert r.returncode == 2 and "unknown command 'frobnicate'; allowed: run, report" in r.stderr
 
 
+@pytest.mark.parametrize("argv", [["--cfg", "job", "seed=1"], ["seed=1", "--cfg", "job"], ["-m", "a=1", "b=2"],
+                                  ["a=1", "b=2", "-m"], ["--info"], ["--info", "plugins", "a=1"],
+                                  ["-c", "job", "-p", "optim", "optim=adam"], ["--cfg=job", "--resolve"]])
+def test_hydras_flags_pass_the_check(argv):
+    from regablate.cli.main import _check_flags
+
+    _check_flags(argv)
+
+
+FLAGS = ("--cfg, --config-dir, --config-name, --config-path, --experimental-rerun, --help, --hydra-help, "
+         "--info, --multirun, --package, --resolve, --run, --shell-completion, --version")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["trainer.max_epochs=1", "-m", "seed=0,1"],
+     "seed=0,1: an override after -m, which follows other overrides; Hydra takes the overrides together, "
+     "before or after its flags: regablate run -m trainer.max_epochs=1 seed=0,1"),
+    (["a=1", "--cfg", "job", "b=2", "-m", "c=3"], "b=2: an override after --cfg, which follows other "
+     "overrides; Hydra takes the overrides together, before or after its flags: regablate run --cfg job -m "
+     "a=1 b=2 c=3"),
+    (["--cfg", "jobs"], "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all')"),
+    (["--info", "bogus"], "argument --info/-i: invalid choice: 'bogus' (choose from 'all', 'config', "
+                          "'defaults', 'defaults-tree', 'plugins', 'searchpath')"),
+    (["a=1", "--trainer.max_epochs=1"], f"--trainer.max_epochs=1: not a flag of regablate run; its flags: "
+                                        f"{FLAGS} (settings are overrides: key=value)"),
+])
+def test_a_bad_or_misplaced_hydra_flag_is_refused(argv, message):
+    from regablate.cli.main import _check_flags
+    from regablate.errors import UsageError
+
+    with pytest.raises(UsageError) as e:
+        _check_flags(argv)
+    assert str(e.value) == message
+
+
+def test_a_misplaced_flag_is_one_line_exit_2_and_runs_nothing(tmp_path):
+    r = run_cli("run", "trainer.max_epochs=1", "-m", "seed=0,1", cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr == (
+        "regablate: error: seed=0,1: an override after -m, which follows other overrides; Hydra takes the "
+        "overrides together, before or after its flags: regablate run -m trainer.max_epochs=1 seed=0,1\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["status", "plan", "export"])
 def test_status_and_plan_are_commands(tmp_path, capsys, command):
     """`regablate status`, `plan` and `export` reach their modules through the one entry point."""

@@ -128,6 +128,40 @@ def _collect_less() -> None:
     atexit.register(gc.freeze)
 
 
+def _check_flags(argv: list[str]) -> None:
+    """Hydra's flags parsed here as Hydra will parse them, so that a bad one is one line (a
+    UsageError) rather than Hydra's usage before argparse's line. Hydra takes its overrides
+    together, before or after its flags: overrides on both sides of a flag get the command that
+    runs."""
+    from hydra._internal.utils import get_args_parser
+
+    from regablate.errors import UsageError
+
+    def refuse(message: str) -> None:  # argparse's line names the flag, the value and the choices
+        raise UsageError(message)
+
+    parser = get_args_parser()
+    parser.error = refuse
+    args, extras = parser.parse_known_args(argv)
+    unknown = [a for a in extras if a.startswith("-")]
+    if unknown:
+        flags = sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--"))
+        raise UsageError(f"{unknown[0]}: not a flag of regablate run; its flags: {', '.join(flags)} "
+                         "(settings are overrides: key=value)")
+    if extras:
+        overrides = [*args.overrides, *extras]  # in argv's order: the rest of argv are the flags
+        flags, matched, split = [], 0, None
+        for a in argv:
+            if matched < len(overrides) and a == overrides[matched]:
+                matched += 1
+            else:
+                split = split or (a if matched else None)  # the first flag after an override
+                flags.append(a)
+        raise UsageError(f"{extras[0]}: an override after {split}, which follows other overrides; "
+                         "Hydra takes the overrides together, before or after its flags: "
+                         f"{shlex.join(['regablate', 'run', *flags, *overrides])}")
+
+
 def run(argv: list[str]) -> int:
     """Hydra owns argv; its exceptions reach us raw so user errors become one line."""
     from hydra.errors import HydraException
@@ -142,6 +176,7 @@ def run(argv: list[str]) -> int:
     from regablate.cli.run import LAUNCH_DIRS, hydra_main
 
     try:
+        _check_flags(argv)
         hydra_main()
     except KeyboardInterrupt as e:  # the run's summary.json already says "interrupted"
         if _finished("run" in LAUNCH_DIRS and LAUNCH_DIRS["run"]):
