@@ -129,7 +129,10 @@ CASES = {
                        ["patients.csv", "age (2)", "ward (1)", "dataset.impute=median"]),
     "not categorical": (["dataset.target=readmitted", "dataset.max_categories=2"],
                         ["patients.csv", "'ward'", "3 distinct", "dataset.max_categories=2"]),
-    "no such file": (["dataset.path=nothere.csv", "dataset.target=readmitted"], ["nothere.csv"]),
+    "no such file": (["dataset.path=nothere.csv", "dataset.target=readmitted"],
+                     ["nothere.csv: no such file (dataset.path)"]),
+    "a directory": (["dataset.path=.", "dataset.target=readmitted"],
+                    [".: a directory (dataset.path takes a .csv or .parquet file)"]),
     "regression on text": (["dataset.target=readmitted", "dataset.task=regression"],
                            ["dataset.task='regression'", "'readmitted'", "not numeric"]),
 }
@@ -150,6 +153,24 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path):
     err = _bad(tmp_path, *overrides)
     for needle in needles:
         assert needle in err, err
+
+
+@pytest.mark.parametrize("path,message", [
+    ("{d}", "{d}: a directory (dataset.path takes a .csv or .parquet file)"),
+    ("{d}/nothere.csv", "{d}/nothere.csv: no such file (dataset.path)"),
+    ("{d}/t.txt", "{d}/t.txt: not a .csv or .parquet file (dataset.path)"),
+    ("pkg:", "pkg:: not a file in a package (dataset.path=pkg:<package>/<file>, e.g. "
+             "pkg:palmerpenguins/data/penguins.csv)"),
+    ("pkg:pandas", "pkg:pandas: not a file in a package (dataset.path=pkg:<package>/<file>"),
+    ("pkg:../x.csv", "pkg:../x.csv: not a file in a package"),
+    ("pkg:no_such_package_here/x.csv", "pkg:no_such_package_here/x.csv: package 'no_such_package_here' is not "
+                                       "installed (pip install no_such_package_here; dataset.path)"),
+])
+def test_a_path_that_is_no_table_names_dataset_path(tmp_path, path, message):
+    (tmp_path / "t.txt").write_text("a,y\n1,0\n")
+    with pytest.raises(UsageError) as e:
+        make_tabular(settings(path.format(d=tmp_path), target="y"), 0)
+    assert str(e.value).startswith(message.format(d=tmp_path)), e.value
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow installed")

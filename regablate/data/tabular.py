@@ -62,12 +62,16 @@ def resolve_path(path: str) -> Path:
     if not path.startswith("pkg:"):
         return Path(path).expanduser()
     package, _, inner = path[4:].partition("/")
+    if not (inner and all(part.isidentifier() for part in package.split("."))):
+        raise UsageError(f"{path}: not a file in a package (dataset.path=pkg:<package>/<file>, e.g. "
+                         "pkg:palmerpenguins/data/penguins.csv)")
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError(f"{path}: package {package!r} is not installed (pip install {package})")
+        raise UsageError(f"{path}: package {package!r} is not installed (pip install {package}; "
+                         "dataset.path)")
     return Path(list(spec.submodule_search_locations)[0]) / inner
 
 
@@ -76,8 +80,10 @@ def read_table(path: str):
     import pandas as pd
 
     p = resolve_path(path)
+    if p.is_dir():
+        raise UsageError(f"{path}: a directory (dataset.path takes a .csv or .parquet file)")
     if not p.is_file():
-        raise UsageError(f"{path}: no such file")
+        raise UsageError(f"{path}: no such file (dataset.path)")
     suffix = p.suffix.lower()
     try:
         if suffix == ".csv":
@@ -93,7 +99,7 @@ def read_table(path: str):
             return pd.read_parquet(p)
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise UsageError(f"{path}: cannot read the table ({type(e).__name__}: {e})") from e
-    raise UsageError(f"{path}: not a .csv or .parquet file")
+    raise UsageError(f"{path}: not a .csv or .parquet file (dataset.path)")
 
 
 def check_finite(values, rows, path: str, what: str, shown=None) -> None:
