@@ -43,7 +43,7 @@ def test_multirun_2x2_shares_groups_across_seeds(tmp_path):
     (("+reg=[dropout,cutmx]",), "Could not load 'reg/cutmx'. Available options in 'reg': augment "),
     (("optim=sgd", "optim.momentum=0", "optim.nesterov=true"),
      "optim.nesterov=True: needs optim.momentum > 0 (it is 0)"),
-    (("reg.dropout.p=0.3",), "Could not override 'reg.dropout.p'"),
+    (("reg.dropout.p=0.3",), "reg.dropout.p=0.3: dropout is not in the run's stack; add it: +reg=dropout"),
     (("+reg=dropout", "+reg.dropout.q=1"), "reg.dropout.q=1: unknown key; allowed: p"),
     (("trainer.threads=-2",), "trainer.threads=-2: must be an integer in [0, 1024] (0 = auto)"),
     (("trainer.threads=1.5",), "trainer.threads=1.5: must be an integer in [0, 1024]"),
@@ -53,6 +53,10 @@ def test_multirun_2x2_shares_groups_across_seeds(tmp_path):
     (("eval.calibration_bins=1000000000000",), "eval.calibration_bins=1000000000000: must be in [1, 10000]"),
     (("seed=${oc.env:REGABLATE_NO_SUCH_VAR}",), "seed='${oc.env:REGABLATE_NO_SUCH_VAR}': does not resolve: "
                                                 "KeyError raised while resolving interpolation"),
+    (("+reg=dropout", "reg.dropout.pp=0.1"), "reg.dropout.pp=0.1: unknown key; allowed: p, attn, proj, embed"),
+    (("trainer.early_stopping.patiense=3",), "trainer.early_stopping.patiense=3: unknown key; allowed: patience, "
+                                             "min_delta, monitor"),
+    (("optim.name=sgd",), "optim.name='sgd': changes the name, not the group: optim.betas is"),
     (("trainer.batch_size=${nope}",), "trainer.batch_size='${nope}': does not resolve: Interpolation key 'nope' not found"),
     (("+reg=augment",), "reg.augment='on': needs image inputs (channels, height, width): dataset=cifar10 or "
                         "dataset=image_folder; the dataset chosen (dataset.name='sparse_synthetic') gives inputs of shape (50,)"),

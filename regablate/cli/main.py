@@ -77,6 +77,34 @@ def _unknown_setting(message: str) -> str | None:
     return f"hydra.{kind}.{key}: not a setting of {name}; its settings: {', '.join(known)}"
 
 
+def _not_a_setting(message: str) -> str | None:
+    """Hydra's "Could not override 'reg.dropout.pp'. To append to your config use +reg.dropout.pp=0.1
+    (Key 'pp' is not in struct)" (a misspelt key of a settings group whose keys do not depend on
+    another choice: trainer, eval, a regulariser) as the line a `+key=` would get: the key, the
+    value and the keys allowed; None for any other error."""
+    import dataclasses
+    import re
+
+    found = re.search(r"Could not override '([\w.]+)'\. To append to your config use \+[\w.]+=(.*) \(Key '\w+' is "
+                      r"not in struct\)", message, re.S)
+    if not found:
+        return None
+    key, value = found.groups()
+    parent = key.rsplit(".", 1)[0]
+    from regablate.regularisers import REGISTRY
+    from regablate.training.settings import EarlyStopping, EvalSettings, TrainerSettings
+
+    groups = {"trainer": TrainerSettings, "trainer.early_stopping": EarlyStopping, "eval": EvalSettings,
+              **{f"reg.{name}": cls.Settings for name, cls in REGISTRY.items()}}
+    if parent not in groups:
+        return None
+    names = [f.name for f in dataclasses.fields(groups[parent])]
+    if key.rsplit(".", 1)[1] in names:  # reg.dropout.p=0.3 without dropout in the stack
+        name = parent.split(".", 1)[1]
+        return f"{key}={value}: {name} is not in the run's stack; add it: +reg={name} (or +reg=[...,{name}])"
+    return f"invalid config: {key}={value}: unknown key; allowed: {', '.join(names) or 'no settings'}"
+
+
 def _on_sigterm(signum, frame) -> None:
     from regablate.errors import Terminated
 
@@ -202,7 +230,8 @@ def run(argv: list[str]) -> int:
     except (HydraException, OmegaConfBaseException) as e:  # before OSError: a missing config is both
         cause = e.__cause__
         extra = f" ({one_line(cause)})" if isinstance(cause, OmegaConfBaseException) else ""
-        return print_error(_unknown_setting(str(e)) or one_line(e) + extra + _options_of_missing(str(e)))
+        line = one_line(e) + extra
+        return print_error(_unknown_setting(str(e)) or _not_a_setting(line) or line + _options_of_missing(str(e)))
     except OSError as e:  # e.g. Hydra cannot create the output dir, the disk is full
         return print_error(f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e))
     except ValueError as e:

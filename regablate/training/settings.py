@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from regablate.config.objective import is_valid as is_objective
@@ -78,7 +78,16 @@ def _by_name(node: Any, key: str, registry: Mapping) -> Any:
     if entry is None:
         raise ConfigError(f"{key}.name", node["name"], "allowed: " + ", ".join(registry))
     cls = entry[0] if isinstance(entry, tuple) else entry
-    return parse(cls, node, key)
+    try:
+        return parse(cls, node, key)
+    except ConfigError as e:  # `optim.name=sgd` keeps adam's settings: say to choose the group
+        leaf = e.key.rsplit(".", 1)[-1]
+        others = [n for n, other in registry.items() if n != node["name"] and leaf in
+                  {f.name for f in fields(other[0] if isinstance(other, tuple) else other)}]
+        if not e.allowed.startswith("unknown key") or not others:
+            raise
+        raise ConfigError(f"{key}.name", node["name"], f"changes the name, not the group: {e.key} is "
+                          f"{others[0]}'s; choose the group, {key}={node['name']}") from None
 
 
 def load_settings(cfg: Mapping) -> Settings:
