@@ -57,6 +57,8 @@ def test_multirun_2x2_shares_groups_across_seeds(tmp_path):
     (("trainer.early_stopping.patiense=3",), "trainer.early_stopping.patiense=3: unknown key; allowed: patience, "
                                              "min_delta, monitor"),
     (("optim.name=sgd",), "optim.name='sgd': changes the name, not the group: optim.betas is"),
+    (("dataset.d=100000000000",), "the dataset does not fit in memory ("),
+    (("model.hidden=[100000000000]",), "its largest sizes: model.hidden=[100000000000]; lower them"),
     (("trainer.batch_size=${nope}",), "trainer.batch_size='${nope}': does not resolve: Interpolation key 'nope' not found"),
     (("+reg=augment",), "reg.augment='on': needs image inputs (channels, height, width): dataset=cifar10 or "
                         "dataset=image_folder; the dataset chosen (dataset.name='sparse_synthetic') gives inputs of shape (50,)"),

@@ -179,3 +179,7 @@ def test_a_cutout_that_hides_the_whole_image_from_every_centre_is_refused(tmp_pa
                                           r"centred \(every training image blank\); use a size below 63"):
         build_experiment(load_settings(compose_cfg(*base, "reg.cutout.size=63")))
     build_experiment(load_settings(compose_cfg(*base, "reg.cutout.size=62")))  # a corner stays
+    crop = (*base[:3], "+reg=augment")  # a crop padded past the image's side: allocations, not augmentation
+    with pytest.raises(ConfigError, match=r"reg.augment.pad=33: must be at most the image's side, 32"):
+        build_experiment(load_settings(compose_cfg(*crop, "reg.augment.pad=33")))
+    build_experiment(load_settings(compose_cfg(*crop, "reg.augment.pad=32")))

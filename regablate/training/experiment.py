@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
 
@@ -101,11 +103,42 @@ def check_stack_fits(s: Settings, task: str, in_shape: tuple[int, ...]) -> None:
             raise ConfigError(f"reg.{key}", "on", "needs image inputs (channels, height, width): dataset=cifar10 "
                               f"or dataset=image_folder; the dataset chosen (dataset.name={s.dataset.name!r}) gives inputs of shape "
                               f"{tuple(in_shape)}")
+    augment = s.stack["augment"]
+    if augment is not None and augment.s.pad > max(in_shape[1:]):
+        raise ConfigError("reg.augment.pad", augment.s.pad, f"must be at most the image's side, "
+                          f"{max(in_shape[1:])} (a crop shifts the image by up to pad pixels)")
     cut = s.stack["cutout"]
     if cut is not None and cut.s.size >= 2 * max(in_shape[1:]) - 1:
         h, w = in_shape[1:]
         raise ConfigError("reg.cutout.size", cut.s.size, f"covers the whole {h}x{w} image wherever it is "
                           f"centred (every training image blank); use a size below {2 * max(h, w) - 1}")
+
+
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory", "alloc_failed")
+
+
+@contextmanager
+def _fits(group: str, settings: Any) -> Iterator[None]:
+    """An allocation that fails while the run's data or model is built is a size set too large
+    for the machine (dataset.d=1e11, model.hidden=[1e11]): one line naming the group's largest
+    sizes, not the allocator's traceback."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and not any(m in str(e).lower() for m in OUT_OF_MEMORY):
+            raise
+        from regablate.errors import UsageError
+
+        def size(v) -> int:
+            return max(v) if isinstance(v, list) and v and all(isinstance(x, int) for x in v) else \
+                v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+        sizes = sorted(((f.name, getattr(settings, f.name)) for f in fields(settings)),
+                       key=lambda kv: -size(kv[1]))
+        shown = ", ".join(f"{group}.{k}={v}" for k, v in sizes[:3] if size(v))
+        first = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        raise UsageError(f"the {group} does not fit in memory ({first}); its largest sizes: {shown or '-'}; "
+                         "lower them") from None
 
 
 def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
@@ -114,14 +147,16 @@ def build_experiment(s: Settings, data: Data | None = None) -> Experiment:
     it draws on no global RNG, so the model's initialisation is the same either way."""
     device = resolve_device(s.trainer.device)
     if data is None:
-        data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed).to(device)
+        with _fits("dataset", s.dataset):
+            data = DATASETS[s.dataset.name][1](s.dataset, s.data_seed).to(device)
     seed_everything(s.seed)
     check_stack_fits(s, data.task, data.in_shape)
     if s.trainer.amp and not amp_on(device, True):
         from regablate.errors import ConfigError
 
         raise ConfigError("trainer.amp", True, f"bf16 autocast is for CUDA; the device is {device}")
-    model = build_model(s.model, data.in_shape, data.out_dim, s.stack).to(device)
+    with _fits("model", s.model):
+        model = build_model(s.model, data.in_shape, data.out_dim, s.stack).to(device)
     if s.model.name == "custom":  # the built-in models return (batch, out_dim) by construction
         from regablate.checks.lint import check_output, model_name
 
