@@ -120,3 +120,18 @@ class NaNOut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) * float("nan")
+
+
+class NaNLater(nn.Module):
+    """Trains, then gives NaN in training from its 13th training forward on (epoch 3 of 5
+    batches): a run that diverges after finite epochs, its weights finite."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int):
+        super().__init__()
+        self.net = nn.Linear(in_shape[0], out_dim)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += self.training
+        out = self.net(x)
+        return out * float("nan") if self.training and self.calls > 12 else out

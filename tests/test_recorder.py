@@ -171,3 +171,12 @@ def test_an_events_file_that_cannot_be_written_fails_the_run_and_keeps_every_met
     assert re.search(r"cannot write .*/tb/(train/|val/)?events\.out\.tfevents\.", summary["error"])
     assert [line.split(",")[0] for line in (tmp_path / "metrics.csv").read_text().splitlines()] == [
         "epoch", "1", "2", "3"]
+
+
+def test_non_finite_numbers_in_lists_are_stored_as_null():
+    # before: a reliability table's NaN bin (NaN outputs in the closing evaluation) made
+    # summary.json unwritable (ValueError from json), and the run's end went unrecorded
+    from regablate.training.recorder import _finite
+
+    assert _finite({"reliability": {"val": {"confidence": [0.5, float("nan")], "n": (3, float("inf"))}}}) == \
+        {"reliability": {"val": {"confidence": [0.5, None], "n": [3, None]}}}

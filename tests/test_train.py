@@ -160,6 +160,24 @@ def test_tensorboard_scalars_and_hparams_session_group(small_cfg, tmp_path):
     assert "_hparams_/experiment" not in run.PluginTagToContent("hparams")  # the sweep's root says it
 
 
+def test_a_diverged_run_without_restore_best_ends_its_best_curves_on_the_weights_it_reports(small_cfg, tmp_path,
+                                                                                            monkeypatch):
+    """A run that diverges falls back to its best epoch (restore_best or not): `best/*` ends on
+    those numbers, at the epoch that diverged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    s = train(small_cfg("model=custom", "model.target=custom_models:NaNLater", "trainer.tensorboard=true",
+                        "trainer.max_epochs=8", "trainer.restore_best=false",
+                        "trainer.early_stopping.min_delta=100"), tmp_path)  # epoch 1 stays the best
+    assert s["status"] == "diverged" and s["metrics_epoch"] == s["best_epoch"] < s["epochs_run"], s
+    for name in ("train", "val"):
+        acc = EventAccumulator(str(tmp_path / "tb" / name))
+        acc.Reload()
+        last = acc.Scalars("best/acc")[-1]
+        assert (last.step, last.value) == (s["epochs_run"] + 1, pytest.approx(s[name]["acc"]))
+
+
 def test_tensorboard_shows_the_last_epochs_numbers_without_restore_best(small_cfg, tmp_path):
     """With trainer.restore_best=false the run reports its last weights: `best/*` and the test
     point (what HParams shows) are those numbers, at that epoch, not the best epoch's."""

@@ -32,6 +32,8 @@ def _finite(x: Any) -> Any:
         return None
     if isinstance(x, dict):
         return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):  # a reliability table's bins, say
+        return [_finite(v) for v in x]
     return x
 
 
@@ -235,6 +237,13 @@ class _TensorBoard:
         self._scalars(self.files[""], step, pairs, now)
 
     def close(self, summary: dict) -> None:
+        if summary.get("status") == "diverged" and summary.get("val"):  # it ends on its best epoch's weights
+            step, now = (summary.get("epochs_run") or 0) + 1, time.time()  # at the epoch that diverged
+            for split in ("train", "val"):
+                part = summary.get(split) or {}
+                self._scalars(self.files[split], step, [("best/loss", part.get("loss")),
+                                                        (f"best/{self.metric}", part.get(self.metric))], now)
+            self._scalars(self.files[""], step, [("best/gap", summary.get("gap"))], now)
         self.flush()
         test = summary.get("test") or {}
         step = summary.get("metrics_epoch") or summary.get("best_epoch")  # the weights tested
