@@ -180,6 +180,16 @@ def test_a_component_against_the_whole_gain_is_named(tmp_path, monkeypatch):
     assert "dropout worked against" not in text
 
 
+def test_parquet_out_puts_the_components_in_a_file_of_their_own(factorial, frame, tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    assert main([str(factorial), "--format", "parquet", "--out", str(tmp_path / "t.parquet")]) == 0
+    components = pd.read_parquet(tmp_path / "t.components.parquet")
+    assert list(components.columns) == list(frame.columns) and len(components) == len(frame)
+    assert len(pd.read_parquet(tmp_path / "t.parquet")) == 8
+
+
 def test_latex_escapes_the_new_symbols(factorial, frame, tmp_path):
     text = _report(tmp_path, factorial, "latex")
     tail = text[text.rindex(r"\begin{tabular}"):]

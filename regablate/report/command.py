@@ -324,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
     if sequential is not None:
         report.footer.extend(sequential[1])
     frame = components = None
-    if not args.runs and (args.format != "parquet" or args.plot):
+    if not args.runs:
         # an effect needs every arm of its design: reg filters pick the groups shown above,
         # never the arms of the components table (as they never pick a baseline's runs)
         rest = [f for f in filters if f.key != "reg"]
