@@ -176,8 +176,16 @@ def test_a_component_against_the_whole_gain_is_named(tmp_path, monkeypatch):
     _, components = _markdown_tables(text)
     shares = {r["component"]: r["share of full − none"] for r in components if r["share of full − none"] != "–"}
     assert shares["weight_decay"].startswith("-") and float(shares["dropout"][:-1]) > 100
-    assert "share: weight_decay worked against the whole gain (φ of the other sign)" in text
+    assert "share: weight_decay worked against the whole effect (φ of the other sign, its 95% CI off 0)" in text
     assert "dropout worked against" not in text
+    # one whose φ has the other sign but an interval that includes 0 is not named
+    monkeypatch.setitem(EFFECT, "label_smoothing", -0.0004)
+    root3 = tmp_path / "sweep3"
+    _sweep(root3, "factorial", ("dropout", "weight_decay", "label_smoothing"), range(5))
+    phi = regablate.effects(regablate.load_runs(root3)).query("kind == 'shapley'").set_index("component")
+    assert phi.loc["label_smoothing", "delta"] < 0 < phi.loc["label_smoothing", "hi"] and phi["delta"].sum() > 0
+    text = _report(tmp_path, root3, "markdown")
+    assert "share: weight_decay worked against" in text and "label_smoothing worked against" not in text
 
 
 def test_parquet_out_puts_the_components_in_a_file_of_their_own(factorial, frame, tmp_path, capsys):

@@ -323,7 +323,7 @@ EFFECT_LEGEND = {
     "add_one_in": "add-one-in Δ = v({c}) − v(∅)",
     "main": "factorial Δ = main effect, mean over the arms with c minus those without "
             "(rows c×d: the interaction v(B∪cd) − v(B∪c) − v(B∪d) + v(B), averaged over the other "
-            "components' subsets B: twice the ±½ effect-coding convention)",
+            "components' subsets B: the ±½-coded regression coefficient, twice Yates' interaction effect)",
     "shapley": "Shapley φ_c = c's share of the full gain v(S) − v(∅) (Σ_c φ_c = v(S) − v(∅) "
                "per seed); share = φ_c / Σφ"}
 
@@ -371,7 +371,7 @@ def effects_report(frame) -> Report:
         scale = max((abs(x) for x in phi), default=0.0)
         if "shapley" in present:
             against = [c for c, r in cell["rows"].items() if "shapley" in r and math.isfinite(total)
-                       and r["shapley"]["delta"] * total < 0 and abs(r["shapley"]["delta"]) > RTOL_SHARE * scale]
+                       and (r["shapley"]["hi"] < 0 if total > 0 else r["shapley"]["lo"] > 0)]  # its CI off 0
             sums.append((first, total, whole, against))
         for component, kinds in cell["rows"].items():
             ns = [r["n"] for r in kinds.values()]
@@ -439,8 +439,8 @@ def _effects_footer(frame, rows, present, sums, settings, test) -> list[str]:
         if against and _excludes_zero(whole):
             opposed.append(", ".join(against) + (f" at {where}" if where else ""))
     if opposed:
-        lines.append(f"share: {'; '.join(opposed)} worked against the whole gain (φ of the other sign): "
-                     "a negative share, and the others' add up to more than 100%; read φ itself")
+        lines.append(f"share: {'; '.join(opposed)} worked against the whole effect (φ of the other sign, its "
+                     "95% CI off 0): a negative share, and the others' add up to more than 100%; read φ itself")
     if hidden:
         lines.append("share: not shown where full − none's 95% CI includes 0 (a share of a whole "
                      "gain that may be zero, or of the other sign, means nothing)")
