@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import yaml
@@ -129,6 +130,17 @@ def test_a_bad_or_misplaced_hydra_flag_is_refused(argv, message):
     with pytest.raises(UsageError) as e:
         _check_flags(argv)
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize("argv", [["+reg=dropout", "seed=0,1", "-m"], ["-m", "+reg=dropout", "seed=0,1"],
+                                  ["+reg=dropout", "-m", "seed=0,1", "hydra.sweep.dir=old", "trainer.resume=never"]])
+def test_the_printed_continue_command_is_one_hydra_takes(argv):
+    # before: `+reg=dropout seed=0,1 -m` was continued with overrides after -m, which Hydra refuses
+    from regablate.cli.main import _check_flags, resume_command
+
+    command = resume_command(argv, {"sweep": "/tmp/s"})
+    assert command == "regablate run -m +reg=dropout seed=0,1 hydra.sweep.dir=/tmp/s trainer.resume=auto"
+    _check_flags(shlex.split(command)[2:])
 
 
 def test_a_misplaced_flag_is_one_line_exit_2_and_runs_nothing(tmp_path):

@@ -122,16 +122,33 @@ def _finished(run_dir: str | None) -> bool:
 
 
 def resume_command(argv: list[str], dirs: dict[str, str], overrides: tuple[str, ...] = ()) -> str | None:
-    """The exact command that continues this run or sweep: its dir and trainer.resume=auto, and
-    `overrides` in place of the same keys."""
+    """The exact command that continues this run or sweep: its flags, then its overrides with
+    its dir and trainer.resume=auto, and `overrides` in place of the same keys (Hydra takes
+    the overrides together: after `+reg=x -m` no override may follow)."""
     sweep = any(a in ("-m", "--multirun") for a in argv)
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
     where = dirs.get("sweep" if sweep else "run")
     if where is None:
         return None
+    from hydra._internal.utils import get_args_parser
+
     replaced = tuple(o.split("=", 1)[0] + "=" for o in overrides)
     keep = [a for a in argv if not a.lstrip("+").startswith((f"{key}=", "trainer.resume=", *replaced))]
-    return shlex.join(["regablate", "run", *keep, *overrides, f"{key}={where}", "trainer.resume=auto"])
+    args, extras = get_args_parser().parse_known_args(keep)
+    flags, kept = _flags_and_overrides(keep, [*args.overrides, *extras])
+    return shlex.join(["regablate", "run", *flags, *kept, *overrides, f"{key}={where}", "trainer.resume=auto"])
+
+
+def _flags_and_overrides(argv: list[str], overrides: list[str]) -> tuple[list[str], list[str]]:
+    """argv split into Hydra's flags (with their values, in order) and its `overrides` (as
+    Hydra's parser found them, in argv's order)."""
+    flags, matched = [], 0
+    for a in argv:
+        if matched < len(overrides) and a == overrides[matched]:
+            matched += 1
+        else:
+            flags.append(a)
+    return flags, overrides
 
 
 def _custom_kwarg(arg: str) -> str:
@@ -177,14 +194,9 @@ def _check_flags(argv: list[str]) -> None:
         raise UsageError(f"{unknown[0]}: not a flag of regablate run; its flags: {', '.join(flags)} "
                          "(settings are overrides: key=value)")
     if extras:
-        overrides = [*args.overrides, *extras]  # in argv's order: the rest of argv are the flags
-        flags, matched, split = [], 0, None
-        for a in argv:
-            if matched < len(overrides) and a == overrides[matched]:
-                matched += 1
-            else:
-                split = split or (a if matched else None)  # the first flag after an override
-                flags.append(a)
+        flags, overrides = _flags_and_overrides(argv, [*args.overrides, *extras])
+        first = argv.index(args.overrides[0]) if args.overrides else len(argv)
+        split = next(a for a in argv[first:] if a in flags)  # the first flag after an override
         raise UsageError(f"{extras[0]}: an override after {split}, which follows other overrides; "
                          "Hydra takes the overrides together, before or after its flags: "
                          f"{shlex.join(['regablate', 'run', *flags, *overrides])}")
