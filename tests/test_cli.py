@@ -51,6 +51,8 @@ def test_multirun_2x2_shares_groups_across_seeds(tmp_path):
     (("trainer.threads=2147483648",), "trainer.threads=2147483648: must be an integer in [0, 1024]"),
     (("seed=18446744073709551616",), "seed=18446744073709551616: must be an integer in [0, 2^64)"),
     (("optim.lr=1e39",), "optim.lr=1e+39: must be a number within float32's range"),
+    ((f"optim.lr=1{'0' * 400}",), "optim.lr=1000000000000000000000000000000000000000000000000000000000000"),
+    ((f"dataset.n=1{'0' * 30}",), "dataset.n=1000000000000000000000000000000: must be an integer within int64's range"),
     (("eval.calibration_bins=1000000000000",), "eval.calibration_bins=1000000000000: must be in [1, 10000]"),
     (("seed=${oc.env:REGABLATE_NO_SUCH_VAR}",), "seed='${oc.env:REGABLATE_NO_SUCH_VAR}': does not resolve: "
                                                 "KeyError raised while resolving interpolation"),

@@ -94,10 +94,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2 ** 63:  # torch's int64: a size or count beyond it is a traceback
+                raise ConfigError(key, value, "must be an integer within int64's range (|x| < 2^63)")
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):  # inf passes `>= 0`; nan passes no check, but say it once
+            if isinstance(value, float) and not math.isfinite(value):  # inf passes `>= 0`; nan no check
                 raise ConfigError(key, value, FINITE)
             if abs(value) > FLOAT32_MAX:  # 1e39 is no float32: torch cannot hold it (a traceback)
                 raise ConfigError(key, value, f"must be a number within float32's range (|x| <= {FLOAT32_MAX:.4g})")
