@@ -116,16 +116,46 @@ def test_a_designs_reference_makes_each_look_decide_its_contrasts():
                                           r"arm with '\+reg=none'"):
         design_reference(labels, doc, "+reg=dropout")
     assert design_reference(labels, doc, "+reg=none") == "+reg=none"
-    labels, doc = labels_of("factorial")
-    with pytest.raises(UsageError, match="factorial's main effects and interactions average over all arms"):
-        design_reference(labels, doc, None)
+    labels, doc = labels_of("factorial")  # its decisions are the main effects; ∅ is a nominal reference
+    assert design_reference(labels, doc, None) == "+reg=none"
+    with pytest.raises(ConfigError, match="the factorial design decides main effects"):
+        design_reference(labels, doc, "+reg=dropout")
     labels, doc = labels_of("leave_one_out", ("optim.lr=0.1",), ("optim.lr=0.01",))
     with pytest.raises(UsageError, match=r"one design's contrasts \(5 arms\), not 10 arms"):
         design_reference(labels, doc, None)
 
 
-def test_a_factorial_with_seeds_auto_is_refused_before_anything_runs(tmp_path):
-    r = run_cli("run", "-m", "+reg=[dropout,l2]", "hydra.sweeper.design=factorial", "hydra.sweeper.seeds=auto",
-                "dataset=tiny_binary", "hydra.sweep.dir=fact", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert "use hydra.sweeper.design=leave_one_out" in r.stderr and not (tmp_path / "fact").exists()
+def test_main_effects_per_seed_by_hand():
+    from regablate.sweep.seed_rounds import main_effects
+
+    arm_of = {"none": frozenset(), "a": frozenset({"a"}), "b": frozenset({"b"}), "ab": frozenset({"a", "b"})}
+    values = {"none": {0: 0.5, 1: 0.6, 2: 0.7}, "a": {0: 0.7, 1: 0.6, 2: 0.9}, "b": {0: 0.5, 1: 0.5, 2: 0.7},
+              "ab": {0: 0.9, 1: 0.8}}  # ab lacks seed 2: no seed 2 for any effect
+    got, scale = main_effects(values, ["a", "b"], arm_of, "none")
+    assert got["none"] == {0: 0.0, 1: 0.0} and scale == 0.9
+    assert got["a"] == {0: pytest.approx((0.7 + 0.9) / 2 - (0.5 + 0.5) / 2), 1: pytest.approx((0.6 + 0.8) / 2 - (0.6 + 0.5) / 2)}
+    assert got["b"] == {0: pytest.approx((0.5 + 0.9) / 2 - (0.5 + 0.7) / 2), 1: pytest.approx((0.5 + 0.8) / 2 - (0.6 + 0.6) / 2)}
+
+
+def test_a_factorial_with_seeds_auto_decides_each_main_effect_running_every_arm(tmp_path):
+    r = run_cli("run", "-m", "+reg=[dropout,l2]", "reg.dropout.p=0.95", "hydra.sweeper.design=factorial",
+                "hydra.sweeper.seeds=auto", "hydra.sweeper.max_seeds=7", *SEQ[3:], "hydra/launcher=vectorized",
+                "hydra.sweep.dir=fact", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((tmp_path / "fact" / "sequential.json").read_text())
+    assert doc["settings"]["contrast"] == "main_effect" and [a["label"] for a in doc["arms"]] == ["dropout", "l2"]
+    dropout = doc["arms"][0]
+    assert dropout["decision"] == "worse" and dropout["n"] < 7, doc["arms"]
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "fact").glob("*/summary.json")]
+    by_arm: dict = {}
+    for run in runs:
+        by_arm.setdefault(tuple(run["reg"]), {})[run["seed"]] = run["val"]["acc"]
+    n_run = max(a["n"] for a in doc["arms"])
+    assert len(by_arm) == 4 and all(sorted(v) == list(range(n_run)) for v in by_arm.values())  # every arm, every seed
+    seeds = range(dropout["n"])  # its deciding look's estimate: the main effect over its seeds, by hand
+    with_d = [(by_arm[("dropout",)][s] + by_arm[("dropout", "l2")][s]) / 2 for s in seeds]
+    without = [(by_arm[()][s] + by_arm[("l2",)][s]) / 2 for s in seeds]
+    assert dropout["delta"] == pytest.approx(sum(w - o for w, o in zip(with_d, without)) / len(with_d))
+    assert "seeds=auto look 1 on the main effects: dropout: " in r.stderr
+    report = run_cli("report", "fact", cwd=tmp_path)
+    assert f"  dropout: worse after {dropout['n']} seeds" in report.stdout and "on the factorial's main effects" in report.stdout

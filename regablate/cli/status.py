@@ -166,7 +166,8 @@ def _rounds_left(sweep: str) -> str | None:
         return None
     arms = len([a for a in todo if a != state.settings.reference])
     seeds = sorted({s for v in todo.values() for s in v})
-    return (f"seeds=auto: {arms} arm(s) undecided after look {len(state.looks)} of "
+    kind = "component" if state.settings.contrast == "main_effect" else "arm"
+    return (f"seeds=auto: {arms} {kind}(s) undecided after look {len(state.looks)} of "
             f"{len(state.settings.schedule)}; the next round runs seeds {seeds[0]}–{seeds[-1]}")
 
 

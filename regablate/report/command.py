@@ -194,9 +194,13 @@ def _sequential(shown) -> tuple[list, list[str]] | None:
     except UsageError:  # a damaged ablation.json: the components' own warning says so
         design = None
     tables = "the groups and components tables' p values are" if design else "the table's p values are"
-    lines = [f"seeds=auto vs {s.reference} ({s.metric}): group-sequential paired t-tests, "
+    what = ("on the factorial's main effects (per seed, the arms with each component minus those "
+            "without; better: it raises the metric, lowers the gap)" if s.contrast == "main_effect"
+            else f"vs {s.reference}")
+    lines = [f"seeds=auto ({s.metric}) {what}: group-sequential paired t-tests, "
              f"O'Brien–Fleming-type alpha spending over looks at {s.schedule} seeds, Bonferroni "
-             f"over {len(arms)} arm(s): family-wise error ≤ {s.alpha:g} over arms and looks "
+             f"over {len(arms)} {'component' if s.contrast == 'main_effect' else 'arm'}(s): family-wise "
+             f"error ≤ {s.alpha:g} over them and the looks "
              "(simulated: 0.047 for 3 arms at 0.05); p and CI are repeated (valid at every look); "
              f"{tables} fixed-n tests that ignore when each arm stopped: decide by these"]
     if design == "leave_one_out":

@@ -20,14 +20,17 @@ __all__ = ["Settings", "ArmLook", "SequentialState", "decide", "DECISIONS", "FIL
 
 FILE = "sequential.json"
 DECISIONS = ("better", "worse", "equivalent", "undecided")
+CONTRASTS = ("arm", "main_effect")
 SCHEMA = 1
 
 
 @dataclass(frozen=True)
 class Settings:
     """What the sweeper was asked: the reference arm's label, the metric compared (a summary
-    key such as "val_acc"), its direction, the seed rounds, the family-wise α and an optional
-    equivalence margin δ (same units as the metric)."""
+    key such as "val_acc"), its direction, the seed rounds, the family-wise α, an optional
+    equivalence margin δ (same units as the metric) and what is compared: each arm with the
+    reference, or (a factorial design) each component's main effect, its "arms" then the
+    components."""
 
     reference: str
     metric: str = "val_acc"
@@ -37,10 +40,14 @@ class Settings:
     step: int = 2
     alpha: float = 0.05
     delta: float | None = None
+    contrast: str = "arm"  # "arm": each arm − the reference; "main_effect": a factorial's components
 
     def __post_init__(self):
         def bad(what: str):
             raise ValueError(f"sequential settings: {what}")
+
+        if self.contrast not in CONTRASTS:
+            bad(f"contrast={self.contrast!r}: one of {', '.join(CONTRASTS)}")
 
         if not isinstance(self.reference, str) or not self.reference:
             bad("reference must name the reference arm")

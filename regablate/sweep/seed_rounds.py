@@ -12,12 +12,14 @@ re-run after a kill (or the one that continues it: operational settings do not t
 replays the rounds from the run dirs (finished runs are not repeated) and reaches the same
 decisions. `sequential.json` at the sweep root holds the settings and every look.
 
-With an ablation design (`hydra.sweeper.design`) the reference is the design's own, so that each
-look decides the design's contrasts: `leave_one_out` compares every arm with the full stack S
-(S∖c − S is −(v(S) − v(S∖c)): S∖c decided `worse` means c helps; ∅ − S, the whole stack),
-`add_one_in` with none ({c} − ∅, S − ∅). A factorial's main effects and interactions average
-over all arms, no arm-vs-reference difference, so seeds=auto refuses it, as it refuses other sweep
-axes beside a design (each cell would need its own reference) and another reference.
+With an ablation design (`hydra.sweeper.design`) each look decides the design's own contrasts:
+`leave_one_out` compares every arm with the full stack S (S∖c − S is −(v(S) − v(S∖c)): S∖c
+decided `worse` means c helps; ∅ − S, the whole stack), `add_one_in` with none ({c} − ∅, S − ∅),
+and `factorial` decides each component's main effect, per seed d_c = mean_{A∋c} v(A) −
+mean_{A∌c} v(A) over all 2^k arms (`main_effects`), by the same test with the components as its
+"arms" (Bonferroni over k); every arm then runs every round's seeds while any component is
+undecided. Other sweep axes beside a design (each cell would need its own decisions) and another
+reference are refused.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ SPLITS = ("val", "test", "gap")
 
 
 def settings_of(reference_label: str, *, metric: str, min_seeds: int, max_seeds: int, step: int,
-                alpha: float, delta) -> object:
+                alpha: float, delta, contrast: str = "arm") -> object:
     """`regablate.report.sequential_state.Settings` from the sweeper's keys; a bad value is one line."""
     from regablate.report.sequential_state import Settings
 
@@ -41,7 +43,7 @@ def settings_of(reference_label: str, *, metric: str, min_seeds: int, max_seeds:
         raise ConfigError("hydra.sweeper.metric", metric, f"allowed: {', '.join(SPLITS)}")
     try:
         return Settings(reference=reference_label, metric=metric, min_seeds=min_seeds,
-                        max_seeds=max_seeds, step=step, alpha=alpha, delta=delta)
+                        max_seeds=max_seeds, step=step, alpha=alpha, delta=delta, contrast=contrast)
     except ValueError as e:
         raise UsageError(f"hydra.sweeper.seeds=auto: {e}") from None
 
@@ -77,22 +79,33 @@ def design_reference(labels: dict[str, list[str]], ablation: dict, given) -> str
     from regablate.sweep.designs import reg_override
 
     design, arms = ablation["design"], ablation["arms"]
-    if design == "factorial":
-        raise UsageError("hydra.sweeper.seeds=auto decides each arm against a reference; a factorial's "
-                         "main effects and interactions average over all arms: use "
-                         "hydra.sweeper.design=leave_one_out (each component's v(S) − v(S∖c), decided "
-                         "against the full stack) or add_one_in with seeds=auto, or the factorial with "
-                         "seed=0,1,...,N-1 (regablate plan sizes N from a pilot)")
     if len(labels) != len(arms):
         raise UsageError(f"hydra.sweeper.seeds=auto with hydra.sweeper.design={design} decides one "
                          f"design's contrasts ({len(arms)} arms), not {len(labels)} arms: sweep the other "
                          "axes in sweeps of their own")
-    want = reg_override(arms[0] if design == "leave_one_out" else ())  # S, or ∅
+    want = reg_override(arms[0] if design == "leave_one_out" else ())  # S, or ∅ (a factorial's, nominal)
     reference = next(label for label, job in labels.items() if want in job)
     if given is not None and given != reference:
-        raise ConfigError("hydra.sweeper.reference", given, f"the {design} design compares each arm with "
-                          f"{reference!r} (its contrasts): leave hydra.sweeper.reference out")
+        what = "decides main effects" if design == "factorial" else f"compares each arm with {reference!r}"
+        raise ConfigError("hydra.sweeper.reference", given, f"the {design} design {what} (its contrasts): "
+                          "leave hydra.sweeper.reference out")
     return reference
+
+
+def main_effects(values: dict, components: list[str], arm_of: dict, reference: str) -> tuple[dict, float]:
+    """A factorial's per-seed main effects as `add_look` takes them: ({reference: {seed: 0},
+    c: {seed: d_c}}, the size of the arms' values), d_c = mean_{A∋c} v(A) − mean_{A∌c} v(A)
+    over the seeds every arm holds; `values`: {arm label: {seed: value}}, `arm_of`: {arm
+    label: frozenset of its components}."""
+    import math
+
+    seeds = sorted(set.intersection(*(set(v) for v in values.values()))) if values else []
+    out: dict = {reference: {seed: 0.0 for seed in seeds}}
+    for c in components:
+        out[c] = {seed: math.fsum(values[a][seed] for a in arm_of if c in arm_of[a]) / (len(arm_of) / 2)
+                  - math.fsum(values[a][seed] for a in arm_of if c not in arm_of[a]) / (len(arm_of) / 2)
+                  for seed in seeds}
+    return out, max((abs(values[a][seed]) for a in values for seed in seeds), default=0.0)
 
 
 def _value(run, split: str):
@@ -146,7 +159,8 @@ def prepare_rounds(jobs: list[list[str]], given_reference, ablation: dict | None
                          "arms, e.g. +reg=none,dropout")
     reference = (pick_reference(labels, given_reference) if ablation is None
                  else design_reference(labels, ablation, given_reference))
-    return labels, reference, settings_of(reference, **keys)
+    contrast = "main_effect" if ablation is not None and ablation["design"] == "factorial" else "arm"
+    return labels, reference, settings_of(reference, contrast=contrast, **keys)
 
 
 def run_rounds(launch, sweep_dir: Path, jobs: list[list[str]], given_reference,
@@ -159,9 +173,19 @@ def run_rounds(launch, sweep_dir: Path, jobs: list[list[str]], given_reference,
     from regablate.sweep.sequential import add_look, plan_next_round
 
     labels, reference, settings = prepare_rounds(jobs, given_reference, ablation, **keys)
-    state = SequentialState(settings, [label for label in labels if label != reference])
+    main = settings.contrast == "main_effect"
+    if main:  # the components are what is decided; every arm runs every round
+        from regablate.sweep.designs import reg_override
+
+        arm_of = {label: frozenset(a) for a in map(tuple, ablation["arms"])
+                  for label, job in labels.items() if reg_override(a) in job}
+        state = SequentialState(settings, list(ablation["components"]))
+    else:
+        state = SequentialState(settings, [label for label in labels if label != reference])
     returns, launched = [], {label: set() for label in labels}
     while todo := plan_next_round(state):
+        if main:
+            todo = {label: sorted({s for v in todo.values() for s in v}) for label in labels}
         batch = [[*labels[label], f"seed={seed}", "trainer.resume=auto"]
                  for label, seeds in todo.items() for seed in seeds]
         returns.append(launch(batch))
@@ -173,11 +197,12 @@ def run_rounds(launch, sweep_dir: Path, jobs: list[list[str]], given_reference,
         if higher is not None and higher != state.settings.higher_is_better:
             state = SequentialState(replace(state.settings, higher_is_better=higher), state.arms,
                                     state.looks)
-        look = add_look(state, got)
+        look = add_look(state, *(main_effects(got, state.arms, arm_of, reference) if main else (got,)))
         state.save(sweep_dir / FILE)
         shown = "; ".join(f"{label}: {a.decision or '–'} (n={a.n}"
                           + (f", Δ={a.estimate:+.4g}" if a.estimate is not None else "")
                           + (f", p={a.p:.3g})" if a.p is not None else ")")
                           for label, a in look.items())
-        print(f"regablate: seeds=auto look {len(state.looks)} vs {reference}: {shown}", file=sys.stderr)
+        what = "on the main effects" if main else f"vs {reference}"
+        print(f"regablate: seeds=auto look {len(state.looks)} {what}: {shown}", file=sys.stderr)
     return returns

@@ -74,10 +74,12 @@ def plan_next_round(state: SequentialState) -> dict:
     return state.next_round()
 
 
-def add_look(state: SequentialState, values: dict) -> dict:
+def add_look(state: SequentialState, values: dict, scale: float | None = None) -> dict:
     """Take the next look. `values`: {label: {pairing key: metric value}} for the reference and
     the arms (keys: seed, or (seed, data_seed)); each undecided arm is compared with the
-    reference over the keys both hold with finite values. Returns {label: ArmLook}."""
+    reference over the keys both hold with finite values. `scale`: the size of the values the
+    differences come from, for telling them equal up to float rounding (default: the largest
+    of the two arms'). Returns {label: ArmLook}."""
     s = state.settings
     m = len(state.arms)
     r = len(state.looks)
@@ -94,13 +96,13 @@ def add_look(state: SequentialState, values: dict) -> dict:
         arm = values.get(label) or {}
         keys = [k for k in arm if k in ref and _finite(arm[k]) and _finite(ref[k])]
         d = np.asarray([arm[k] - ref[k] for k in keys], dtype=float)
-        scale = max((abs(x) for k in keys for x in (arm[k], ref[k])), default=0.0)
+        size = scale if scale is not None else max((abs(x) for k in keys for x in (arm[k], ref[k])), default=0.0)
         n = len(d)
         ns = [a.n for a in state.history(label)] + [n]
         level = look_levels(ns, s.max_seeds, s.alpha / m, final)[-1]
         est = float(d.mean()) if n else None
         reason = (f"fewer than {MIN_SEEDS} seeds (n = {n})" if n < MIN_SEEDS
-                  else equal_reason(d, scale))
+                  else equal_reason(d, size))
         if reason:
             out[label] = ArmLook(label, n, est, None, None, None, None, None, level, None,
                                  reason=reason)
