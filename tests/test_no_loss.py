@@ -100,8 +100,8 @@ def test_a_run_into_a_sweeps_dir_or_inside_a_run_and_a_sweep_into_a_run_are_refu
             (("-m", "+reg=l2,l1", "hydra.sweep.dir=S/1"), "hydra.sweep.dir=S/1: is a run dir, which holds only what its run writes"),
             (("-m", "+reg=l2,l1", "hydra.sweep.dir=S/1/tb"), f"is inside the run dir {tmp_path / 'S' / '1'}"),
             # a run dir around runs and sweeps would hide them from every reader
-            (("hydra.run.dir=.",), f"{tmp_path} holds runs or sweeps (S) and is no run: a run dir around them"),
-            (("-m", "seed=0", "hydra.sweep.dir=T", "hydra.sweep.subdir=.."), "holds runs or sweeps (")):
+            (("hydra.run.dir=.",), f"{tmp_path} holds other files (S) and no run: a run is written into a new or empty dir"),
+            (("-m", "seed=0", "hydra.sweep.dir=T", "hydra.sweep.subdir=.."), "holds other files (S, T) and no run")):
         r = run_cli("run", *args, *TINY, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
         assert said in r.stderr, (args, r.stderr)
@@ -109,12 +109,19 @@ def test_a_run_into_a_sweeps_dir_or_inside_a_run_and_a_sweep_into_a_run_are_refu
     assert after == before  # nothing made, nothing changed
     report = run_cli("report", "S", cwd=tmp_path)
     assert report.returncode == 0 and "2 completed" in report.stdout, report.stdout
-    # a dir of other things, or of Hydra's own files for the job (a job log, another output_subdir), is no reason
-    other = tmp_path / "project"
-    (other / "src").mkdir(parents=True)
+    # a project's dir is refused; Hydra's own files for the job (a job log, another output_subdir) and a
+    # killed first summary's leftover are a run's own
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    r = run_cli("run", *TINY, "hydra.run.dir=.", cwd=project)
+    assert r.returncode == 2 and "holds other files (src) and no run" in r.stderr and not (project / "summary.json").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".summary.json.x1y2.tmp").write_text("{")
     r = run_cli("run", *TINY, "hydra.run.dir=.", "hydra/job_logging=default", "hydra.job.name=myjob",
-                "hydra.output_subdir=meta", cwd=other)
-    assert r.returncode == 0 and json.loads((other / "summary.json").read_text())["status"] == "completed", r.stderr
+                "hydra.output_subdir=meta", cwd=mine)
+    assert r.returncode == 0 and json.loads((mine / "summary.json").read_text())["status"] == "completed", r.stderr
+    assert (mine / "myjob.log").is_file() and (mine / "meta" / "config.yaml").is_file()
 
 
 def test_a_sweep_refused_before_its_first_job_may_be_run_again_and_a_design_into_another_sweep_writes_nothing(tmp_path):

@@ -2,8 +2,8 @@
 
 `claim(run_dir, resume)` takes an exclusive lock on the directory itself (`flock`, released
 by the kernel when the process ends, even on SIGKILL) and then checks it: a dir that holds a
-`summary.json` is refused unless `trainer.resume=auto`, and a new run in a dir that holds runs
-or sweeps below it. A refused job touches nothing, Hydra's
+`summary.json` is refused unless `trainer.resume=auto`, and a new run in a dir that holds other
+things than a run's files (a new run goes into a new or empty dir). A refused job touches nothing, Hydra's
 `.hydra/` files included: Hydra writes none itself (`hydra.output_subdir: null`, and no job log
 file), regablate writes them once it holds the lock (`write_hydra_files`).
 """
@@ -134,35 +134,39 @@ def claim(run_dir: Path, resume: str = "never") -> Iterator[None]:
         if resume != "auto" and (run_dir / "summary.json").exists():
             raise RunRefused(run_dir, "already holds a run (summary.json)")
         if not (run_dir / "summary.json").exists():
-            _refuse_around_runs(run_dir)
+            _refuse_other_files(run_dir)
         yield
 
 
-LOOK_DOWN = 3  # levels below a new run dir searched for runs: outputs/<date>/<time>/
-LOOK_AT_MOST = 2000  # dirs
+RUN_FILES = frozenset({"summary.json", "metrics.csv", "tb", "checkpoints"})
+HYDRA_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
 
 
-def _refuse_around_runs(run_dir: Path) -> None:
-    """A new run never goes into a dir that holds runs or sweeps below it (`hydra.run.dir=.`
-    beside outputs/ and multirun/, `hydra.sweep.subdir=..`): it would become a run dir around
-    them, which every reader would take for one run, hiding theirs, and under which every later
-    run would be refused. Looked for `LOOK_DOWN` levels down (hidden dirs and links skipped, at
-    most `LOOK_AT_MOST` dirs)."""
-    todo, looked = [(run_dir, 0)], 0
-    while todo and looked < LOOK_AT_MOST:
-        folder, level = todo.pop()
-        try:
-            children = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir() and not p.is_symlink()]
-        except OSError:
-            continue
-        for child in children:
-            looked += 1
-            if is_run_dir(child) or (child / "multirun.yaml").exists():
-                raise RunRefused(run_dir, f"holds runs or sweeps ({child.relative_to(run_dir)}) and is no run: "
-                                 "a run dir around them would hide them from every reader",
-                                 "choose another hydra.run.dir / hydra.sweep.dir")
-            if level + 1 < LOOK_DOWN:
-                todo.append((child, level + 1))
+def _hydras(folder: Path) -> bool:
+    """Whether `folder` holds Hydra's files of a job and nothing else (another hydra.output_subdir)."""
+    try:
+        return folder.is_dir() and not folder.is_symlink() and set() < {p.name for p in folder.iterdir()} <= HYDRA_FILES
+    except OSError:
+        return False
+
+
+def _refuse_other_files(run_dir: Path) -> None:
+    """A new run goes into a new or empty dir, or one that holds only a run's files (a launch
+    stopped before its summary.json: `.hydra/`, or Hydra's files under another
+    `hydra.output_subdir`, a job's `.log`, hidden leftovers): never into a dir of other things
+    (`hydra.run.dir=.` in a project or beside outputs/, `hydra.sweep.subdir=..`), which it would
+    turn into a run dir that every reader takes for one run, hiding the runs inside it, and under
+    which every later run would be refused."""
+    try:
+        entries = list(run_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    other = sorted(p.name for p in entries if not (
+        p.name.startswith(".") or p.name in RUN_FILES or (p.suffix == ".log" and p.is_file()) or _hydras(p)))
+    if other:
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        raise RunRefused(run_dir, f"holds other files ({shown}) and no run: a run is written into a new "
+                         "or empty dir", "choose another hydra.run.dir / hydra.sweep.dir")
 
 
 def write_hydra_files(run_dir: Path, task_cfg, hydra_cfg, overrides, to_yaml=None) -> None:
