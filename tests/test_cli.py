@@ -143,6 +143,9 @@ def test_the_printed_continue_command_is_one_hydra_takes(argv):
     command = resume_command(argv, {"sweep": "/tmp/s"})
     assert command == "regablate run -m +reg=dropout seed=0,1 hydra.sweep.dir=/tmp/s trainer.resume=auto"
     _check_flags(shlex.split(command)[2:])
+    # Hydra takes an abbreviated --multirun too: still a sweep, continued in its dir
+    assert resume_command(["--multi", "seed=0,1"], {"sweep": "/tmp/s"}) == \
+        "regablate run --multi seed=0,1 hydra.sweep.dir=/tmp/s trainer.resume=auto"
 
 
 def test_a_misplaced_flag_is_one_line_exit_2_and_runs_nothing(tmp_path):

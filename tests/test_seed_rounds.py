@@ -159,3 +159,4 @@ def test_a_factorial_with_seeds_auto_decides_each_main_effect_running_every_arm(
     assert "seeds=auto look 1 on the main effects: dropout: " in r.stderr
     report = run_cli("report", "fact", cwd=tmp_path)
     assert f"  dropout: worse after {dropout['n']} seeds" in report.stdout and "on the factorial's main effects" in report.stdout
+    assert "better: it raises val)" in report.stdout and "(simulated: 0.0499 for 3 components at 0.05)" in report.stdout

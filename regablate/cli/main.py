@@ -125,17 +125,24 @@ def resume_command(argv: list[str], dirs: dict[str, str], overrides: tuple[str, 
     """The exact command that continues this run or sweep: its flags, then its overrides with
     its dir and trainer.resume=auto, and `overrides` in place of the same keys (Hydra takes
     the overrides together: after `+reg=x -m` no override may follow)."""
-    sweep = any(a in ("-m", "--multirun") for a in argv)
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.error = lambda message: None  # a damaged record's odd flag: left where it is
+    try:
+        args, extras = parser.parse_known_args(argv)
+        sweep = bool(args.multirun)  # -m, --multirun or an abbreviation such as --multi
+    except (SystemExit, TypeError, AttributeError):
+        args, extras, sweep = None, list(argv), any(a in ("-m", "--multirun") for a in argv)
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
     where = dirs.get("sweep" if sweep else "run")
     if where is None:
         return None
-    from hydra._internal.utils import get_args_parser
-
     replaced = tuple(o.split("=", 1)[0] + "=" for o in overrides)
-    keep = [a for a in argv if not a.lstrip("+").startswith((f"{key}=", "trainer.resume=", *replaced))]
-    args, extras = get_args_parser().parse_known_args(keep)
-    flags, kept = _flags_and_overrides(keep, [*args.overrides, *extras])
+    drop = [a for a in argv if a.lstrip("+").startswith((f"{key}=", "trainer.resume=", *replaced))]
+    keep = [a for a in argv if a not in drop]
+    found = [o for o in ([*args.overrides, *extras] if args is not None else extras) if o not in drop]
+    flags, kept = _flags_and_overrides(keep, found if args is not None else keep)
     return shlex.join(["regablate", "run", *flags, *kept, *overrides, f"{key}={where}", "trainer.resume=auto"])
 
 

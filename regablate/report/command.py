@@ -194,14 +194,16 @@ def _sequential(shown) -> tuple[list, list[str]] | None:
     except UsageError:  # a damaged ablation.json: the components' own warning says so
         design = None
     tables = "the groups and components tables' p values are" if design else "the table's p values are"
+    main = s.contrast == "main_effect"
     what = ("on the factorial's main effects (per seed, the arms with each component minus those "
-            "without; better: it raises the metric, lowers the gap)" if s.contrast == "main_effect"
+            f"without; better: it {'raises' if s.higher_is_better else 'lowers'} {s.metric})" if main
             else f"vs {s.reference}")
+    simulated = "0.0499 for 3 components" if main else "0.047 for 3 arms"
     lines = [f"seeds=auto ({s.metric}) {what}: group-sequential paired t-tests, "
              f"O'Brien–Fleming-type alpha spending over looks at {s.schedule} seeds, Bonferroni "
-             f"over {len(arms)} {'component' if s.contrast == 'main_effect' else 'arm'}(s): family-wise "
+             f"over {len(arms)} {'component' if main else 'arm'}(s): family-wise "
              f"error ≤ {s.alpha:g} over them and the looks "
-             "(simulated: 0.047 for 3 arms at 0.05); p and CI are repeated (valid at every look); "
+             f"(simulated: {simulated} at 0.05); p and CI are repeated (valid at every look); "
              f"{tables} fixed-n tests that ignore when each arm stopped: decide by these"]
     if design == "leave_one_out":
         lines.append("  leave_one_out: each arm S∖c against the full stack S, Δ = −(v(S) − v(S∖c)): "
