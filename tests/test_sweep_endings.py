@@ -523,3 +523,18 @@ def test_a_process_pools_copy_of_regablates_task_writes_no_hydra_files_before_it
     RememberDir().on_job_start(config, task_function=sent)
     assert not (tmp_path / "run").exists()
     assert not is_ours(lambda cfg: None)  # another app's task on regablate's configs gets them
+
+
+@pytest.mark.parametrize("mode", [("-m", "hydra.sweep.dir=sweep"), ("hydra.run.dir=sweep/0",)], ids=["sweep", "run"])
+def test_a_ctrl_c_before_training_began_is_recorded_interrupted_under_the_basic_launcher(tmp_path, mode):
+    # before: only submitit and joblib jobs were; the basic launcher left .hydra/ and no summary,
+    # which the report counted as unreadable
+    script = SIGNAL_AT.replace("signal.SIGUSR2", "signal.SIGINT")
+    r = subprocess.run([sys.executable, "-c", script, "write_hydra_files", "run", *mode, "+reg=dropout", *TINY],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 130 and "Traceback" not in r.stderr and "regablate: interrupted" in r.stderr, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
+    assert (summary["status"], summary["error"]) == ("interrupted", "interrupted by the user (Ctrl-C) before training began")
+    again = run_cli("run", *mode, "+reg=dropout", *TINY, "trainer.resume=auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())["status"] == "completed"

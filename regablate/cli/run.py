@@ -197,10 +197,8 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
                     place_job(container, hc)
                     summary = train(container, run_dir)
             except KeyboardInterrupt as e:
-                _stopped_while_opening(run_dir, getattr(e, "signal_name", "the user (Ctrl-C)"))
-                if not (sweep and returns_interruptions()):
-                    raise
-                how = getattr(e, "signal_name", "SIGINT")
+                how = getattr(e, "signal_name", "the user (Ctrl-C)")
+                _stopped_while_opening(run_dir, how)
                 if _not_recorded(run_dir):  # stopped before training began (even before its config was read)
                     try:
                         container = container or OmegaConf.to_container(cfg, resolve=True)
@@ -209,7 +207,9 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
                     if container:
                         _failed_summary(run_dir, container, f"interrupted by {how} before training began",
                                         status="interrupted")
-                raise RunInterrupted(run_dir, how) from None  # a result the launcher reads
+                if not (sweep and returns_interruptions()):
+                    raise
+                raise RunInterrupted(run_dir, getattr(e, "signal_name", "SIGINT")) from None  # the launcher reads it
             except RunRefused:
                 raise
             except (ConfigError, UsageError) as e:
