@@ -165,6 +165,15 @@ def test_no_statistic_from_rounding_or_too_few_seeds():
     assert looks["lost"].reason == "fewer than 3 seeds (n = 2)"
     assert decide(state.looks) == {"copy": "undecided", "lost": "undecided"}
     assert plan_next_round(state)["copy"] == [3, 4]
+    # with a margin: an arm that trains exactly as the reference is equivalent (TOST's se is 0),
+    # as the vectorised simulation decides it; equal differences outside ±δ stay undecided
+    margin = SequentialState(Settings(reference="none", delta=0.005), ["same", "copy"])
+    looks = add_look(margin, {"none": ref, "same": dict(ref), "copy": copy})
+    assert (looks["same"].decision, looks["same"].p) == ("equivalent", None)
+    assert looks["same"].reason == "differences equal up to float rounding, inside ±0.005: equivalent without a test"
+    assert looks["copy"].decision == "undecided" and plan_next_round(margin) == {"none": [3, 4], "copy": [3, 4]}
+    code, _ = simulate_decisions(Settings(reference="none", delta=0.005, max_seeds=3), np.zeros((1, 1, 3)))
+    assert code[0, 0] == CODES["equivalent"]
 
 
 def test_sequential_json_round_trip(tmp_path):

@@ -40,7 +40,9 @@ the m arms and all looks:
   else, with an equivalence margin δ, `equivalent` when both one-sided tests reject at the look's
   level Δ_k (TOST: (d̄+δ)/se ≥ c'_k and (δ−d̄)/se ≥ c'_k, c'_k = t_{n_k−1}.ppf(1 − Δ_k)), whose error
   (calling an arm with |μ| ≥ δ equivalent) is also ≤ Σ Δ_k = a per arm; else `undecided`. A decided
-  arm stops; an arm undecided at max_seeds stays `undecided`.
+  arm stops; an arm undecided at max_seeds stays `undecided`. Differences equal up to float
+  rounding (an arm that trains exactly as the reference) have se = 0: no statistic, and
+  `equivalent` where they lie inside ±δ, as TOST's limit gives (and `simulate_decisions`).
 - Reported per arm: the repeated p-value (the smallest family-wise α at which the looks taken so
   far would have decided it better/worse: P(p ≤ α) ≤ α), and the repeated 95% confidence
   interval d̄ ± c_k(0.05)·se (simultaneous over looks and arms). Below 3 seeds, or with
@@ -103,9 +105,11 @@ def add_look(state: SequentialState, values: dict, scale: float | None = None) -
         est = float(d.mean()) if n else None
         reason = (f"fewer than {MIN_SEEDS} seeds (n = {n})" if n < MIN_SEEDS
                   else equal_reason(d, size))
-        if reason:
+        if reason:  # no statistic; equal differences inside ±δ are equivalent (TOST's se is 0)
+            same = n >= MIN_SEEDS and s.delta is not None and abs(est) < s.delta
             out[label] = ArmLook(label, n, est, None, None, None, None, None, level, None,
-                                 reason=reason)
+                                 "equivalent" if same else "undecided",
+                                 reason + (f", inside ±{s.delta:g}: equivalent without a test" if same else ""))
             continue
         se = float(d.std(ddof=1)) / math.sqrt(n)
         tstat = est / se
