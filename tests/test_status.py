@@ -216,7 +216,16 @@ def test_an_optuna_sweep_is_one_sweep_continued_by_its_own_command(sweep, tmp_pa
     shutil.copytree(sweep / "3", study / "trial_1" / "seed_0")
     [group] = sweep_status([study])["groups"]
     assert group["sweep"] and group["counts"]["interrupted"] == 1 and group["command"] is None
-    assert group["command_missing"].startswith("an Optuna study: run the command that started it")
+    # without its record (a study writes optuna_study.json as it ends) both ways are said; with it, the one that holds
+    assert group["command_missing"].startswith("an Optuna study: if it had hydra.sweeper.storage, run the command that "
+                                               "started it again") and "one in memory cannot be continued" in \
+        group["command_missing"]
+    for storage, says in (("sqlite:///s.db", "an Optuna study: run the command that started it again (same storage"),
+                          (None, "an Optuna study kept in memory: its trials went with its process and cannot be "
+                                 "continued; run it again into a new hydra.sweep.dir")):
+        (study / "optuna_study.json").write_text(json.dumps({"schema": 1, "storage": storage, "trials": []}))
+        [group] = sweep_status([study])["groups"]
+        assert group["command_missing"].startswith(says), group["command_missing"]
 
 
 @pytest.fixture(scope="module")

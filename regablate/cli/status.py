@@ -56,6 +56,7 @@ from regablate.rundir.untrusted import (
     SMALL_CAP,
     RefusedValue,
     escape_control,
+    load_json_safe,
     load_yaml_safe,
     read_bounded,
 )
@@ -123,8 +124,7 @@ def _sweep_command(sweep: str, multirun=None, unreadable: str | None = None) -> 
     if unreadable:
         return None, unreadable
     if multirun is None:
-        return None, ("an Optuna study: run the command that started it again (same storage and "
-                      "study name); it runs only the trials still missing")
+        return None, _optuna_advice(sweep)
     try:
         task = _list_at(multirun, ("hydra", "overrides", "task"))
         extra = _list_at(multirun, ("hydra", "overrides", "hydra"))
@@ -132,6 +132,20 @@ def _sweep_command(sweep: str, multirun=None, unreadable: str | None = None) -> 
         return None, f"multirun.yaml: {e}"
     extra = [a for a in extra if a.split("=", 1)[0] != "hydra.mode"]
     return resume_command(["-m", *extra, *task], {"sweep": sweep}), None
+
+
+def _optuna_advice(sweep: str) -> str:
+    """How an Optuna study goes on: one kept in a storage by running its command again; one
+    kept in memory (its optuna_study.json says storage null) not at all."""
+    stored = "run the command that started it again (same storage and study name): it runs only the trials still missing"
+    anew = "run it again into a new hydra.sweep.dir, with hydra.sweeper.storage=sqlite:///study.db to make it resumable"
+    try:
+        doc = load_json_safe(read_bounded(os.path.join(sweep, "optuna_study.json"), SMALL_CAP, within=sweep))
+    except (OSError, ValueError):  # none yet (a study writes it as it ends): both ways
+        return f"an Optuna study: if it had hydra.sweeper.storage, {stored}; one in memory cannot be continued: {anew}"
+    if isinstance(doc, dict) and doc.get("storage"):
+        return f"an Optuna study: {stored}"
+    return f"an Optuna study kept in memory: its trials went with its process and cannot be continued; {anew}"
 
 
 def _run_command(run_dir: str) -> tuple[str | None, str | None]:
