@@ -38,6 +38,17 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def run_patched(sitecustomize: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`regablate ARGS` in a fresh process that imports `sitecustomize` first: a patch that stops or
+    breaks it at a moment no test could time from outside."""
+    site = cwd / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(sitecustomize)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "regablate", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from intra-op threads; on a busy 2-core box they spin."""

@@ -20,7 +20,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ENV, compose_cfg, run_cli
+from conftest import ENV, compose_cfg, run_cli, run_patched
 from regablate.errors import ConfigError, JobLost, RunInterrupted, SweepFailed, Terminated
 from regablate.rundir.claim import RunRefused
 from regablate.training.loop import train
@@ -490,13 +490,8 @@ claim_module.claim = signalled
 def test_a_submitit_job_signalled_before_its_run_holds_its_dir_is_recorded_interrupted(tmp_path):
     # SLURM's time-limit warning can come seconds after a job starts, before its run holds its
     # run dir: before, the sweep said interrupted but the run dir had no summary.json
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SIGNAL_BEFORE_CLAIM)
-    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), ENV.get("PYTHONPATH")]))}
-    r = subprocess.run([sys.executable, "-m", "regablate", "run", "-m", "hydra/launcher=submitit_local", "+reg=dropout",
-                        *TINY, "hydra.sweep.dir=sweep"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = run_patched(SIGNAL_BEFORE_CLAIM, "run", "-m", "hydra/launcher=submitit_local", "+reg=dropout", *TINY,
+                    "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert last_line(r).startswith("regablate: error: 1 of 1 jobs did not complete: 1 interrupted "
                                    "(sweep/0: by SIGUSR2 (time limit or preemption)); continue them with: ")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ENV, FAST, run_cli
+from conftest import ENV, FAST, run_cli, run_patched
 from regablate.config.paths import CONF_DIR
 from regablate.report.command import main as report_main
 
@@ -553,13 +553,8 @@ session.closing_fields = closing
 
 def test_a_chunk_that_fails_after_a_members_run_ended_counts_that_member_as_it_ended(tmp_path):
     # before: every member of the chunk was counted failed, the one whose summary said completed too
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SECOND_MEMBER_FAILS)
-    env = {**ENV, "PYTHONPATH": ":".join(filter(None, [str(site), ENV.get("PYTHONPATH")]))}
-    r = subprocess.run([sys.executable, "-m", "regablate", "run", "-m", "hydra/launcher=vectorized", "seed=0,1",
-                        *FAST, "hydra.sweep.dir=sw"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = run_patched(SECOND_MEMBER_FAILS, "run", "-m", "hydra/launcher=vectorized", "seed=0,1", *FAST,
+                    "hydra.sweep.dir=sw", cwd=tmp_path)
     status = {p.parent.name: json.loads(p.read_text())["status"] for p in (tmp_path / "sw").glob("*/summary.json")}
     assert status == {"0": "completed", "1": "failed"}, (status, r.stderr[-2000:])
     assert r.returncode == 1 and "Traceback" not in r.stderr
