@@ -381,3 +381,19 @@ def test_jobs_not_started_beside_a_live_run_and_the_total(three_jobs, tmp_path, 
     assert "  (the sweep may still be running and start the jobs not started itself: continue it " \
            "once it has ended)" in lines
     assert lines[-1] == "total: 33 jobs: 5 completed, 1 running, 27 not started"
+
+
+def test_the_continue_command_keeps_the_flags_that_chose_the_configs():
+    # before: a sweep run with --config-dir (a user's own config groups) got a command without it,
+    # which could not find them
+    from regablate.cli.status import _sweep_command
+
+    multirun = {"hydra": {"overrides": {"task": ["dataset=mine", "seed=0,1"], "hydra": ["hydra.mode=MULTIRUN"]},
+                          "job": {"config_name": "mine"},
+                          "runtime": {"config_sources": [
+                              {"path": "hydra.conf", "schema": "pkg", "provider": "hydra"},
+                              {"path": "/work/conf", "schema": "file", "provider": "main"},
+                              {"path": "/home/me/cfg", "schema": "file", "provider": "command-line"}]}}}
+    command, why = _sweep_command("/tmp/sw", multirun)
+    assert why is None and command == ("regablate run -m --config-dir /home/me/cfg --config-name mine dataset=mine "
+                                       "seed=0,1 hydra.sweep.dir=/tmp/sw trainer.resume=auto")

@@ -131,7 +131,20 @@ def _sweep_command(sweep: str, multirun=None, unreadable: str | None = None) -> 
     except ValueError as e:
         return None, f"multirun.yaml: {e}"
     extra = [a for a in extra if a.split("=", 1)[0] != "hydra.mode"]
-    return resume_command(["-m", *extra, *task], {"sweep": sweep}), None
+    return resume_command(["-m", *_config_flags(multirun), *extra, *task], {"sweep": sweep}), None
+
+
+def _config_flags(multirun) -> list[str]:
+    """The flags that chose the sweep's configs, from its multirun.yaml: `--config-dir` for each
+    search path given on the command line, `--config-name` where it is not regablate's `config`."""
+    flags = []
+    sources = _at(multirun, "hydra", "runtime", "config_sources")
+    for source in sources if isinstance(sources, list) else []:
+        if isinstance(source, dict) and source.get("provider") == "command-line" and source.get("schema") == "file" \
+                and isinstance(source.get("path"), str) and source["path"]:
+            flags += ["--config-dir", source["path"]]
+    name = _at(multirun, "hydra", "job", "config_name")
+    return flags + (["--config-name", name] if isinstance(name, str) and name and name != "config" else [])
 
 
 def _optuna_advice(sweep: str) -> str:
