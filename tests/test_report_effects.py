@@ -127,7 +127,7 @@ def test_footer_names_design_test_and_the_full_gain(factorial, frame, tmp_path):
     # its interval is over the seeds the φ use (every arm ran them), so it is Σφ's: n=4, not 5
     (whole,) = frame.attrs["totals"]
     assert whole["n"] == 4 and set(frame[frame.kind == "shapley"]["n"]) == {4}
-    assert whole["delta"] == pytest.approx(phi, abs=1e-12) and f"], n=4" in text
+    assert whole["delta"] == pytest.approx(phi, abs=1e-12) and "], n=4" in text
     assert "n: seeds used by the row's estimates" in text
 
 

@@ -14,7 +14,6 @@ from regablate.models import MODELS
 from regablate.regularisers import Stack, build_stack
 from regablate.training.optim import OPTIMISERS, SCHEDULES
 
-
 MAX_THREADS = 1024  # more is no machine's core count (and libgomp fails to make 20,000)
 MAX_BINS = 10_000  # far more bins than a validation split fills; 1e12 would not fit in memory
 
