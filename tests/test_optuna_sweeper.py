@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from conftest import run_cli
+from conftest import run_cli, run_patched
 from regablate.config.objective import maximised, terms, value
 from regablate.errors import ConfigError
 from regablate.report.command import main as report_main
@@ -286,3 +286,29 @@ def test_trials_whose_jobs_failed_end_the_sweep_with_one_line_and_exit_2(tmp_pat
                            "reg.l2.lam=-0.") and "must be >= 0" in line and line.endswith("fix the settings"), line
     trials = json.loads((tmp_path / "s" / "optuna_study.json").read_text())["trials"]
     assert [t["state"] for t in trials] == ["FAIL", "FAIL"]
+
+
+CTRL_C_IN_THE_SECOND_TRIAL = """
+import os, signal
+import regablate.training.loop as loop
+real, calls = loop.train, []
+def train(*args, **kwargs):  # Ctrl-C as the second trial's run starts training
+    calls.append(1)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+    return real(*args, **kwargs)
+loop.train = train
+"""
+
+
+def test_a_stopped_study_leaves_its_record_and_status_says_an_in_memory_one_cannot_go_on(tmp_path):
+    # before: optuna_study.json was written only at the end, so status could not tell a study in
+    # memory (gone with its process) from a stored one
+    r = run_patched(CTRL_C_IN_THE_SECOND_TRIAL, "run", "-m", "hydra/sweeper=optuna", "+reg=l2",
+                    "reg.l2.lam=interval(0,0.1)", *TINY, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1",
+                    "hydra.sweeper.seeds_per_trial=1", "hydra.sweep.dir=s", cwd=tmp_path)
+    assert r.returncode == 130 and "regablate: interrupted" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    record = json.loads((tmp_path / "s" / "optuna_study.json").read_text())
+    assert record["storage"] is None and [t["state"] for t in record["trials"]] == ["COMPLETE", "RUNNING"]
+    status = run_cli("status", "s", cwd=tmp_path)
+    assert "an Optuna study kept in memory: its trials went with its process" in status.stdout, status.stdout

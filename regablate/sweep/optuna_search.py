@@ -39,10 +39,8 @@ random states are seeded again before each trial from (sampler_seed, trial numbe
 study proposes new trials, the same ones a single run of all of them would (given the same
 results of the trials before).
 
-At the end the sweep dir gets `optuna_study.json` (every trial of the study, and the best), which
-`regablate report` uses to rank the trials.
-
-Optuna is imported only when a sweep starts.
+At the end, or when stopped, the sweep dir gets `optuna_study.json` (every trial of the study, and
+the best), which `regablate report` uses to rank the trials. Optuna is imported only when a sweep starts.
 """
 
 import functools
@@ -403,11 +401,13 @@ class OptunaSearch:
         done = counted()
         if done >= self.n_trials:
             log.info(f"the study already holds {done} finished trials (n_trials={self.n_trials}): nothing to run")
-        while done < self.n_trials:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
-            self._run_batch(study, trials, keys, fixed, objective, resume=False)
-            done = counted()
-        self._write(study, objective, direction, space)
+        try:
+            while done < self.n_trials:
+                trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+                self._run_batch(study, trials, keys, fixed, objective, resume=False)
+                done = counted()
+        finally:  # stopped too: the study as it stands (its storage, its trials) for status and the report
+            self._write(study, objective, direction, space)
         self._describe()
         if self.failed:  # as every regablate sweep: one closing line counting them, exit 2
             shown = "; ".join(f"trial {n}: {why}" for n, why in self.failed[:2])
