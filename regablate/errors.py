@@ -6,6 +6,7 @@ the message."""
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from typing import Any
@@ -131,3 +132,16 @@ def escape_control(text: Any) -> str:
     five characters `\\x1b[2J` and a terminal never acts on it."""
     text = str(text)
     return _CONTROL.sub(_visible, text) if _CONTROL.search(text) else text
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose bad flag or value is a UsageError: argparse's own line, naming the flag and
+    what it takes (then `hint`), instead of the usage before it and exit 2; --help still prints
+    the usage. A sub-command's parser is one too (argparse makes it of its parent's class)."""
+
+    def __init__(self, *args, hint: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hint = hint
+
+    def error(self, message: str):
+        raise UsageError(message + self.hint)

@@ -15,21 +15,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from regablate.errors import UsageError
-
-
-class _Parser(argparse.ArgumentParser):
-    """A bad flag or value is one line (argparse's, naming the flag and what it takes), not the
-    usage before it; --help still prints the usage."""
-
-    def error(self, message):
-        raise UsageError(message)
+from regablate.errors import OneLineParser, UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
     from regablate.data import cifar10
 
-    p = _Parser(prog="regablate data", description="Prepare a data set once: read, verify and "
+    p = OneLineParser(prog="regablate data", description="Prepare a data set once: read, verify and "
                 "convert it into a uint8 tensor cache.")
     sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     c = sub.add_parser("cifar10", help="CIFAR-10 (python version, or an image-folder export)",

@@ -113,37 +113,45 @@ def _on_sigterm(signum, frame) -> None:
 
 def _finished(run_dir: str | None) -> bool:
     """Whether a single run's summary.json says it completed (or diverged): it ended."""
-    import json
+    from regablate.rundir.scan import ended
 
-    try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())["status"] in ("completed", "diverged")
-    except (TypeError, OSError, ValueError, KeyError):
-        return False
+    return bool(run_dir) and ended(run_dir) is not None
 
 
 def resume_command(argv: list[str], dirs: dict[str, str], overrides: tuple[str, ...] = ()) -> str | None:
     """The exact command that continues this run or sweep: its flags, then its overrides with
     its dir and trainer.resume=auto, and `overrides` in place of the same keys (Hydra takes
     the overrides together: after `+reg=x -m` no override may follow)."""
-    from hydra._internal.utils import get_args_parser
+    from regablate.errors import UsageError
 
-    parser = get_args_parser()
-    parser.error = lambda message: None  # a damaged record's odd flag: left where it is
     try:
-        args, extras = parser.parse_known_args(argv)
+        args, extras = _hydra_parser().parse_known_args(argv)
+        flags, found = _flags_and_overrides(argv, [*args.overrides, *extras])
         sweep = bool(args.multirun)  # -m, --multirun or an abbreviation such as --multi
-    except (SystemExit, TypeError, AttributeError):
-        args, extras, sweep = None, list(argv), any(a in ("-m", "--multirun") for a in argv)
+    except UsageError:  # a damaged record's odd flag: argv as it is
+        flags, found, sweep = [], list(argv), any(a in ("-m", "--multirun") for a in argv)
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
     where = dirs.get("sweep" if sweep else "run")
     if where is None:
         return None
     replaced = tuple(o.split("=", 1)[0] + "=" for o in overrides)
-    drop = [a for a in argv if a.lstrip("+").startswith((f"{key}=", "trainer.resume=", *replaced))]
-    keep = [a for a in argv if a not in drop]
-    found = [o for o in ([*args.overrides, *extras] if args is not None else extras) if o not in drop]
-    flags, kept = _flags_and_overrides(keep, found if args is not None else keep)
+    kept = [a for a in found if not a.lstrip("+").startswith((f"{key}=", "trainer.resume=", *replaced))]
     return shlex.join(["regablate", "run", *flags, *kept, *overrides, f"{key}={where}", "trainer.resume=auto"])
+
+
+def _hydra_parser():
+    """Hydra's own argument parser (what hydra.main parses with), its errors raised as a
+    UsageError: argparse's one line names the flag, the value and the choices."""
+    from hydra._internal.utils import get_args_parser
+
+    from regablate.errors import UsageError
+
+    def refuse(message: str) -> None:
+        raise UsageError(message)
+
+    parser = get_args_parser()
+    parser.error = refuse
+    return parser
 
 
 def _flags_and_overrides(argv: list[str], overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -185,15 +193,9 @@ def _check_flags(argv: list[str]) -> None:
     UsageError) rather than Hydra's usage before argparse's line. Hydra takes its overrides
     together, before or after its flags: overrides on both sides of a flag get the command that
     runs."""
-    from hydra._internal.utils import get_args_parser
-
     from regablate.errors import UsageError
 
-    def refuse(message: str) -> None:  # argparse's line names the flag, the value and the choices
-        raise UsageError(message)
-
-    parser = get_args_parser()
-    parser.error = refuse
+    parser = _hydra_parser()
     args, extras = parser.parse_known_args(argv)
     unknown = [a for a in extras if a.startswith("-")]
     if unknown:

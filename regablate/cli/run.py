@@ -118,15 +118,11 @@ def _stopped_while_opening(run_dir: Path, how: str) -> None:
     """A stop that came after the run's summary.json said `running` but before its session could
     record the stop (while it opened its files, built its optimiser): recorded `interrupted` here,
     in the run dir this process holds, as the session records it."""
-    import json
-
     from regablate.rundir.atomic import write_json
+    from regablate.rundir.scan import read_summary
 
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(summary, dict) and summary.get("status") == "running":
+    summary, _ = read_summary(str(run_dir))
+    if summary is not None and summary["status"] == "running":
         write_json(run_dir / "summary.json", {**summary, "status": "interrupted", "error": f"interrupted by {how}"})
 
 
@@ -201,8 +197,8 @@ def hydra_main(cfg: DictConfig, files_cfg: DictConfig | None = None) -> float | 
                 _stopped_while_opening(run_dir, how)
                 if _not_recorded(run_dir):  # stopped before training began (even before its config was read)
                     try:
-                        container = container or OmegaConf.to_container(cfg, resolve=True)
-                    except Exception:  # noqa: BLE001 — a config that does not resolve: its own error later
+                        container = container or resolved(cfg)
+                    except ConfigError:  # a config that does not resolve: its own error later
                         container = {}
                     if container:
                         _failed_summary(run_dir, container, f"interrupted by {how} before training began",
@@ -247,8 +243,7 @@ def _resume_of(cfg: DictConfig) -> str:
     """trainer.resume, read before the settings are checked (`trainer=null` is no trainer)."""
     trainer = cfg.get("trainer")
     if not isinstance(trainer, DictConfig):
-        raise ConfigError("trainer", trainer if trainer is None or isinstance(trainer, (int, float, str))
-                          else str(trainer), "must be the trainer's settings (trainer.max_epochs=..., ...)")
+        raise ConfigError("trainer", trainer, "must be the trainer's settings (trainer.max_epochs=..., ...)")
     resume = trainer.get("resume", "never")
     return resume if isinstance(resume, str) else str(resume)
 

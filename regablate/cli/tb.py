@@ -18,14 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from regablate.errors import UsageError, escape_control
+from regablate.errors import OneLineParser, UsageError, escape_control
 
 DEFAULT_ROOTS = ("multirun", "outputs")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message} (see --help)")
 
 
 def _port(text: str) -> int:
@@ -35,7 +30,7 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="regablate tb", description="Start TensorBoard on the run outputs.")
+    p = OneLineParser(prog="regablate tb", hint=" (see --help)", description="Start TensorBoard on the run outputs.")
     p.add_argument("dirs", nargs="*", metavar="DIR",
                    help="folders holding runs (default: ./multirun and ./outputs that exist)")
     p.add_argument("--port", type=_port, default=6006, help="port to serve on (default: 6006)")

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from regablate.errors import UsageError, escape_control
+from regablate.errors import OneLineParser, UsageError, escape_control
 from regablate.report.collect import SPLITS
 
 DEFAULT_ROOTS = ("multirun", "outputs")
@@ -27,13 +27,8 @@ FORMATS = ("table", "markdown", "csv", "latex", "json", "parquet")
 TESTS = ("t", "signflip", "wilcoxon")  # regablate.report.paired.TESTS, which imports scipy
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="regablate report", description=(
+    p = OneLineParser(prog="regablate report", hint=" (see --help)", description=(
         "Group runs over seeds and compare each group's train/val/test metric and train-val "
         "gap with the baseline (mean ± std, t-based 95% CI, Welch's or paired t-test or "
         "--test, Holm-adjusted; no p below 3 seeds or from a spread that is float rounding). "
@@ -370,13 +365,10 @@ def run(args: argparse.Namespace) -> int:
                    "latex": render.to_latex}[args.format]
         text = to_text(report)
         if components is not None and args.format == "csv" and args.out is not None:
-            _write(text, args.out)
-            _write_components(frame, "csv", args.out)
-        else:
-            if components is not None:
-                text += "\n" + (render.effects_csv(frame) if args.format == "csv"
-                                else to_text(components))
-            _write(text, args.out)
+            _write_components(frame, "csv", args.out)  # a table a file
+        elif components is not None:
+            text += "\n" + (render.effects_csv(frame) if args.format == "csv" else to_text(components))
+        _write(text, args.out)
 
     if args.plot:
         from regablate.report.plots import write_plots

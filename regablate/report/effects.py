@@ -372,16 +372,16 @@ def effects(runs, metric: str = "val", design: str | None = None, components=Non
         if higher is None:
             higher = not name.endswith("mse")
         full, none = values[:, col[frozenset(comps)]], values[:, col[frozenset()]]
-        shapley = [c for c in contrasts(kind_design, comps) if c.kind == "shapley"]
-        # full − none over the seeds the φ use (Σφ = full − none on each), so its interval is Σφ's
-        ok = (np.isfinite(values[:, [col[a] for c in shapley for a in c.weights]]).all(axis=1) if shapley
+        cons = contrasts(kind_design, comps)
+        # full − none over the seeds the φ use (every arm's: Σφ = full − none on each), so its interval is Σφ's
+        ok = (np.isfinite(values).all(axis=1) if any(c.kind == "shapley" for c in cons)
               else np.isfinite(full) & np.isfinite(none))
         whole = paired_test(full[ok] - none[ok], test, scale=float(np.abs(np.r_[full[ok], none[ok]]).max(
             initial=0.0)))
         totals.append({"where": {k: settings.get(k) for k in differ}, "delta": whole.estimate,
                        "lo": whole.lo, "hi": whole.hi, "n": whole.n})
         out = []
-        for con in contrasts(kind_design, comps):
+        for con in cons:
             need = [col[a] for a, w in con.weights.items() if w != 0]
             w = np.array([con.weights[arm_list[j]] for j in need])
             sub = values[:, need]

@@ -27,7 +27,7 @@ import warnings
 
 from scipy import optimize, stats
 
-from regablate.errors import UsageError, escape_control
+from regablate.errors import OneLineParser, UsageError, escape_control
 
 USAGE = "regablate plan DIR --delta D [--power 0.8] [--alpha 0.05] [--format table|json]"
 N_CAP = 1_000_000
@@ -80,13 +80,8 @@ def detectable_delta(sd: float, n: int, power: float = 0.8, alpha: float = 0.05)
     return float(effect * sd)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="regablate plan", usage=USAGE, description=__doc__.split("\n")[1].strip())
+    p = OneLineParser(prog="regablate plan", usage=USAGE, description=__doc__.split("\n")[1].strip())
     p.add_argument("dir", metavar="DIR", help="the pilot sweep's run dirs")
     p.add_argument("--delta", type=float, required=True, metavar="D",
                    help="the difference to detect, in the metric's units")

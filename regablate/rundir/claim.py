@@ -131,10 +131,10 @@ def claim(run_dir: Path, resume: str = "never") -> Iterator[None]:
     with _held(run_dir, lambda: RunRefused(run_dir, "is being written by another process",
                                            "wait for it, or choose another hydra.run.dir / hydra.sweep.dir",
                                            busy=True)):
-        if resume != "auto" and (run_dir / "summary.json").exists():
-            raise RunRefused(run_dir, "already holds a run (summary.json)")
         if not (run_dir / "summary.json").exists():
             _refuse_other_files(run_dir)
+        elif resume != "auto":
+            raise RunRefused(run_dir, "already holds a run (summary.json)")
         yield
 
 

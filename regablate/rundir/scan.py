@@ -219,6 +219,13 @@ def read_summary(run_dir: str) -> tuple[dict | None, str | None]:
     return summary, None
 
 
+def ended(run_dir) -> dict | None:
+    """The run's summary where it says the run ended with a result (completed or diverged), else
+    None (none yet, running, stopped, failed or unreadable)."""
+    summary, _ = read_summary(str(run_dir))
+    return summary if summary is not None and summary["status"] in ("completed", "diverged") else None
+
+
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

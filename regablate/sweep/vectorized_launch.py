@@ -310,9 +310,10 @@ class VectorizedLaunch:
             if hint and len(members) > 1:  # the sweep's closing command continues in smaller chunks
                 failed.continue_with = {"hydra.launcher.max_members": len(members) // 2}
             from regablate.config.objective import value as objective_value
+            from regablate.rundir.scan import ended as ended_with
 
             for ret, m in zip(rets, members):  # a member whose run ended before the failure keeps its end
-                ended = _ended(m.run_dir)
+                ended = ended_with(m.run_dir)
                 ret.status, ret.return_value = ((JobStatus.COMPLETED, objective_value(ended, m.s.trainer.objective))
                                                 if ended else (JobStatus.FAILED, failed))
         else:
@@ -396,25 +397,13 @@ class VectorizedLaunch:
         return ret
 
 
-def _ended(run_dir: Any) -> dict | None:
-    """The run's summary where it says the run ended completed or diverged, else None."""
-    import json
-
-    try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) and summary.get("status") in ("completed", "diverged") else None
-
-
-OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "alloc_failed")  # CUDA, the CPU allocator, cuBLAS
-
-
 def _memory_hint(e: Exception, k: int) -> str:
     """For a chunk that ran out of memory: how the sweep continues in smaller chunks (its
     members start again stacked, or continue from their stacked checkpoint where the chunk wrote
     one, in the smaller chunks)."""
-    if not isinstance(e, MemoryError) and not any(m in str(e).lower() for m in OUT_OF_MEMORY):
+    from regablate.training.experiment import out_of_memory
+
+    if not out_of_memory(e):
         return ""
     if k == 1:
         return " (one member alone did not fit: lower trainer.batch_size or trainer.eval_batch_size)"

@@ -114,7 +114,12 @@ def check_stack_fits(s: Settings, task: str, in_shape: tuple[int, ...]) -> None:
                           f"centred (every training image blank); use a size below {2 * max(h, w) - 1}")
 
 
-OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory", "alloc_failed")
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory", "alloc_failed")  # CUDA, CPU, cuBLAS
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed (Python's MemoryError, or torch's RuntimeError)."""
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and any(m in str(e).lower() for m in OUT_OF_MEMORY))
 
 
 @contextmanager
@@ -125,7 +130,7 @@ def _fits(group: str, settings: Any) -> Iterator[None]:
     try:
         yield
     except (MemoryError, RuntimeError) as e:
-        if not isinstance(e, MemoryError) and not any(m in str(e).lower() for m in OUT_OF_MEMORY):
+        if not out_of_memory(e):
             raise
         from regablate.errors import UsageError
 
